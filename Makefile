@@ -1,0 +1,48 @@
+# kdprune: `make run` sets up and runs the whole pipeline; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup run repro test deploy serve ui prefect-ui stop clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $@
+
+setup: $(BIN)/.installed
+	@test -d .dvc || $(BIN)/dvc init --quiet
+	@$(BIN)/dvc config core.analytics false
+
+run: setup  ## the whole pipeline on params.yaml (stale stages only), then the report
+	$(BIN)/python -m flows pipeline
+
+repro: setup  ## the same through DVC: each stage runs its Prefect flow
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+deploy: setup  ## create the pipeline's deployment with its cron schedule on the local Prefect server
+	$(BIN)/python -m flows deploy
+
+serve: setup  ## serve the deployment: scheduled runs execute in this process
+	$(BIN)/python -m flows deploy --serve
+
+ui: setup  ## the MLflow UI on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+prefect-ui: setup  ## print where the Prefect UI is (the local server starts on demand)
+	@$(BIN)/python -c "from tasks.runtime import ensure_prefect_server as e; print('Prefect UI:', e().removesuffix('/api'))"
+
+stop:  ## stop the local Prefect server
+	-PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/prefect server stop
+
+clean:  ## remove pipeline outputs and local stores (keeps the virtualenv)
+	rm -rf data/prepared data/scores data/manifests models/teacher models/students reports/*.csv reports/*.md reports/*.png \
+	    mlflow.db mlartifacts .prefect dvc.lock

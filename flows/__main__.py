@@ -1,0 +1,61 @@
+"""Command line: ``python -m flows <stage|pipeline|deploy> [options]``.
+
+Params are validated before Prefect (or anything else heavy) is imported, so a bad params.yaml
+stops with one clear message and leaves nothing behind. Then the local Prefect server is made to
+answer (started on 127.0.0.1 on first use, reused after) and the flow runs.
+``KDPRUNE_PARENT_RUN_ID`` nests a stage's MLflow run under an existing parent run.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+
+from kdprune.config import ParamsError
+from tasks.common import load_params
+from tasks.runtime import ensure_prefect_server, project_root
+
+STAGES = ("prepare", "teacher", "scores", "select", "distill", "evaluate")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m flows", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=[*STAGES, "pipeline", "deploy"])
+    ap.add_argument("--force", action="store_true", help="pipeline: re-run every stage even if DVC finds it up to date")
+    ap.add_argument("--cron", default=None, help="deploy: cron schedule (default '0 2 * * *')")
+    ap.add_argument("--timezone", default="UTC", help="deploy: the schedule's time zone")
+    ap.add_argument("--serve", action="store_true", help="deploy: serve the deployment in this process")
+    args = ap.parse_args(argv)
+    root = project_root()
+    try:
+        load_params(root)
+    except ParamsError as e:
+        print(f"kdprune: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        ensure_prefect_server()
+    except RuntimeError as e:
+        print(f"kdprune: {e}", file=sys.stderr)
+        sys.exit(3)
+    if args.command == "deploy":
+        from flows.deploy import deploy
+
+        deploy(cron=args.cron, timezone=args.timezone, serve=args.serve)
+    elif args.command == "pipeline":
+        from flows.pipeline import pipeline
+
+        t0 = time.perf_counter()
+        out = pipeline(root=str(root), force=args.force)
+        print(f"[kdprune] pipeline finished in {time.perf_counter() - t0:.1f}s; stages run: "
+              f"{', '.join(out['stages_run']) or 'none (all up to date)'}; MLflow parent run {out['mlflow_run_id']}",
+              flush=True)
+    else:
+        flow_fn = getattr(importlib.import_module(f"flows.{args.command}"), f"{args.command}_flow")
+        flow_fn(root=str(root), parent_run_id=os.environ.get("KDPRUNE_PARENT_RUN_ID") or None)
+
+
+if __name__ == "__main__":
+    main()

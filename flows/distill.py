@@ -1,0 +1,39 @@
+from pathlib import Path
+from typing import Optional
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from kdprune.device import device_count, resolve_device
+from tasks.common import atomic_directory, atomic_write_json, load_params, stage_tags, load_prepared
+from tasks.distill import student_variants, train_student
+from tasks.tracking import Tracker
+
+
+@flow(name="distill", task_runner=ThreadPoolTaskRunner(max_workers=device_count("auto")))
+def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
+    """Stage 5: a student per (manifest, KD setting, seed), with KD and without; concurrent up to the devices present."""
+    log = get_run_logger()
+    params = load_params(root)
+    root_p = Path(root)
+    variants = student_variants(root_p, params)
+    if not variants:
+        raise FileNotFoundError(f"no manifests under {root_p / 'data' / 'manifests'}; run `dvc repro select` first")
+    dev = resolve_device(params["device"])
+    n_dev = device_count(params["device"])
+    devices = [f"cuda:{i}" for i in range(n_dev)] if dev.type == "cuda" and dev.index is None else [str(dev)]
+    meta, _ = load_prepared(root_p, params["data"]["dataset"])
+    tr = Tracker(root_p)
+    log.info(f"training {len(variants)} students on {', '.join(devices)}")
+    with tr.run("distill", parent_run_id, tags=stage_tags(root_p, "distill", meta),
+                params={"student": params["student"]}) as run_id, \
+            atomic_directory(root_p / "models" / "students") as tmp:
+        futures = [
+            train_student.submit(root, params, v, str(tmp), devices[i % len(devices)], run_id, f"{i + 1}/{len(variants)}")
+            for i, v in enumerate(variants)
+        ]
+        results = [f.result() for f in futures]
+        atomic_write_json(tmp / "index.json", results)
+        tr.log_metrics(run_id, {"students": len(results)})
+    return {"students": len(results)}
+

@@ -1,0 +1,207 @@
+"""The params.yaml schema: every key, its type and allowed values, checked before any compute.
+
+``validate(params)`` returns the params with defaults filled in, or raises ``ParamsError`` whose
+message lists every problem found, one per line, each naming the key, the bad value and what is
+allowed. Names of datasets, architectures, scores and losses are checked against the registries.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from kdprune.data import DATASETS
+from kdprune.distill import LOSSES
+from kdprune.models import MODELS
+from kdprune.scores import SCORES
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message says which keys and how to fix them."""
+
+
+@dataclass
+class Field:
+    kind: str  # "int", "float", "bool", "str", "list"
+    default: Any = None
+    required: bool = False
+    check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error text or None
+    item: Optional[str] = None  # element kind for lists
+    nullable: bool = False
+    doc: str = ""
+
+
+def _describe(lo, hi, lo_open: bool, hi_open: bool) -> str:
+    if hi is None:
+        return f"must be {'>' if lo_open else '>='} {lo}"
+    if lo is None:
+        return f"must be {'<' if hi_open else '<='} {hi}"
+    return f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def _range(lo=None, hi=None, lo_open=False, hi_open=False) -> Callable[[Any], Optional[str]]:
+    def check(v):
+        bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi))
+        if bad:
+            return _describe(lo, hi, lo_open, hi_open)
+        return None
+
+    return check
+
+
+def _one_of(registry) -> Callable[[Any], Optional[str]]:
+    def check(v):
+        return None if v in registry else f"is not a known {registry.kind}; valid names: {', '.join(registry.names())}"
+
+    return check
+
+
+def _each(check, unique=True, nonempty=True) -> Callable[[Any], Optional[str]]:
+    def run(values):
+        if nonempty and not values:
+            return "must not be empty"
+        if unique and len(set(map(repr, values))) != len(values):
+            dups = sorted({repr(v) for v in values if sum(repr(w) == repr(v) for w in values) > 1})
+            return f"has duplicates ({', '.join(dups)})"
+        for v in values:
+            msg = check(v)
+            if msg:
+                return f"item {v!r} {msg}"
+        return None
+
+    return run
+
+
+def _device(v) -> Optional[str]:
+    if v in ("auto", "cpu") or (isinstance(v, str) and (v == "cuda" or v.startswith("cuda:"))):
+        return None
+    return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+POSITIVE_INT = _range(1)
+FRACTION = _range(0.0, 1.0, lo_open=True)  # (0, 1]
+SEED = _range(0)
+
+
+def _train_fields(arch_default: str, epochs: int) -> dict[str, Field]:
+    return {
+        "arch": Field("str", arch_default, check=_one_of(MODELS), doc="architecture name"),
+        "epochs": Field("int", epochs, check=POSITIVE_INT),
+        "batch_size": Field("int", 64, check=POSITIVE_INT),
+        "lr": Field("float", 0.05, check=_range(0.0, lo_open=True)),
+        "momentum": Field("float", 0.9, check=_range(0.0, 1.0, hi_open=True)),
+        "weight_decay": Field("float", 5e-4, check=_range(0.0)),
+        "warmup_epochs": Field("float", 1.0, check=_range(0.0)),
+        "pad": Field("int", 1, check=_range(0, 16), doc="random translation, pixels"),
+        "flip": Field("bool", False, doc="random horizontal flip"),
+    }
+
+
+SCHEMA: dict[str, Any] = {
+    "device": Field("str", "auto", check=_device),
+    "data": {
+        "dataset": Field("str", "digits", check=_one_of(DATASETS)),
+        "root": Field("str", None, nullable=True, doc="directory with the dataset's files, for datasets read from disk"),
+        "val_fraction": Field("float", 0.1, check=_range(0.0, 0.5, lo_open=True, hi_open=True)),
+        "split_seed": Field("int", 0, check=SEED),
+    },
+    "teacher": {**_train_fields("small_cnn", 30), "seed": Field("int", 0, check=SEED)},
+    "scores": {
+        "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_one_of(SCORES))),
+        "seeds": Field("list", [0], item="int", check=_each(SEED), doc="seeds of stochastic scores (random)"),
+        "el2n_epoch": Field("int", 5, check=POSITIVE_INT, doc="teacher epoch (1-based) EL2N is read at"),
+    },
+    "select": {
+        "fractions": Field("list", [0.1, 0.3, 0.5], item="float", check=_each(FRACTION)),
+    },
+    "student": {
+        **_train_fields("small_cnn", 30),
+        "seeds": Field("list", [0], item="int", check=_each(SEED)),
+        "loss": Field("str", "kd", check=_one_of(LOSSES), doc="KD loss; the no-KD baseline (ce) always runs too"),
+        "kd_weights": Field("list", [0.5], item="float", check=_each(_range(0.0, 1.0))),
+        "temperature": Field("float", 4.0, check=_range(0.0, lo_open=True)),
+    },
+}
+
+
+def _kind_ok(kind: str, v: Any) -> bool:
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "float":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "str":
+        return isinstance(v, str)
+    if kind == "list":
+        return isinstance(v, list)
+    raise AssertionError(kind)
+
+
+def _walk(schema: dict, given: Any, prefix: str, errors: list[str]) -> dict:
+    out: dict[str, Any] = {}
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        errors.append(f"{prefix.rstrip('.') or 'params'}: expected a mapping, got {given!r}")
+        return out
+    for key in given:
+        if key not in schema:
+            hint = difflib.get_close_matches(str(key), list(schema), n=1)
+            did = f"did you mean '{prefix}{hint[0]}'? " if hint else ""
+            errors.append(f"{prefix}{key}: unknown key; {did}allowed keys here: {', '.join(schema)}")
+    for key, spec in schema.items():
+        name = prefix + key
+        if isinstance(spec, dict):
+            out[key] = _walk(spec, given.get(key), name + ".", errors)
+            continue
+        if key not in given:
+            if spec.required:
+                errors.append(f"{name}: missing; it is required")
+            out[key] = spec.default
+            continue
+        v = given[key]
+        if v is None and spec.nullable:
+            out[key] = None
+            continue
+        if not _kind_ok(spec.kind, v):
+            errors.append(f"{name}: got {v!r}, expected {'a list' if spec.kind == 'list' else 'a ' + spec.kind}")
+            continue
+        if spec.kind == "list" and spec.item and not all(_kind_ok(spec.item, x) for x in v):
+            errors.append(f"{name}: got {v!r}, expected a list of {spec.item}s")
+            continue
+        if spec.kind == "float":
+            v = float(v)
+        if spec.kind == "list" and spec.item == "float":
+            v = [float(x) for x in v]
+        msg = spec.check(v) if spec.check else None
+        if msg:
+            errors.append(f"{name}: {v!r} {msg}")
+            continue
+        out[key] = v
+    return out
+
+
+def validate(params: Any) -> dict:
+    """Check the whole of params.yaml; return it with defaults filled in."""
+    errors: list[str] = []
+    out = _walk(SCHEMA, params, "", errors)
+    if not errors:
+        _cross_checks(out, errors)
+    if errors:
+        raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(errors))
+    return out
+
+
+def _cross_checks(p: dict, errors: list[str]) -> None:
+    if p["scores"]["el2n_epoch"] > p["teacher"]["epochs"] and "el2n" in p["scores"]["methods"]:
+        errors.append(
+            f"scores.el2n_epoch: {p['scores']['el2n_epoch']} is after the teacher's last epoch; "
+            f"allowed: 1..teacher.epochs ({p['teacher']['epochs']})"
+        )
+    stochastic = [m for m in p["scores"]["methods"] if m == "random"]
+    if stochastic and sorted(p["scores"]["seeds"]) != sorted(p["student"]["seeds"]):
+        errors.append(
+            f"scores.seeds: {p['scores']['seeds']} differs from student.seeds {p['student']['seeds']}; random selection "
+            "must run at the same seeds as the students of every other method: set both to the same list"
+        )

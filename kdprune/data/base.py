@@ -1,0 +1,77 @@
+"""Canonical dataset form shared by every stage.
+
+A dataset loader returns a :class:`RawDataset`: uint8 images in NCHW, int64 labels, and for the
+training pool a stable int64 id per example (its index in the source's own training order).
+The prepare stage holds a validation split out of the training pool with
+:func:`stratified_split`; sample ids survive the split, so every later stage refers to ids.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from kdprune.registry import Registry
+
+
+@dataclass
+class RawDataset:
+    train_x: np.ndarray  # uint8 [N, C, H, W]
+    train_y: np.ndarray  # int64 [N]
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: list[str]
+    source: str
+
+    def __post_init__(self) -> None:
+        for name in ("train_x", "test_x"):
+            arr = getattr(self, name)
+            if arr.dtype != np.uint8 or arr.ndim != 4:
+                raise ValueError(f"{name} must be uint8 NCHW, got {arr.dtype} {arr.shape}")
+        for name in ("train_y", "test_y"):
+            if getattr(self, name).dtype != np.int64:
+                raise ValueError(f"{name} must be int64")
+
+
+@dataclass
+class PreparedSplit:
+    """One split as stored on disk: images, labels and stable sample ids."""
+
+    x: np.ndarray  # uint8 [N, C, H, W]
+    y: np.ndarray  # int64 [N]
+    ids: np.ndarray  # int64 [N], sorted ascending
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions of the given sample ids; unknown ids are an error."""
+        pos = np.searchsorted(self.ids, ids)
+        pos = np.clip(pos, 0, len(self.ids) - 1)
+        bad = self.ids[pos] != ids
+        if bad.any():
+            raise KeyError(f"{int(bad.sum())} sample ids are not in this split, e.g. {ids[bad][:5].tolist()}")
+        return pos
+
+
+DATASETS: Registry[Callable[..., RawDataset]] = Registry("dataset")
+register_dataset = DATASETS.register
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions into (keep, held_out), holding out ``fraction`` of every class.
+
+    Deterministic for a given seed; both outputs are sorted.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"held-out fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(y):
+        pos = np.flatnonzero(y == c)
+        n_out = int(round(len(pos) * fraction))
+        held.append(rng.permutation(pos)[:n_out])
+    held_out = np.sort(np.concatenate(held))
+    keep = np.setdiff1d(np.arange(len(y)), held_out)
+    return keep, held_out

@@ -1,0 +1,37 @@
+"""Hinton knowledge distillation and the plain cross-entropy baseline.
+
+``kd``:  L = (1 - a) * CE(y, s) + a * T^2 * KL(softmax(t / T) || softmax(s / T)),
+KL summed over classes and averaged over the batch ("batchmean"), ``a`` the KD weight and ``T``
+the temperature (Hinton et al. 2015, as used by Ben-Baruch et al. 2024). The T^2 factor keeps
+the soft-target gradients on the same scale as the hard-target ones when T changes.
+
+``ce``: the no-KD baseline, cross-entropy on the ground-truth labels only.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from kdprune.distill.base import register_loss
+
+
+@register_loss("kd")
+def hinton_kd(
+    student: torch.Tensor, y: torch.Tensor, teacher: Optional[torch.Tensor], weight: float, temperature: float
+) -> torch.Tensor:
+    if teacher is None:
+        raise ValueError("the kd loss needs teacher logits")
+    ce = F.cross_entropy(student, y)
+    log_p_s = F.log_softmax(student.float() / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher.float() / temperature, dim=1)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    return (1.0 - weight) * ce + weight * temperature**2 * kl
+
+
+@register_loss("ce")
+def cross_entropy(
+    student: torch.Tensor, y: torch.Tensor, teacher: Optional[torch.Tensor], weight: float, temperature: float
+) -> torch.Tensor:
+    return F.cross_entropy(student, y)

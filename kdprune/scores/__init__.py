@@ -1,0 +1,3 @@
+"""Pruning scores, one module each, registered by name with their keep direction."""
+from kdprune.scores.base import SCORES, ScoreContext, ScoreSpec, register_score  # noqa: F401
+from kdprune.scores import random_score, el2n, forgetting  # noqa: F401,E402

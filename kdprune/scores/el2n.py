@@ -1,0 +1,24 @@
+import numpy as np
+
+from kdprune.scores.base import ScoreContext, register_score, softmax
+
+
+@register_score(
+    "el2n",
+    keep="high",
+    variant="teacher dynamics: one run's training-pass logits at epoch `el2n_epoch` (1-based), no seed averaging",
+    needs=("dynamics",),
+)
+def el2n(ctx: ScoreContext, epoch: int) -> np.ndarray:
+    """EL2N: the L2 norm of softmax(output) minus the one-hot label (Paul et al., 2021).
+
+    Computed from the logits recorded for each example during the teacher's training epoch
+    ``epoch`` (1-based). The paper averages over ~10 independently initialised short runs; this
+    variant uses the single teacher run. High EL2N = hard example; the usual recipe keeps high.
+    """
+    dyn = ctx.dynamics
+    if not 1 <= epoch <= dyn.shape[0]:
+        raise ValueError(f"el2n epoch must be in [1, {dyn.shape[0]}] (the teacher's epochs), got {epoch}")
+    p = softmax(dyn[epoch - 1].astype(np.float64))
+    onehot = np.eye(ctx.num_classes)[ctx.labels]
+    return np.linalg.norm(p - onehot, axis=1)

@@ -1,0 +1,12 @@
+import numpy as np
+
+from kdprune.scores.base import ScoreContext, register_score
+
+
+@register_score("random", keep=None, variant="uniform [0, 1) draws from numpy's PCG64 seeded by scores.seed")
+def random_score(ctx: ScoreContext) -> np.ndarray:
+    """Random: an i.i.d. uniform score per example; keeping the top k is a uniform random subset.
+
+    No model is consulted. Costs nothing beyond drawing N numbers.
+    """
+    return np.random.default_rng(ctx.seed).random(len(ctx.ids))

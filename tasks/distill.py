@@ -1,0 +1,94 @@
+"""distill: one student per (manifest, KD setting, seed) -> models/students/<name>/ (weights + metrics)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from kdprune.models import build_model
+from kdprune.train import evaluate, seeded, train
+from tasks.common import (
+    IntegrityError, atomic_write_json, device_data, load_model, load_prepared, md5_file, save_model, sha256_file,
+    stage_tags,
+)
+from tasks.teacher import train_config
+from tasks.tracking import Tracker
+
+
+def student_variants(root: Path, params: dict) -> list[dict]:
+    """Every student the params ask for: manifests x (no KD + each KD weight) x seeds."""
+    sp = params["student"]
+    out = []
+    for mf in sorted((Path(root) / "data" / "manifests").glob("*.json")):
+        m = json.loads(mf.read_text())
+        # a seeded manifest (random) is paired with the student of the same seed
+        seeds = [m["seed"]] if m["seed"] is not None else sp["seeds"]
+        for seed in seeds:
+            for w in [None, *sp["kd_weights"]]:
+                kd = "nokd" if w is None else f"kd{w:g}-T{sp['temperature']:g}"
+                out.append({"name": f"{mf.stem}__{kd}__s{seed}", "manifest": mf.name, "kd_weight": w, "seed": seed})
+    return out
+
+
+@task(name="train-student", cache_policy=NO_CACHE, persist_result=False, task_run_name="student-{variant[name]}")
+def train_student(root: str, params: dict, variant: dict, out_dir: str, device: str,
+                  parent_run_id: Optional[str] = None, position: str = "") -> dict:
+    log = get_run_logger()
+    root = Path(root)
+    sp = params["student"]
+    dev = torch.device(device)
+    meta, splits = load_prepared(root, params["data"]["dataset"])
+    mpath = root / "data" / "manifests" / variant["manifest"]
+    manifest = json.loads(mpath.read_text())
+    if manifest["dataset_sha256"] != meta["sha256"]:
+        raise IntegrityError(
+            f"{mpath} was selected on dataset sha256 {manifest['dataset_sha256'][:12]}... but the prepared "
+            f"{meta['dataset']} is {meta['sha256'][:12]}...; re-run `dvc repro select`"
+        )
+    train_split = splits["train"]
+    subset = torch.from_numpy(train_split.positions(np.asarray(manifest["ids"], dtype=np.int64)))
+    train_d, val_d = device_data(meta, train_split, dev), device_data(meta, splits["val"], dev)
+    teacher, tinfo = load_model(root / "models" / "teacher", dev)
+    kd = variant["kd_weight"] is not None
+    c, h, _ = meta["shape"]
+    with seeded(variant["seed"]):
+        model = build_model(sp["arch"], c, meta["num_classes"], h)
+    # order/augmentation seeds are the student seed: every subset of one seed sees the same
+    # per-example augmentations as the full run of that seed would
+    cfg = train_config(sp, order_seed=variant["seed"], aug_seed=variant["seed"], loss=sp["loss"] if kd else "ce",
+                       kd_weight=variant["kd_weight"] or 0.0, temperature=sp["temperature"])
+    record = {
+        "name": variant["name"], "manifest": variant["manifest"], "method": manifest["method"],
+        "fraction": manifest["fraction"], "selection_seed": manifest["seed"], "seed": variant["seed"],
+        "kd": kd, "loss": cfg.loss, "kd_weight": variant["kd_weight"] if kd else 0.0,
+        "temperature": sp["temperature"] if kd else None,
+        "teacher_arch": tinfo["arch"], "student_arch": sp["arch"], "dataset": meta["dataset"],
+        "n_train": int(subset.numel()), "epochs": sp["epochs"],
+    }
+    tr = Tracker(root)
+    tags = {**stage_tags(root, "distill", meta), "kdprune.role": "student", "method": manifest["method"],
+            "manifest_sha256": sha256_file(mpath), "dvc.manifest_md5": md5_file(mpath)}
+    with tr.run(variant["name"], parent_run_id, tags=tags,
+                params={**{k: v for k, v in record.items() if k not in ("name",)}, "student": sp}) as run_id:
+        res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher if kd else None)
+        model.load_state_dict(res.best_state)
+        val = evaluate(model, val_d)
+        record.update(steps=res.steps, best_epoch=res.best_epoch, val_acc=val["acc"], val_loss=val["loss"],
+                      wall_s=res.seconds, mlflow_run_id=run_id)
+        sdir = Path(out_dir) / variant["name"]
+        save_model(sdir, model, {"arch": sp["arch"], "in_channels": c, "num_classes": meta["num_classes"],
+                                 "image_size": h, "dataset": meta["dataset"], "dataset_sha256": meta["sha256"]})
+        atomic_write_json(sdir / "metrics.json", {**record, "history": res.history})
+        tr.log_history(run_id, res.history)
+        tr.log_metrics(run_id, {"best_val_acc": val["acc"], "steps": res.steps, "wall_s": res.seconds,
+                                "n_train": record["n_train"]})
+        tr.log_artifact(run_id, mpath, "manifest")
+        tr.log_artifact(run_id, sdir / "model.safetensors", "model")
+    log.info(f"student {position} {variant['name']}: n={record['n_train']} steps={res.steps} "
+             f"val_acc {val['acc']:.4f} ({res.seconds:.1f}s)")
+    return {k: record[k] for k in ("name", "val_acc", "steps", "wall_s")}

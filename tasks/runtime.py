@@ -1,0 +1,98 @@
+"""Process environment for every entrypoint: project root, local servers on loopback, defaults.
+
+Imported (via ``tasks/__init__``) before Prefect or MLflow, so the defaults below are in place
+when those libraries read their settings. Every default yields to a value already set in the
+environment: ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` point at remote servers unchanged.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+DEFAULT_PREFECT_PORT = 4200
+_STARTS_LOCAL_PREFECT = "KDPRUNE_LOCAL_PREFECT"
+
+
+def project_root() -> Path:
+    """The project directory: $KDPRUNE_ROOT, else the nearest parent of the cwd holding params.yaml."""
+    env = os.environ.get("KDPRUNE_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "params.yaml").exists() and (d / "dvc.yaml").exists():
+            return d
+    return here
+
+
+def configure_env() -> None:
+    root = project_root()
+    env = os.environ
+    env.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+    env.setdefault("PREFECT_SERVER_API_HOST", "127.0.0.1")
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    env.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    env.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    if "PREFECT_API_URL" not in env:
+        port = int(env.get("KDPRUNE_PREFECT_PORT", DEFAULT_PREFECT_PORT))
+        env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+        env[_STARTS_LOCAL_PREFECT] = "1"
+
+
+def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def ensure_prefect_server(timeout_s: float = 90.0) -> str:
+    """Make sure the Prefect API answers; start the project's local server on loopback if needed.
+
+    Only the default local server is ever started; a user-set PREFECT_API_URL that does not
+    answer is an error naming the URL. The server is started once and reused by later stages.
+    """
+    url = os.environ["PREFECT_API_URL"]
+    if _healthy(url):
+        return url
+    if os.environ.get(_STARTS_LOCAL_PREFECT) != "1":
+        raise RuntimeError(
+            f"the Prefect API at PREFECT_API_URL={url} does not answer; start that server, "
+            "or unset PREFECT_API_URL to let kdprune start a local one on 127.0.0.1"
+        )
+    home = Path(os.environ["PREFECT_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    port = url.split(":")[-1].split("/")[0]
+    with open(home / "kdprune-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time; the others then find it healthy
+        if _healthy(url):
+            return url
+        prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+        print(f"[kdprune] starting a local Prefect server on 127.0.0.1:{port} (PREFECT_HOME={home})", flush=True)
+        log = open(home / "server.log", "ab")
+        subprocess.run(
+            [prefect, "server", "start", "--background", "--host", "127.0.0.1", "--port", port],
+            check=True, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if _healthy(url):
+                return url
+            time.sleep(0.5)
+    raise RuntimeError(f"the local Prefect server did not answer at {url} within {timeout_s:.0f}s; see {home / 'server.log'}")
+
+
+def stop_prefect_server() -> None:
+    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+    subprocess.run([prefect, "server", "stop"], check=False, env=os.environ.copy(),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,0 +1,67 @@
+"""teacher: full train split -> models/teacher/ (weights, history, per-epoch per-sample dynamics)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from kdprune.device import resolve_device
+from kdprune.models import build_model
+from kdprune.train import TrainConfig, evaluate, seeded, train
+from tasks.common import (
+    atomic_directory, atomic_save_npy, atomic_write_json, device_data, load_prepared, save_model, stage_tags,
+)
+from tasks.tracking import Tracker
+
+
+def train_config(section: dict, **extra) -> TrainConfig:
+    """TrainConfig from a teacher/student params section."""
+    keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "pad", "flip")
+    return TrainConfig(**{k: section[k] for k in keys}, **extra)
+
+
+@task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False)
+def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
+    log = get_run_logger()
+    root = Path(root)
+    tp = params["teacher"]
+    device = resolve_device(params["device"])
+    meta, splits = load_prepared(root, params["data"]["dataset"])
+    train_d, val_d = device_data(meta, splits["train"], device), device_data(meta, splits["val"], device)
+    c, h, _ = meta["shape"]
+    with seeded(tp["seed"]):
+        model = build_model(tp["arch"], c, meta["num_classes"], h)
+    cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=True)
+    tr = Tracker(root)
+    with tr.run("teacher", parent_run_id, tags=stage_tags(root, "teacher", meta),
+                params={"teacher": tp, "device": str(device)}) as run_id:
+
+        def on_epoch(epoch: int, m: dict) -> None:
+            log.info(f"teacher {tp['arch']} epoch {epoch}/{tp['epochs']}: loss {m['train_loss']:.4f} "
+                     f"train_acc {m['train_acc']:.4f} val_acc {m['val_acc']:.4f} ({m['seconds']:.1f}s)")
+            tr.log_metrics(run_id, m, step=epoch)
+
+        log.info(f"training teacher {tp['arch']} on {len(train_d)} examples for {tp['epochs']} epochs on {device}")
+        res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch)
+        model.load_state_dict(res.best_state)
+        val = evaluate(model, val_d)
+        out = root / "models" / "teacher"
+        with atomic_directory(out) as tmp:
+            save_model(tmp, model, {"arch": tp["arch"], "in_channels": c, "num_classes": meta["num_classes"],
+                                    "image_size": h, "dataset": meta["dataset"], "dataset_sha256": meta["sha256"]})
+            (tmp / "dynamics").mkdir()
+            # rows follow the train split's order; ids.npy keys them by sample id
+            atomic_save_npy(tmp / "dynamics" / "logits.npy", res.dynamics.astype(np.float16))
+            atomic_save_npy(tmp / "dynamics" / "ids.npy", splits["train"].ids)
+            summary = {"best_epoch": res.best_epoch, "val_acc": val["acc"], "val_loss": val["loss"],
+                       "steps": res.steps, "wall_s": res.seconds, "n_train": len(train_d), "history": res.history}
+            atomic_write_json(tmp / "metrics.json", summary)
+        tr.log_metrics(run_id, {"best_val_acc": val["acc"], "best_epoch": res.best_epoch, "wall_s": res.seconds,
+                                "steps": res.steps})
+        tr.log_artifact(run_id, out / "model.safetensors", "model")
+        tr.log_artifact(run_id, out / "model.json", "model")
+    log.info(f"teacher done: best epoch {res.best_epoch}, val_acc {val['acc']:.4f}, {res.seconds:.1f}s -> {out}")
+    return {"path": str(out), "val_acc": val["acc"], "best_epoch": res.best_epoch}

@@ -1,0 +1,132 @@
+"""The real entrypoints on the tiny profile: dvc repro, dvc exp run, the pipeline flow, the deployment.
+
+Tests in this module share one project copy and run in order.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.integration
+
+METHODS = {"random", "el2n", "forgetting"}
+FRACTIONS = {0.2, 0.5}
+
+
+def _mlflow_runs(proj):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{proj.path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("kdprune")
+    assert exp is not None, "no kdprune experiment in the project's MLflow store"
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_dvc_repro_runs_every_stage_and_writes_results(tiny_project):
+    p = tiny_project.run("dvc", "repro")
+    for stage in ("prepare", "teacher", "scores", "select", "distill", "evaluate"):
+        assert f"Running stage '{stage}'" in p.stdout
+    assert "| method | kept fraction | no KD | KD a=0.5 T=4 |" in p.stdout  # the report is printed
+    df = pd.read_csv(tiny_project.path / "reports" / "results.csv")
+    assert len(df) == len(METHODS) * len(FRACTIONS) * 2
+    assert {(m, f, kd) for m, f, kd in zip(df.method, df.fraction, df.kd)} == {
+        (m, f, kd) for m in METHODS for f in FRACTIONS for kd in (True, False)}
+    assert df[df.kd].temperature.eq(4.0).all() and df[~df.kd].temperature.isna().all()  # no T without KD
+    for col in ("dataset", "kd_weight", "seed", "teacher_arch", "student_arch", "test_acc", "val_acc",
+                "n_train", "steps", "wall_s"):
+        assert df[col].notna().all(), col
+    assert df.test_acc.between(0, 1).all() and df.test_acc.mean() > 0.5  # well above chance (0.1)
+    n_train = json.loads((tiny_project.path / "data/prepared/digits/meta.json").read_text())["sizes"]["train"]
+    assert set(df.n_train) == {round(0.2 * n_train), round(0.5 * n_train)}
+    assert (df[df.kd].kd_weight == 0.5).all() and (df[~df.kd].kd_weight == 0.0).all()
+    assert (tiny_project.path / "reports" / "accuracy_vs_fraction.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_second_repro_reruns_nothing(tiny_project):
+    p = tiny_project.run("dvc", "repro")
+    assert "Running stage" not in p.stdout
+    assert "Data and pipelines are up to date" in tiny_project.run("dvc", "status").stdout
+
+
+def test_mlflow_holds_stage_and_student_runs_with_params_metrics_and_hashes(tiny_project):
+    client, runs = _mlflow_runs(tiny_project)
+    stages = {r.data.tags.get("kdprune.stage") for r in runs}
+    assert {"prepare", "teacher", "scores", "select", "distill", "evaluate"} <= stages
+    students = [r for r in runs if r.data.tags.get("kdprune.role") == "student"]
+    assert len(students) == len(METHODS) * len(FRACTIONS) * 2
+    distill = next(r for r in runs if r.data.tags.get("kdprune.stage") == "distill" and r.info.run_name == "distill")
+    for r in students:
+        assert r.data.tags["mlflow.parentRunId"] == distill.info.run_id
+        assert r.data.params["method"] in METHODS and float(r.data.params["fraction"]) in FRACTIONS
+        assert {"kd", "kd_weight", "seed", "teacher_arch", "student_arch"} <= set(r.data.params)
+        assert len(r.data.tags["dvc.manifest_md5"]) == 32 and len(r.data.tags["dataset_sha256"]) == 64
+        assert r.data.tags["git_commit"] != "unknown"
+        assert "test_acc" in r.data.metrics and "val_acc" in r.data.metrics
+        assert len(client.get_metric_history(r.info.run_id, "val_acc")) == 8  # one point per epoch
+        assert r.info.status == "FINISHED"
+    arts = {a.path for a in client.list_artifacts(students[0].info.run_id)}
+    assert {"manifest", "model"} <= arts
+
+
+def test_manifests_identical_across_two_runs_with_the_same_seed(tiny_project):
+    mdir = tiny_project.path / "data" / "manifests"
+    before = {f.name: f.read_bytes() for f in mdir.glob("*.json")}
+    assert set(before) == {f"{m}-{f:g}.json" for m in ("el2n", "forgetting") for f in FRACTIONS} | {
+        f"random-{f:g}-0.json" for f in FRACTIONS}  # random's manifests carry their seed
+    tiny_project.run("dvc", "repro", "--force", "--single-item", "select")
+    after = {f.name: f.read_bytes() for f in mdir.glob("*.json")}
+    assert before == after
+    m = json.loads(before["el2n-0.2.json"])
+    assert m["ids"] == sorted(m["ids"]) and len(m["ids"]) == m["n"] == sum(m["class_counts"])
+    assert m["method"] == "el2n" and m["fraction"] == 0.2 and len(m["dataset_sha256"]) == 64
+
+
+def test_exp_run_on_a_student_param_reruns_only_distill_and_evaluate(tiny_project):
+    tiny_project.run("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    tiny_project.run("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lock")
+    p = tiny_project.run("dvc", "exp", "run", "-S", "student.kd_weights=[0.9]")
+    ran = {s for s in ("prepare", "teacher", "scores", "select", "distill", "evaluate")
+           if f"Running stage '{s}'" in p.stdout}
+    assert ran == {"distill", "evaluate"}, p.stdout[-3000:]
+    df = pd.read_csv(tiny_project.path / "reports" / "results.csv")
+    assert set(df[df.kd].kd_weight) == {0.9}
+
+
+def test_pipeline_flow_runs_stale_stages_and_leaves_dvc_status_clean(tiny_project):
+    from tests.conftest import TINY
+
+    tiny_project.write_params({**TINY, "select": {"fractions": [0.3]}})
+    p = tiny_project.run(sys.executable, "-m", "flows", "pipeline")
+    assert "stages run: select, distill, evaluate" in p.stdout, p.stdout[-3000:]
+    assert "Data and pipelines are up to date" in tiny_project.run("dvc", "status").stdout
+    assert "Running stage" not in tiny_project.run("dvc", "repro").stdout
+    client, runs = _mlflow_runs(tiny_project)
+    parent = [r for r in runs if r.data.tags.get("kdprune.stage") == "pipeline"]
+    assert len(parent) == 1
+    children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id}
+    assert children == {"select", "distill", "evaluate"}
+    assert set(pd.read_csv(tiny_project.path / "reports" / "results.csv").fraction) == {0.3}
+
+
+def test_deployment_with_cron_schedule_exists_on_the_local_server(tiny_project):
+    tiny_project.run(sys.executable, "-m", "flows", "deploy", "--cron", "30 3 * * *")
+    probe = (
+        "import asyncio, json, tasks\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType\n"
+        "async def main():\n"
+        "    async with get_client() as c:\n"
+        "        d = await c.read_deployment_by_name('pipeline/nightly')\n"
+        "        done = await c.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(\n"
+        "            type=FlowRunFilterStateType(any_=['COMPLETED']))), limit=200)\n"
+        "        print(json.dumps({'crons': [s.schedule.cron for s in d.schedules],\n"
+        "                          'active': [s.active for s in d.schedules],\n"
+        "                          'completed': sorted({r.name for r in done}),\n"
+        "                          'n_completed': len(done)}))\n"
+        "asyncio.run(main())\n"
+    )
+    out = json.loads(tiny_project.run(sys.executable, "-c", probe).stdout.strip().splitlines()[-1])
+    assert out["crons"] == ["30 3 * * *"] and out["active"] == [True]
+    assert out["n_completed"] >= 7  # the stage flows of dvc repro and the pipeline flow completed

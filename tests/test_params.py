@@ -1,0 +1,67 @@
+"""Bad params stop before any compute, with one message naming the key and what is allowed."""
+import sys
+
+import pytest
+import yaml
+
+from kdprune.config import ParamsError, validate
+from tests.conftest import REPO, make_project
+
+BASE = yaml.safe_load((REPO / "params.yaml").read_text())
+
+BAD = [
+    ({"select": {"fractions": [0.0]}}, "select.fractions", "(0.0, 1.0]"),
+    ({"select": {"fractions": [1.5]}}, "select.fractions", "(0.0, 1.0]"),
+    ({"select": {"fractions": [0.1, 0.1]}}, "select.fractions", "duplicates"),
+    ({"scores": {"methods": ["el2m"]}}, "scores.methods", "valid names: el2n, forgetting, random"),
+    ({"teacher": {"arch": "resnet1000"}}, "teacher.arch", "valid names:"),
+    ({"student": {"arch": 3}}, "student.arch", "expected a str"),
+    ({"teacher": {"epochs": -1}}, "teacher.epochs", ">= 1"),
+    ({"student": {"epochs": 0}}, "student.epochs", ">= 1"),
+    ({"student": {"batch_size": 0}}, "student.batch_size", ">= 1"),
+    ({"student": {"epochz": 3}}, "student.epochz", "did you mean 'student.epochs'"),
+    ({"studnt": {}}, "studnt", "did you mean 'student'"),
+    ({"student": {"kd_weights": [1.2]}}, "student.kd_weights", "[0.0, 1.0]"),
+    ({"student": {"temperature": 0}}, "student.temperature", "> 0"),
+    ({"student": {"loss": "kl"}}, "student.loss", "valid names: ce, kd"),
+    ({"data": {"dataset": "cifar1000"}}, "data.dataset", "valid names: digits"),
+    ({"device": "gpu"}, "device", "'auto', 'cpu', 'cuda'"),
+    ({"teacher": {"lr": "fast"}}, "teacher.lr", "expected a float"),
+    ({"teacher": {"flip": "yes"}}, "teacher.flip", "expected a bool"),
+    ({"scores": {"el2n_epoch": 99}}, "scores.el2n_epoch", "teacher.epochs"),
+    ({"scores": {"seeds": [0, 1]}}, "scores.seeds", "same seeds"),
+    ({"select": {"fractions": 0.5}}, "select.fractions", "expected a list"),
+]
+
+
+def _merge(base, over):
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def test_default_params_are_valid():
+    assert validate(BASE)["select"]["fractions"] == [0.1, 0.3, 0.5]
+
+
+@pytest.mark.parametrize("override,key,allowed", BAD, ids=[b[1] + "-" + str(i) for i, b in enumerate(BAD)])
+def test_bad_params_name_key_value_and_what_is_allowed(override, key, allowed):
+    with pytest.raises(ParamsError) as e:
+        validate(_merge(BASE, override))
+    lines = str(e.value).splitlines()[1:]
+    assert len(lines) == 1, str(e.value)  # one message for one mistake
+    assert lines[0].strip().startswith(key + ":")
+    assert allowed in lines[0]
+
+
+def test_stage_command_refuses_bad_params_before_writing_anything(tmp_path):
+    proj = make_project(tmp_path / "p", port=1, params={"select": {"fractions": [0.0]}, "studnt": {}})
+    for command in ("prepare", "pipeline"):
+        p = proj.run(sys.executable, "-m", "flows", command, check=False, timeout=120)
+        assert p.returncode == 2, p.stderr
+        assert "select.fractions: [0.0]" in p.stderr and "did you mean 'student'" in p.stderr
+        assert "Traceback" not in p.stderr
+    # nothing was written: no data, no tracking store, no server state
+    assert not (proj.path / "data").exists() and not (proj.path / "mlflow.db").exists()
+    assert not (proj.path / ".prefect").exists()
