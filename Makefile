@@ -41,7 +41,7 @@ prefect-ui: setup  ## print where the Prefect UI is (the local server starts on 
 	@$(BIN)/python -c "from tasks.runtime import ensure_prefect_server as e; print('Prefect UI:', e().removesuffix('/api'))"
 
 stop:  ## stop the local Prefect server
-	-PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/prefect server stop
+	-$(BIN)/python -m flows stop
 
 clean:  ## remove pipeline outputs and local stores (keeps the virtualenv)
 	rm -rf data/prepared data/scores data/manifests models/teacher models/students reports/*.csv reports/*.md reports/*.png \

@@ -15,7 +15,7 @@ import time
 
 from kdprune.config import ParamsError
 from tasks.common import load_params
-from tasks.runtime import ensure_prefect_server, project_root
+from tasks.runtime import ensure_prefect_server, project_root, stop_prefect_server
 
 STAGES = ("prepare", "teacher", "scores", "select", "distill", "evaluate")
 
@@ -23,12 +23,16 @@ STAGES = ("prepare", "teacher", "scores", "select", "distill", "evaluate")
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m flows", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=[*STAGES, "pipeline", "deploy"])
+    ap.add_argument("command", choices=[*STAGES, "pipeline", "deploy", "stop"],
+                    help="a stage, the whole pipeline, the deployment, or stop (the local Prefect server)")
     ap.add_argument("--force", action="store_true", help="pipeline: re-run every stage even if DVC finds it up to date")
     ap.add_argument("--cron", default=None, help="deploy: cron schedule (default '0 2 * * *')")
     ap.add_argument("--timezone", default="UTC", help="deploy: the schedule's time zone")
     ap.add_argument("--serve", action="store_true", help="deploy: serve the deployment in this process")
     args = ap.parse_args(argv)
+    if args.command == "stop":
+        print("stopped the local Prefect server" if stop_prefect_server() else "no local Prefect server was running")
+        return
     root = project_root()
     try:
         load_params(root)

@@ -35,5 +35,5 @@ def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
         results = [f.result() for f in futures]
         atomic_write_json(tmp / "index.json", results)
         tr.log_metrics(run_id, {"students": len(results)})
-    return {"students": len(results)}
+    return {"students": len(results), "compute_s": sum(r["wall_s"] for r in results)}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -98,11 +99,13 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     if not student_dirs:
         raise FileNotFoundError(f"no students under {sroot}; run `dvc repro distill` first")
     tr = Tracker(root)
-    rows = []
+    rows, compute_s = [], 0.0
     for d in student_dirs:
         rec = json.loads((d / "metrics.json").read_text())
         model, _ = load_model(d, device)
+        t0 = time.perf_counter()
         rec["test_acc"] = evaluate(model, test_d)["acc"]
+        compute_s += time.perf_counter() - t0
         rows.append({c: rec.get(c) for c in COLUMNS})
         if rec.get("mlflow_run_id"):
             try:
@@ -125,4 +128,4 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
             tr.log_artifact(run_id, out / f, "report")
     log.info(f"evaluated {len(df)} students; teacher test_acc {tsum['test_acc']:.4f}")
     return {"report": str(out / "report.md"), "results": str(out / "results.csv"), "students": len(df),
-            "teacher_test_acc": tsum["test_acc"]}
+            "teacher_test_acc": tsum["test_acc"], "compute_s": compute_s}

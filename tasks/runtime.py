@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 DEFAULT_PREFECT_PORT = 4200
+SERVER_PID_FILE = "kdprune-server.pid"
 _STARTS_LOCAL_PREFECT = "KDPRUNE_LOCAL_PREFECT"
 
 
@@ -77,22 +79,78 @@ def ensure_prefect_server(timeout_s: float = 90.0) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time; the others then find it healthy
         if _healthy(url):
             return url
+        pid_file = home / SERVER_PID_FILE
+        if pid_file.exists():
+            if _pid_alive(pid_file):
+                # a server of this home is up but not answering yet (still starting): give it time
+                if _wait_healthy(url, timeout_s):
+                    return url
+                raise RuntimeError(f"the local Prefect server (pid in {pid_file}) does not answer at {url}; "
+                                   "stop it with `make stop` and run again")
+            pid_file.unlink()  # left behind by a server that was killed
         prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
-        print(f"[kdprune] starting a local Prefect server on 127.0.0.1:{port} (PREFECT_HOME={home})", flush=True)
-        log = open(home / "server.log", "ab")
-        subprocess.run(
-            [prefect, "server", "start", "--background", "--host", "127.0.0.1", "--port", port],
-            check=True, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
-        )
+        print(f"[kdprune] starting a local Prefect server on 127.0.0.1:{port} (PREFECT_HOME={home}, "
+              f"log {home / 'server.log'})", flush=True)
+        # Prefect's own --background mode pipes the server's output to a parent that exits at once;
+        # run it in the foreground in its own session instead, logging to a file.
+        with open(home / "server.log", "ab") as log:
+            proc = subprocess.Popen(
+                [prefect, "server", "start", "--host", "127.0.0.1", "--port", port],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                start_new_session=True,
+            )
+        pid_file.write_text(str(proc.pid))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if _healthy(url):
                 return url
+            if proc.poll() is not None:
+                pid_file.unlink(missing_ok=True)
+                raise RuntimeError(f"the local Prefect server exited with code {proc.returncode} while starting; "
+                                   f"see {home / 'server.log'}")
             time.sleep(0.5)
     raise RuntimeError(f"the local Prefect server did not answer at {url} within {timeout_s:.0f}s; see {home / 'server.log'}")
 
 
-def stop_prefect_server() -> None:
-    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
-    subprocess.run([prefect, "server", "stop"], check=False, env=os.environ.copy(),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _pid_alive(pid_file: Path) -> bool:
+    """Whether the pid in ``pid_file`` is a live process (a zombie counts as dead)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (ValueError, OSError):
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _wait_healthy(url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _healthy(url):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def stop_prefect_server(timeout_s: float = 20.0) -> bool:
+    """Stop the local server this project started (its process group); True if one was running."""
+    pid_file = Path(os.environ["PREFECT_HOME"]) / SERVER_PID_FILE
+    if not _pid_alive(pid_file):
+        pid_file.unlink(missing_ok=True)
+        return False
+    pid = int(pid_file.read_text().strip())
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _pid_alive(pid_file):
+            time.sleep(0.2)
+        if _pid_alive(pid_file):
+            os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pid_file.unlink(missing_ok=True)
+    return True
+

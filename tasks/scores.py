@@ -35,7 +35,7 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None)
     dynamics = np.load(dyn_dir / "logits.npy").astype(np.float32)
     out = root / "data" / "scores"
     tr = Tracker(root)
-    index = []
+    index, compute_s = [], 0.0
     with tr.run("scores", parent_run_id, tags=stage_tags(root, "scores", meta), params={"scores": sp}) as run_id, \
             atomic_directory(out) as tmp:
         atomic_save_npy(tmp / "ids.npy", train.ids)
@@ -49,6 +49,7 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None)
                 t0 = time.perf_counter()
                 values = spec(ctx, **opts)
                 secs = time.perf_counter() - t0
+                compute_s += secs
                 peak = tracemalloc.get_traced_memory()[1] / 2**20
                 tracemalloc.stop()
                 stem = method if seed is None else f"{method}-{seed}"
@@ -66,4 +67,4 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None)
                 log.info(f"score {stem}: {secs * 1000:.1f} ms, peak {peak:.1f} MiB, "
                          f"range [{values.min():.3g}, {values.max():.3g}]")
         atomic_write_json(tmp / "index.json", index)
-    return {"path": str(out), "scores": [e["file"] for e in index]}
+    return {"path": str(out), "scores": [e["file"] for e in index], "compute_s": compute_s}

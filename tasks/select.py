@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +35,7 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
     index = json.loads((sdir / "index.json").read_text())
     out = root / "data" / "manifests"
     tr = Tracker(root)
-    names = []
+    names, compute_s = [], 0.0
     with tr.run("select", parent_run_id, tags=stage_tags(root, "select", meta), params={"select": params["select"]}) as run_id, \
             atomic_directory(out) as tmp:
         for entry in index:
@@ -47,7 +48,9 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
             scores = np.load(sdir / entry["file"])
             selector = selector_for(info["keep"])
             for frac in params["select"]["fractions"]:
+                t0 = time.perf_counter()
                 kept = select(selector, train.ids, train.y, scores, frac, seed=entry["seed"] or 0)
+                compute_s += time.perf_counter() - t0
                 labels = train.y[train.positions(kept)]
                 name = manifest_name(entry["method"], frac, entry["seed"])
                 manifest = {
@@ -62,4 +65,4 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                 names.append(name)
                 log.info(f"manifest {name}: {len(kept)}/{len(train.ids)} kept, class counts {manifest['class_counts']}")
         tr.log_metrics(run_id, {"manifests": len(names)})
-    return {"path": str(out), "manifests": names}
+    return {"path": str(out), "manifests": names, "compute_s": compute_s}

@@ -64,4 +64,4 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
         tr.log_artifact(run_id, out / "model.safetensors", "model")
         tr.log_artifact(run_id, out / "model.json", "model")
     log.info(f"teacher done: best epoch {res.best_epoch}, val_acc {val['acc']:.4f}, {res.seconds:.1f}s -> {out}")
-    return {"path": str(out), "val_acc": val["acc"], "best_epoch": res.best_epoch}
+    return {"path": str(out), "val_acc": val["acc"], "best_epoch": res.best_epoch, "compute_s": res.seconds}

@@ -92,8 +92,8 @@ def prefect_port(tmp_path_factory):
     yield port, home
     env = clean_env(home, port)
     env["PREFECT_HOME"] = str(home)
-    subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "stop"], env=env,
-                   capture_output=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "flows", "stop"], env=env, cwd=REPO, capture_output=True,
+                   timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -130,3 +130,22 @@ def test_deployment_with_cron_schedule_exists_on_the_local_server(tiny_project):
     out = json.loads(tiny_project.run(sys.executable, "-c", probe).stdout.strip().splitlines()[-1])
     assert out["crons"] == ["30 3 * * *"] and out["active"] == [True]
     assert out["n_completed"] >= 7  # the stage flows of dvc repro and the pipeline flow completed
+
+
+def test_a_killed_local_prefect_server_is_restarted_by_the_next_stage(tiny_project):
+    import os
+    import signal
+    import time
+
+    pid_file = Path(tiny_project.env["PREFECT_HOME"]) / "kdprune-server.pid"
+    pid = int(pid_file.read_text())
+    os.killpg(pid, signal.SIGKILL)  # leaves its pid file behind
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        except ProcessLookupError:
+            break
+    p = tiny_project.run(sys.executable, "-m", "flows", "evaluate")
+    assert "starting a local Prefect server" in p.stdout
+    assert int(pid_file.read_text()) != pid
