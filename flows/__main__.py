@@ -16,6 +16,7 @@ import time
 from kdprune.config import ParamsError
 from tasks.common import load_params
 from tasks.runtime import ensure_prefect_server, project_root, stop_prefect_server
+from tasks.tracking import check_tracking_store
 
 STAGES = ("prepare", "teacher", "scores", "select", "distill", "evaluate")
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"kdprune: {e}", file=sys.stderr)
         sys.exit(2)
     try:
+        check_tracking_store()
         ensure_prefect_server()
     except RuntimeError as e:
         print(f"kdprune: {e}", file=sys.stderr)

@@ -33,7 +33,9 @@ def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
             for i, v in enumerate(variants)
         ]
         results = [f.result() for f in futures]
-        atomic_write_json(tmp / "index.json", results)
+        atomic_write_json(tmp / "index.json", [{k: v for k, v in r.items() if k != "checkpoint"} for r in results])
         tr.log_metrics(run_id, {"students": len(results)})
+    for r in results:  # the stage's outputs are in place: the per-epoch states are no longer needed
+        Path(r["checkpoint"]).unlink(missing_ok=True)
     return {"students": len(results), "compute_s": sum(r["wall_s"] for r in results)}
 

@@ -47,15 +47,17 @@ def inside(root: Path, rel: str | Path) -> Path:
 
 # ---------------------------------------------------------------- atomic writes
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write to a temp file beside ``path`` and rename it over ``path``: readers see old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -85,6 +87,8 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed earlier run
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -166,6 +170,32 @@ def load_prepared(root: Path, dataset: str) -> tuple[dict, dict[str, PreparedSpl
     return _load_prepared_cached(str(d), meta["sha256"])
 
 
+# ---------------------------------------------------------------- manifests
+
+def ids_sha256(ids) -> str:
+    return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()
+
+
+def load_manifest(path: Path, meta: dict | None = None) -> dict:
+    """Read an index manifest, checking its ids against their sha256 and, given ``meta``, its dataset hash."""
+    path = Path(path)
+    try:
+        m = json.loads(path.read_text())
+        ids, want = m["ids"], m["ids_sha256"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise IntegrityError(f"{path} is not a valid manifest ({type(e).__name__}: {e}); "
+                             "re-create it with `dvc repro select`") from None
+    if ids_sha256(ids) != want:
+        raise IntegrityError(f"{path}: its sample ids do not match the manifest's ids_sha256 (file corrupted or "
+                             "edited); re-create it with `dvc repro select`")
+    if meta is not None and m.get("dataset_sha256") != meta["sha256"]:
+        raise IntegrityError(
+            f"{path} was selected on dataset sha256 {str(m.get('dataset_sha256'))[:12]}... but the prepared "
+            f"{meta['dataset']} is {meta['sha256'][:12]}...; re-run `dvc repro select` (or restore that dataset)"
+        )
+    return m
+
+
 # ---------------------------------------------------------------- provenance
 
 def git_commit(root: Path) -> str:
@@ -233,3 +263,65 @@ def device_data(meta: dict, split: PreparedSplit, device):
     from kdprune.train import DeviceData
 
     return DeviceData.from_numpy(split.x, split.y, meta["mean"], meta["std"], device)
+
+
+# ---------------------------------------------------------------- checkpoints (resume after a crash)
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of everything that determines a training run's result."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class FileCheckpoint:
+    """Per-epoch training state under ``.kdprune/checkpoints/`` (outside every DVC out).
+
+    Saved with torch.save through temp + rename, loaded with ``weights_only=True``. An unreadable
+    checkpoint is reported and ignored (training starts afresh), never trusted.
+    """
+
+    def __init__(self, root: Path, stage: str, name: str, key: str, log=None):
+        self.path = Path(root) / ".kdprune" / "checkpoints" / stage / f"{name}-{key}.pt"
+        self.log = log
+        self.resumed_from: int | None = None
+
+    def load(self) -> dict | None:
+        import torch
+
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, corrupt or not ours
+            if self.log:
+                self.log.warning(f"ignoring unreadable checkpoint {self.path}: {e}")
+            return None
+        self.resumed_from = int(state["epoch"])
+        if self.log:
+            self.log.info(f"resuming from checkpoint {self.path.name} after epoch {self.resumed_from}")
+        return state
+
+    def save(self, state: dict) -> None:
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.path, buf.getvalue(), fsync=False)  # a kill cannot tear a rename
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def fault_point(root: Path, stage: str, epoch: int) -> None:
+    """Test hook: ``KDPRUNE_FAULT=<stage>:<epoch>`` makes the first attempt fail after that epoch.
+
+    The fault fires once per project (a marker file records it), so a retry or re-run goes through.
+    """
+    spec = os.environ.get("KDPRUNE_FAULT")
+    if not spec or spec != f"{stage}:{epoch}":
+        return
+    marker = Path(root) / ".kdprune" / "faults" / spec.replace(":", "-")
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    raise RuntimeError(f"injected fault after {stage} epoch {epoch} (KDPRUNE_FAULT)")

@@ -1,7 +1,6 @@
 """distill: one student per (manifest, KD setting, seed) -> models/students/<name>/ (weights + metrics)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -13,8 +12,8 @@ from prefect.cache_policies import NO_CACHE
 from kdprune.models import build_model
 from kdprune.train import evaluate, seeded, train
 from tasks.common import (
-    IntegrityError, atomic_write_json, device_data, load_model, load_prepared, md5_file, save_model, sha256_file,
-    stage_tags,
+    FileCheckpoint, atomic_write_json, device_data, fault_point, fingerprint, load_manifest, load_model,
+    load_prepared, md5_file, save_model, sha256_file, stage_tags,
 )
 from tasks.teacher import train_config
 from tasks.tracking import Tracker
@@ -25,7 +24,7 @@ def student_variants(root: Path, params: dict) -> list[dict]:
     sp = params["student"]
     out = []
     for mf in sorted((Path(root) / "data" / "manifests").glob("*.json")):
-        m = json.loads(mf.read_text())
+        m = load_manifest(mf)
         # a seeded manifest (random) is paired with the student of the same seed
         seeds = [m["seed"]] if m["seed"] is not None else sp["seeds"]
         for seed in seeds:
@@ -35,7 +34,14 @@ def student_variants(root: Path, params: dict) -> list[dict]:
     return out
 
 
-@task(name="train-student", cache_policy=NO_CACHE, persist_result=False, task_run_name="student-{variant[name]}")
+def student_checkpoint(root: Path, params: dict, variant: dict, dataset_sha: str, manifest_sha: str, log=None):
+    """Where a student's per-epoch state lives; kept until the whole distill stage has finished."""
+    key = fingerprint(params["student"], variant, dataset_sha, manifest_sha, params["device"])
+    return FileCheckpoint(root, "distill", variant["name"], key, log)
+
+
+@task(name="train-student", cache_policy=NO_CACHE, persist_result=False, retries=1,
+      task_run_name="student-{variant[name]}")
 def train_student(root: str, params: dict, variant: dict, out_dir: str, device: str,
                   parent_run_id: Optional[str] = None, position: str = "") -> dict:
     log = get_run_logger()
@@ -44,12 +50,7 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
     dev = torch.device(device)
     meta, splits = load_prepared(root, params["data"]["dataset"])
     mpath = root / "data" / "manifests" / variant["manifest"]
-    manifest = json.loads(mpath.read_text())
-    if manifest["dataset_sha256"] != meta["sha256"]:
-        raise IntegrityError(
-            f"{mpath} was selected on dataset sha256 {manifest['dataset_sha256'][:12]}... but the prepared "
-            f"{meta['dataset']} is {meta['sha256'][:12]}...; re-run `dvc repro select`"
-        )
+    manifest = load_manifest(mpath, meta)
     train_split = splits["train"]
     subset = torch.from_numpy(train_split.positions(np.asarray(manifest["ids"], dtype=np.int64)))
     train_d, val_d = device_data(meta, train_split, dev), device_data(meta, splits["val"], dev)
@@ -75,7 +76,9 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
             "manifest_sha256": sha256_file(mpath), "dvc.manifest_md5": md5_file(mpath)}
     with tr.run(variant["name"], parent_run_id, tags=tags,
                 params={**{k: v for k, v in record.items() if k not in ("name",)}, "student": sp}) as run_id:
-        res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher if kd else None)
+        ckpt = student_checkpoint(root, params, variant, meta["sha256"], tags["manifest_sha256"], log)
+        res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher if kd else None, checkpoint=ckpt,
+                    on_epoch=lambda epoch, m: fault_point(root, "distill", epoch))
         model.load_state_dict(res.best_state)
         val = evaluate(model, val_d)
         record.update(steps=res.steps, best_epoch=res.best_epoch, val_acc=val["acc"], val_loss=val["loss"],
@@ -89,6 +92,8 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
                                 "n_train": record["n_train"]})
         tr.log_artifact(run_id, mpath, "manifest")
         tr.log_artifact(run_id, sdir / "model.safetensors", "model")
+    if tr.summary():
+        log.warning(f"student {variant['name']}: {tr.summary()}; the model and metrics are on disk in {sdir}")
     log.info(f"student {position} {variant['name']}: n={record['n_train']} steps={res.steps} "
              f"val_acc {val['acc']:.4f} ({res.seconds:.1f}s)")
-    return {k: record[k] for k in ("name", "val_acc", "steps", "wall_s")}
+    return {**{k: record[k] for k in ("name", "val_acc", "steps", "wall_s")}, "checkpoint": str(ckpt.path)}

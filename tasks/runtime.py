@@ -43,6 +43,9 @@ def configure_env() -> None:
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     env.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    # fail fast when a tracking server is gone (MLflow's default retries take minutes)
+    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     env.setdefault("GIT_PYTHON_REFRESH", "quiet")
     if "PREFECT_API_URL" not in env:
         port = int(env.get("KDPRUNE_PREFECT_PORT", DEFAULT_PREFECT_PORT))

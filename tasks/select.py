@@ -11,7 +11,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from kdprune.selection import select
-from tasks.common import IntegrityError, atomic_directory, atomic_write_json, load_prepared, sha256_file, stage_tags
+from tasks.common import (
+    IntegrityError, atomic_directory, atomic_write_json, ids_sha256, load_prepared, sha256_file, stage_tags,
+)
 from tasks.tracking import Tracker
 
 
@@ -60,6 +62,7 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                     "score_variant": info["variant"],
                     "class_counts": np.bincount(labels, minlength=meta["num_classes"]).tolist(),
                     "ids": kept.tolist(),
+                    "ids_sha256": ids_sha256(kept),
                 }
                 atomic_write_json(tmp / name, manifest)
                 names.append(name)

@@ -12,7 +12,8 @@ from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.train import TrainConfig, evaluate, seeded, train
 from tasks.common import (
-    atomic_directory, atomic_save_npy, atomic_write_json, device_data, load_prepared, save_model, stage_tags,
+    FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_json, device_data, fault_point, fingerprint,
+    load_prepared, save_model, stage_tags,
 )
 from tasks.tracking import Tracker
 
@@ -23,7 +24,7 @@ def train_config(section: dict, **extra) -> TrainConfig:
     return TrainConfig(**{k: section[k] for k in keys}, **extra)
 
 
-@task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False)
+@task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1)
 def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
     log = get_run_logger()
     root = Path(root)
@@ -43,9 +44,13 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
             log.info(f"teacher {tp['arch']} epoch {epoch}/{tp['epochs']}: loss {m['train_loss']:.4f} "
                      f"train_acc {m['train_acc']:.4f} val_acc {m['val_acc']:.4f} ({m['seconds']:.1f}s)")
             tr.log_metrics(run_id, m, step=epoch)
+            fault_point(root, "teacher", epoch)
 
+        ckpt = FileCheckpoint(root, "teacher", "teacher", fingerprint(tp, meta["sha256"], str(device)), log)
         log.info(f"training teacher {tp['arch']} on {len(train_d)} examples for {tp['epochs']} epochs on {device}")
-        res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch)
+        res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)
+        if ckpt.resumed_from:  # epochs before the crash were logged to the failed attempt's run
+            tr.log_history(run_id, res.history[: ckpt.resumed_from])
         model.load_state_dict(res.best_state)
         val = evaluate(model, val_d)
         out = root / "models" / "teacher"
@@ -63,5 +68,8 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
                                 "steps": res.steps})
         tr.log_artifact(run_id, out / "model.safetensors", "model")
         tr.log_artifact(run_id, out / "model.json", "model")
+    ckpt.clear()
+    if tr.summary():
+        log.warning(f"teacher: {tr.summary()}; the model and metrics are on disk in {out}")
     log.info(f"teacher done: best epoch {res.best_epoch}, val_acc {val['acc']:.4f}, {res.seconds:.1f}s -> {out}")
     return {"path": str(out), "val_acc": val["acc"], "best_epoch": res.best_epoch, "compute_s": res.seconds}

@@ -2,11 +2,18 @@
 
 With nothing configured the store is SQLite in the project (``mlflow.db``) and artifacts go to
 ``mlartifacts/``; ``MLFLOW_TRACKING_URI`` points elsewhere unchanged.
+
+Failure policy: reaching the store is checked when a Tracker is made and when a run starts, so an
+unreachable store stops a stage *before* training. Once a run has started, logging is best
+effort: a failure (connection lost mid-run) never stops training or loses a result, which is
+already on disk; the tracker goes offline, counts what it could not log and says so at the end.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -25,6 +32,36 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow store cannot be reached; raised before any training starts."""
+
+
+_log = logging.getLogger("kdprune.tracking")
+
+
+def check_tracking_store(timeout_s: float = 5.0) -> str:
+    """Cheap reachability check of MLFLOW_TRACKING_URI, without importing MLflow; raises TrackingUnavailable."""
+    import urllib.request
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+                if r.status == 200:
+                    return uri
+                raise OSError(f"HTTP {r.status}")
+        except OSError as e:
+            raise TrackingUnavailable(
+                f"the MLflow tracking server at MLFLOW_TRACKING_URI={uri} does not answer ({e}); start it, or "
+                "unset MLFLOW_TRACKING_URI to use the project's SQLite store"
+            ) from None
+    if uri.startswith("sqlite:///"):
+        parent = Path(uri[len("sqlite:///"):]).parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise TrackingUnavailable(f"MLFLOW_TRACKING_URI={uri}: directory {parent} does not exist or is not writable")
+    return uri
+
+
 class Tracker:
     def __init__(self, root: Path):
         import mlflow  # noqa: F401  (import cost paid only by stages that track)
@@ -35,7 +72,7 @@ class Tracker:
         try:
             exp = self.client.get_experiment_by_name(EXPERIMENT)
         except Exception as e:  # connection refused, bad URI, ...
-            raise RuntimeError(
+            raise TrackingUnavailable(
                 f"cannot reach the MLflow tracking store at MLFLOW_TRACKING_URI={self.uri}: {e}; "
                 "start that server or unset MLFLOW_TRACKING_URI to use the project's SQLite store"
             ) from e
@@ -49,13 +86,41 @@ class Tracker:
                 self.experiment_id = self.client.get_experiment_by_name(EXPERIMENT).experiment_id
         else:
             self.experiment_id = exp.experiment_id
+        self.offline_reason: Optional[str] = None
+        self.not_logged: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _best_effort(self, what: str, n: int, fn, *args) -> None:
+        """Run one logging call; after the first failure stop trying and count what was not logged."""
+        if self.offline_reason is None:
+            try:
+                fn(*args)
+                return
+            except Exception as e:
+                with self._lock:
+                    if self.offline_reason is None:
+                        self.offline_reason = f"{type(e).__name__}: {str(e)[:300]}"
+                        _log.warning(f"MLflow at {self.uri} failed ({self.offline_reason}); training goes on, "
+                                     "results stay on disk, further logging is skipped")
+        with self._lock:
+            self.not_logged[what] = self.not_logged.get(what, 0) + n
+
+    def summary(self) -> Optional[str]:
+        """What could not be logged, or None when everything was."""
+        if not self.not_logged:
+            return None
+        items = ", ".join(f"{v} {k}" for k, v in sorted(self.not_logged.items()))
+        return f"not logged to MLflow at {self.uri} ({self.offline_reason}): {items}"
 
     def start(self, name: str, parent: Optional[str] = None, tags: Optional[dict] = None,
               params: Optional[dict] = None) -> str:
         t = {"mlflow.runName": name, **{k: str(v) for k, v in (tags or {}).items()}}
         if parent:
             t["mlflow.parentRunId"] = parent
-        run = self.client.create_run(self.experiment_id, tags=t, run_name=name)
+        try:
+            run = self.client.create_run(self.experiment_id, tags=t, run_name=name)
+        except Exception as e:
+            raise TrackingUnavailable(f"cannot create an MLflow run at MLFLOW_TRACKING_URI={self.uri}: {e}") from e
         if params:
             self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -66,18 +131,20 @@ class Tracker:
         flat = flatten(params)
         items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i : i + 100])
+            self._best_effort("params", len(items[i : i + 100]), self.client.log_batch, run_id, [], items[i : i + 100])
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._best_effort("tags", len(tags), self.client.log_batch, run_id, [], [],
+                          [RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+        self._best_effort("metric points", len(metrics), self.client.log_batch, run_id,
+                          [Metric(k, float(v), ts, step) for k, v in metrics.items()])
 
     def log_history(self, run_id: str, history: list[dict[str, float]]) -> None:
         """Per-epoch metrics (step = epoch, 1-based) in batches of at most 1000 points."""
@@ -86,13 +153,13 @@ class Tracker:
         ts = int(time.time() * 1000)
         pts = [Metric(k, float(v), ts, epoch) for epoch, row in enumerate(history, 1) for k, v in row.items()]
         for i in range(0, len(pts), 1000):
-            self.client.log_batch(run_id, metrics=pts[i : i + 1000])
+            self._best_effort("metric points", len(pts[i : i + 1000]), self.client.log_batch, run_id, pts[i : i + 1000])
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: Optional[str] = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        self._best_effort("artifacts", 1, self.client.log_artifact, run_id, str(path), artifact_path)
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status)
+        self._best_effort("run endings", 1, self.client.set_terminated, run_id, status)
 
     @contextlib.contextmanager
     def run(self, name: str, parent: Optional[str] = None, tags: Optional[dict] = None,

@@ -1,6 +1,7 @@
 """One trainer for teacher, proxies and students."""
 from kdprune.train.augment import augment_batch, epoch_augmentation  # noqa: F401
 from kdprune.train.trainer import (  # noqa: F401
+    CheckpointStore,
     DeviceData,
     TrainConfig,
     TrainResult,

@@ -12,7 +12,8 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import asdict
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 import torch
@@ -76,6 +77,14 @@ class TrainConfig:
     eval_batch_size: int = 1024
 
 
+class CheckpointStore(Protocol):
+    """Where the trainer keeps its per-epoch state; the caller decides the storage (the core does no I/O)."""
+
+    def load(self) -> Optional[dict]: ...
+
+    def save(self, state: dict) -> None: ...
+
+
 @dataclass
 class TrainResult:
     best_state: dict[str, torch.Tensor]
@@ -131,11 +140,17 @@ def train(
     val: Optional[DeviceData] = None,
     teacher: Optional[nn.Module] = None,
     on_epoch: Optional[Callable[[int, dict[str, float]], None]] = None,
+    checkpoint: Optional[CheckpointStore] = None,
 ) -> TrainResult:
     """Train ``model`` on ``data[subset]`` (all of ``data`` when subset is None).
 
     ``subset`` holds row positions into ``data`` (int64, on any device). ``on_epoch(epoch,
     metrics)`` is called after each epoch (1-based) with train loss/acc, val acc/loss and lr.
+
+    With ``checkpoint``, the full training state (model, optimizer, scheduler, best model so far,
+    history, recorded dynamics, epoch) is saved after every epoch, and a run that finds a saved
+    state continues after its epoch. Batch order and augmentation are pure functions of
+    (seed, epoch), so no random stream needs restoring: a resumed run equals an uninterrupted one.
     """
     device = data.x.device
     loss_fn = LOSSES.get(cfg.loss)
@@ -172,9 +187,24 @@ def train(
         dyn = torch.empty((cfg.epochs, n, num_classes), dtype=torch.float16, device=device)
 
     result = TrainResult(best_state={}, best_epoch=0, best_val_acc=-1.0)
-    t0 = time.perf_counter()
+    fingerprint = {**asdict(cfg), "n": n, "subset_sum": int(subset.sum()), "teacher": teacher is not None}
+    start_epoch, elapsed = 1, 0.0
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        if state["fingerprint"] != fingerprint:
+            raise ValueError("the checkpoint was written by a run with other settings; delete it to start afresh")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        result.best_state = {k: v.to(device) for k, v in state["best_state"].items()}
+        result.best_epoch, result.best_val_acc = state["best_epoch"], state["best_val_acc"]
+        result.history, result.steps = list(state["history"]), state["steps"]
+        if dyn is not None:
+            dyn[: state["epoch"]] = state["dynamics"].to(device)
+        start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
+    t0 = time.perf_counter() - elapsed
     order_gen = torch.Generator(device="cpu")
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         aug = epoch_augmentation(len(data), epoch, cfg.aug_seed, cfg.pad, cfg.flip, device)
         order_gen.manual_seed(cfg.order_seed * 1_000_003 + epoch)
@@ -222,6 +252,14 @@ def train(
             result.best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
         metrics["seconds"] = time.perf_counter() - t0
         result.history.append(metrics)
+        if checkpoint is not None:
+            checkpoint.save({
+                "fingerprint": fingerprint, "epoch": epoch, "elapsed": metrics["seconds"],
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "best_state": result.best_state, "best_epoch": result.best_epoch,
+                "best_val_acc": result.best_val_acc, "history": result.history, "steps": result.steps,
+                "dynamics": None if dyn is None else dyn[:epoch].cpu(),
+            })
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     result.seconds = time.perf_counter() - t0
