@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run repro test deploy serve ui prefect-ui stop clean
+.PHONY: setup run repro test bench deploy serve ui prefect-ui stop clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ repro: setup  ## the same through DVC: each stage runs its Prefect flow
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+bench: setup  ## benchmarks -> reports/bench.json (see bench/)
+	$(BIN)/python -m bench.grand_bench
 
 deploy: setup  ## create the pipeline's deployment with its cron schedule on the local Prefect server
 	$(BIN)/python -m flows deploy

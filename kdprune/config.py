@@ -14,6 +14,7 @@ from kdprune.data import DATASETS
 from kdprune.distill import LOSSES
 from kdprune.models import MODELS
 from kdprune.scores import SCORES
+from kdprune.selection import parse_method
 
 
 class ParamsError(ValueError):
@@ -72,6 +73,14 @@ def _each(check, unique=True, nonempty=True) -> Callable[[Any], Optional[str]]:
     return run
 
 
+def _method(v) -> Optional[str]:
+    try:
+        parse_method(v)
+    except ValueError as e:
+        return f"is not a selection method: {e}"
+    return None
+
+
 def _device(v) -> Optional[str]:
     if v in ("auto", "cpu") or (isinstance(v, str) and (v == "cuda" or v.startswith("cuda:"))):
         return None
@@ -110,9 +119,30 @@ SCHEMA: dict[str, Any] = {
         "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_one_of(SCORES))),
         "seeds": Field("list", [0], item="int", check=_each(SEED), doc="seeds of stochastic scores (random)"),
         "el2n_epoch": Field("int", 5, check=POSITIVE_INT, doc="teacher epoch (1-based) EL2N is read at"),
+        "proxy_seeds": Field("list", [0, 1, 2], item="int", check=_each(SEED),
+                             doc="independent short proxy runs for el2n_proxy / grand / grand_last_layer"),
+        "proxy_epochs": Field("int", 5, check=POSITIVE_INT),
+        "proxy_arch": Field("str", None, nullable=True, check=_one_of(MODELS), doc="null: teacher.arch"),
+        "el2n_proxy_epoch": Field("int", 3, check=POSITIVE_INT, doc="proxy epoch (1-based) EL2N is read at"),
+        "grand_epoch": Field("int", 0, check=_range(0), doc="proxy epoch GraNd is computed at (0: at init)"),
+        "aum_variant": Field("str", "logit", check=lambda v: None if v in ("logit", "prob") else
+                             "must be 'logit' (paper) or 'prob' (CCS code)"),
+        "uncertainty_window": Field("int", 10, check=POSITIVE_INT, doc="dynamic_uncertainty window (epochs)"),
+        "encoder": Field("str", None, nullable=True,
+                         doc="prototypes: directory (in the project) with model.safetensors + model.json of an "
+                             "encoder; null: the teacher's penultimate features"),
+        "memorization_models": Field("int", 8, check=_range(2)),
+        "memorization_fraction": Field("float", 0.7, check=_range(0.0, 1.0, lo_open=True, hi_open=True)),
+        "memorization_epochs": Field("int", 10, check=POSITIVE_INT),
     },
     "select": {
+        "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_method)),
         "fractions": Field("list", [0.1, 0.3, 0.5], item="float", check=_each(FRACTION)),
+        "ccs_score": Field("str", "aum", check=_one_of(SCORES), doc="score CCS stratifies"),
+        "ccs_beta": Field("float", 0.1, check=_range(0.0, 1.0, hi_open=True), doc="share of N cut as hardest"),
+        "ccs_strata": Field("int", 50, check=POSITIVE_INT),
+        "infobatch_prune_ratio": Field("float", 0.5, check=_range(0.0, 1.0, hi_open=True)),
+        "infobatch_delta": Field("float", 0.875, check=_range(0.0, 1.0, lo_open=True)),
     },
     "student": {
         **_train_fields("small_cnn", 30),
@@ -120,6 +150,9 @@ SCHEMA: dict[str, Any] = {
         "loss": Field("str", "kd", check=_one_of(LOSSES), doc="KD loss; the no-KD baseline (ce) always runs too"),
         "kd_weights": Field("list", [0.5], item="float", check=_each(_range(0.0, 1.0))),
         "temperature": Field("float", 4.0, check=_range(0.0, lo_open=True)),
+        "budget": Field("str", "epochs", check=lambda v: None if v in ("epochs", "steps") else
+                        "must be 'epochs' (fewer steps on smaller subsets) or 'steps' (compute-matched to the full "
+                        "data at student.epochs)"),
     },
 }
 
@@ -199,9 +232,25 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
             f"scores.el2n_epoch: {p['scores']['el2n_epoch']} is after the teacher's last epoch; "
             f"allowed: 1..teacher.epochs ({p['teacher']['epochs']})"
         )
-    stochastic = [m for m in p["scores"]["methods"] if m == "random"]
+    sp, sel = p["scores"], p["select"]
+    for label in sel["methods"]:
+        m = parse_method(label, sel["ccs_score"])
+        if m.score is not None and m.score not in sp["methods"]:
+            errors.append(f"select.methods: {label!r} reads score {m.score!r}, which scores.methods "
+                          f"{sp['methods']} does not compute; add it there")
+    if "el2n_proxy" in sp["methods"] and sp["el2n_proxy_epoch"] > sp["proxy_epochs"]:
+        errors.append(f"scores.el2n_proxy_epoch: {sp['el2n_proxy_epoch']} is after the proxies' last epoch; "
+                      f"allowed: 1..scores.proxy_epochs ({sp['proxy_epochs']})")
+    if {"grand", "grand_last_layer"} & set(sp["methods"]) and sp["grand_epoch"] > sp["proxy_epochs"]:
+        errors.append(f"scores.grand_epoch: {sp['grand_epoch']} is after the proxies' last epoch; "
+                      f"allowed: 0..scores.proxy_epochs ({sp['proxy_epochs']})")
+    if "infobatch" in sel["methods"] and p["student"]["budget"] == "steps":
+        errors.append("student.budget: 'steps' cannot be used with select.methods 'infobatch' (its epochs have "
+                      "varying sizes); allowed with infobatch: 'epochs'")
+    stochastic = [label for label in sel["methods"] if parse_method(label, sel["ccs_score"]).stochastic]
     if stochastic and sorted(p["scores"]["seeds"]) != sorted(p["student"]["seeds"]):
         errors.append(
-            f"scores.seeds: {p['scores']['seeds']} differs from student.seeds {p['student']['seeds']}; random selection "
-            "must run at the same seeds as the students of every other method: set both to the same list"
+            f"scores.seeds: {p['scores']['seeds']} differs from student.seeds {p['student']['seeds']}; seeded selection "
+            f"({', '.join(stochastic)}) must run at the same seeds as the students of every other method: set both "
+            "to the same list"
         )

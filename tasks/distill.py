@@ -9,7 +9,10 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+import math
+
 from kdprune.models import build_model
+from kdprune.selection import budget, make_sampler
 from kdprune.train import evaluate, seeded, train
 from tasks.common import (
     FileCheckpoint, atomic_write_json, device_data, fault_point, fingerprint, load_manifest, load_model,
@@ -32,6 +35,20 @@ def student_variants(root: Path, params: dict) -> list[dict]:
                 kd = "nokd" if w is None else f"kd{w:g}-T{sp['temperature']:g}"
                 out.append({"name": f"{mf.stem}__{kd}__s{seed}", "manifest": mf.name, "kd_weight": w, "seed": seed})
     return out
+
+
+def student_budget(sp: dict, n_total: int, manifest: dict, n_pool: int) -> tuple[int, int | None]:
+    """(epochs, max_steps) of a student. ``epochs``: student.epochs over its subset (fewer steps on
+    smaller subsets). ``steps``: the steps the full train split takes in student.epochs epochs,
+    spread over as many epochs of the subset (or of the RS2 per-epoch draw) as that needs."""
+    if sp["budget"] == "epochs":
+        return sp["epochs"], None
+    full_steps = sp["epochs"] * math.ceil(n_total / sp["batch_size"])
+    per_epoch = n_pool
+    s = manifest.get("sampler")
+    if s and s["name"] == "rs2":
+        per_epoch = budget(n_pool, s["options"]["ratio"])
+    return math.ceil(full_steps / math.ceil(per_epoch / sp["batch_size"])), full_steps
 
 
 def student_checkpoint(root: Path, params: dict, variant: dict, dataset_sha: str, manifest_sha: str, log=None):
@@ -59,17 +76,24 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
     c, h, _ = meta["shape"]
     with seeded(variant["seed"]):
         model = build_model(sp["arch"], c, meta["num_classes"], h)
+    epochs, max_steps = student_budget(sp, n_total=len(train_split), manifest=manifest, n_pool=int(subset.numel()))
     # order/augmentation seeds are the student seed: every subset of one seed sees the same
     # per-example augmentations as the full run of that seed would
-    cfg = train_config(sp, order_seed=variant["seed"], aug_seed=variant["seed"], loss=sp["loss"] if kd else "ce",
-                       kd_weight=variant["kd_weight"] or 0.0, temperature=sp["temperature"])
+    cfg = train_config(sp, epochs=epochs, order_seed=variant["seed"], aug_seed=variant["seed"],
+                       loss=sp["loss"] if kd else "ce", kd_weight=variant["kd_weight"] or 0.0,
+                       temperature=sp["temperature"], max_steps=max_steps)
+    sampler = None
+    if manifest.get("sampler"):
+        s = manifest["sampler"]
+        sampler = make_sampler(s["name"], int(subset.numel()), epochs, seed=s["seed"] or 0, **s["options"])
     record = {
         "name": variant["name"], "manifest": variant["manifest"], "method": manifest["method"],
         "fraction": manifest["fraction"], "selection_seed": manifest["seed"], "seed": variant["seed"],
         "kd": kd, "loss": cfg.loss, "kd_weight": variant["kd_weight"] if kd else 0.0,
         "temperature": sp["temperature"] if kd else None,
         "teacher_arch": tinfo["arch"], "student_arch": sp["arch"], "dataset": meta["dataset"],
-        "n_train": int(subset.numel()), "epochs": sp["epochs"],
+        "n_train": int(subset.numel()), "epochs": epochs, "budget": sp["budget"],
+        "sampler": (manifest.get("sampler") or {}).get("name"),
     }
     tr = Tracker(root)
     tags = {**stage_tags(root, "distill", meta), "kdprune.role": "student", "method": manifest["method"],
@@ -78,18 +102,19 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
                 params={**{k: v for k, v in record.items() if k not in ("name",)}, "student": sp}) as run_id:
         ckpt = student_checkpoint(root, params, variant, meta["sha256"], tags["manifest_sha256"], log)
         res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher if kd else None, checkpoint=ckpt,
-                    on_epoch=lambda epoch, m: fault_point(root, "distill", epoch))
+                    sampler=sampler, on_epoch=lambda epoch, m: fault_point(root, "distill", epoch))
         model.load_state_dict(res.best_state)
         val = evaluate(model, val_d)
         record.update(steps=res.steps, best_epoch=res.best_epoch, val_acc=val["acc"], val_loss=val["loss"],
-                      wall_s=res.seconds, mlflow_run_id=run_id)
+                      wall_s=res.seconds, mlflow_run_id=run_id, samples_seen=res.samples_seen,
+                      seen_fraction=res.samples_seen / (sp["epochs"] * len(train_split)))
         sdir = Path(out_dir) / variant["name"]
         save_model(sdir, model, {"arch": sp["arch"], "in_channels": c, "num_classes": meta["num_classes"],
                                  "image_size": h, "dataset": meta["dataset"], "dataset_sha256": meta["sha256"]})
         atomic_write_json(sdir / "metrics.json", {**record, "history": res.history})
         tr.log_history(run_id, res.history)
         tr.log_metrics(run_id, {"best_val_acc": val["acc"], "steps": res.steps, "wall_s": res.seconds,
-                                "n_train": record["n_train"]})
+                                "n_train": record["n_train"], "samples_seen": res.samples_seen})
         tr.log_artifact(run_id, mpath, "manifest")
         tr.log_artifact(run_id, sdir / "model.safetensors", "model")
     if tr.summary():

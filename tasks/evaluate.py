@@ -18,12 +18,31 @@ from tasks.tracking import Tracker
 
 COLUMNS = [
     "dataset", "method", "fraction", "kd", "kd_weight", "temperature", "seed", "teacher_arch", "student_arch",
-    "test_acc", "val_acc", "n_train", "steps", "epochs", "wall_s", "selection_seed", "name", "mlflow_run_id",
+    "test_acc", "val_acc", "n_train", "samples_seen", "seen_fraction", "steps", "epochs", "budget", "sampler",
+    "wall_s", "selection_s", "selection_peak_mb", "selection_seed", "name", "mlflow_run_id",
 ]
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
+
+
+def selection_costs(root: Path, params: dict) -> dict[str, dict]:
+    """Per selection method: seconds to score and select (proxy training included) and peak extra memory."""
+    from kdprune.selection import parse_method
+
+    sdir = Path(root) / "data" / "scores"
+    costs = {}
+    for label in params["select"]["methods"]:
+        m = parse_method(label, params["select"]["ccs_score"])
+        if m.score is None:
+            costs[label] = {"selection_s": 0.0, "selection_peak_mb": 0.0}
+            continue
+        infos = [json.loads(f.read_text()) for f in sorted(sdir.glob(f"{m.score}*.json"))
+                 if json.loads(f.read_text()).get("method") == m.score]
+        costs[label] = {"selection_s": max(i["total_s"] for i in infos) if infos else float("nan"),
+                        "selection_peak_mb": max(i["peak_mem_mb"] for i in infos) if infos else float("nan")}
+    return costs
 
 
 def build_report(df: pd.DataFrame, teacher: dict) -> str:
@@ -48,6 +67,13 @@ def build_report(df: pd.DataFrame, teacher: dict) -> str:
     ]
     for _, r in table.sort_values(["method", "fraction"]).iterrows():
         lines.append(f"| {r['method']} | {r['fraction']:g} | " + " | ".join(str(r[s]) for s in settings) + " |")
+    cost = df.groupby("method")[["selection_s", "selection_peak_mb", "seen_fraction"]].max()
+    lines += ["", "Selection cost (scoring and selection, including proxy training; peak extra memory) beside the "
+              "best test accuracy any student of the method reached:", "",
+              "| method | selection seconds | peak memory (MiB) | best test acc (%) |", "| --- | --- | --- | --- |"]
+    best = df.groupby("method")["test_acc"].max()
+    for method, r in cost.iterrows():
+        lines.append(f"| {method} | {r.selection_s:.3g} | {r.selection_peak_mb:.3g} | {100 * best[method]:.2f} |")
     kd = df[df.kd].groupby(["method", "fraction"])["test_acc"].max()
     nokd = df[~df.kd].groupby(["method", "fraction"])["test_acc"].mean()
     both = pd.concat([kd.rename("kd"), nokd.rename("nokd")], axis=1).dropna()
@@ -100,12 +126,14 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
         raise FileNotFoundError(f"no students under {sroot}; run `dvc repro distill` first")
     tr = Tracker(root)
     rows, compute_s = [], 0.0
+    costs = selection_costs(root, params)
     for d in student_dirs:
         rec = json.loads((d / "metrics.json").read_text())
         model, _ = load_model(d, device)
         t0 = time.perf_counter()
         rec["test_acc"] = evaluate(model, test_d)["acc"]
         compute_s += time.perf_counter() - t0
+        rec.update(costs.get(rec["method"], {}))
         rows.append({c: rec.get(c) for c in COLUMNS})
         if rec.get("mlflow_run_id"):
             try:

@@ -1,70 +1,251 @@
-"""scores: teacher dynamics -> data/scores/<method>[-<seed>].npy + .json (definition, variant, cost)."""
+"""scores: teacher dynamics, proxy runs, embeddings -> data/scores/<method>[-<seed>].npy + .json.
+
+Proxy runs (short independent trainings for el2n_proxy / grand / grand_last_layer, subset runs for
+memorization) are their own Prefect tasks so they can run in parallel; their files live under
+``.kdprune/proxies/`` while the stage runs and are removed when it finishes. Each score's JSON
+states its definition, variant, keep direction, options and cost (seconds, peak memory, and the
+proxy training it needed).
+"""
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
+import threading
 import time
 import tracemalloc
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from kdprune.device import resolve_device
+from kdprune.models import build_model
 from kdprune.scores import SCORES, ScoreContext
-from tasks.common import atomic_directory, atomic_save_npy, atomic_write_json, load_prepared, sha256_file, stage_tags
+from kdprune.train import predict_logits, seeded, train
+from tasks.common import (
+    FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json, device_data,
+    fingerprint, inside, load_model, load_prepared, sha256_file, stage_tags,
+)
+from tasks.teacher import train_config
 from tasks.tracking import Tracker
 
 STOCHASTIC = {"random"}  # scores computed once per seed in scores.seeds
+PROXY_SCORES = {"el2n_proxy", "grand", "grand_last_layer"}
+UNCERTAINTY = {"entropy", "least_confidence", "margin"}
 
 
 def score_options(method: str, sp: dict) -> dict:
-    return {"epoch": sp["el2n_epoch"]} if method == "el2n" else {}
+    return {
+        "el2n": {"epoch": sp["el2n_epoch"]},
+        "el2n_proxy": {"epoch": sp["el2n_proxy_epoch"]},
+        "aum": {"variant": sp["aum_variant"]},
+        "dynamic_uncertainty": {"window": sp["uncertainty_window"]},
+    }.get(method, {})
+
+
+def proxy_workdir(root: Path, params: dict) -> Path:
+    key = fingerprint(params["scores"], params["teacher"], params["data"], params["device"])
+    return Path(root) / ".kdprune" / "proxies" / key
+
+
+def proxy_jobs(params: dict) -> list[tuple[str, int]]:
+    """The proxy trainings the requested scores need: ("proxy", seed) and ("memo", model index)."""
+    sp = params["scores"]
+    jobs = []
+    if PROXY_SCORES & set(sp["methods"]):
+        jobs += [("proxy", s) for s in sp["proxy_seeds"]]
+    if "memorization" in sp["methods"]:
+        jobs += [("memo", m) for m in range(sp["memorization_models"])]
+    return jobs
+
+
+@contextlib.contextmanager
+def measure_cost():
+    """Wall seconds and peak extra memory (max of process RSS growth, traced Python/NumPy peak, CUDA peak)."""
+    import psutil
+
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.005):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    th = threading.Thread(target=poll, daemon=True)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    tracemalloc.start()
+    th.start()
+    out: dict = {}
+    t0 = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out["seconds"] = time.perf_counter() - t0
+        stop.set()
+        th.join()
+        traced = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        peak[0] = max(peak[0], proc.memory_info().rss)
+        cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+        out["peak_mem_mb"] = max(peak[0] - base, traced, cuda) / 2**20
+
+
+@task(name="train-proxy", cache_policy=NO_CACHE, persist_result=False, retries=1,
+      task_run_name="{kind}-{seed}")
+def train_proxy(root: str, params: dict, kind: str, seed: int, workdir: str) -> dict:
+    """One proxy training. ``proxy``: full train split for scores.proxy_epochs, recording dynamics and
+    the weights at scores.grand_epoch. ``memo``: a random scores.memorization_fraction subset, then
+    which training examples the final model classifies correctly."""
+    log = get_run_logger()
+    root_p = Path(root)
+    sp, tp = params["scores"], params["teacher"]
+    device = resolve_device(params["device"])
+    meta, splits = load_prepared(root_p, params["data"]["dataset"])
+    train_d = device_data(meta, splits["train"], device)
+    c, h, _ = meta["shape"]
+    arch = sp["proxy_arch"] or tp["arch"]
+    with seeded(1000 + seed):
+        model = build_model(arch, c, meta["num_classes"], h)
+    out = Path(workdir) / f"{kind}-{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"arch": arch, "in_channels": c, "num_classes": meta["num_classes"], "image_size": h}
+    t0 = time.perf_counter()
+    if kind == "proxy":
+        from safetensors.torch import save
+
+        def keep_weights(tag: str) -> None:
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            atomic_write_bytes(out / f"{tag}.safetensors", save(state))
+
+        if sp["grand_epoch"] == 0:
+            keep_weights("grand")
+        cfg = train_config(tp, epochs=sp["proxy_epochs"], order_seed=1000 + seed, aug_seed=1000 + seed,
+                           record_dynamics=True)
+        ckpt = FileCheckpoint(root_p, "scores", f"proxy-{seed}", fingerprint(cfg.__dict__, arch, meta["sha256"]), log)
+        res = train(model, train_d, cfg, checkpoint=ckpt,
+                    on_epoch=lambda e, m: keep_weights("grand") if e == sp["grand_epoch"] else None)
+        atomic_save_npy(out / "logits.npy", res.dynamics)
+    else:
+        rng = np.random.default_rng([seed, 7])
+        n = len(train_d)
+        mask = np.zeros(n, dtype=bool)
+        mask[rng.permutation(n)[: int(round(sp["memorization_fraction"] * n))]] = True
+        cfg = train_config(tp, epochs=sp["memorization_epochs"], order_seed=2000 + seed, aug_seed=2000 + seed)
+        ckpt = FileCheckpoint(root_p, "scores", f"memo-{seed}", fingerprint(cfg.__dict__, arch, meta["sha256"]), log)
+        train(model, train_d, cfg, subset=torch.from_numpy(np.flatnonzero(mask)), checkpoint=ckpt)
+        correct = (predict_logits(model, train_d).argmax(1) == train_d.y).cpu().numpy()
+        atomic_save_npy(out / "mask.npy", mask)
+        atomic_save_npy(out / "correct.npy", correct)
+    secs = time.perf_counter() - t0
+    atomic_write_json(out / "info.json", {**info, "seconds": secs, "checkpoint": str(ckpt.path)})
+    log.info(f"{kind} run {seed}: {arch}, {cfg.epochs} epochs, {secs:.1f}s")
+    return {"path": str(out), "seconds": secs, "kind": kind}
+
+
+def _proxy_model(d: Path, device):
+    from safetensors.torch import load
+
+    info = json.loads((d / "info.json").read_text())
+    model = build_model(info["arch"], info["in_channels"], info["num_classes"], info["image_size"])
+    model.load_state_dict(load((d / "grand.safetensors").read_bytes()))
+    return model.to(device).eval()
+
+
+def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: list[dict], device) -> ScoreContext:
+    """Everything the requested scores read, computed once: only the fields some method needs."""
+    sp = params["scores"]
+    train = splits["train"]
+    methods = set(sp["methods"])
+    needs = set().union(*(SCORES.get(m).needs for m in methods))
+    dyn_dir = Path(root) / "models" / "teacher" / "dynamics"
+    if not np.array_equal(np.load(dyn_dir / "ids.npy"), train.ids):
+        raise RuntimeError(f"{dyn_dir}/ids.npy does not match the prepared train split; re-run the teacher stage")
+    ctx = ScoreContext(ids=train.ids, labels=train.y, num_classes=meta["num_classes"],
+                       dynamics=np.load(dyn_dir / "logits.npy").astype(np.float32))
+    train_d = None
+    if UNCERTAINTY & methods or "embeddings" in needs or "inputs" in needs:
+        train_d = device_data(meta, train, device)
+    if UNCERTAINTY & methods:
+        teacher, _ = load_model(Path(root) / "models" / "teacher", device)
+        ctx.final_logits = predict_logits(teacher, train_d).cpu().numpy()
+    if "embeddings" in needs:
+        enc_dir = inside(root, sp["encoder"]) if sp["encoder"] else Path(root) / "models" / "teacher"
+        encoder, _ = load_model(enc_dir, device)
+        ctx.embeddings = predict_logits(encoder, train_d, features=True).cpu().numpy()
+    if "inputs" in needs:
+        ctx.inputs = train_d.normalise(train_d.x)
+    pdirs = [Path(p["path"]) for p in proxies if p["kind"] == "proxy"]
+    if "proxy_dynamics" in needs:
+        ctx.proxy_dynamics = [np.load(d / "logits.npy").astype(np.float32) for d in pdirs]
+    if "proxy_models" in needs:
+        ctx.proxy_models = [_proxy_model(d, device) for d in pdirs]
+    mdirs = [Path(p["path"]) for p in proxies if p["kind"] == "memo"]
+    if "memo_masks" in needs:
+        ctx.memo_masks = np.stack([np.load(d / "mask.npy") for d in mdirs])
+        ctx.memo_correct = np.stack([np.load(d / "correct.npy") for d in mdirs])
+    return ctx
 
 
 @task(name="compute-scores", cache_policy=NO_CACHE, persist_result=False)
-def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
+def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
+                   proxies: Optional[list[dict]] = None) -> dict:
     log = get_run_logger()
     root = Path(root)
     sp = params["scores"]
+    proxies = proxies or []
+    device = resolve_device(params["device"])
     meta, splits = load_prepared(root, params["data"]["dataset"])
     train = splits["train"]
-    dyn_dir = root / "models" / "teacher" / "dynamics"
-    dyn_ids = np.load(dyn_dir / "ids.npy")
-    if not np.array_equal(dyn_ids, train.ids):
-        raise RuntimeError(f"{dyn_dir}/ids.npy does not match the prepared train split; re-run the teacher stage")
-    dynamics = np.load(dyn_dir / "logits.npy").astype(np.float32)
+    proxy_s = {k: sum(p["seconds"] for p in proxies if p["kind"] == k) for k in ("proxy", "memo")}
     out = root / "data" / "scores"
     tr = Tracker(root)
-    index, compute_s = [], 0.0
+    index, compute_s = [], sum(proxy_s.values())
     with tr.run("scores", parent_run_id, tags=stage_tags(root, "scores", meta), params={"scores": sp}) as run_id, \
             atomic_directory(out) as tmp:
+        with measure_cost() as ctx_cost:
+            ctx = build_context(root, params, meta, splits, proxies, device)
+        compute_s += ctx_cost["seconds"]
         atomic_save_npy(tmp / "ids.npy", train.ids)
         for method in sp["methods"]:
             spec = SCORES.get(method)
             for seed in (sp["seeds"] if method in STOCHASTIC else [None]):
-                ctx = ScoreContext(ids=train.ids, labels=train.y, num_classes=meta["num_classes"],
-                                   seed=0 if seed is None else seed, dynamics=dynamics)
+                ctx.seed = 0 if seed is None else seed
                 opts = score_options(method, sp)
-                tracemalloc.start()
-                t0 = time.perf_counter()
-                values = spec(ctx, **opts)
-                secs = time.perf_counter() - t0
-                compute_s += secs
-                peak = tracemalloc.get_traced_memory()[1] / 2**20
-                tracemalloc.stop()
+                with measure_cost() as cost:
+                    values = spec(ctx, **opts)
+                compute_s += cost["seconds"]
                 stem = method if seed is None else f"{method}-{seed}"
                 atomic_save_npy(tmp / f"{stem}.npy", values)
+                proxy_cost = proxy_s["proxy"] if method in PROXY_SCORES else proxy_s["memo"] if method == "memorization" else 0.0
                 info = {
                     "method": method, "seed": seed, "keep": spec.keep, "definition": spec.definition,
                     "variant": spec.variant, "options": opts, "n": int(len(values)),
-                    "seconds": secs, "peak_mem_mb": peak, "sha256": sha256_file(tmp / f"{stem}.npy"),
+                    "seconds": cost["seconds"], "peak_mem_mb": cost["peak_mem_mb"], "proxy_train_s": proxy_cost,
+                    "total_s": cost["seconds"] + proxy_cost, "sha256": sha256_file(tmp / f"{stem}.npy"),
                     "dataset_sha256": meta["sha256"],
                     "stats": {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())},
                 }
                 atomic_write_json(tmp / f"{stem}.json", info)
                 index.append({"file": f"{stem}.npy", "method": method, "seed": seed})
-                tr.log_metrics(run_id, {f"{stem}.seconds": secs, f"{stem}.peak_mem_mb": peak})
-                log.info(f"score {stem}: {secs * 1000:.1f} ms, peak {peak:.1f} MiB, "
-                         f"range [{values.min():.3g}, {values.max():.3g}]")
+                tr.log_metrics(run_id, {f"{stem}.seconds": cost["seconds"], f"{stem}.peak_mem_mb": cost["peak_mem_mb"],
+                                        f"{stem}.total_s": info["total_s"]})
+                log.info(f"score {stem}: {cost['seconds'] * 1000:.1f} ms (+{proxy_cost:.1f}s proxy training), "
+                         f"peak {cost['peak_mem_mb']:.1f} MiB, range [{values.min():.3g}, {values.max():.3g}]")
         atomic_write_json(tmp / "index.json", index)
     return {"path": str(out), "scores": [e["file"] for e in index], "compute_s": compute_s}
+
+
+def clear_proxies(workdir: Path, proxies: list[dict]) -> None:
+    """After the stage's outputs are in place: drop proxy files and their checkpoints."""
+    for p in proxies:
+        info = Path(p["path"]) / "info.json"
+        if info.exists():
+            Path(json.loads(info.read_text())["checkpoint"]).unlink(missing_ok=True)
+    shutil.rmtree(workdir, ignore_errors=True)

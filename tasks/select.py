@@ -1,4 +1,8 @@
-"""select: scores -> data/manifests/<method>-<fraction>[-<seed>].json (sorted kept sample ids)."""
+"""select: scores -> data/manifests/<method>-<fraction>[-<seed>].json (sorted kept sample ids).
+
+Static methods keep a subset chosen once; per-epoch methods (rs2, infobatch) keep every id and
+record the sampler, its options and seed, which the distill stage uses to draw each epoch.
+"""
 from __future__ import annotations
 
 import json
@@ -10,19 +14,46 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from kdprune.selection import select
+from kdprune.selection import parse_method, select
 from tasks.common import (
     IntegrityError, atomic_directory, atomic_write_json, ids_sha256, load_prepared, sha256_file, stage_tags,
 )
 from tasks.tracking import Tracker
 
 
-def manifest_name(method: str, fraction: float, seed: Optional[int]) -> str:
-    return f"{method}-{fraction:g}" + ("" if seed is None else f"-{seed}") + ".json"
+def manifest_name(stem: str, fraction: float, seed: Optional[int]) -> str:
+    return f"{stem}-{fraction:g}" + ("" if seed is None else f"-{seed}") + ".json"
 
 
-def selector_for(keep: Optional[str]) -> str:
-    return "keep_low" if keep == "low" else "keep_high"  # random (keep None): top-k of uniform draws
+def _load_score(sdir: Path, stem: str, meta: dict) -> tuple[np.ndarray, dict, str]:
+    info = json.loads((sdir / f"{stem}.json").read_text())
+    sha = sha256_file(sdir / f"{stem}.npy")
+    if sha != info["sha256"] or info["dataset_sha256"] != meta["sha256"]:
+        raise IntegrityError(f"{sdir / stem}.npy does not match its {stem}.json (score or dataset sha256 differs); "
+                             "re-run the scores stage")
+    return np.load(sdir / f"{stem}.npy"), info, sha
+
+
+def plan(params: dict) -> list[dict]:
+    """Every manifest the params ask for: (method, fraction, seed) with its score file and selector/sampler."""
+    sel, sp = params["select"], params["scores"]
+    out = []
+    for label in sel["methods"]:
+        m = parse_method(label, sel["ccs_score"])
+        seeds = sp["seeds"] if m.stochastic else [None]
+        fractions = [1.0] if m.sampler == "infobatch" else sel["fractions"]
+        for seed in seeds:
+            for frac in fractions:
+                stem = m.score if m.score != "random" else f"random-{seed}"
+                out.append({"method": m, "fraction": frac, "seed": seed, "score_stem": stem})
+    return out
+
+
+def _options(m, params: dict, keep: Optional[str]) -> dict:
+    sel = params["select"]
+    if m.selector == "ccs":
+        return {"beta": sel["ccs_beta"], "k": sel["ccs_strata"], "hard": "high" if keep == "high" else "low"}
+    return {}
 
 
 @task(name="select-subsets", cache_policy=NO_CACHE, persist_result=False)
@@ -34,38 +65,38 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
     sdir = root / "data" / "scores"
     if not np.array_equal(np.load(sdir / "ids.npy"), train.ids):
         raise IntegrityError(f"{sdir}/ids.npy does not match the prepared train split; re-run the scores stage")
-    index = json.loads((sdir / "index.json").read_text())
     out = root / "data" / "manifests"
     tr = Tracker(root)
     names, compute_s = [], 0.0
-    with tr.run("select", parent_run_id, tags=stage_tags(root, "select", meta), params={"select": params["select"]}) as run_id, \
+    sel = params["select"]
+    with tr.run("select", parent_run_id, tags=stage_tags(root, "select", meta), params={"select": sel}) as run_id, \
             atomic_directory(out) as tmp:
-        for entry in index:
-            stem = entry["file"][: -len(".npy")]
-            info = json.loads((sdir / f"{stem}.json").read_text())
-            score_sha = sha256_file(sdir / entry["file"])
-            if score_sha != info["sha256"] or info["dataset_sha256"] != meta["sha256"]:
-                raise IntegrityError(f"{sdir / entry['file']} does not match its {stem}.json (score or dataset "
-                                     "sha256 differs); re-run the scores stage")
-            scores = np.load(sdir / entry["file"])
-            selector = selector_for(info["keep"])
-            for frac in params["select"]["fractions"]:
+        for job in plan(params):
+            m, frac, seed = job["method"], job["fraction"], job["seed"]
+            base = {"method": m.label, "fraction": frac, "seed": seed, "dataset": meta["dataset"],
+                    "dataset_sha256": meta["sha256"], "n_total": int(len(train.ids))}
+            if m.sampler is not None:
+                opts = ({"ratio": frac} if m.sampler == "rs2" else
+                        {"prune_ratio": sel["infobatch_prune_ratio"], "delta": sel["infobatch_delta"]})
+                kept = train.ids
+                extra = {"selector": None, "sampler": {"name": m.sampler, "seed": seed, "options": opts},
+                         "keep": None, "score_sha256": None, "score_variant": None}
+            else:
+                scores, info, score_sha = _load_score(sdir, job["score_stem"], meta)
+                opts = _options(m, params, info["keep"])
                 t0 = time.perf_counter()
-                kept = select(selector, train.ids, train.y, scores, frac, seed=entry["seed"] or 0)
+                kept = select(m.selector, train.ids, train.y, scores, frac, seed=seed or 0, **opts)
                 compute_s += time.perf_counter() - t0
-                labels = train.y[train.positions(kept)]
-                name = manifest_name(entry["method"], frac, entry["seed"])
-                manifest = {
-                    "method": entry["method"], "fraction": frac, "seed": entry["seed"], "selector": selector,
-                    "keep": info["keep"], "n": int(len(kept)), "n_total": int(len(train.ids)),
-                    "dataset": meta["dataset"], "dataset_sha256": meta["sha256"], "score_sha256": score_sha,
-                    "score_variant": info["variant"],
-                    "class_counts": np.bincount(labels, minlength=meta["num_classes"]).tolist(),
-                    "ids": kept.tolist(),
-                    "ids_sha256": ids_sha256(kept),
-                }
-                atomic_write_json(tmp / name, manifest)
-                names.append(name)
-                log.info(f"manifest {name}: {len(kept)}/{len(train.ids)} kept, class counts {manifest['class_counts']}")
+                extra = {"selector": m.selector, "selector_options": opts, "sampler": None, "keep": info["keep"],
+                         "score": m.score, "score_sha256": score_sha, "score_variant": info["variant"]}
+            labels = train.y[train.positions(kept)]
+            name = manifest_name(m.file_stem, frac, seed)
+            manifest = {**base, **extra, "n": int(len(kept)),
+                        "class_counts": np.bincount(labels, minlength=meta["num_classes"]).tolist(),
+                        "ids": kept.tolist(), "ids_sha256": ids_sha256(kept)}
+            atomic_write_json(tmp / name, manifest)
+            names.append(name)
+            what = f"sampler {m.sampler} {opts}" if m.sampler else f"{len(kept)}/{len(train.ids)} kept"
+            log.info(f"manifest {name}: {what}, class counts {manifest['class_counts']}")
         tr.log_metrics(run_id, {"manifests": len(names)})
     return {"path": str(out), "manifests": names, "compute_s": compute_s}

@@ -149,3 +149,52 @@ def test_a_killed_local_prefect_server_is_restarted_by_the_next_stage(tiny_proje
     p = tiny_project.run(sys.executable, "-m", "flows", "evaluate")
     assert "starting a local Prefect server" in p.stdout
     assert int(pid_file.read_text()) != pid
+
+
+ALL_SCORES = ["random", "el2n", "el2n_proxy", "grand", "grand_last_layer", "forgetting", "aum", "entropy",
+              "least_confidence", "margin", "dynamic_uncertainty", "prototypes", "prototypes_supervised",
+              "moderate_ds", "memorization"]
+ALL_METHODS = ALL_SCORES + ["el2n:balanced", "aum:high", "ccs", "rs2", "infobatch"]
+
+
+def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, prefect_port):
+    from tests.conftest import make_project
+
+    port, home = prefect_port
+    proj = make_project(tmp_path / "all", port, {
+        "teacher": {"epochs": 4, "batch_size": 64},
+        "scores": {"methods": ALL_SCORES, "seeds": [0], "el2n_epoch": 2, "proxy_seeds": [0, 1], "proxy_epochs": 2,
+                   "el2n_proxy_epoch": 2, "grand_epoch": 1, "memorization_models": 3, "memorization_epochs": 2},
+        "select": {"methods": ALL_METHODS, "fractions": [0.3]},
+        "student": {"epochs": 3, "batch_size": 64, "seeds": [0], "kd_weights": [0.5]},
+    })
+    proj.env["PREFECT_HOME"] = str(home)
+    proj.run("dvc", "repro")
+    sdir = proj.path / "data" / "scores"
+    for s in ALL_SCORES:
+        info = json.loads((sdir / (f"{s}-0.json" if s == "random" else f"{s}.json")).read_text())
+        assert info["definition"] and info["variant"] and info["seconds"] >= 0 and info["peak_mem_mb"] >= 0
+        if s in ("el2n_proxy", "grand", "grand_last_layer", "memorization"):
+            assert info["proxy_train_s"] > 0
+    assert not list((proj.path / ".kdprune" / "proxies").glob("*"))  # proxy files removed after the stage
+    df = pd.read_csv(proj.path / "reports" / "results.csv")
+    assert set(df.method) == set(ALL_METHODS) and len(df) == 2 * len(ALL_METHODS)
+    n_train = json.loads((proj.path / "data/prepared/digits/meta.json").read_text())["sizes"]["train"]
+    rs2 = df[df.method == "rs2"].iloc[0]
+    from kdprune.selection import budget
+
+    assert rs2.n_train == n_train and rs2.samples_seen == 3 * budget(n_train, 0.3)  # a fresh 30% per epoch
+    ib = df[df.method == "infobatch"].iloc[0]
+    assert ib.fraction == 1.0 and ib.samples_seen < 3 * n_train  # some low-loss examples were skipped
+    static = df[~df.method.isin(["rs2", "infobatch"])]
+    assert (static.n_train == budget(n_train, 0.3)).all()
+    m = json.loads((proj.path / "data/manifests/rs2-0.3-0.json").read_text())
+    assert m["sampler"] == {"name": "rs2", "seed": 0, "options": {"ratio": 0.3}}
+    ccs = json.loads((proj.path / "data/manifests/ccs-0.3-0.json").read_text())
+    assert ccs["selector"] == "ccs" and ccs["score"] == "aum" and ccs["selector_options"]["beta"] == 0.1
+    report = (proj.path / "reports" / "report.md").read_text()
+    assert "| method | selection seconds | peak memory (MiB) | best test acc (%) |" in report
+    assert "| grand |" in report
+    client, runs = _mlflow_runs(proj)
+    scores_run = next(r for r in runs if r.info.run_name == "scores")
+    assert {"grand.seconds", "grand.peak_mem_mb", "memorization.total_s"} <= set(scores_run.data.metrics)

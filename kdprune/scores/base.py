@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from kdprune.registry import Registry
+
+if TYPE_CHECKING:  # the context only carries torch objects; the scores that use them import torch
+    import torch
 
 
 @dataclass
@@ -24,6 +27,21 @@ class ScoreContext:
     seed: int = 0
     # teacher training dynamics: logits of every example at every epoch, [E, N, C]
     dynamics: Optional[np.ndarray] = None
+    # Optional inputs of the other scores; every array/tensor is in the order of ``ids``.
+    # el2n_proxy: one [E, N, C] logit array per independently initialised short proxy run
+    proxy_dynamics: Optional[Sequence[np.ndarray]] = None
+    # grand, grand_last_layer: proxy models at/near initialisation (one per seed, torch nn.Module,
+    # each with a linear ``head``), and the float inputs [N, C, H, W], already normalised
+    proxy_models: Optional[Sequence[Any]] = None
+    inputs: Optional["torch.Tensor"] = None
+    # entropy, least_confidence, margin: final logits [N, C] (e.g. the teacher in eval mode);
+    # when None they read the last epoch of ``dynamics``
+    final_logits: Optional[np.ndarray] = None
+    # prototypes, prototypes_supervised, moderate_ds: one embedding per example [N, D]
+    embeddings: Optional[np.ndarray] = None
+    # memorization: bool [M, N]: example n was in model m's training subset / model m is correct on n
+    memo_masks: Optional[np.ndarray] = None
+    memo_correct: Optional[np.ndarray] = None
 
 
 @dataclass

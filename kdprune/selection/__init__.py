@@ -1,2 +1,7 @@
-"""Static selectors: turn a per-example score into a kept subset of sample ids."""
-from kdprune.selection.static import SELECTORS, budget, register_selector, select  # noqa: F401
+"""Selection: static selectors (score -> kept subset of sample ids) and per-epoch samplers."""
+from kdprune.selection.static import (  # noqa: F401
+    SELECTORS, budget, class_quotas, register_selector, select, selector_options,
+)
+from kdprune.selection.ccs import ccs_allocation, ccs_strata  # noqa: F401  (registers "ccs")
+from kdprune.selection.samplers import SAMPLERS, Sampler, make_sampler, register_sampler  # noqa: F401
+from kdprune.selection.methods import SAMPLER_METHODS, Method, parse_method, valid_names  # noqa: F401

@@ -1,17 +1,29 @@
 """Static (once, before training) selection of a kept subset.
 
-Every selector maps (ids, labels, scores, fraction, seed) to the kept ids, sorted ascending.
-Ties in score are broken by sample id so the result never depends on input order.
+Every selector is registered by name in ``SELECTORS`` and called as
+
+    fn(ids, labels, scores, fraction, seed, **options) -> kept ids (int64, sorted ascending)
+
+``ids``, ``labels`` and ``scores`` are aligned 1-D arrays (one entry per training example),
+``fraction`` in (0, 1] is the kept fraction, the number kept is ``budget(len(ids), fraction)``,
+``seed`` drives any randomness through ``np.random.default_rng(seed)`` (never the global RNG) and
+``options`` are selector-specific keywords (e.g. CCS's ``beta``). Ties in score are broken by
+sample id and every random draw is made over the ids in sorted order, so the result never
+depends on the order of the input arrays.
+
+Registered here: ``keep_high``, ``keep_low``, ``random``, ``class_balanced_high``,
+``class_balanced_low``; CCS (``ccs``) lives in ``ccs.py``.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import numpy as np
 
 from kdprune.registry import Registry
 
-Selector = Callable[[np.ndarray, np.ndarray, np.ndarray, float, int], np.ndarray]
+Selector = Callable[..., np.ndarray]
 SELECTORS: Registry[Selector] = Registry("selector")
 register_selector = SELECTORS.register
 
@@ -43,10 +55,116 @@ def keep_low(ids, labels, scores, fraction, seed):
     return np.sort(ids[_order(ids, scores, descending=False)[:k]])
 
 
-def select(selector: str, ids: np.ndarray, labels: np.ndarray, scores: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+@register_selector("random")
+def random_subset(ids, labels, scores, fraction, seed):
+    """A uniform random subset of ``budget(N, fraction)`` ids; ``scores`` are ignored.
+
+    The draw is ``np.random.default_rng(seed).permutation(N)[:k]`` applied to the ids sorted
+    ascending, so the same (id set, fraction, seed) gives the same subset in any input order.
+    """
+    k = budget(len(ids), fraction)
+    pool = np.sort(np.asarray(ids))
+    pick = np.random.default_rng(seed).permutation(len(pool))[:k]
+    return np.sort(pool[pick])
+
+
+random_subset.needs_scores = False  # select() accepts scores=None for it
+
+
+def class_quotas(class_sizes: np.ndarray, k: int) -> np.ndarray:
+    """Split a budget ``k`` across classes proportionally to ``class_sizes`` (largest remainder).
+
+    Class c's exact share is ``k * n_c / N``; each class first gets the floor of its share, and
+    the ``k - sum(floors)`` leftover units go one each to the classes with the largest fractional
+    remainder, ties broken by class index ascending. Integer arithmetic throughout (remainder
+    ``k * n_c mod N``), so no float ties. The total is exactly ``k`` (for 0 <= k <= N) and no
+    class gets more than its size: a class only receives a leftover unit when its share is not
+    an integer, i.e. when ``floor(share) < share < n_c``. A class may get 0 when its share is
+    below one.
+    """
+    sizes = np.asarray(class_sizes, dtype=np.int64)
+    n = int(sizes.sum())
+    if not 0 <= k <= n:
+        raise ValueError(f"budget {k} must be between 0 and the number of examples {n}")
+    if n == 0:
+        return np.zeros_like(sizes)
+    base, rem = np.divmod(k * sizes, n)
+    left = k - int(base.sum())
+    # largest remainder first, then class index ascending
+    order = np.lexsort((np.arange(len(sizes)), -rem))
+    base[order[:left]] += 1
+    return base
+
+
+def _class_balanced(ids, labels, scores, fraction, descending: bool) -> np.ndarray:
+    ids = np.asarray(ids)
+    labels = np.asarray(labels)
+    k = budget(len(ids), fraction)
+    classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    quotas = class_quotas(sizes, k)
+    primary = -np.asarray(scores) if descending else np.asarray(scores)
+    # one global order: by class, then score, then id; then take each class's first quota rows
+    order = np.lexsort((ids, primary, inverse))
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    rank_in_class = np.arange(len(ids)) - starts[inverse[order]]
+    kept = order[rank_in_class < quotas[inverse[order]]]
+    return np.sort(ids[kept])
+
+
+@register_selector("class_balanced_high")
+def class_balanced_high(ids, labels, scores, fraction, seed):
+    """Per class, keep the highest scores; the budget is split across classes in proportion to
+    class size (largest-remainder rounding, see ``class_quotas``: the total is exactly
+    ``budget(N, fraction)`` and no class gets more than its size). Ties broken by id.
+
+    The ids are returned sorted ascending, which is not a training order: the trainer draws a
+    fresh permutation of the subset every epoch, which is the "shuffle after class-balanced
+    selection" the recipe asks for.
+    """
+    return _class_balanced(ids, labels, scores, fraction, descending=True)
+
+
+@register_selector("class_balanced_low")
+def class_balanced_low(ids, labels, scores, fraction, seed):
+    """Per class, keep the lowest scores; otherwise as ``class_balanced_high`` (same quotas,
+    ties broken by id, sorted output that the trainer shuffles every epoch)."""
+    return _class_balanced(ids, labels, scores, fraction, descending=False)
+
+
+def selector_options(selector: str) -> list[str]:
+    """Names of the keyword options a registered selector accepts (beyond the five positionals)."""
+    params = list(inspect.signature(SELECTORS.get(selector)).parameters.values())[5:]
+    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def select(selector: str, ids: np.ndarray, labels: np.ndarray, scores: np.ndarray | None, fraction: float,
+           seed: int = 0, **options) -> np.ndarray:
+    """Run a registered selector after validating its inputs; returns sorted int64 ids.
+
+    ``options`` are passed to the selector as keywords; an option it does not take is a
+    ValueError naming the selector and the options it does take. ``scores`` may be None only
+    for selectors that ignore them (``random``).
+    """
+    fn = SELECTORS.get(selector)
+    ids = np.asarray(ids)
+    labels = np.asarray(labels)
+    if scores is None:
+        if getattr(fn, "needs_scores", True):
+            raise ValueError(f"selector {selector!r} needs scores")
+        scores = np.zeros(len(ids))
+    scores = np.asarray(scores)
     if not (len(ids) == len(labels) == len(scores)):
         raise ValueError("ids, labels and scores must have the same length")
+    if len(ids) == 0:
+        raise ValueError("cannot select from an empty set of ids")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("ids contain duplicates")
     if not np.isfinite(scores).all():
         raise ValueError("scores contain NaN or infinite values")
-    out = SELECTORS.get(selector)(ids, labels, scores, fraction, seed)
-    return out.astype(np.int64)
+    allowed = selector_options(selector)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"selector {selector!r} does not take option(s) {', '.join(unknown)}; "
+                         f"it takes: {', '.join(allowed) or 'none'}")
+    out = fn(ids, labels, scores, fraction, seed, **options)
+    return np.asarray(out).astype(np.int64)

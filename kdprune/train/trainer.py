@@ -75,6 +75,7 @@ class TrainConfig:
     temperature: float = 1.0
     record_dynamics: bool = False
     eval_batch_size: int = 1024
+    max_steps: Optional[int] = None  # equal-steps budget: stop after this many optimizer steps
 
 
 class CheckpointStore(Protocol):
@@ -93,6 +94,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     dynamics: Optional[np.ndarray] = None  # float16 [E, n_subset, C], rows in subset order
     steps: int = 0
+    samples_seen: int = 0
     seconds: float = 0.0
 
 
@@ -122,14 +124,20 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> dict
     return {"acc": float(acc), "loss": float(loss)}
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+def lr_factor(progress: float, warmup: float) -> float:
+    """LR multiplier at ``progress`` in [0, 1] of the run: linear warmup over the first ``warmup``
+    share, then cosine decay to 0. A pure function of progress, so a resumed run needs no scheduler state."""
+    if warmup > 0 and progress < warmup:
+        return max(progress / warmup, 1e-3)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-12, 1.0 - warmup))))
 
-    return f
+
+def _np_to_torch(state: dict) -> dict:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+
+def _torch_to_np(state: dict) -> dict:
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def train(
@@ -141,15 +149,20 @@ def train(
     teacher: Optional[nn.Module] = None,
     on_epoch: Optional[Callable[[int, dict[str, float]], None]] = None,
     checkpoint: Optional[CheckpointStore] = None,
+    sampler=None,
 ) -> TrainResult:
     """Train ``model`` on ``data[subset]`` (all of ``data`` when subset is None).
 
-    ``subset`` holds row positions into ``data`` (int64, on any device). ``on_epoch(epoch,
-    metrics)`` is called after each epoch (1-based) with train loss/acc, val acc/loss and lr.
+    ``subset`` holds row positions into ``data`` (int64, on any device). ``sampler`` (see
+    kdprune.selection.samplers) picks, each epoch, which positions of the subset to train on and
+    their loss weights (RS2, InfoBatch); without one every epoch uses the whole subset.
+    ``cfg.max_steps`` stops after that many optimizer steps (the equal-steps budget); the LR
+    schedule follows the share of the run done. ``on_epoch(epoch, metrics)`` is called after each
+    epoch (1-based) with train loss/acc, val acc/loss, lr and samples seen.
 
-    With ``checkpoint``, the full training state (model, optimizer, scheduler, best model so far,
-    history, recorded dynamics, epoch) is saved after every epoch, and a run that finds a saved
-    state continues after its epoch. Batch order and augmentation are pure functions of
+    With ``checkpoint``, the full training state (model, optimizer, best model so far, history,
+    recorded dynamics, sampler state, epoch) is saved after every epoch, and a run that finds a
+    saved state continues after its epoch. Batch order and augmentation are pure functions of
     (seed, epoch), so no random stream needs restoring: a resumed run equals an uninterrupted one.
     """
     device = data.x.device
@@ -160,13 +173,14 @@ def train(
     n = subset.numel()
     if n == 0:
         raise ValueError("cannot train on an empty subset")
+    if sampler is not None and (sampler.n != n or sampler.epochs != cfg.epochs):
+        raise ValueError(f"sampler built for n={sampler.n}, epochs={sampler.epochs}; training has n={n}, "
+                         f"epochs={cfg.epochs}")
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval()
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -176,18 +190,17 @@ def train(
         momentum=cfg.momentum,
         nesterov=cfg.nesterov,
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_lambda(total_steps, min(total_steps, int(round(cfg.warmup_epochs * steps_per_epoch))))
-    )
+    warmup = min(1.0, cfg.warmup_epochs / cfg.epochs)
     num_classes = model.head.out_features if hasattr(model, "head") else None
     dyn = None
     if cfg.record_dynamics:
         if num_classes is None:
             raise ValueError("record_dynamics needs a model with a linear `head`")
-        dyn = torch.empty((cfg.epochs, n, num_classes), dtype=torch.float16, device=device)
+        dyn = torch.full((cfg.epochs, n, num_classes), float("nan"), dtype=torch.float16, device=device)
 
     result = TrainResult(best_state={}, best_epoch=0, best_val_acc=-1.0)
-    fingerprint = {**asdict(cfg), "n": n, "subset_sum": int(subset.sum()), "teacher": teacher is not None}
+    fingerprint = {**asdict(cfg), "n": n, "subset_sum": int(subset.sum()), "teacher": teacher is not None,
+                   "sampler": None if sampler is None else type(sampler).__name__}
     start_epoch, elapsed = 1, 0.0
     state = checkpoint.load() if checkpoint is not None else None
     if state is not None:
@@ -195,24 +208,48 @@ def train(
             raise ValueError("the checkpoint was written by a run with other settings; delete it to start afresh")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         result.best_state = {k: v.to(device) for k, v in state["best_state"].items()}
         result.best_epoch, result.best_val_acc = state["best_epoch"], state["best_val_acc"]
         result.history, result.steps = list(state["history"]), state["steps"]
+        result.samples_seen = state["samples_seen"]
         if dyn is not None:
             dyn[: state["epoch"]] = state["dynamics"].to(device)
+        if sampler is not None:
+            sampler.load_state_dict(_torch_to_np(state["sampler"]))
         start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
     t0 = time.perf_counter() - elapsed
     order_gen = torch.Generator(device="cpu")
+    all_local = torch.arange(n, device=device)
     for epoch in range(start_epoch, cfg.epochs + 1):
+        if cfg.max_steps is not None and result.steps >= cfg.max_steps:
+            break
         model.train()
+        if sampler is None:
+            local_pool, weights = all_local, None
+        else:
+            local_pool = torch.from_numpy(sampler.epoch_positions(epoch)).to(device)
+            w = sampler.loss_weights(epoch)
+            weights = None if w is None else torch.from_numpy(w).to(device)
+        m = local_pool.numel()
         aug = epoch_augmentation(len(data), epoch, cfg.aug_seed, cfg.pad, cfg.flip, device)
         order_gen.manual_seed(cfg.order_seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=order_gen).to(device)  # positions within the subset
+        order = torch.randperm(m, generator=order_gen).to(device)  # indices into local_pool
+        steps_this_epoch = math.ceil(m / cfg.batch_size)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        for i in range(0, n, cfg.batch_size):
-            local = perm[i : i + cfg.batch_size]
+        seen_losses = torch.empty(m, device=device) if sampler is not None else None
+        seen = 0
+        for b, i in enumerate(range(0, m, cfg.batch_size)):
+            if cfg.max_steps is not None and result.steps >= cfg.max_steps:
+                break
+            if cfg.max_steps is not None:
+                progress = (result.steps + 1) / cfg.max_steps
+            else:
+                progress = (epoch - 1 + (b + 1) / steps_this_epoch) / cfg.epochs
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor(progress, warmup)
+            idx = order[i : i + cfg.batch_size]
+            local = local_pool[idx]
             rows = subset[local]
             xb = augment_batch(data.x[rows], aug.dy[rows], aug.dx[rows], None if aug.flip is None else aug.flip[rows], cfg.pad)
             xb = data.normalise(xb)
@@ -225,20 +262,28 @@ def train(
                     with torch.no_grad():
                         t_logits = teacher(xb)
                 logits = model(xb)
-                loss = loss_fn(logits.float(), yb, None if t_logits is None else t_logits.float(), cfg.kd_weight, cfg.temperature)
+                per_example = loss_fn(logits.float(), yb, None if t_logits is None else t_logits.float(),
+                                      cfg.kd_weight, cfg.temperature)
+                loss = (per_example * weights[idx]).mean() if weights is not None else per_example.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
-            loss_sum += loss.detach() * yb.shape[0]
+            loss_sum += per_example.detach().sum()
             correct += (logits.detach().argmax(1) == yb).sum()
+            if seen_losses is not None:
+                seen_losses[i : i + len(idx)] = per_example.detach()
             if dyn is not None:
                 dyn[epoch - 1, local] = logits.detach().to(torch.float16)
             result.steps += 1
+            seen += len(idx)
+        result.samples_seen += seen
+        if sampler is not None:
+            sampler.update(epoch, local_pool[order[:seen]].cpu().numpy(), seen_losses[:seen].cpu().numpy())
         metrics = {
-            "train_loss": float(loss_sum) / n,
-            "train_acc": float(correct) / n,
-            "lr": sched.get_last_lr()[0],
+            "train_loss": float(loss_sum) / max(1, seen),
+            "train_acc": float(correct) / max(1, seen),
+            "lr": opt.param_groups[0]["lr"],
+            "samples_seen": float(result.samples_seen),
         }
         if val is not None:
             v = evaluate(model, val, cfg.eval_batch_size)
@@ -255,10 +300,12 @@ def train(
         if checkpoint is not None:
             checkpoint.save({
                 "fingerprint": fingerprint, "epoch": epoch, "elapsed": metrics["seconds"],
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "best_state": result.best_state, "best_epoch": result.best_epoch,
                 "best_val_acc": result.best_val_acc, "history": result.history, "steps": result.steps,
+                "samples_seen": result.samples_seen,
                 "dynamics": None if dyn is None else dyn[:epoch].cpu(),
+                "sampler": None if sampler is None else _np_to_torch(sampler.state_dict()),
             })
         if on_epoch is not None:
             on_epoch(epoch, metrics)

@@ -1,0 +1,38 @@
+import numpy as np
+
+from kdprune.scores.base import ScoreContext, register_score, softmax
+
+VARIANTS = ("logit", "prob")
+
+
+def margins(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Assigned-class value minus the largest other value, per epoch and example: [E, N, C] -> [E, N]."""
+    n = np.arange(values.shape[1])
+    assigned = values[:, n, labels]
+    others = values.copy()
+    others[:, n, labels] = -np.inf
+    return assigned - others.max(axis=2)
+
+
+@register_score(
+    "aum",
+    keep="low",
+    variant="teacher training-pass dynamics; variant='logit' (paper, default: logit margin averaged over "
+    "epochs) or 'prob' (CCS code: softmax-probability margin summed over epochs)",
+    needs=("dynamics",),
+)
+def aum(ctx: ScoreContext, variant: str = "logit") -> np.ndarray:
+    """AUM, area under the margin: assigned-class logit minus the largest other logit, averaged over epochs.
+
+    Pleiss et al. (2020), "Identifying Mislabeled Data using the Area Under the Margin Ranking",
+    from the logits of each example's training presentation in every epoch (``ctx.dynamics``).
+    ``variant="prob"`` is the coverage-centric coreset selection code (Zheng et al. 2023): the same
+    margin on softmax probabilities, summed (not averaged) over epochs. Low AUM = hard (very
+    negative flags likely mislabels); the usual recipe keeps low, CCS first drops the lowest.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"aum variant must be one of {VARIANTS}, got {variant!r}")
+    dyn = np.asarray(ctx.dynamics, dtype=np.float64)
+    if variant == "logit":
+        return margins(dyn, ctx.labels).mean(axis=0)
+    return margins(softmax(dyn), ctx.labels).sum(axis=0)

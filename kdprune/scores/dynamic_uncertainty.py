@@ -1,0 +1,39 @@
+import numpy as np
+
+from kdprune.scores.base import ScoreContext, register_score, softmax
+
+
+def windowed_std(series: np.ndarray, window: int, ddof: int = 0) -> np.ndarray:
+    """Mean over all sliding windows of ``window`` consecutive rows of the per-column std: [E, N] -> [N].
+
+    A window longer than E is cut to E (one window). A one-row window has std 0.
+    """
+    e = series.shape[0]
+    w = min(window, e)
+    if w - ddof <= 0:
+        return np.zeros(series.shape[1])
+    wins = np.lib.stride_tricks.sliding_window_view(series, w, axis=0)  # [E - w + 1, N, w]
+    return wins.std(axis=2, ddof=ddof).mean(axis=0)
+
+
+@register_score(
+    "dynamic_uncertainty",
+    keep="high",
+    variant="teacher training-pass dynamics; window 10 (whole run if fewer epochs); population std "
+    "(ddof=0) by default",
+    needs=("dynamics",),
+)
+def dynamic_uncertainty(ctx: ScoreContext, window: int = 10, ddof: int = 0) -> np.ndarray:
+    """Dynamic uncertainty: std of the target-class probability over a sliding window of epochs, averaged.
+
+    He et al. (2024), "Large-scale Dataset Pruning with Dynamic Uncertainty": for every window of
+    ``window`` consecutive epochs (J = 10 in the paper) take the std of softmax(logits)[label], then
+    average over the E - J + 1 windows. If E < window the whole run is one window. ``ddof=1`` gives
+    the sample std; with equal-length windows it only rescales, so the ranking is the same.
+    High = hard; the usual recipe keeps high.
+    """
+    if window < 1:
+        raise ValueError(f"dynamic_uncertainty window must be >= 1, got {window}")
+    p = softmax(np.asarray(ctx.dynamics, dtype=np.float64))
+    target = p[:, np.arange(p.shape[1]), ctx.labels]  # [E, N]
+    return windowed_std(target, window, ddof)

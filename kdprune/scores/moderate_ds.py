@@ -1,0 +1,51 @@
+import numpy as np
+
+from kdprune.scores.base import ScoreContext, register_score
+
+VARIANTS = ("class", "global_rank")
+
+
+def median_distances(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each feature to the coordinate-wise median feature of its class."""
+    features = np.asarray(features, dtype=np.float64)
+    d = np.zeros(len(features))
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        d[rows] = np.linalg.norm(features[rows] - np.median(features[rows], axis=0), axis=1)
+    return d
+
+
+@register_score(
+    "moderate_ds",
+    keep="high",
+    variant="score = -|d - median of d in the class| (variant='class', default), or "
+    "-|rank(d) - (N-1)/2| over all examples (variant='global_rank', the published code's band); "
+    "d = distance to the class's coordinate-wise median feature",
+    needs=("embeddings",),
+)
+def moderate_ds(ctx: ScoreContext, variant: str = "class") -> np.ndarray:
+    """Moderate-DS: keep examples whose distance to their class median feature is moderate.
+
+    Xia et al. (2023), "Moderate Coreset": d = ||f - median_c||_2 with median_c the coordinate-wise
+    median of class c's features (``ctx.embeddings``). The recipe keeps the examples whose d is
+    nearest the median distance, so the score is the NEGATED closeness: ``variant="class"``
+    (default) scores -|d - median(d over the class)|; ``variant="global_rank"`` follows the
+    published code, which keeps a band of ranks around the middle of all examples' sorted d:
+    -|rank(d) - (N-1)/2| (ties by position; equal to the code's band up to rounding at its edges).
+    Either way, keep high = nearest the median distance.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"moderate_ds variant must be one of {VARIANTS}, got {variant!r}")
+    emb = np.asarray(ctx.embeddings)
+    if emb.ndim != 2 or emb.shape[0] != len(ctx.ids):
+        raise ValueError(f"embeddings must be [{len(ctx.ids)}, D], got {emb.shape}")
+    d = median_distances(emb, ctx.labels)
+    if variant == "global_rank":
+        rank = np.empty(len(d))
+        rank[np.argsort(d, kind="stable")] = np.arange(len(d))
+        return -np.abs(rank - (len(d) - 1) / 2.0)
+    out = np.zeros(len(d))
+    for c in np.unique(ctx.labels):
+        rows = np.flatnonzero(ctx.labels == c)
+        out[rows] = -np.abs(d[rows] - np.median(d[rows]))
+    return out

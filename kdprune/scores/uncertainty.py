@@ -1,0 +1,48 @@
+"""Uncertainty of one model's prediction: entropy, least confidence and margin (one family)."""
+import numpy as np
+
+from kdprune.scores.base import ScoreContext, register_score, softmax
+
+_SOURCE = "ctx.final_logits when given (e.g. the teacher in eval mode), else the last epoch of the teacher dynamics"
+
+
+def final_probs(ctx: ScoreContext) -> np.ndarray:
+    """Softmax of ``ctx.final_logits`` [N, C], or of the last epoch of ``ctx.dynamics`` when that is None."""
+    if ctx.final_logits is not None:
+        logits = ctx.final_logits
+    elif ctx.dynamics is not None:
+        logits = ctx.dynamics[-1]
+    else:
+        raise ValueError("uncertainty scores need final_logits or dynamics, which the context lacks")
+    return softmax(np.asarray(logits, dtype=np.float64))
+
+
+@register_score("entropy", keep="high", variant=f"natural log; {_SOURCE}")
+def entropy(ctx: ScoreContext) -> np.ndarray:
+    """Entropy of the predicted distribution, -sum_c p_c log p_c (natural log).
+
+    Uncertainty sampling (Lewis & Gale 1994; as a pruning score in Coleman et al. 2020, "Selection
+    via Proxy", and DeepCore). High = uncertain = hard; the usual recipe keeps high.
+    """
+    p = final_probs(ctx)
+    return -(p * np.log(np.clip(p, 1e-300, None))).sum(axis=1)
+
+
+@register_score("least_confidence", keep="high", variant=_SOURCE)
+def least_confidence(ctx: ScoreContext) -> np.ndarray:
+    """Least confidence: 1 - max_c p_c.
+
+    Coleman et al. (2020), DeepCore. High = uncertain = hard; the usual recipe keeps high.
+    """
+    return 1.0 - final_probs(ctx).max(axis=1)
+
+
+@register_score("margin", keep="low", variant=f"top-1 minus top-2 probability; {_SOURCE}")
+def margin(ctx: ScoreContext) -> np.ndarray:
+    """Margin: p_top1 - p_top2, the gap between the two most probable classes (label not used).
+
+    Coleman et al. (2020), DeepCore. A SMALL margin means uncertain = hard, so the usual recipe
+    keeps LOW scores (unlike entropy and least confidence, which keep high).
+    """
+    top2 = np.sort(final_probs(ctx), axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]

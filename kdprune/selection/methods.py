@@ -1,0 +1,68 @@
+"""What a name in ``select.methods`` means: which score, which selector or per-epoch sampler.
+
+    <score>            keep the end the score's recipe keeps (``keep`` of its registration);
+                       ``random`` keeps a uniform random subset
+    <score>:high|low   keep that end explicitly
+    <score>:balanced   class-balanced at the recipe's end (per-class budgets proportional to
+                       class sizes)
+    ccs                coverage-centric selection (Zheng et al. 2023) on ``select.ccs_score``
+                       (AUM by default): beta hard cut, k equal-width strata
+    rs2                a fresh random subset each epoch, without replacement across epochs
+                       (Okanovic et al. 2024); the kept fraction is the per-epoch share
+    infobatch          drop a share of low-loss examples each epoch, rescale the rest, full data
+                       at the end (Qin et al. 2024); ignores the fraction (uses all examples)
+
+Static methods write manifests with the kept ids; per-epoch methods write manifests with every
+id of the pool plus the sampler and its seed, and the trainer draws the epochs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from kdprune.scores import SCORES
+
+SAMPLER_METHODS = ("rs2", "infobatch")
+SPECIAL = ("ccs", *SAMPLER_METHODS)
+MODES = ("high", "low", "balanced")
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str  # as written in params, e.g. "el2n:balanced"
+    score: Optional[str]  # score the selection reads (None for samplers)
+    selector: Optional[str]  # static selector name, or None for samplers
+    sampler: Optional[str]  # per-epoch sampler name, or None
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the subset depends on a seed (one manifest per seed)."""
+        return self.score == "random" or self.selector == "ccs" or self.sampler is not None
+
+    @property
+    def file_stem(self) -> str:
+        return self.label.replace(":", ".")
+
+
+def valid_names() -> list[str]:
+    return [*SCORES.names(), *(f"<score>:{m}" for m in MODES), *SPECIAL]
+
+
+def parse_method(label: str, ccs_score: str = "aum") -> Method:
+    """Interpret one ``select.methods`` entry; unknown names raise ValueError listing the valid ones."""
+    if label == "ccs":
+        return Method(label, ccs_score, "ccs", None)
+    if label in SAMPLER_METHODS:
+        return Method(label, None, None, label)
+    score, _, mode = label.partition(":")
+    if score not in SCORES or (mode and mode not in MODES):
+        raise ValueError(f"unknown selection method {label!r}; valid: {', '.join(valid_names())}")
+    keep = SCORES.get(score).keep
+    if score == "random":
+        if mode:
+            raise ValueError("random takes no ':high', ':low' or ':balanced' (it keeps a uniform subset)")
+        return Method(label, score, "keep_high", None)  # top-k of uniform draws = uniform subset
+    end = mode if mode in ("high", "low") else (keep or "high")
+    if mode == "balanced":
+        return Method(label, score, f"class_balanced_{end}", None)
+    return Method(label, score, f"keep_{end}", None)

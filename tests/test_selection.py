@@ -1,0 +1,252 @@
+"""Selectors (random, class-balanced, CCS) and per-epoch samplers (RS2, InfoBatch) against hand cases."""
+import numpy as np
+import pytest
+
+import kdprune  # noqa: F401
+from kdprune.selection import SAMPLERS, SELECTORS, budget, ccs_allocation, class_quotas, make_sampler, select
+from kdprune.selection.ccs import ccs_strata
+
+
+def test_registries_hold_every_method():
+    assert {"keep_high", "keep_low", "random", "class_balanced_high", "class_balanced_low", "ccs"} <= set(SELECTORS.names())
+    assert {"rs2", "infobatch"} <= set(SAMPLERS.names())
+
+
+# -- random ----------------------------------------------------------------------------------
+
+def test_random_selector_is_seeded_sized_and_input_order_free():
+    ids = np.arange(100, 200, dtype=np.int64)
+    labels = np.zeros(100, dtype=np.int64)
+    scores = np.random.default_rng(1).random(100)
+    a = select("random", ids, labels, scores, 0.3, seed=5)
+    assert a.dtype == np.int64 and len(a) == budget(100, 0.3) == 30
+    assert np.all(np.diff(a) > 0) and set(a) <= set(ids)
+    np.testing.assert_array_equal(a, select("random", ids, labels, scores, 0.3, seed=5))
+    assert not np.array_equal(a, select("random", ids, labels, scores, 0.3, seed=6))
+    # scores are ignored (also None) and the input order does not matter
+    np.testing.assert_array_equal(a, select("random", ids, labels, -scores, 0.3, seed=5))
+    np.testing.assert_array_equal(a, select("random", ids, labels, None, 0.3, seed=5))
+    p = np.random.default_rng(2).permutation(100)
+    np.testing.assert_array_equal(a, select("random", ids[p], labels[p], scores[p], 0.3, seed=5))
+    with pytest.raises(ValueError, match="needs scores"):
+        select("keep_high", ids, labels, None, 0.3)
+
+
+def test_select_rejects_options_a_selector_does_not_take():
+    ids = np.arange(10)
+    with pytest.raises(ValueError, match="'keep_high' does not take option.*beta"):
+        select("keep_high", ids, ids * 0, ids * 1.0, 0.5, beta=0.3)
+    with pytest.raises(ValueError, match="takes: beta, k, hard"):
+        select("ccs", ids, ids * 0, ids * 1.0, 0.5, strata=10)
+
+
+# -- class-balanced --------------------------------------------------------------------------
+
+def test_class_quotas_largest_remainder_by_hand():
+    # sizes 6, 3, 1 (N = 10)
+    # k = 3: shares 1.8, 0.9, 0.3 -> floors 1, 0, 0; 2 leftovers to remainders .9 (class 1), .8 (class 0)
+    assert class_quotas([6, 3, 1], 3).tolist() == [2, 1, 0]
+    # k = 5: shares 3, 1.5, 0.5 -> floors 3, 1, 0; 1 leftover, remainder tie .5/.5 -> lower class index
+    assert class_quotas([6, 3, 1], 5).tolist() == [3, 2, 0]
+    # k = N: every class whole; k = 9: shares 5.4, 2.7, 0.9 -> 5, 2, 0 + leftovers to .9, .7
+    assert class_quotas([6, 3, 1], 10).tolist() == [6, 3, 1]
+    assert class_quotas([6, 3, 1], 9).tolist() == [5, 3, 1]
+    for k in range(11):
+        q = class_quotas([6, 3, 1], k)
+        assert q.sum() == k and np.all(q <= [6, 3, 1])
+
+
+def test_class_balanced_keeps_exact_per_class_counts_and_the_right_ids():
+    # class 0: ids 0..5, class 1: ids 6..8, class 2: id 9
+    ids = np.arange(10, dtype=np.int64)
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 2])
+    scores = np.array([0.5, 0.9, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 1.0])
+    hi = select("class_balanced_high", ids, labels, scores, 0.3)
+    # quotas [2, 1, 0]: class 0 top-2 are ids 1 and 3 (tied 0.9), class 1 top is id 7
+    np.testing.assert_array_equal(hi, [1, 3, 7])
+    lo = select("class_balanced_low", ids, labels, scores, 0.5)
+    # quotas [3, 2, 0]: class 0 lowest 3 -> ids 2, 4, 0; class 1 lowest 2 -> ids 6, 8
+    np.testing.assert_array_equal(lo, [0, 2, 4, 6, 8])
+    assert np.bincount(labels[lo], minlength=3).tolist() == [3, 2, 0]
+    # a tie at the cut goes to the smaller id: class 0 keep-high with quota 1 -> id 1, not 3
+    np.testing.assert_array_equal(select("class_balanced_high", ids, labels, scores, 0.2), [1, 7])
+    p = np.random.default_rng(0).permutation(10)
+    np.testing.assert_array_equal(select("class_balanced_high", ids[p] + 100, labels[p], scores[p], 0.3),
+                                  [101, 103, 107])
+
+
+# -- CCS -------------------------------------------------------------------------------------
+
+def test_ccs_allocation_by_hand():
+    # smallest first: 12//4=3 -> min(1,3)=1; 11//3=3 -> 2; 9//2=4 -> 4; 5//1=5 -> 5
+    assert ccs_allocation([1, 2, 10, 10], 12).tolist() == [1, 2, 4, 5]
+    # the answer follows the strata, not their positions
+    assert ccs_allocation([10, 1, 10, 2], 12).tolist() == [4, 1, 5, 2]
+    # empty strata take nothing and the total is still exact: 6//4=1 -> 0; 6//3=2 -> 0; 6//2=3 -> 3; 3
+    assert ccs_allocation([0, 5, 0, 5], 6).tolist() == [0, 3, 0, 3]
+    # more budget than examples: every stratum whole
+    assert ccs_allocation([1, 2, 3], 100).tolist() == [1, 2, 3]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        sizes = rng.integers(0, 30, size=rng.integers(1, 12))
+        total = int(rng.integers(0, sizes.sum() + 1))
+        got = ccs_allocation(sizes, total)
+        assert got.sum() == total and np.all(got <= sizes) and np.all(got >= 0)
+
+
+def test_ccs_end_to_end_on_uniform_scores():
+    n = 100
+    ids = np.arange(1000, 1000 + n, dtype=np.int64)
+    scores = (ids - 1000).astype(float)  # uniform: the score is the rank
+    labels = ids % 3
+    p = np.random.default_rng(3).permutation(n)
+    kept = select("ccs", ids[p], labels[p], scores[p], 0.4, seed=1, beta=0.2, k=4)
+    # beta cut: the 20 lowest (hardest) are gone; the rest 20..99 splits into 4 strata of 20 -> 10 each
+    assert len(kept) == 40 and kept.min() >= 1020
+    rank = kept - 1000
+    assert np.bincount((rank - 20) // 20, minlength=4).tolist() == [10, 10, 10, 10]
+    # seeded and input-order free
+    np.testing.assert_array_equal(kept, select("ccs", ids, labels, scores, 0.4, seed=1, beta=0.2, k=4))
+    assert not np.array_equal(kept, select("ccs", ids, labels, scores, 0.4, seed=2, beta=0.2, k=4))
+    # the hard end can be the high one: the cut then removes the 20 highest
+    hi = select("ccs", ids, labels, scores, 0.4, seed=1, beta=0.2, k=4, hard="high")
+    assert hi.max() < 1080 and np.bincount((hi - 1000) // 20, minlength=4).tolist() == [10, 10, 10, 10]
+    # the budget must fit in what the cut leaves
+    with pytest.raises(ValueError, match="beta 0.7"):
+        select("ccs", ids, labels, scores, 0.5, beta=0.7)
+
+
+def test_ccs_end_to_end_matches_the_hand_allocation():
+    # 8 hard examples (dropped by beta = 0.25 of 32), then strata over [0, 4] with width 1:
+    # sizes [1, 2, 10, 11], budget 0.375 * 32 = 12 -> allocation [1, 2, 4, 5]
+    hard = -np.arange(3, 11, dtype=float)
+    s0, s1 = [0.0], [1.25, 1.5]
+    s2 = 2.05 + 0.1 * np.arange(10)
+    s3 = np.concatenate([3.05 + 0.1 * np.arange(10), [4.0]])
+    scores = np.concatenate([hard, s0, s1, s2, s3])
+    n = len(scores)
+    assert n == 32
+    ids = np.arange(n, dtype=np.int64) * 7 + 3
+    labels = np.zeros(n, dtype=np.int64)
+    strata_of = np.concatenate([np.full(8, -1), np.zeros(1), np.ones(2), np.full(10, 2), np.full(11, 3)]).astype(int)
+    np.testing.assert_array_equal(ccs_strata(scores[8:], 4), strata_of[8:])
+    for seed in range(5):
+        kept = select("ccs", ids, labels, scores, 0.375, seed=seed, beta=0.25, k=4)
+        assert len(kept) == 12
+        st = strata_of[np.searchsorted(ids, kept)]
+        assert st.min() >= 0  # none of the hard ones
+        assert np.bincount(st, minlength=4).tolist() == [1, 2, 4, 5]
+
+
+# -- RS2 -------------------------------------------------------------------------------------
+
+def test_rs2_covers_every_sample_once_per_pass_and_is_seeded():
+    s = make_sampler("rs2", 12, epochs=10, seed=0, ratio=0.25)
+    epochs = [s.epoch_positions(e) for e in range(1, 5)]
+    assert all(len(e) == 3 for e in epochs)
+    allpos = np.concatenate(epochs)
+    assert sorted(allpos.tolist()) == list(range(12))  # one pass: every position exactly once
+    assert s.samples_seen == 12
+    np.testing.assert_array_equal(s.epoch_positions(4), epochs[3])  # same epoch again: same, not recounted
+    assert s.samples_seen == 12 and s.loss_weights(4) is None
+    with pytest.raises(ValueError, match="in order"):
+        s.epoch_positions(6)
+    t = make_sampler("rs2", 12, epochs=10, seed=0, ratio=0.25)
+    u = make_sampler("rs2", 12, epochs=10, seed=1, ratio=0.25)
+    np.testing.assert_array_equal(t.epoch_positions(1), epochs[0])
+    np.testing.assert_array_equal(np.concatenate([t.epoch_positions(e) for e in range(2, 5)]),
+                                  np.concatenate(epochs[1:]))
+    assert not np.array_equal(np.concatenate([u.epoch_positions(e) for e in range(1, 5)]), allpos)
+
+
+def test_rs2_straddling_chunks_never_repeat_within_an_epoch():
+    # n = 10, chunk 3: chunks straddle the permutation ends; 10 epochs = 30 draws = 3 whole passes
+    s = make_sampler("rs2", 10, epochs=10, seed=4, ratio=0.3)
+    epochs = [s.epoch_positions(e) for e in range(1, 11)]
+    assert all(len(np.unique(e)) == 3 for e in epochs)
+    assert np.bincount(np.concatenate(epochs), minlength=10).tolist() == [3] * 10
+    # the first pass: epochs 1-3 show 9 distinct positions, the straddling epoch 4 holds the 10th
+    first9 = np.concatenate(epochs[:3])
+    assert len(np.unique(first9)) == 9
+    assert set(range(10)) - set(first9) <= set(epochs[3])
+
+
+def test_rs2_state_dict_round_trip_reproduces_the_next_epochs():
+    a = make_sampler("rs2", 10, epochs=20, seed=7, ratio=0.3)
+    for e in range(1, 6):
+        a.epoch_positions(e)
+    state = a.state_dict()
+    assert all(isinstance(v, (int, np.ndarray)) for v in state.values())
+    b = make_sampler("rs2", 10, epochs=20, seed=7, ratio=0.3)
+    b.load_state_dict(state)
+    assert b.samples_seen == 15
+    for e in range(6, 12):
+        np.testing.assert_array_equal(a.epoch_positions(e), b.epoch_positions(e))
+    with pytest.raises(ValueError, match="chunk"):
+        make_sampler("rs2", 10, epochs=20, seed=7, ratio=0.5).load_state_dict(state)
+
+
+# -- InfoBatch -------------------------------------------------------------------------------
+
+LOSSES = np.array([0.1, 0.2, 0.3, 0.4, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])  # mean 4.6: ids 0..3 are below
+
+
+def test_infobatch_prunes_only_below_mean_and_rescales_the_kept_ones():
+    s = make_sampler("infobatch", 10, epochs=8, seed=0)  # r = 0.5, delta = 0.875 -> prune epochs <= 7
+    full = np.arange(10)
+    np.testing.assert_array_equal(s.epoch_positions(1), full)  # no loss recorded yet
+    assert s.loss_weights(1) is None
+    s.update(1, full[::-1], LOSSES[::-1])  # any order
+    dropped_sets = set()
+    for e in range(2, 8):
+        pos, w = s.epoch_positions(e), s.loss_weights(e)
+        dropped = np.setdiff1d(full, pos)
+        assert set(dropped) <= {0, 1, 2, 3} and len(dropped) == 2  # share r of the 4 below-mean
+        assert set(range(4, 10)) <= set(pos)
+        np.testing.assert_array_equal(w[pos < 4], [2.0, 2.0])  # 1 / (1 - 0.5), exactly
+        np.testing.assert_array_equal(w[pos >= 4], np.ones(6))
+        dropped_sets.add(tuple(dropped))
+        s.update(e, pos, LOSSES[pos])  # unseen ones keep their previous loss
+    assert len(dropped_sets) > 1  # a fresh random draw each epoch
+    np.testing.assert_array_equal(s.epoch_positions(8), full)  # after floor(delta * E): full data
+    assert s.loss_weights(8) is None
+    assert s.samples_seen == 10 + 6 * 8 + 10
+
+
+def test_infobatch_weight_is_one_over_one_minus_r_and_unseen_keep_old_loss():
+    s = make_sampler("infobatch", 10, epochs=10, seed=3, prune_ratio=0.3, delta=0.5)
+    s.epoch_positions(1)
+    s.update(1, np.arange(10), LOSSES)
+    pos, w = s.epoch_positions(2), s.loss_weights(2)
+    # 4 below the mean: keep floor(0.7 * 4) = 2, drop 2
+    assert len(pos) == 8 and set(np.setdiff1d(np.arange(10), pos)) <= {0, 1, 2, 3}
+    assert np.all(w[pos < 4] == np.float32(1.0 / 0.7)) and np.all(w[pos >= 4] == 1.0)
+    # now only position 9 is updated, to a tiny loss; the others keep theirs -> mean 3.6, ids 0..3 and 9 below
+    s.update(2, [9], [0.0])
+    pos3 = s.epoch_positions(3)
+    assert set(np.setdiff1d(np.arange(10), pos3)) <= {0, 1, 2, 3, 9} and len(pos3) == 10 - (5 - 3)
+    for e in (4, 5):
+        assert s.epoch_positions(e).size < 10
+    assert s.epoch_positions(6).size == 10 and s.loss_weights(6) is None  # floor(0.5 * 10) = 5 is the last pruned
+    with pytest.raises(ValueError, match="NaN"):
+        s.update(6, [0], [np.nan])
+
+
+def test_infobatch_state_dict_round_trip_reproduces_the_next_epoch():
+    rng = np.random.default_rng(0)
+    losses = rng.exponential(size=500)
+    a = make_sampler("infobatch", 500, epochs=10, seed=11)
+    for e in range(1, 4):
+        pos = a.epoch_positions(e)
+        a.update(e, pos, losses[pos] * (1 + 0.1 * e))
+    b = make_sampler("infobatch", 500, epochs=10, seed=11)
+    b.load_state_dict(a.state_dict())
+    assert b.samples_seen == a.samples_seen
+    np.testing.assert_array_equal(a.epoch_positions(4), b.epoch_positions(4))
+    np.testing.assert_array_equal(a.loss_weights(4), b.loss_weights(4))
+    # and about share r of the below-mean ones were dropped
+    below = np.flatnonzero(a.losses < a.losses.mean())
+    dropped = np.setdiff1d(np.arange(500), a.epoch_positions(4))
+    assert set(dropped) <= set(below) and len(dropped) == len(below) - len(below) // 2
+    with pytest.raises(ValueError, match="does not take option.*ratio"):
+        make_sampler("infobatch", 10, epochs=5, ratio=0.5)

@@ -1,0 +1,105 @@
+"""Trainer behaviour: resume equals an uninterrupted run (with and without a sampler), budgets."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import kdprune  # noqa: F401
+from kdprune.data import DATASETS, stratified_split
+from kdprune.models import build_model
+from kdprune.selection import make_sampler
+from kdprune.train import DeviceData, TrainConfig, seeded, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    raw = DATASETS.get("digits")()
+    keep, val = stratified_split(raw.train_y, 0.1, 0)
+    x01 = raw.train_x[keep] / 255.0
+    mean, std = x01.mean(axis=(0, 2, 3)), x01.std(axis=(0, 2, 3))
+    dev = torch.device("cpu")
+    return (DeviceData.from_numpy(raw.train_x[keep][:400], raw.train_y[keep][:400], mean, std, dev),
+            DeviceData.from_numpy(raw.train_x[val], raw.train_y[val], mean, std, dev))
+
+
+class MemoryCheckpoint:
+    """Round-trips through torch.save / torch.load(weights_only=True), as the file store does."""
+
+    def __init__(self):
+        self.blob = None
+
+    def load(self):
+        return None if self.blob is None else torch.load(io.BytesIO(self.blob), weights_only=True)
+
+    def save(self, state):
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self.blob = buf.getvalue()
+
+
+class Crash(Exception):
+    pass
+
+
+def _run(data, sampler_name=None, crash_after=None, ckpt=None, **cfg_kw):
+    train_d, val_d = data
+    cfg = TrainConfig(epochs=5, batch_size=64, lr=0.05, pad=1, record_dynamics=sampler_name is None, **cfg_kw)
+    sampler = None
+    if sampler_name:
+        opts = {"ratio": 0.4} if sampler_name == "rs2" else {}
+        sampler = make_sampler(sampler_name, len(train_d), cfg.epochs, seed=3, **opts)
+    with seeded(0):
+        model = build_model("small_cnn", 1, 10, 8)
+
+    def on_epoch(epoch, m):
+        if epoch == crash_after:
+            raise Crash()
+
+    res = train(model, train_d, cfg, val=val_d, checkpoint=ckpt, sampler=sampler, on_epoch=on_epoch)
+    return model, res
+
+
+@pytest.mark.parametrize("sampler_name", [None, "rs2", "infobatch"])
+def test_resumed_training_equals_uninterrupted(data, sampler_name):
+    ref_model, ref = _run(data, sampler_name)
+    ckpt = MemoryCheckpoint()
+    with pytest.raises(Crash):
+        _run(data, sampler_name, crash_after=2, ckpt=ckpt)
+    model, res = _run(data, sampler_name, ckpt=ckpt)
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(res.history) == strip(ref.history)
+    assert (res.steps, res.samples_seen, res.best_epoch) == (ref.steps, ref.samples_seen, ref.best_epoch)
+    if sampler_name is None:
+        np.testing.assert_array_equal(res.dynamics, ref.dynamics)
+
+
+def test_checkpoint_from_other_settings_is_refused(data):
+    ckpt = MemoryCheckpoint()
+    with pytest.raises(Crash):
+        _run(data, crash_after=1, ckpt=ckpt)
+    with pytest.raises(ValueError, match="other settings"):
+        _run(data, ckpt=ckpt, weight_decay=0.0)
+
+
+def test_max_steps_stops_exactly_and_rs2_sees_its_share(data):
+    train_d, _ = data
+    _, res = _run(data, max_steps=13)
+    assert res.steps == 13
+    _, res = _run(data, "rs2")
+    assert res.samples_seen == 5 * 160  # 40% of 400 each epoch
+    assert res.steps == 5 * 3  # ceil(160 / 64) steps per epoch
+
+
+def test_student_budget_modes():
+    from tasks.distill import student_budget
+
+    sp = {"epochs": 10, "batch_size": 50, "budget": "epochs"}
+    assert student_budget(sp, 1000, {}, 100) == (10, None)
+    sp["budget"] = "steps"
+    # full data: 10 epochs x 20 steps = 200 steps; a 100-example subset has 2 steps/epoch -> 100 epochs
+    assert student_budget(sp, 1000, {}, 100) == (100, 200)
+    rs2 = {"sampler": {"name": "rs2", "options": {"ratio": 0.1}}}
+    assert student_budget(sp, 1000, rs2, 1000) == (100, 200)
