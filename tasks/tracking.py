@@ -7,12 +7,16 @@ Failure policy: reaching the store is checked when a Tracker is made and when a 
 unreachable store stops a stage *before* training. Once a run has started, logging is best
 effort: a failure (connection lost mid-run) never stops training or loses a result, which is
 already on disk; the tracker goes offline, counts what it could not log and says so at the end.
+
+Latency: after a run has started, every logging call goes to one background thread per Tracker
+(in order), so training never waits on the store; ``end`` and ``flush`` wait until all is written.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import queue
 import threading
 import time
 from pathlib import Path
@@ -89,8 +93,32 @@ class Tracker:
         self.offline_reason: Optional[str] = None
         self.not_logged: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: Optional[threading.Thread] = None
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is not None:
+                    self._call(*item)
+            finally:
+                self._queue.task_done()
 
     def _best_effort(self, what: str, n: int, fn, *args) -> None:
+        """Queue one logging call for the background writer (started on first use)."""
+        with self._lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._drain, name="mlflow-writer", daemon=True)
+                self._worker.start()
+        self._queue.put((what, n, fn, args))
+
+    def flush(self) -> None:
+        """Wait until every queued logging call has been written (or counted as not logged)."""
+        if self._worker is not None:
+            self._queue.join()
+
+    def _call(self, what: str, n: int, fn, args) -> None:
         """Run one logging call; after the first failure stop trying and count what was not logged."""
         if self.offline_reason is None:
             try:
@@ -107,6 +135,7 @@ class Tracker:
 
     def summary(self) -> Optional[str]:
         """What could not be logged, or None when everything was."""
+        self.flush()
         if not self.not_logged:
             return None
         items = ", ".join(f"{v} {k}" for k, v in sorted(self.not_logged.items()))
@@ -160,6 +189,7 @@ class Tracker:
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self._best_effort("run endings", 1, self.client.set_terminated, run_id, status)
+        self.flush()
 
     @contextlib.contextmanager
     def run(self, name: str, parent: Optional[str] = None, tags: Optional[dict] = None,

@@ -28,7 +28,7 @@ BAD = [
     ({"student": {"kd_weights": [1.2]}}, "student.kd_weights", "[0.0, 1.0]"),
     ({"student": {"temperature": 0}}, "student.temperature", "> 0"),
     ({"student": {"loss": "kl"}}, "student.loss", "valid names: ce, kd"),
-    ({"data": {"dataset": "cifar1000"}}, "data.dataset", "valid names: digits"),
+    ({"data": {"dataset": "cifar1000"}}, "data.dataset", "valid names: cifar10, cifar100, digits, fashion_mnist"),
     ({"device": "gpu"}, "device", "'auto', 'cpu', 'cuda'"),
     ({"teacher": {"lr": "fast"}}, "teacher.lr", "expected a float"),
     ({"teacher": {"flip": "yes"}}, "teacher.flip", "expected a bool"),

@@ -271,7 +271,7 @@ def test_tracking_server_lost_mid_run_keeps_the_model_and_says_what_was_not_logg
     import shutil
 
     port = _free_port()
-    env = clean_env(tmp_path, port)
+    env = clean_env(port)
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'srv.db'}",
          "--artifacts-destination", str(tmp_path / "art"), "--host", "127.0.0.1", "--port", str(port),

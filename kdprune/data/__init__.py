@@ -1,9 +1,11 @@
 """Dataset registry -> canonical tensors (uint8 images NCHW, int64 labels, stable int64 ids)."""
 from kdprune.data.base import (  # noqa: F401
     DATASETS,
+    DatasetFormatError,
+    DatasetUnavailable,
     PreparedSplit,
     RawDataset,
     register_dataset,
     stratified_split,
 )
-from kdprune.data import digits  # noqa: F401,E402
+from kdprune.data import cifar, digits, imagefolder, mnist, svhn  # noqa: F401,E402

@@ -4,11 +4,18 @@ A dataset loader returns a :class:`RawDataset`: uint8 images in NCHW, int64 labe
 training pool a stable int64 id per example (its index in the source's own training order).
 The prepare stage holds a validation split out of the training pool with
 :func:`stratified_split`; sample ids survive the split, so every later stage refers to ids.
+
+Loaders read local files only. Missing files raise :class:`DatasetUnavailable` whose message
+says exactly how to get them; a file that exists but is not in the expected format raises
+:class:`DatasetFormatError` naming the file. Loaders that torchvision can download fetch only
+when the environment variable ``KDPRUNE_ALLOW_DOWNLOAD=1`` is set.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -57,6 +64,60 @@ class PreparedSplit:
 
 DATASETS: Registry[Callable[..., RawDataset]] = Registry("dataset")
 register_dataset = DATASETS.register
+
+DOWNLOAD_ENV = "KDPRUNE_ALLOW_DOWNLOAD"
+
+
+class DatasetUnavailable(RuntimeError):
+    """The dataset's files are not on this machine; the message says how to get them."""
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file exists but is not in the expected format; the message names the file."""
+
+
+def download_allowed() -> bool:
+    """True only when ``KDPRUNE_ALLOW_DOWNLOAD=1``: loaders never reach the network otherwise."""
+    return os.environ.get(DOWNLOAD_ENV, "").strip() == "1"
+
+
+def torchvision_howto(calls: Sequence[str], root: str | os.PathLike | None) -> str:
+    """How to fetch a torchvision-downloadable dataset, as one paste-able instruction.
+
+    ``calls`` are constructor calls with ``ROOT`` as the root argument, e.g.
+    ``'CIFAR10(ROOT, download=True)'``.
+    """
+    where = str(Path(root).expanduser().resolve()) if root else "ROOT"
+    code = "; ".join(f"torchvision.datasets.{c}" for c in calls).replace("ROOT", repr(where))
+    return (
+        f"download it with torchvision on a machine with internet: "
+        f"python -c \"import torchvision; {code}\" then copy {where} to this machine and set "
+        f"data.root: {where} (or, if this machine has internet, set data.root and run with "
+        f"{DOWNLOAD_ENV}=1 to let kdprune download it)"
+    )
+
+
+def torchvision_download(dataset: str, root: str | os.PathLike | None, calls: Sequence[tuple[str, dict]]) -> None:
+    """Download with torchvision into ``root``; only called when :func:`download_allowed`.
+
+    ``calls`` are (torchvision.datasets class name, keyword arguments) pairs.
+    """
+    if not root:
+        raise DatasetUnavailable(
+            f"{dataset}: {DOWNLOAD_ENV}=1 is set but data.root is not: set data.root to the "
+            "directory to download into"
+        )
+    import torchvision.datasets as tvd  # only on explicit request
+
+    root = str(Path(root).expanduser())
+    for cls_name, kwargs in calls:
+        try:
+            getattr(tvd, cls_name)(root, download=True, **kwargs)
+        except Exception as e:  # network errors, checksum errors, disk full...
+            raise DatasetUnavailable(
+                f"{dataset}: download with torchvision.datasets.{cls_name} into {root} failed: "
+                f"{type(e).__name__}: {e}"
+            ) from e
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

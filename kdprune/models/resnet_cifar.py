@@ -1,6 +1,8 @@
 """CIFAR ResNets (He et al. 2016, section 4.2): 6n+2 layers, three stages of 16/32/64 channels.
 
-ResNet-20/32/56/110 are n = 3/5/9/18. Option-B shortcuts (1x1 conv + BN) on downsampling.
+ResNet-20/32/56/110 are n = 3/5/9/18. Option-B shortcuts (1x1 conv + BN) on downsampling
+(the paper's CIFAR nets use option A, zero-padding; B adds ~1% parameters: ResNet-20 0.27M).
+Adaptive global average pooling, so 8x8, 28x28 and 32x32 inputs all work.
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdprune.models.base import register_model
+from kdprune.models.base import init_weights, register_model
 
 
 class BasicBlock(nn.Module):
@@ -39,9 +41,7 @@ class CifarResNet(nn.Module):
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.head = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_weights(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)

@@ -1,0 +1,118 @@
+"""Orchestration cost of the default pipeline, and peak memory of the Fashion-MNIST teacher stage.
+
+pipeline: a fresh copy of the project runs `python -m flows pipeline` on the default params
+(what `make run` runs), against a local Prefect server started beforehand (a one-time cost that
+is reported separately). The wall time of the whole process is split into compute (data loading
+and preparation, training, scoring, selection, evaluation: what each stage measures around its
+own work and logs to the MLflow parent run) and the rest: Prefect, MLflow, DVC, process start-up.
+
+memory: `python -m flows teacher` on the Fashion-MNIST profile (profiles/fashion_mnist.yaml),
+peak resident memory of the stage process sampled every 20 ms.
+
+    python -m bench.pipeline_bench [--skip-memory]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.grand_bench import write_rows
+from bench.project import REPO, free_port, make_project
+
+
+def _parent_metrics(proj) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{proj.path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("kdprune")
+    runs = client.search_runs([exp.experiment_id], "tags.`kdprune.stage` = 'pipeline'", max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0].data.metrics
+
+
+def pipeline_overhead(tmp: Path) -> list[dict]:
+    proj = make_project(tmp / "pipeline", free_port())
+    try:
+        t0 = time.perf_counter()
+        proj.run(sys.executable, "-m", "flows", "stop")  # no-op; imports warm the page cache
+        proj.run(sys.executable, "-c", "from tasks.runtime import ensure_prefect_server as e; e()")
+        server_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        proj.run(sys.executable, "-m", "flows", "pipeline")
+        wall = time.perf_counter() - t0
+        m = _parent_metrics(proj)
+    finally:
+        proj.stop_server()
+    stages = ("prepare", "teacher", "scores", "select", "distill", "evaluate")
+    compute = m["compute_s"]
+    rest = {s: m[f"{s}_overhead_s"] for s in stages if f"{s}_overhead_s" in m}
+    startup = wall - m["pipeline_s"]
+    print(f"default pipeline ({', '.join(stages)}), local Prefect server already up (its start took {server_s:.1f}s):")
+    print(f"  wall {wall:.1f}s = compute {compute:.1f}s + orchestration/tracking {wall - compute:.1f}s "
+          f"({100 * (wall - compute) / wall:.1f}%), of which process start-up and flow set-up {startup:.1f}s")
+    print("  per stage (wall - compute): " + ", ".join(f"{s} {v:.2f}s" for s, v in rest.items()))
+    return [
+        {"name": "pipeline_wall_s", "value": round(wall, 2), "unit": "s", "target": "< 180",
+         "compute_s": round(compute, 2), "server_start_s": round(server_s, 2)},
+        {"name": "orchestration_overhead_share", "value": round((wall - compute) / wall, 4), "unit": "fraction",
+         "target": "<= 0.10", "startup_s": round(startup, 2)},
+        {"name": "orchestration_overhead_max_stage_s", "value": round(max(rest.values()), 3), "unit": "s",
+         "target": "<= 2", "per_stage": {s: round(v, 3) for s, v in rest.items()}},
+    ]
+
+
+def teacher_peak_rss(tmp: Path, profile: Path) -> list[dict]:
+    import psutil
+
+    proj = make_project(tmp / "fashion", free_port(), base=profile)
+    try:
+        proj.run(sys.executable, "-m", "flows", "prepare")
+        proc = psutil.Popen([sys.executable, "-m", "flows", "teacher"], cwd=proj.path, env=proj.env,
+                            stdout=open(tmp / "teacher.log", "w"), stderr=__import__("subprocess").STDOUT)
+        peak = [0]
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.is_set():
+                try:
+                    peak[0] = max(peak[0], proc.memory_info().rss)
+                except psutil.Error:
+                    break
+                time.sleep(0.02)
+
+        th = threading.Thread(target=poll, daemon=True)
+        th.start()
+        t0 = time.perf_counter()
+        rc = proc.wait()
+        secs = time.perf_counter() - t0
+        done.set()
+        th.join()
+        if rc != 0:
+            raise SystemExit(f"fashion teacher stage failed; log in {tmp / 'teacher.log'}")
+    finally:
+        proj.stop_server()
+    mb = peak[0] / 2**20
+    print(f"fashion_mnist teacher stage: peak RSS {mb:.0f} MiB (target < 2048), {secs:.1f}s")
+    return [{"name": "fashion_teacher_peak_rss_mb", "value": round(mb, 1), "unit": "MiB", "target": "< 2048",
+             "stage_s": round(secs, 1)}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--profile", default=str(REPO / "profiles" / "fashion_mnist.yaml"))
+    ap.add_argument("--out", default="reports/bench.json")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kdprune-bench-") as d:
+        rows = pipeline_overhead(Path(d))
+        if not args.skip_memory:
+            rows += teacher_peak_rss(Path(d), Path(args.profile))
+    write_rows(rows, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Trainer throughput vs a bare PyTorch loop doing the same work, and the KD step's added cost.
+
+Both loops train the same model (same init) on the same device-resident uint8 data with the same
+batch size, vectorised augmentation (kdprune.train.augment), normalisation, loss and SGD
+optimizer; the bare loop has nothing else (no metrics, no LR schedule, no checkpoints, no
+validation). The trainer runs as the stages run it (metrics on the device, read once per epoch),
+without validation so both do the same work. Each is timed best-of-``repeats`` over whole epochs
+after a warm-up epoch.
+
+    python -m bench.trainer_bench [--arch small_cnn] [--shape 1 28 28] [--n 8192] [--batch-size 128]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import kdprune  # noqa: F401
+from kdprune.device import resolve_device
+from kdprune.models import build_model
+from kdprune.train import DeviceData, TrainConfig, augment_batch, epoch_augmentation, seeded, train
+
+from bench.grand_bench import write_rows
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_epochs(model, data: DeviceData, epochs: int, bs: int, lr: float, pad: int, flip: bool) -> None:
+    """The minimal loop: shuffle, gather, augment, normalise, forward, CE, backward, step."""
+    device = data.x.device
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    model.train()
+    n = len(data)
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(epochs):
+        aug = epoch_augmentation(n, epoch, 0, pad, flip, device)
+        perm = torch.randperm(n, generator=g).to(device)
+        for i in range(0, n, bs):
+            rows = perm[i : i + bs]
+            xb = augment_batch(data.x[rows], aug.dy[rows], aug.dx[rows], None if aug.flip is None else aug.flip[rows], pad)
+            xb = data.normalise(xb)
+            if device.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = F.cross_entropy(model(xb).float(), data.y[rows])
+            else:
+                loss = F.cross_entropy(model(xb), data.y[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def _timed(fn, device, repeats: int) -> float:
+    fn()  # warm-up (allocator, kernels, autotuning)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="small_cnn")
+    ap.add_argument("--shape", type=int, nargs=3, default=[1, 28, 28], metavar=("C", "H", "W"))
+    ap.add_argument("--n", type=int, default=8192)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per timed repeat")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pad", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="reports/bench.json")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    c, h, w = args.shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (args.n, c, h, w), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (args.n,), generator=g)
+    data = DeviceData(x.to(device), y.to(device), torch.full((c,), 0.5, device=device), torch.full((c,), 0.25, device=device))
+
+    def fresh(seed: int = 0):
+        with seeded(seed):
+            m = build_model(args.arch, c, 10, h).to(device)
+        return m.to(memory_format=torch.channels_last) if device.type == "cuda" else m
+
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, pad=args.pad, warmup_epochs=0.0)
+    teacher = fresh(1).eval()
+    samples = args.n * args.epochs
+    t_bare = _timed(lambda: bare_epochs(fresh(), data, args.epochs, args.batch_size, 0.05, args.pad, False),
+                    device, args.repeats)
+    t_trainer = _timed(lambda: train(fresh(), data, cfg), device, args.repeats)
+    kd_cfg = TrainConfig(**{**cfg.__dict__, "loss": "kd", "kd_weight": 0.5, "temperature": 4.0})
+    t_kd = _timed(lambda: train(fresh(), data, kd_cfg, teacher=teacher), device, args.repeats)
+    ratio, kd_ratio = t_bare / t_trainer, t_kd / t_trainer
+    print(f"{args.arch} on {args.n} x {c}x{h}x{w}, batch {args.batch_size}, {args.epochs} epochs per repeat, {device}:")
+    print(f"  bare PyTorch loop   {samples / t_bare:10.0f} samples/s")
+    print(f"  kdprune trainer     {samples / t_trainer:10.0f} samples/s   ratio {ratio:.3f} (target >= 0.95)")
+    print(f"  trainer + KD        {samples / t_kd:10.0f} samples/s   KD step / plain step {kd_ratio:.3f}")
+    meta = {"device": str(device), "arch": args.arch, "shape": args.shape, "batch_size": args.batch_size}
+    write_rows([
+        {"name": "trainer_vs_bare_ratio", "value": round(ratio, 3), "unit": "x", "target": ">= 0.95", **meta,
+         "trainer_samples_per_s": round(samples / t_trainer), "bare_samples_per_s": round(samples / t_bare)},
+        {"name": "kd_step_vs_plain_ratio", "value": round(kd_ratio, 3), "unit": "x", "target": "report", **meta},
+    ], Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
