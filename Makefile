@@ -29,7 +29,10 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup  ## benchmarks -> reports/bench.json (see bench/)
+	$(BIN)/python -m bench.trainer_bench
 	$(BIN)/python -m bench.grand_bench
+	$(BIN)/python -m bench.pipeline_bench
+	@$(BIN)/python -c "import json; [print(f\"{r['name']:38s} {r['value']:>10} {r['unit']:9s} target {r['target']}\") for r in json.load(open('reports/bench.json'))]"
 
 deploy: setup  ## create the pipeline's deployment with its cron schedule on the local Prefect server
 	$(BIN)/python -m flows deploy

@@ -34,7 +34,10 @@ def _sync(device: torch.device) -> None:
 def bare_epochs(model, data: DeviceData, epochs: int, bs: int, lr: float, pad: int, flip: bool) -> None:
     """The minimal loop: shuffle, gather, augment, normalise, forward, CE, backward, step."""
     device = data.x.device
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    decay = [p for p in model.parameters() if p.ndim > 1]  # the trainer's optimizer: no decay on BN/bias
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+                          lr=lr, momentum=0.9, nesterov=True)
     model.train()
     n = len(data)
     g = torch.Generator().manual_seed(0)
@@ -56,15 +59,19 @@ def bare_epochs(model, data: DeviceData, epochs: int, bs: int, lr: float, pad: i
             opt.step()
 
 
-def _timed(fn, device, repeats: int) -> float:
-    fn()  # warm-up (allocator, kernels, autotuning)
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
+def _timed_interleaved(fns: dict, device, repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` wall time of each function, run in turn (A, B, C, A, B, C, ...) so that
+    drifts in machine load hit every variant alike; one warm-up round first."""
+    for fn in fns.values():
         fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            best[k] = min(best[k], time.perf_counter() - t0)
     return best
 
 
@@ -74,12 +81,20 @@ def main() -> None:
     ap.add_argument("--shape", type=int, nargs=3, default=[1, 28, 28], metavar=("C", "H", "W"))
     ap.add_argument("--n", type=int, default=8192)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--epochs", type=int, default=2, help="epochs per timed repeat")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=1, help="epochs per timed repeat")
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--pad", type=int, default=2)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--keep-denormals", action="store_true",
+                    help="leave CPU denormal handling on (by default both loops flush denormals: on this CPU, "
+                         "denormal arithmetic made repeated timings vary by +-25%%)")
     ap.add_argument("--out", default="reports/bench.json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.keep_denormals:
+        torch.set_flush_denormal(True)
     device = resolve_device(args.device)
     c, h, w = args.shape
     g = torch.Generator().manual_seed(0)
@@ -95,17 +110,20 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, pad=args.pad, warmup_epochs=0.0)
     teacher = fresh(1).eval()
     samples = args.n * args.epochs
-    t_bare = _timed(lambda: bare_epochs(fresh(), data, args.epochs, args.batch_size, 0.05, args.pad, False),
-                    device, args.repeats)
-    t_trainer = _timed(lambda: train(fresh(), data, cfg), device, args.repeats)
     kd_cfg = TrainConfig(**{**cfg.__dict__, "loss": "kd", "kd_weight": 0.5, "temperature": 4.0})
-    t_kd = _timed(lambda: train(fresh(), data, kd_cfg, teacher=teacher), device, args.repeats)
+    times = _timed_interleaved({
+        "bare": lambda: bare_epochs(fresh(), data, args.epochs, args.batch_size, 0.05, args.pad, False),
+        "trainer": lambda: train(fresh(), data, cfg),
+        "kd": lambda: train(fresh(), data, kd_cfg, teacher=teacher),
+    }, device, args.repeats)
+    t_bare, t_trainer, t_kd = times["bare"], times["trainer"], times["kd"]
     ratio, kd_ratio = t_bare / t_trainer, t_kd / t_trainer
     print(f"{args.arch} on {args.n} x {c}x{h}x{w}, batch {args.batch_size}, {args.epochs} epochs per repeat, {device}:")
     print(f"  bare PyTorch loop   {samples / t_bare:10.0f} samples/s")
     print(f"  kdprune trainer     {samples / t_trainer:10.0f} samples/s   ratio {ratio:.3f} (target >= 0.95)")
     print(f"  trainer + KD        {samples / t_kd:10.0f} samples/s   KD step / plain step {kd_ratio:.3f}")
-    meta = {"device": str(device), "arch": args.arch, "shape": args.shape, "batch_size": args.batch_size}
+    meta = {"device": str(device), "arch": args.arch, "shape": args.shape, "batch_size": args.batch_size,
+            "threads": torch.get_num_threads(), "flush_denormal": not args.keep_denormals}
     write_rows([
         {"name": "trainer_vs_bare_ratio", "value": round(ratio, 3), "unit": "x", "target": ">= 0.95", **meta,
          "trainer_samples_per_s": round(samples / t_trainer), "bare_samples_per_s": round(samples / t_bare)},

@@ -34,6 +34,6 @@ def prefect_port(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory, prefect_port) -> Project:
     port, home = prefect_port
-    proj = make_project(tmp_path_factory.mktemp("proj") / "kdp", port)
+    proj = make_project(tmp_path_factory.mktemp("proj") / "kdp", port, TINY)
     proj.env["PREFECT_HOME"] = str(home)  # share the session's server
     return proj

@@ -74,7 +74,7 @@ class TrainConfig:
     kd_weight: float = 0.0
     temperature: float = 1.0
     record_dynamics: bool = False
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 256
     max_steps: Optional[int] = None  # equal-steps budget: stop after this many optimizer steps
 
 
@@ -105,7 +105,7 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: DeviceData, batch_size: int = 1024, features: bool = False) -> torch.Tensor:
+def predict_logits(model: nn.Module, data: DeviceData, batch_size: int = 256, features: bool = False) -> torch.Tensor:
     """Logits (or penultimate features) for every example of ``data``, in order, as float32."""
     model.eval()
     out = []
@@ -117,7 +117,7 @@ def predict_logits(model: nn.Module, data: DeviceData, batch_size: int = 1024, f
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> dict[str, float]:
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 256) -> dict[str, float]:
     logits = predict_logits(model, data, batch_size)
     loss = torch.nn.functional.cross_entropy(logits, data.y)
     acc = (logits.argmax(1) == data.y).float().mean()
