@@ -48,8 +48,11 @@ class Project:
         self.path = path
         self.env = clean_env(port)
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        p = subprocess.run(list(cmd), cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout)
+    def run(self, *cmd: str, check: bool = True, timeout: float = 600, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+        """Run a command in the project; ``env`` adds to (overrides) the project's environment."""
+        p = subprocess.run(list(cmd), cwd=self.path, env={**self.env, **(env or {})}, capture_output=True, text=True,
+                           timeout=timeout)
         if check and p.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\n"
                                  f"stderr:\n{p.stderr[-4000:]}")

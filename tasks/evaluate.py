@@ -38,8 +38,8 @@ def selection_costs(root: Path, params: dict) -> dict[str, dict]:
         if m.score is None:
             costs[label] = {"selection_s": 0.0, "selection_peak_mb": 0.0}
             continue
-        infos = [json.loads(f.read_text()) for f in sorted(sdir.glob(f"{m.score}*.json"))
-                 if json.loads(f.read_text()).get("method") == m.score]
+        infos = [i for i in (json.loads(f.read_text()) for f in sorted(sdir.glob(f"{m.score}*.json")))
+                 if i.get("method") == m.score]
         costs[label] = {"selection_s": max(i["total_s"] for i in infos) if infos else float("nan"),
                         "selection_peak_mb": max(i["peak_mem_mb"] for i in infos) if infos else float("nan")}
     return costs

@@ -31,12 +31,7 @@ def proj(tmp_path_factory, prefect_port):
 
 
 def _stage(proj, name, check=True, env=None):
-    e = dict(proj.env, **(env or {}))
-    p = subprocess.run([sys.executable, "-m", "flows", name], cwd=proj.path, env=e, capture_output=True, text=True,
-                       timeout=600)
-    if check and p.returncode != 0:
-        raise AssertionError(f"stage {name} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
+    return proj.run(sys.executable, "-m", "flows", name, check=check, env=env)
 
 
 def _teacher_snapshot(root: Path) -> dict:
