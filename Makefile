@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run repro test bench deploy serve ui prefect-ui stop clean
+.PHONY: setup run repro test bench deploy serve ui prefect-ui stop clean profile study
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ setup: $(BIN)/.installed
 
 run: setup  ## the whole pipeline on params.yaml (stale stages only), then the report
 	$(BIN)/python -m flows pipeline
+
+profile: setup  ## write params.yaml from profiles/$(NAME).yaml (digits = the default), e.g. make profile NAME=fashion_mnist
+	$(BIN)/python -m flows profile $(NAME)
+
+study: setup  ## one line per study: params from profiles/$(NAME).yaml, then the sweep; e.g. make study NAME=fashion_mnist
+	$(BIN)/python -m flows sweep --profile $(NAME)
 
 repro: setup  ## the same through DVC: each stage runs its Prefect flow
 	$(BIN)/dvc repro

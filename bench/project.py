@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-COPY = ["kdprune", "tasks", "flows", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]
+COPY = ["kdprune", "tasks", "flows", "profiles", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]
 
 
 def merge(base: dict, over: dict) -> dict:

@@ -1,4 +1,8 @@
-"""Command line: ``python -m flows <stage|pipeline|deploy> [options]``.
+"""Command line: ``python -m flows <stage|pipeline|sweep|profile|deploy|stop> [options]``.
+
+``sweep --profile NAME [-S key=value ...]`` writes params.yaml from profiles/NAME.yaml and the
+overrides (validated first) and runs the stale stages: e.g. the Fashion-MNIST study is
+``python -m flows sweep --profile fashion_mnist``. ``profile NAME`` only writes params.yaml.
 
 Params are validated before Prefect (or anything else heavy) is imported, so a bad params.yaml
 stops with one clear message and leaves nothing behind. Then the local Prefect server is made to
@@ -18,14 +22,19 @@ from tasks.common import load_params
 from tasks.runtime import ensure_prefect_server, project_root, stop_prefect_server
 from tasks.tracking import check_tracking_store
 
-STAGES = ("prepare", "teacher", "scores", "select", "distill", "evaluate")
+STAGES = ("prepare", "teacher", "teachers", "scores", "select", "distill", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m flows", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=[*STAGES, "pipeline", "deploy", "stop"],
-                    help="a stage, the whole pipeline, the deployment, or stop (the local Prefect server)")
+    ap.add_argument("command", choices=[*STAGES, "pipeline", "sweep", "profile", "deploy", "stop"],
+                    help="a stage, the whole pipeline, a sweep, profile (write params.yaml from a profile), "
+                         "the deployment, or stop (the local Prefect server)")
+    ap.add_argument("name", nargs="?", default=None, help="profile: the profile's name (profiles/NAME.yaml)")
+    ap.add_argument("--profile", default=None, help="sweep: start from profiles/PROFILE.yaml instead of params.yaml")
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="sweep/profile: override one param, e.g. -S student.kd_weights=[0.3,0.9] (repeatable)")
     ap.add_argument("--force", action="store_true", help="pipeline: re-run every stage even if DVC finds it up to date")
     ap.add_argument("--cron", default=None, help="deploy: cron schedule (default '0 2 * * *')")
     ap.add_argument("--timezone", default="UTC", help="deploy: the schedule's time zone")
@@ -36,6 +45,22 @@ def main(argv: list[str] | None = None) -> None:
         return
     root = project_root()
     try:
+        if args.command in ("sweep", "profile"):
+            from tasks.common import sweep_params, write_params
+
+            profile = args.name if args.command == "profile" else args.profile
+            if args.command == "profile" and not profile:
+                raise ParamsError("profile: name one, e.g. `python -m flows profile fashion_mnist`")
+            raw = sweep_params(root, profile, args.overrides)
+            origin = " ".join(["python -m flows", args.command, *([args.name] if args.name else []),
+                               *([f"--profile {args.profile}"] if args.profile else []),
+                               *[f"-S {o}" for o in args.overrides]])
+            changed = write_params(root, raw, origin, profile, args.overrides)
+            print(f"[kdprune] params.yaml {'written' if changed else 'unchanged'} "
+                  f"({'profile ' + profile if profile else 'current params'}"
+                  f"{', overrides ' + ' '.join(args.overrides) if args.overrides else ''})", flush=True)
+            if args.command == "profile":
+                return
         load_params(root)
     except ParamsError as e:
         print(f"kdprune: {e}", file=sys.stderr)
@@ -50,12 +75,17 @@ def main(argv: list[str] | None = None) -> None:
         from flows.deploy import deploy
 
         deploy(cron=args.cron, timezone=args.timezone, serve=args.serve)
-    elif args.command == "pipeline":
-        from flows.pipeline import pipeline
-
+    elif args.command in ("pipeline", "sweep"):
         t0 = time.perf_counter()
-        out = pipeline(root=str(root), force=args.force)
-        print(f"[kdprune] pipeline finished in {time.perf_counter() - t0:.1f}s; stages run: "
+        if args.command == "pipeline":
+            from flows.pipeline import pipeline
+
+            out = pipeline(root=str(root), force=args.force)
+        else:
+            from flows.sweep import sweep
+
+            out = sweep(root=str(root), label=f"sweep {args.profile or 'params.yaml'}", force=args.force)
+        print(f"[kdprune] {args.command} finished in {time.perf_counter() - t0:.1f}s; stages run: "
               f"{', '.join(out['stages_run']) or 'none (all up to date)'}; MLflow parent run {out['mlflow_run_id']}",
               flush=True)
     else:

@@ -5,8 +5,8 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from kdprune.device import device_count, resolve_device
-from tasks.common import atomic_directory, atomic_write_json, load_params, stage_tags, load_prepared
-from tasks.distill import student_variants, train_student
+from tasks.common import atomic_directory, atomic_write_json, load_params, load_prepared, stage_tags, work_seconds
+from tasks.distill import group_variants, student_variants, train_student
 from tasks.tracking import Tracker
 
 
@@ -23,19 +23,29 @@ def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     n_dev = device_count(params["device"])
     devices = [f"cuda:{i}" for i in range(n_dev)] if dev.type == "cuda" and dev.index is None else [str(dev)]
     meta, _ = load_prepared(root_p, params["data"]["dataset"])
+    groups = group_variants(variants)
     tr = Tracker(root_p)
-    log.info(f"training {len(variants)} students on {', '.join(devices)}")
-    with tr.run("distill", parent_run_id, tags=stage_tags(root_p, "distill", meta),
-                params={"student": params["student"]}) as run_id, \
+    log.info(f"sweep: {len(variants)} students ({len(groups)} distinct trainings; students on identical subsets "
+             f"with identical settings are trained once) on {', '.join(devices)}")
+    sel, sp = params["select"], params["student"]
+    grid = {"methods": ",".join(sel["methods"]), "fractions": ",".join(f"{f:g}" for f in sel["fractions"]),
+            "kd_schedule": sp["kd_schedule"], "kd_weights": ",".join(f"{w:g}" for w in sp["kd_weights"]),
+            "seeds": ",".join(map(str, sp["seeds"])),
+            "teachers": ",".join([params["teacher"]["arch"], *sp["teachers"]]), "students": len(variants)}
+    # the sweep's MLflow parent: one child run per student, comparable by method, fraction, kd_weight, teacher, seed
+    with tr.run("distill", parent_run_id, tags={**stage_tags(root_p, "distill", meta), "kdprune.sweep": "true"},
+                params={"student": sp, "sweep": grid}) as run_id, \
             atomic_directory(root_p / "models" / "students") as tmp:
         futures = [
-            train_student.submit(root, params, v, str(tmp), devices[i % len(devices)], run_id, f"{i + 1}/{len(variants)}")
-            for i, v in enumerate(variants)
+            train_student.submit(root, params, g[0], str(tmp), devices[i % len(devices)], run_id,
+                                 f"{i + 1}/{len(groups)}", tuple(g[1:]))
+            for i, g in enumerate(groups)
         ]
         results = [f.result() for f in futures]
-        atomic_write_json(tmp / "index.json", [{k: v for k, v in r.items() if k != "checkpoint"} for r in results])
-        tr.log_metrics(run_id, {"students": len(results)})
+        atomic_write_json(tmp / "index.json", [{k: v for k, v in r.items() if k not in ("checkpoint", "work_s")}
+                                               for r in results])
+        tr.log_metrics(run_id, {"students": len(variants), "trainings": len(results)})
     for r in results:  # the stage's outputs are in place: the per-epoch states are no longer needed
         Path(r["checkpoint"]).unlink(missing_ok=True)
-    return {"students": len(results), "compute_s": sum(r["wall_s"] for r in results)}
+    return {"students": len(variants), "compute_s": work_seconds(results)}
 

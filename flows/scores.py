@@ -5,7 +5,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from kdprune.device import device_count
-from tasks.common import load_params
+from tasks.common import load_params, work_seconds
 from tasks.scores import clear_proxies, compute_scores, proxy_jobs, proxy_workdir, train_proxy
 
 
@@ -18,4 +18,4 @@ def scores_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     proxies = [f.result() for f in futures]
     out = compute_scores(root, params, parent_run_id, proxies)
     clear_proxies(workdir, proxies)
-    return out
+    return {**out, "compute_s": work_seconds([*proxies, out])}

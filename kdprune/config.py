@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from kdprune.data import DATASETS
-from kdprune.distill import LOSSES
+from kdprune.distill import LOSSES, SCHEDULES
 from kdprune.models import MODELS
 from kdprune.scores import SCORES
 from kdprune.selection import parse_method
@@ -87,6 +87,23 @@ def _device(v) -> Optional[str]:
     return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
+def _pair_of_weights(v) -> Optional[str]:
+    if len(v) != 2 or not all(0.0 <= w <= 1.0 for w in v):
+        return "must be two KD weights in [0, 1]: [weight at fraction 0, weight at fraction 1]"
+    return None
+
+
+def _table(v) -> Optional[str]:
+    ok = isinstance(v, list) and v and all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)
+        and 0.0 < p[0] <= 1.0 and 0.0 <= p[1] <= 1.0 for p in v)
+    if not ok:
+        return "must be a non-empty list of [fraction in (0, 1], weight in [0, 1]] pairs"
+    if len({p[0] for p in v}) != len(v):
+        return "has the same fraction twice"
+    return None
+
+
 POSITIVE_INT = _range(1)
 FRACTION = _range(0.0, 1.0, lo_open=True)  # (0, 1]
 SEED = _range(0)
@@ -113,6 +130,9 @@ SCHEMA: dict[str, Any] = {
         "root": Field("str", None, nullable=True, doc="directory with the dataset's files, for datasets read from disk"),
         "val_fraction": Field("float", 0.1, check=_range(0.0, 0.5, lo_open=True, hi_open=True)),
         "split_seed": Field("int", 0, check=SEED),
+        "max_train": Field("int", None, nullable=True, check=_range(10),
+                           doc="keep a stratified random subset of this many training examples (CPU studies); "
+                               "null: all"),
     },
     "teacher": {**_train_fields("small_cnn", 30), "seed": Field("int", 0, check=SEED)},
     "scores": {
@@ -149,7 +169,20 @@ SCHEMA: dict[str, Any] = {
         "seeds": Field("list", [0], item="int", check=_each(SEED)),
         "loss": Field("str", "kd", check=_one_of(LOSSES), doc="KD loss; the no-KD baseline (ce) always runs too"),
         "kd_weights": Field("list", [0.5], item="float", check=_each(_range(0.0, 1.0))),
+        "kd_schedule": Field("str", "constant", check=_one_of(SCHEDULES),
+                             doc="KD weight vs kept fraction: constant (each of kd_weights), linear (kd_linear), "
+                                 "table (kd_table)"),
+        "kd_linear": Field("list", [0.9, 0.1], item="float", check=_pair_of_weights,
+                           doc="linear schedule: [weight at fraction 0, weight at fraction 1]"),
+        "kd_table": Field("list", None, nullable=True, check=_table,
+                          doc="table schedule: [[fraction, weight], ...], piecewise-linear between points"),
         "temperature": Field("float", 4.0, check=_range(0.0, lo_open=True)),
+        "cached_logits": Field("bool", True, doc="with augmentation off (pad 0, no flip), compute each teacher's "
+                                                 "logits once instead of on every batch"),
+        "teachers": Field("list", [], item="str", check=_each(_one_of(MODELS), nonempty=False),
+                          doc="extra teacher architectures (trained like the teacher) students also distil from"),
+        "teachers_max_fraction": Field("float", 1.0, check=FRACTION,
+                                       doc="extra teachers are used for subsets kept at this fraction or below"),
         "budget": Field("str", "epochs", check=lambda v: None if v in ("epochs", "steps") else
                         "must be 'epochs' (fewer steps on smaller subsets) or 'steps' (compute-matched to the full "
                         "data at student.epochs)"),
@@ -247,6 +280,12 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
     if "infobatch" in sel["methods"] and p["student"]["budget"] == "steps":
         errors.append("student.budget: 'steps' cannot be used with select.methods 'infobatch' (its epochs have "
                       "varying sizes); allowed with infobatch: 'epochs'")
+    st = p["student"]
+    if st["kd_schedule"] == "table" and not st["kd_table"]:
+        errors.append("student.kd_table: missing; kd_schedule 'table' needs [[fraction, weight], ...] pairs")
+    if p["teacher"]["arch"] in st["teachers"]:
+        errors.append(f"student.teachers: {p['teacher']['arch']!r} is already the teacher (teacher.arch); list only "
+                      "the extra architectures")
     stochastic = [label for label in sel["methods"] if parse_method(label, sel["ccs_score"]).stochastic]
     if stochastic and sorted(p["scores"]["seeds"]) != sorted(p["student"]["seeds"]):
         errors.append(

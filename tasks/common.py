@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import yaml
@@ -20,6 +20,31 @@ from kdprune.config import ParamsError, validate
 from kdprune.data import PreparedSplit
 
 SPLITS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------- stage work clock
+
+def timed_work(fn):
+    """Wrap a stage task's body: its result dict gets ``work_s``, the seconds it ran minus the
+    seconds it waited on MLflow. That is the stage's own work (reading inputs, training, scoring,
+    selecting, evaluating, writing outputs); everything else a stage costs is orchestration."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import time
+
+        from tasks.tracking import blocked_seconds
+
+        t0, b0 = time.perf_counter(), blocked_seconds()
+        out = fn(*args, **kwargs)
+        out["work_s"] = max(0.0, time.perf_counter() - t0 - (blocked_seconds() - b0))
+        return out
+
+    return wrapper
+
+
+def work_seconds(results) -> float:
+    """The stage's work: the sum over its task results (tasks of one stage run one at a time per device)."""
+    return float(sum(r["work_s"] for r in results))
 
 
 # ---------------------------------------------------------------- params
@@ -43,6 +68,67 @@ def inside(root: Path, rel: str | Path) -> Path:
     if p != root and root not in p.parents:
         raise ParamsError(f"path {str(rel)!r} leaves the project directory {root}; use a path inside it")
     return p
+
+
+# ---------------------------------------------------------------- profiles and overrides
+
+PROFILES = "profiles"
+
+
+def profile_names(root: Path) -> list[str]:
+    return sorted(p.stem for p in (Path(root) / PROFILES).glob("*.yaml"))
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``student.kd_weights=[0.3,0.9]`` -> (["student", "kd_weights"], [0.3, 0.9]); the value is YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {text!r} is not KEY=VALUE (e.g. student.seeds=[0,1,2])")
+    try:
+        return key.strip().split("."), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"override {text!r}: the value is not valid YAML: {e}") from None
+
+
+def sweep_params(root: Path, profile: Optional[str], overrides: list[str]) -> dict:
+    """The params a sweep runs with: the profile (or the current params.yaml) plus the overrides, validated."""
+    root = Path(root)
+    if profile:
+        src = root / PROFILES / f"{profile}.yaml"
+        if not src.exists():
+            raise ParamsError(f"no profile {profile!r} in {root / PROFILES}; available: "
+                              f"{', '.join(profile_names(root))}")
+    else:
+        src = root / "params.yaml"
+    raw = yaml.safe_load(src.read_text()) or {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for k in path[:-1]:
+            if not isinstance(node.setdefault(k, {}), dict):
+                raise ParamsError(f"override {text!r}: {k} is not a section")
+            node = node[k]
+        node[path[-1]] = value
+    validate(raw)  # every problem named before anything is written
+    return raw
+
+
+def write_params(root: Path, raw: dict, origin: str, profile: Optional[str] = None, overrides=()) -> bool:
+    """Write params.yaml (atomically) if it differs; True when it changed. A profile without
+    overrides is copied verbatim (its comments too)."""
+    path = Path(root) / "params.yaml"
+    if profile and not overrides:
+        text = (Path(root) / PROFILES / f"{profile}.yaml").read_text()
+    else:
+        text = (f"# kdprune params written by `{origin}`; every key is validated before any compute\n"
+                "# (kdprune/config.py). Restore the default profile with `make profile NAME=digits`.\n"
+                + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None))
+    old = yaml.safe_load(path.read_text()) if path.exists() else None
+    if old == raw:
+        return False
+    atomic_write_text(path, text)
+    return True
+
 
 
 # ---------------------------------------------------------------- atomic writes

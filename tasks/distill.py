@@ -4,37 +4,80 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import math
+import shutil
+import threading
+
 import numpy as np
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-import math
-
 from kdprune.models import build_model
 from kdprune.selection import budget, make_sampler
-from kdprune.train import evaluate, seeded, train
+from kdprune.distill import kd_settings
+from kdprune.train import evaluate, predict_logits, seeded, train
 from tasks.common import (
+    timed_work,
     FileCheckpoint, atomic_write_json, device_data, fault_point, fingerprint, load_manifest, load_model,
     load_prepared, md5_file, save_model, sha256_file, stage_tags,
 )
 from tasks.teacher import train_config
+from tasks.teachers import teacher_dir
 from tasks.tracking import Tracker
 
 
 def student_variants(root: Path, params: dict) -> list[dict]:
-    """Every student the params ask for: manifests x (no KD + each KD weight) x seeds."""
+    """Every student the params ask for: manifests x (no KD + each KD arm x each teacher) x seeds.
+
+    KD arms come from the weight schedule (``kdprune.distill.kd_settings``): one per constant weight,
+    or one whose weight follows the kept fraction. Extra teachers (``student.teachers``) are used
+    for manifests kept at ``student.teachers_max_fraction`` or below. Students that would train on
+    the same ids with the same settings (e.g. every method at fraction 1.0) share one ``key``: the
+    distill stage trains one of them and records it under every name.
+    """
     sp = params["student"]
+    main = params["teacher"]["arch"]
+    settings = kd_settings(sp)
     out = []
     for mf in sorted((Path(root) / "data" / "manifests").glob("*.json")):
         m = load_manifest(mf)
+        frac = float(m["fraction"])
+        teachers = [main] + [t for t in sp["teachers"] if frac <= sp["teachers_max_fraction"] + 1e-9]
         # a seeded manifest (random) is paired with the student of the same seed
         seeds = [m["seed"]] if m["seed"] is not None else sp["seeds"]
+        same = {"ids": m["ids_sha256"], "sampler": m.get("sampler")}
         for seed in seeds:
-            for w in [None, *sp["kd_weights"]]:
-                kd = "nokd" if w is None else f"kd{w:g}-T{sp['temperature']:g}"
-                out.append({"name": f"{mf.stem}__{kd}__s{seed}", "manifest": mf.name, "kd_weight": w, "seed": seed})
+            arms = [(None, None, main)] + [(st, st.weight(frac), t) for st in settings for t in teachers]
+            for st, w, t in arms:
+                kd = "nokd" if st is None else f"{st.label}-T{sp['temperature']:g}"
+                name = f"{mf.stem}__{kd}" + ("" if t == main else f"__t-{t}") + f"__s{seed}"
+                out.append({"name": name, "manifest": mf.name, "kd_weight": w, "seed": seed,
+                            "kd_schedule": None if st is None else st.schedule, "kd_setting": kd,
+                            "teacher": t if st is not None else None,
+                            "key": fingerprint(same, kd, t if st is not None else None, seed)})
     return out
+
+
+def group_variants(variants: list[dict]) -> list[list[dict]]:
+    """Variants grouped by ``key`` (identical training), in first-seen order; the first of each trains."""
+    groups: dict[str, list[dict]] = {}
+    for v in variants:
+        groups.setdefault(v["key"], []).append(v)
+    return list(groups.values())
+
+
+_LOGITS: dict[tuple[str, str], "torch.Tensor"] = {}
+_LOGITS_LOCK = threading.Lock()
+
+
+def cached_teacher_logits(tdir: Path, teacher, data, device: torch.device) -> "torch.Tensor":
+    """The teacher's logits for every training example, computed once per (teacher, device) in this process."""
+    key = (str(tdir.resolve()), str(device))
+    with _LOGITS_LOCK:
+        if key not in _LOGITS:
+            _LOGITS[key] = predict_logits(teacher, data, batch_size=512)
+        return _LOGITS[key]
 
 
 def student_budget(sp: dict, n_total: int, manifest: dict, n_pool: int) -> tuple[int, int | None]:
@@ -59,8 +102,11 @@ def student_checkpoint(root: Path, params: dict, variant: dict, dataset_sha: str
 
 @task(name="train-student", cache_policy=NO_CACHE, persist_result=False, retries=1,
       task_run_name="student-{variant[name]}")
+@timed_work
 def train_student(root: str, params: dict, variant: dict, out_dir: str, device: str,
-                  parent_run_id: Optional[str] = None, position: str = "") -> dict:
+                  parent_run_id: Optional[str] = None, position: str = "", aliases: tuple = ()) -> dict:
+    """Train one student; ``aliases`` are variants with identical training (same ids, settings and
+    seed), recorded under their own names and MLflow runs from this one training."""
     log = get_run_logger()
     root = Path(root)
     sp = params["student"]
@@ -71,8 +117,11 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
     train_split = splits["train"]
     subset = torch.from_numpy(train_split.positions(np.asarray(manifest["ids"], dtype=np.int64)))
     train_d, val_d = device_data(meta, train_split, dev), device_data(meta, splits["val"], dev)
-    teacher, tinfo = load_model(root / "models" / "teacher", dev)
     kd = variant["kd_weight"] is not None
+    tdir = teacher_dir(root, params, variant["teacher"] or params["teacher"]["arch"])
+    teacher, tinfo = load_model(tdir, dev)
+    cached = kd and sp["cached_logits"] and sp["pad"] == 0 and not sp["flip"]
+    t_logits = cached_teacher_logits(tdir, teacher, train_d, dev) if cached else None
     c, h, _ = meta["shape"]
     with seeded(variant["seed"]):
         model = build_model(sp["arch"], c, meta["num_classes"], h)
@@ -90,19 +139,22 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
         "name": variant["name"], "manifest": variant["manifest"], "method": manifest["method"],
         "fraction": manifest["fraction"], "selection_seed": manifest["seed"], "seed": variant["seed"],
         "kd": kd, "loss": cfg.loss, "kd_weight": variant["kd_weight"] if kd else 0.0,
-        "temperature": sp["temperature"] if kd else None,
-        "teacher_arch": tinfo["arch"], "student_arch": sp["arch"], "dataset": meta["dataset"],
+        "kd_schedule": variant["kd_schedule"] or "none", "kd_setting": variant["kd_setting"],
+        "temperature": sp["temperature"] if kd else None, "teacher_logits": "cached" if cached else "live",
+        "teacher_arch": tinfo["arch"], "teacher_params": tinfo.get("n_params"), "student_arch": sp["arch"],
+        "dataset": meta["dataset"],
         "n_train": int(subset.numel()), "epochs": epochs, "budget": sp["budget"],
         "sampler": (manifest.get("sampler") or {}).get("name"),
     }
     tr = Tracker(root)
     tags = {**stage_tags(root, "distill", meta), "kdprune.role": "student", "method": manifest["method"],
             "manifest_sha256": sha256_file(mpath), "dvc.manifest_md5": md5_file(mpath)}
-    with tr.run(variant["name"], parent_run_id, tags=tags,
-                params={**{k: v for k, v in record.items() if k not in ("name",)}, "student": sp}) as run_id:
+    run_params = {**{k: v for k, v in record.items() if k != "name"}, "student": sp}
+    with tr.run(variant["name"], parent_run_id, tags=tags, params=run_params) as run_id:
         ckpt = student_checkpoint(root, params, variant, meta["sha256"], tags["manifest_sha256"], log)
-        res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher if kd else None, checkpoint=ckpt,
-                    sampler=sampler, on_epoch=lambda epoch, m: fault_point(root, "distill", epoch))
+        res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher if kd and not cached else None,
+                    teacher_logits=t_logits, checkpoint=ckpt, sampler=sampler,
+                    on_epoch=lambda epoch, m: fault_point(root, "distill", epoch))
         model.load_state_dict(res.best_state)
         val = evaluate(model, val_d)
         record.update(steps=res.steps, best_epoch=res.best_epoch, val_acc=val["acc"], val_loss=val["loss"],
@@ -117,8 +169,32 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
                                 "n_train": record["n_train"], "samples_seen": res.samples_seen})
         tr.log_artifact(run_id, mpath, "manifest")
         tr.log_artifact(run_id, sdir / "model.safetensors", "model")
+    for alias in aliases:
+        record_alias(root, tr, parent_run_id, alias, record, run_params, res.history, sdir, Path(out_dir), tags, meta)
     if tr.summary():
         log.warning(f"student {variant['name']}: {tr.summary()}; the model and metrics are on disk in {sdir}")
     log.info(f"student {position} {variant['name']}: n={record['n_train']} steps={res.steps} "
              f"val_acc {val['acc']:.4f} ({res.seconds:.1f}s)")
     return {**{k: record[k] for k in ("name", "val_acc", "steps", "wall_s")}, "checkpoint": str(ckpt.path)}
+
+
+def record_alias(root: Path, tr: Tracker, parent_run_id, alias: dict, record: dict, run_params: dict, history: list,
+                 sdir: Path, out_dir: Path, tags: dict, meta: dict) -> None:
+    """Record a student that trains exactly like ``record``'s under its own name, manifest and method."""
+    mpath = root / "data" / "manifests" / alias["manifest"]
+    m = load_manifest(mpath, meta)
+    rec = {**record, "name": alias["name"], "manifest": alias["manifest"], "method": m["method"],
+           "selection_seed": m["seed"], "same_training_as": record["name"]}
+    adir = out_dir / alias["name"]
+    adir.mkdir(parents=True, exist_ok=True)
+    for f in ("model.safetensors", "model.json"):
+        shutil.copyfile(sdir / f, adir / f)
+    atags = {**tags, "method": m["method"], "manifest_sha256": sha256_file(mpath), "dvc.manifest_md5": md5_file(mpath),
+             "kdprune.same_training_as": record["name"]}
+    same = {k: rec[k] for k in ("manifest", "method", "selection_seed", "same_training_as")}
+    with tr.run(alias["name"], parent_run_id, tags=atags, params={**run_params, **same}) as run_id:
+        rec["mlflow_run_id"] = run_id
+        atomic_write_json(adir / "metrics.json", {**rec, "history": history})
+        tr.log_history(run_id, history)
+        tr.log_metrics(run_id, {"best_val_acc": rec["val_acc"], "steps": rec["steps"], "wall_s": 0.0,
+                                "n_train": rec["n_train"], "samples_seen": rec["samples_seen"]})

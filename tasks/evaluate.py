@@ -11,20 +11,20 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from kdprune import analysis as A
 from kdprune.device import resolve_device
 from kdprune.train import evaluate
-from tasks.common import atomic_write_bytes, atomic_write_text, device_data, load_model, load_prepared, stage_tags
+from tasks.common import timed_work, atomic_write_bytes, atomic_write_text, device_data, load_model, load_prepared, stage_tags
+from tasks.teachers import teacher_dir
 from tasks.tracking import Tracker
 
 COLUMNS = [
-    "dataset", "method", "fraction", "kd", "kd_weight", "temperature", "seed", "teacher_arch", "student_arch",
+    "dataset", "method", "fraction", "kd", "kd_weight", "kd_schedule", "kd_setting", "temperature", "seed",
+    "teacher_arch", "teacher_params", "teacher_logits", "student_arch",
     "test_acc", "val_acc", "n_train", "samples_seen", "seen_fraction", "steps", "epochs", "budget", "sampler",
-    "wall_s", "selection_s", "selection_peak_mb", "selection_seed", "name", "mlflow_run_id",
+    "wall_s", "selection_s", "selection_peak_mb", "selection_seed", "same_training_as", "name", "mlflow_run_id",
 ]
-
-
-def _fmt(mean: float, std: float, n: int) -> str:
-    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
+FIGURES = ("accuracy_vs_fraction.png", "kd_weight_heatmap.png", "teacher_size.png")
 
 
 def selection_costs(root: Path, params: dict) -> dict[str, dict]:
@@ -45,75 +45,212 @@ def selection_costs(root: Path, params: dict) -> dict[str, dict]:
     return costs
 
 
-def build_report(df: pd.DataFrame, teacher: dict) -> str:
-    """Markdown report: test accuracy (%) per method and kept fraction, no KD vs each KD weight."""
-    df = df.copy()
-    df["setting"] = df.apply(lambda r: f"KD a={r.kd_weight:g} T={r.temperature:g}" if r.kd else "no KD", axis=1)
-    g = df.groupby(["method", "fraction", "setting"])["test_acc"].agg(["mean", "std", "count"]).reset_index()
-    g["cell"] = [_fmt(m, 0.0 if pd.isna(s) else s, n) for m, s, n in zip(g["mean"], g["std"], g["count"])]
-    table = g.pivot(index=["method", "fraction"], columns="setting", values="cell").reset_index()
-    settings = ["no KD"] + sorted(c for c in table.columns if str(c).startswith("KD"))
-    table = table[["method", "fraction", *settings]]
+def _cell(mean: float, std: float, n: int) -> str:
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
+
+
+def build_report(df: pd.DataFrame, teachers: pd.DataFrame, ctx: dict) -> str:
+    """Markdown report from the per-student table ``df`` and the teachers table; pure (no I/O).
+
+    ``ctx``: dataset, main_teacher, student_arch, student_params, teachers_max_fraction, n_pool.
+    """
+    df = A.with_arms(df)
+    main_t = ctx["main_teacher"]
+    main = A.main_teacher_rows(df, main_t)
+    arms, stats = A.accuracy_table(main)
+    seeds = sorted(df["seed"].unique().tolist())
+    tm = teachers.set_index("arch")
     lines = [
-        f"# kdprune report — {df['dataset'].iloc[0]}",
+        f"# kdprune report — {ctx['dataset']}",
         "",
-        f"Teacher: {teacher['arch']} trained on the full train split ({teacher['n_train']} examples): "
-        f"test accuracy {100 * teacher['test_acc']:.2f}%, validation {100 * teacher['val_acc']:.2f}%.",
-        f"Students: {df['student_arch'].iloc[0]}, {df['epochs'].iloc[0]} epochs on each subset; "
-        f"seeds {sorted(df['seed'].unique().tolist())}. Test accuracy (%), mean ± std over seeds.",
+        f"Training pool: {ctx['n_pool']:,} examples. Teachers, each trained on the full pool: "
+        + ", ".join(f"{a} ({int(r.n_params):,} parameters, test {100 * r.test_acc:.2f}%)" for a, r in tm.iterrows())
+        + f"; {main_t} scores the examples and is the self-distilling teacher.",
+        f"Students: {ctx['student_arch']} ({ctx['student_params']:,} parameters), {df['epochs'].max()} epochs on "
+        f"each subset ({df['budget'].iloc[0]} budget); seeds {seeds}. Test accuracy (%), mean ± std over seeds.",
         "",
-        "| method | kept fraction | " + " | ".join(settings) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in settings) + " |",
+        f"## Accuracy by method and kept fraction (teacher {main_t})",
+        "",
+        "| method | kept fraction | " + " | ".join(arms) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in arms) + " |",
     ]
-    for _, r in table.sort_values(["method", "fraction"]).iterrows():
-        lines.append(f"| {r['method']} | {r['fraction']:g} | " + " | ".join(str(r[s]) for s in settings) + " |")
-    cost = df.groupby("method")[["selection_s", "selection_peak_mb", "seen_fraction"]].max()
-    lines += ["", "Selection cost (scoring and selection, including proxy training; peak extra memory) beside the "
-              "best test accuracy any student of the method reached:", "",
-              "| method | selection seconds | peak memory (MiB) | best test acc (%) |", "| --- | --- | --- | --- |"]
-    best = df.groupby("method")["test_acc"].max()
+    for (method, frac), g in stats.groupby(["method", "fraction"]):
+        cells = {r.arm: _cell(r.mean, r.std, r.count) for r in g.itertuples()}
+        lines.append(f"| {method} | {frac:g} | " + " | ".join(cells.get(a, "—") for a in arms) + " |")
+    lines += ["", "Plot: `reports/accuracy_vs_fraction.png` (one panel per method, error bars: std over seeds)."]
+
+    grid = A.weight_grid(main)
+    lines += ["", "## KD weight by kept fraction", ""]
+    if len(grid.index) >= 2:
+        best = A.best_weights(grid)
+        fr = sorted(grid.columns)
+        lines += ["Mean test accuracy (%) over methods and seeds; weight 0 is no KD; **bold** is the best weight "
+                  "at that fraction.", "",
+                  "| KD weight | " + " | ".join(f"{f:g}" for f in fr) + " |",
+                  "| --- | " + " | ".join("---" for _ in fr) + " |"]
+        for w, row in grid.iterrows():
+            lines.append(f"| {w:g} | " + " | ".join(
+                (f"**{100 * row[f]:.2f}**" if best[f] == w else f"{100 * row[f]:.2f}") for f in fr) + " |")
+        bk = A.best_kd(main)
+        per = bk.groupby("fraction")["arm"].agg(lambda a: ", ".join(sorted(set(a))))
+        lines += ["", "Best KD arm per fraction, over methods: " + "; ".join(f"{f:g}: {a}" for f, a in per.items())
+                  + ". Heatmap: `reports/kd_weight_heatmap.png`."]
+    else:
+        lines.append("Only one constant KD setting in this sweep; add weights to student.kd_weights to compare.")
+    others = [a for a in arms if a.startswith("KD ") and not a.startswith("KD a=")]
+    if others:
+        lines.append(f"Scheduled KD weights in this sweep: {', '.join(others)} (columns of the table above).")
+
+    lines += ["", f"## Teacher size at low kept fractions (≤ {ctx['teachers_max_fraction']:g})", ""]
+    ts = A.teacher_summary(df, teachers, ctx["teachers_max_fraction"])
+    if ts["teacher_arch"].nunique() >= 2:
+        nok = main[~main["kd"].astype(bool) & (main["fraction"] <= ctx["teachers_max_fraction"] + 1e-9)]
+        nok_mean = nok.groupby("fraction")["test_acc"].mean()
+        lines += ["Mean KD student accuracy (%) over methods, KD weights and seeds, by teacher:", "",
+                  "| teacher | parameters | teacher test acc | kept fraction | student acc | no-KD student acc |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in ts.sort_values(["fraction", "n_params"]).itertuples():
+            lines.append(f"| {r.teacher_arch} | {int(r.n_params):,} | {100 * r.teacher_test_acc:.2f} | {r.fraction:g} "
+                         f"| {_cell(r.mean, r.std, r.count)} | {100 * nok_mean.get(r.fraction, float('nan')):.2f} |")
+        lines += ["", "Plot: `reports/teacher_size.png`."]
+    else:
+        lines.append("One teacher architecture in this sweep; list others in student.teachers to ask this question.")
+
+    lines += ["", "## Selection cost beside accuracy", "",
+              "Seconds to score and select (proxy training included) and peak extra memory; accuracy of the best "
+              "KD arm (and no KD) at each kept fraction below 1, teacher " + main_t + ".", ""]
+    fr = sorted(f for f in main["fraction"].unique() if f < 1.0)
+    bk = A.best_kd(main).set_index(["method", "fraction"])
+    lines += ["| method | selection s | peak MiB | " + " | ".join(f"acc {f:g} KD / no KD" for f in fr) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in fr) + " |"]
+    cost = df.groupby("method")[["selection_s", "selection_peak_mb"]].max()
     for method, r in cost.iterrows():
-        lines.append(f"| {method} | {r.selection_s:.3g} | {r.selection_peak_mb:.3g} | {100 * best[method]:.2f} |")
-    kd = df[df.kd].groupby(["method", "fraction"])["test_acc"].max()
-    nokd = df[~df.kd].groupby(["method", "fraction"])["test_acc"].mean()
-    both = pd.concat([kd.rename("kd"), nokd.rename("nokd")], axis=1).dropna()
-    if len(both):
-        wins = int((both["kd"] > both["nokd"]).sum())
-        lines += ["", f"KD (best weight) beats no KD in {wins} of {len(both)} (method, fraction) cells."]
-    lines += ["", f"{len(df)} students; per-student rows in `reports/results.csv`; "
-              "plot in `reports/accuracy_vs_fraction.png`.", ""]
+        accs = []
+        for f in fr:
+            if (method, f) in bk.index:
+                c = bk.loc[(method, f)]
+                accs.append(f"{100 * c['mean']:.2f} / {100 * c['nokd']:.2f}")
+            else:
+                accs.append("—")
+        lines.append(f"| {method} | {r.selection_s:.3g} | {r.selection_peak_mb:.3g} | " + " | ".join(accs) + " |")
+
+    lines += ["", "## The paper's claims on this run", "",
+              "Ben-Baruch et al., \"Distilling the Knowledge in Data Pruning\". Verdicts come from the numbers above "
+              f"(means over seeds; \"comparable\" = within {A.TOL_POINTS} points or one seed-std). One dataset, "
+              "architecture and schedule: a verdict here is evidence about this setting, not a replication.", ""]
+    for c in A.claims(df, main_t, teachers, ctx["student_params"], ctx["teachers_max_fraction"]):
+        lines.append(f"{c.number}. **{c.verdict.upper()}** — {c.claim} {c.evidence}.")
+    lines += ["", f"{len(df)} students; per-student rows in `reports/results.csv`.", ""]
     return "\n".join(lines)
 
 
-def plot_png(df: pd.DataFrame, teacher_acc: float) -> bytes:
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    return plt
+
+
+def plot_accuracy(df: pd.DataFrame, main_teacher: str, teacher_acc: float) -> bytes:
+    """One panel per method: accuracy vs kept fraction for no KD and each KD arm, mean ± std over seeds."""
+    plt = _plt()
+    df = A.main_teacher_rows(A.with_arms(df), main_teacher)
+    methods = sorted(df["method"].unique())
+    arms = A.arms_in_order(df)
+    cols = min(3, len(methods))
+    rows = -(-len(methods) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (method, dm) in enumerate(sorted(df.groupby("method"), key=lambda t: t[0])):
-        for kd, dk in dm.groupby("kd"):
-            for w, dw in (dk.groupby("kd_weight") if kd else [(None, dk)]):
-                s = dw.groupby("fraction")["test_acc"].agg(["mean", "std"]).reset_index()
-                ax.errorbar(s["fraction"], 100 * s["mean"], yerr=100 * s["std"].fillna(0), marker="o", capsize=3,
-                            color=colors[i % len(colors)], linestyle="-" if kd else "--",
-                            label=f"{method} " + (f"KD a={w:g}" if kd else "no KD"))
-    ax.axhline(100 * teacher_acc, color="grey", linestyle=":", label="teacher (full data)")
+    for ax, method in zip(axes.flat, methods):
+        dm = df[df["method"] == method]
+        for i, a in enumerate(arms):
+            s = dm[dm["arm"] == a].groupby("fraction")["test_acc"].agg(["mean", "std"]).reset_index()
+            if s.empty:
+                continue
+            ax.errorbar(s["fraction"], 100 * s["mean"], yerr=100 * s["std"].fillna(0), marker="o", capsize=3,
+                        color="black" if a == "no KD" else colors[i % len(colors)],
+                        linestyle="--" if a == "no KD" else "-", label=a)
+        ax.axhline(100 * teacher_acc, color="grey", linestyle=":", label="teacher (full data)")
+        ax.set_title(method)
+        ax.set_xlabel("kept fraction")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(methods):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("test accuracy (%)")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"{df['dataset'].iloc[0]}: student accuracy vs kept fraction (mean ± std over seeds)", fontsize=10)
+    return _png(fig)
+
+
+def plot_weight_heatmap(df: pd.DataFrame, main_teacher: str) -> bytes:
+    """Mean accuracy per (KD weight, kept fraction) over methods and seeds; the best weight per fraction boxed."""
+    plt = _plt()
+    grid = A.weight_grid(A.main_teacher_rows(A.with_arms(df), main_teacher))
+    fig, ax = plt.subplots(figsize=(1.4 + 1.1 * max(1, len(grid.columns)), 1.2 + 0.6 * max(1, len(grid.index))))
+    if grid.empty:
+        ax.text(0.5, 0.5, "no constant KD weights in this sweep", ha="center", va="center")
+        ax.axis("off")
+        return _png(fig)
+    im = ax.imshow(100 * grid.values, aspect="auto", cmap="viridis", origin="lower")
+    ax.set_xticks(range(len(grid.columns)), [f"{f:g}" for f in grid.columns])
+    ax.set_yticks(range(len(grid.index)), [("0 (no KD)" if w == 0 else f"{w:g}") for w in grid.index])
+    best = A.best_weights(grid)
+    for j, f in enumerate(grid.columns):
+        for i, w in enumerate(grid.index):
+            ax.text(j, i, f"{100 * grid.loc[w, f]:.1f}", ha="center", va="center", fontsize=8,
+                    color="white" if w != best[f] else "black",
+                    bbox=dict(boxstyle="square", fc="yellow", ec="black") if w == best[f] else None)
     ax.set_xlabel("kept fraction")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{df['dataset'].iloc[0]}: student accuracy vs kept fraction")
+    ax.set_ylabel("KD weight")
+    ax.set_title("mean test acc (%); boxed: best weight per fraction", fontsize=9)
+    fig.colorbar(im, ax=ax)
+    return _png(fig)
+
+
+def plot_teacher_size(df: pd.DataFrame, teachers: pd.DataFrame, max_fraction: float, student_params: int) -> bytes:
+    """Student accuracy vs teacher parameters at low fractions, one line per (fraction, KD arm)."""
+    plt = _plt()
+    df = A.with_arms(df)
+    d = A.teacher_rows(df, max_fraction).merge(teachers[["arch", "n_params"]].rename(columns={"arch": "teacher_arch"}),
+                                               on="teacher_arch", how="left")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.set_xscale("log")
+    for r in teachers.itertuples():
+        ax.annotate(r.arch, (r.n_params, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                    textcoords="offset points", ha="center", fontsize=7, color="dimgrey")
+    for (frac, a), g in d.groupby(["fraction", "arm"]):
+        s = g.groupby("n_params")["test_acc"].agg(["mean", "std"]).reset_index()
+        ax.errorbar(s["n_params"], 100 * s["mean"], yerr=100 * s["std"].fillna(0), marker="o", capsize=3,
+                    label=f"kept {frac:g}, {a}")
+    nok = df[~df["kd"].astype(bool) & (df["fraction"] <= max_fraction + 1e-9)]
+    for frac, g in nok.groupby("fraction"):
+        ax.axhline(100 * g["test_acc"].mean(), linestyle="--", color="grey", linewidth=1)
+        ax.annotate(f"no KD, kept {frac:g}", (0.01, 100 * g["test_acc"].mean()), xycoords=("axes fraction", "data"),
+                    fontsize=7, va="bottom", color="grey")
+    if student_params:
+        ax.axvline(student_params, color="red", linestyle=":", linewidth=1, label="student size")
+    ax.set_xlabel("teacher parameters")
+    ax.set_ylabel("student test accuracy (%)")
+    ax.set_title(f"teacher size vs student accuracy at kept fractions ≤ {max_fraction:g}", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+    ax.legend(fontsize=7)
+    return _png(fig)
 
 
 @task(name="evaluate-students", cache_policy=NO_CACHE, persist_result=False)
+@timed_work
 def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
     log = get_run_logger()
     root = Path(root)
@@ -127,12 +264,19 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     tr = Tracker(root)
     rows, compute_s = [], 0.0
     costs = selection_costs(root, params)
-    for d in student_dirs:
+    accs: dict[str, float] = {}
+    student_params = None
+    for d in sorted(student_dirs, key=lambda d: (d / "metrics.json").read_text().count("same_training_as")):
         rec = json.loads((d / "metrics.json").read_text())
-        model, _ = load_model(d, device)
-        t0 = time.perf_counter()
-        rec["test_acc"] = evaluate(model, test_d)["acc"]
-        compute_s += time.perf_counter() - t0
+        if rec.get("same_training_as") in accs:  # the same training under another method's name
+            rec["test_acc"] = accs[rec["same_training_as"]]
+        else:
+            model, _ = load_model(d, device)
+            student_params = int(sum(p.numel() for p in model.parameters()))
+            t0 = time.perf_counter()
+            rec["test_acc"] = evaluate(model, test_d)["acc"]
+            compute_s += time.perf_counter() - t0
+        accs[rec["name"]] = rec["test_acc"]
         rec.update(costs.get(rec["method"], {}))
         rows.append({c: rec.get(c) for c in COLUMNS})
         if rec.get("mlflow_run_id"):
@@ -141,19 +285,42 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
             except Exception as e:  # a student run from another store; the CSV still has it
                 log.warning(f"could not log test_acc to MLflow run {rec['mlflow_run_id']}: {e}")
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values(["method", "fraction", "kd", "kd_weight", "seed"])
-    teacher, tinfo = load_model(root / "models" / "teacher", device)
-    tmetrics = json.loads((root / "models" / "teacher" / "metrics.json").read_text())
-    tsum = {"arch": tinfo["arch"], "test_acc": evaluate(teacher, test_d)["acc"], "val_acc": tmetrics["val_acc"],
-            "n_train": tmetrics["n_train"]}
-    report = build_report(df, tsum)
+    t0 = time.perf_counter()
+    teachers = evaluate_teachers(root, params, device, test_d)
+    compute_s += time.perf_counter() - t0
+    main_t = params["teacher"]["arch"]
+    ctx = {"dataset": meta["dataset"], "main_teacher": main_t, "student_arch": params["student"]["arch"],
+           "student_params": student_params, "teachers_max_fraction": params["student"]["teachers_max_fraction"],
+           "n_pool": meta["sizes"]["train"]}
+    teacher_acc = float(teachers.set_index("arch").loc[main_t, "test_acc"])
+    report = build_report(df, teachers, ctx)
     out = root / "reports"
+    figures = {
+        "accuracy_vs_fraction.png": plot_accuracy(df, main_t, teacher_acc),
+        "kd_weight_heatmap.png": plot_weight_heatmap(df, main_t),
+        "teacher_size.png": plot_teacher_size(df, teachers, ctx["teachers_max_fraction"], student_params),
+    }
     atomic_write_text(out / "results.csv", df.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(out / "report.md", report)
-    atomic_write_bytes(out / "accuracy_vs_fraction.png", plot_png(df, tsum["test_acc"]))
+    for name, png in figures.items():
+        atomic_write_bytes(out / name, png)
     with tr.run("evaluate", parent_run_id, tags=stage_tags(root, "evaluate", meta)) as run_id:
-        tr.log_metrics(run_id, {"teacher_test_acc": tsum["test_acc"], "students": len(df)})
-        for f in ("results.csv", "report.md", "accuracy_vs_fraction.png"):
+        tr.log_metrics(run_id, {"teacher_test_acc": teacher_acc, "students": len(df)})
+        for f in ("results.csv", "report.md", *figures):
             tr.log_artifact(run_id, out / f, "report")
-    log.info(f"evaluated {len(df)} students; teacher test_acc {tsum['test_acc']:.4f}")
+    log.info(f"evaluated {len(df)} students; teacher test_acc {teacher_acc:.4f}")
     return {"report": str(out / "report.md"), "results": str(out / "results.csv"), "students": len(df),
-            "teacher_test_acc": tsum["test_acc"], "compute_s": compute_s}
+            "teacher_test_acc": teacher_acc, "compute_s": compute_s}
+
+
+def evaluate_teachers(root: Path, params: dict, device, test_d) -> pd.DataFrame:
+    """Test accuracy and size of the main teacher and every extra teacher."""
+    rows = []
+    for arch in [params["teacher"]["arch"], *params["student"]["teachers"]]:
+        tdir = teacher_dir(root, params, arch)
+        model, _ = load_model(tdir, device)
+        m = json.loads((tdir / "metrics.json").read_text())
+        rows.append({"arch": arch, "n_params": int(sum(p.numel() for p in model.parameters())),
+                     "test_acc": evaluate(model, test_d)["acc"], "val_acc": m["val_acc"], "n_train": m["n_train"],
+                     "role": "main" if arch == params["teacher"]["arch"] else "extra"})
+    return pd.DataFrame(rows)

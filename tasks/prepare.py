@@ -9,13 +9,14 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from kdprune.data import DATASETS, stratified_split
-from tasks.common import atomic_directory, atomic_save_npy, atomic_write_json, combined_sha256, prepared_dir, sha256_file
+from kdprune.data import DATASETS, stratified_split, stratified_subsample
+from tasks.common import timed_work, atomic_directory, atomic_save_npy, atomic_write_json, combined_sha256, prepared_dir, sha256_file
 from tasks.tracking import Tracker
 from tasks.common import git_commit
 
 
 @task(name="prepare-dataset", cache_policy=NO_CACHE, persist_result=False)
+@timed_work
 def prepare_dataset(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
     log = get_run_logger()
     root = Path(root)
@@ -24,6 +25,10 @@ def prepare_dataset(root: str, params: dict, parent_run_id: Optional[str] = None
     raw = DATASETS.get(dp["dataset"])(root=dp["root"])
     keep, held = stratified_split(raw.train_y, dp["val_fraction"], dp["split_seed"])
     pool_ids = np.arange(len(raw.train_y), dtype=np.int64)  # id = index in the source's training order
+    if dp["max_train"] is not None and dp["max_train"] < len(keep):
+        # a smaller training pool for CPU studies: stratified, and ids still index the source
+        keep = keep[stratified_subsample(raw.train_y[keep], dp["max_train"], dp["split_seed"])]
+        log.info(f"training pool cut to a stratified subset of {len(keep)} examples (data.max_train)")
     splits = {
         "train": (raw.train_x[keep], raw.train_y[keep], pool_ids[keep]),
         "val": (raw.train_x[held], raw.train_y[held], pool_ids[held]),
@@ -50,6 +55,8 @@ def prepare_dataset(root: str, params: dict, parent_run_id: Optional[str] = None
             "class_counts": {k: np.bincount(v[1], minlength=len(raw.classes)).tolist() for k, v in splits.items()},
             "val_fraction": dp["val_fraction"],
             "split_seed": dp["split_seed"],
+            "max_train": dp["max_train"],
+            "source_train_size": int(len(raw.train_y)),
             "mean": mean,
             "std": std,
             "files": files,

@@ -27,6 +27,7 @@ from kdprune.models import build_model
 from kdprune.scores import SCORES, ScoreContext
 from kdprune.train import predict_logits, seeded, train
 from tasks.common import (
+    timed_work,
     FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json, device_data,
     fingerprint, inside, load_model, load_prepared, sha256_file, stage_tags,
 )
@@ -99,6 +100,7 @@ def measure_cost():
 
 @task(name="train-proxy", cache_policy=NO_CACHE, persist_result=False, retries=1,
       task_run_name="{kind}-{seed}")
+@timed_work
 def train_proxy(root: str, params: dict, kind: str, seed: int, workdir: str) -> dict:
     """One proxy training. ``proxy``: full train split for scores.proxy_epochs, recording dynamics and
     the weights at scores.grand_epoch. ``memo``: a random scores.memorization_fraction subset, then
@@ -194,6 +196,7 @@ def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: l
 
 
 @task(name="compute-scores", cache_policy=NO_CACHE, persist_result=False)
+@timed_work
 def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
                    proxies: Optional[list[dict]] = None) -> dict:
     log = get_run_logger()

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from kdprune.selection import parse_method, select
 from tasks.common import (
+    timed_work,
     IntegrityError, atomic_directory, atomic_write_json, ids_sha256, load_prepared, sha256_file, stage_tags,
 )
 from tasks.tracking import Tracker
@@ -57,6 +58,7 @@ def _options(m, params: dict, keep: Optional[str]) -> dict:
 
 
 @task(name="select-subsets", cache_policy=NO_CACHE, persist_result=False)
+@timed_work
 def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
     log = get_run_logger()
     root = Path(root)

@@ -12,6 +12,7 @@ from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.train import TrainConfig, evaluate, seeded, train
 from tasks.common import (
+    timed_work,
     FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_json, device_data, fault_point, fingerprint,
     load_prepared, save_model, stage_tags,
 )
@@ -24,45 +25,65 @@ def train_config(section: dict, **extra) -> TrainConfig:
     return TrainConfig(**{**{k: section[k] for k in keys}, **extra})
 
 
-@task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1)
-def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
-    log = get_run_logger()
-    root = Path(root)
+def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Tracker, run_id: Optional[str], log,
+                record_dynamics: bool):
+    """Train a teacher of ``arch`` on the full train split with the teacher params (seed, schedule,
+    augmentation); per-epoch metrics go to ``run_id``. Returns (model, TrainResult, val metrics, meta, splits)."""
     tp = params["teacher"]
     device = resolve_device(params["device"])
     meta, splits = load_prepared(root, params["data"]["dataset"])
     train_d, val_d = device_data(meta, splits["train"], device), device_data(meta, splits["val"], device)
     c, h, _ = meta["shape"]
     with seeded(tp["seed"]):
-        model = build_model(tp["arch"], c, meta["num_classes"], h)
-    cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=True)
+        model = build_model(arch, c, meta["num_classes"], h)
+    cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=record_dynamics)
+
+    def on_epoch(epoch: int, m: dict) -> None:
+        log.info(f"{stage} {arch} epoch {epoch}/{tp['epochs']}: loss {m['train_loss']:.4f} "
+                 f"train_acc {m['train_acc']:.4f} val_acc {m['val_acc']:.4f} ({m['seconds']:.1f}s)")
+        tr.log_metrics(run_id, m, step=epoch)
+        fault_point(root, stage, epoch)
+
+    ckpt = FileCheckpoint(root, stage, arch if stage != "teacher" else "teacher",
+                          fingerprint(tp, arch, meta["sha256"], str(device)), log)
+    log.info(f"training {stage} {arch} on {len(train_d)} examples for {tp['epochs']} epochs on {device}")
+    res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)
+    if ckpt.resumed_from:  # epochs before the crash were logged to the failed attempt's run
+        tr.log_history(run_id, res.history[: ckpt.resumed_from])
+    model.load_state_dict(res.best_state)
+    val = evaluate(model, val_d)
+    return model, res, val, meta, splits, ckpt
+
+
+def model_info(arch: str, model, meta: dict) -> dict:
+    c, h, _ = meta["shape"]
+    return {"arch": arch, "in_channels": c, "num_classes": meta["num_classes"], "image_size": h,
+            "dataset": meta["dataset"], "dataset_sha256": meta["sha256"],
+            "n_params": int(sum(p.numel() for p in model.parameters()))}
+
+
+@task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1)
+@timed_work
+def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
+    log = get_run_logger()
+    root = Path(root)
+    tp = params["teacher"]
     tr = Tracker(root)
+    meta, _ = load_prepared(root, params["data"]["dataset"])
     with tr.run("teacher", parent_run_id, tags=stage_tags(root, "teacher", meta),
-                params={"teacher": tp, "device": str(device)}) as run_id:
-
-        def on_epoch(epoch: int, m: dict) -> None:
-            log.info(f"teacher {tp['arch']} epoch {epoch}/{tp['epochs']}: loss {m['train_loss']:.4f} "
-                     f"train_acc {m['train_acc']:.4f} val_acc {m['val_acc']:.4f} ({m['seconds']:.1f}s)")
-            tr.log_metrics(run_id, m, step=epoch)
-            fault_point(root, "teacher", epoch)
-
-        ckpt = FileCheckpoint(root, "teacher", "teacher", fingerprint(tp, meta["sha256"], str(device)), log)
-        log.info(f"training teacher {tp['arch']} on {len(train_d)} examples for {tp['epochs']} epochs on {device}")
-        res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)
-        if ckpt.resumed_from:  # epochs before the crash were logged to the failed attempt's run
-            tr.log_history(run_id, res.history[: ckpt.resumed_from])
-        model.load_state_dict(res.best_state)
-        val = evaluate(model, val_d)
+                params={"teacher": tp, "device": params["device"]}) as run_id:
+        model, res, val, meta, splits, ckpt = fit_teacher(root, params, tp["arch"], "teacher", tr, run_id, log,
+                                                           record_dynamics=True)
         out = root / "models" / "teacher"
         with atomic_directory(out) as tmp:
-            save_model(tmp, model, {"arch": tp["arch"], "in_channels": c, "num_classes": meta["num_classes"],
-                                    "image_size": h, "dataset": meta["dataset"], "dataset_sha256": meta["sha256"]})
+            save_model(tmp, model, model_info(tp["arch"], model, meta))
             (tmp / "dynamics").mkdir()
             # rows follow the train split's order; ids.npy keys them by sample id
             atomic_save_npy(tmp / "dynamics" / "logits.npy", res.dynamics.astype(np.float16))
             atomic_save_npy(tmp / "dynamics" / "ids.npy", splits["train"].ids)
             summary = {"best_epoch": res.best_epoch, "val_acc": val["acc"], "val_loss": val["loss"],
-                       "steps": res.steps, "wall_s": res.seconds, "n_train": len(train_d), "history": res.history}
+                       "steps": res.steps, "wall_s": res.seconds, "n_train": len(splits["train"]),
+                       "history": res.history}
             atomic_write_json(tmp / "metrics.json", summary)
         tr.log_metrics(run_id, {"best_val_acc": val["acc"], "best_epoch": res.best_epoch, "wall_s": res.seconds,
                                 "steps": res.steps})

@@ -42,6 +42,24 @@ class TrackingUnavailable(RuntimeError):
 
 _log = logging.getLogger("kdprune.tracking")
 
+_BLOCKED = [0.0]  # seconds callers spent waiting on MLflow in this process (import, runs, flushes)
+_BLOCKED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _blocking() -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        with _BLOCKED_LOCK:
+            _BLOCKED[0] += time.perf_counter() - t0
+
+
+def blocked_seconds() -> float:
+    """Total seconds this process has waited on MLflow so far (the stage-work clock subtracts it)."""
+    return _BLOCKED[0]
+
 
 def check_tracking_store(timeout_s: float = 5.0) -> str:
     """Cheap reachability check of MLFLOW_TRACKING_URI, without importing MLflow; raises TrackingUnavailable."""
@@ -68,6 +86,10 @@ def check_tracking_store(timeout_s: float = 5.0) -> str:
 
 class Tracker:
     def __init__(self, root: Path):
+        with _blocking():
+            self._init(root)
+
+    def _init(self, root: Path) -> None:
         import mlflow  # noqa: F401  (import cost paid only by stages that track)
         from mlflow.tracking import MlflowClient
 
@@ -116,7 +138,8 @@ class Tracker:
     def flush(self) -> None:
         """Wait until every queued logging call has been written (or counted as not logged)."""
         if self._worker is not None:
-            self._queue.join()
+            with _blocking():
+                self._queue.join()
 
     def _call(self, what: str, n: int, fn, args) -> None:
         """Run one logging call; after the first failure stop trying and count what was not logged."""
@@ -147,7 +170,8 @@ class Tracker:
         if parent:
             t["mlflow.parentRunId"] = parent
         try:
-            run = self.client.create_run(self.experiment_id, tags=t, run_name=name)
+            with _blocking():
+                run = self.client.create_run(self.experiment_id, tags=t, run_name=name)
         except Exception as e:
             raise TrackingUnavailable(f"cannot create an MLflow run at MLFLOW_TRACKING_URI={self.uri}: {e}") from e
         if params:

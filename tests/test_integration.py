@@ -26,9 +26,9 @@ def _mlflow_runs(proj):
 
 def test_dvc_repro_runs_every_stage_and_writes_results(tiny_project):
     p = tiny_project.run("dvc", "repro")
-    for stage in ("prepare", "teacher", "scores", "select", "distill", "evaluate"):
+    for stage in ("prepare", "teacher", "teachers", "scores", "select", "distill", "evaluate"):
         assert f"Running stage '{stage}'" in p.stdout
-    assert "| method | kept fraction | no KD | KD a=0.5 T=4 |" in p.stdout  # the report is printed
+    assert "| method | kept fraction | no KD | KD a=0.5 |" in p.stdout  # the report is printed
     df = pd.read_csv(tiny_project.path / "reports" / "results.csv")
     assert len(df) == len(METHODS) * len(FRACTIONS) * 2
     assert {(m, f, kd) for m, f, kd in zip(df.method, df.fraction, df.kd)} == {
@@ -87,7 +87,7 @@ def test_exp_run_on_a_student_param_reruns_only_distill_and_evaluate(tiny_projec
     tiny_project.run("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
     tiny_project.run("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "lock")
     p = tiny_project.run("dvc", "exp", "run", "-S", "student.kd_weights=[0.9]")
-    ran = {s for s in ("prepare", "teacher", "scores", "select", "distill", "evaluate")
+    ran = {s for s in ("prepare", "teacher", "teachers", "scores", "select", "distill", "evaluate")
            if f"Running stage '{s}'" in p.stdout}
     assert ran == {"distill", "evaluate"}, p.stdout[-3000:]
     df = pd.read_csv(tiny_project.path / "reports" / "results.csv")
@@ -193,7 +193,7 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
     ccs = json.loads((proj.path / "data/manifests/ccs-0.3-0.json").read_text())
     assert ccs["selector"] == "ccs" and ccs["score"] == "aum" and ccs["selector_options"]["beta"] == 0.1
     report = (proj.path / "reports" / "report.md").read_text()
-    assert "| method | selection seconds | peak memory (MiB) | best test acc (%) |" in report
+    assert "| method | selection s | peak MiB | acc 0.3 KD / no KD |" in report
     assert "| grand |" in report
     client, runs = _mlflow_runs(proj)
     scores_run = next(r for r in runs if r.info.run_name == "scores")

@@ -132,7 +132,8 @@ def _check_outs_complete(root: Path) -> list[str]:
             json.loads((students / s["name"] / "metrics.json").read_text())
             assert (students / s["name"] / "model.safetensors").stat().st_size > 0
         found.append("students")
-    for rel in ("data/prepared/digits", "models/teacher", "data/scores", "data/manifests", "models/students"):
+    for rel in ("data/prepared/digits", "models/teacher", "models/teachers", "data/scores", "data/manifests",
+                "models/students"):
         d = root / rel
         if d.exists():
             assert not [f for f in d.rglob("*") if f.name.endswith(".tmp")], f"temp file inside {rel}"

@@ -7,5 +7,6 @@ from kdprune.data.base import (  # noqa: F401
     RawDataset,
     register_dataset,
     stratified_split,
+    stratified_subsample,
 )
 from kdprune.data import cifar, digits, imagefolder, mnist, svhn  # noqa: F401,E402

@@ -136,3 +136,18 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     held_out = np.sort(np.concatenate(held))
     keep = np.setdiff1d(np.arange(len(y)), held_out)
     return keep, held_out
+
+
+def stratified_subsample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted positions of exactly ``n`` examples, each class in proportion to its share of ``y``
+    (largest remainders get the rounding); deterministic for a given seed."""
+    if not 0 < n <= len(y):
+        raise ValueError(f"subsample size must be in [1, {len(y)}], got {n}")
+    classes, counts = np.unique(y, return_counts=True)
+    exact = counts * (n / len(y))
+    take = np.floor(exact).astype(np.int64)
+    for i in np.argsort(-(exact - take), kind="stable")[: n - int(take.sum())]:
+        take[i] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked))

@@ -150,6 +150,7 @@ def train(
     on_epoch: Optional[Callable[[int, dict[str, float]], None]] = None,
     checkpoint: Optional[CheckpointStore] = None,
     sampler=None,
+    teacher_logits: Optional[torch.Tensor] = None,
 ) -> TrainResult:
     """Train ``model`` on ``data[subset]`` (all of ``data`` when subset is None).
 
@@ -160,6 +161,11 @@ def train(
     schedule follows the share of the run done. ``on_epoch(epoch, metrics)`` is called after each
     epoch (1-based) with train loss/acc, val acc/loss, lr and samples seen.
 
+    For KD, ``teacher`` runs under no_grad on each augmented batch. With augmentation off
+    (``pad == 0`` and no flip) the teacher's input never changes, so ``teacher_logits`` (float
+    [len(data), C], the teacher's logits for every row of ``data``) may be passed instead: the
+    cached-logits mode, which saves the teacher forward on every step.
+
     With ``checkpoint``, the full training state (model, optimizer, best model so far, history,
     recorded dynamics, sampler state, epoch) is saved after every epoch, and a run that finds a
     saved state continues after its epoch. Batch order and augmentation are pure functions of
@@ -167,8 +173,16 @@ def train(
     """
     device = data.x.device
     loss_fn = LOSSES.get(cfg.loss)
-    if cfg.loss != "ce" and teacher is None:
-        raise ValueError(f"loss {cfg.loss!r} needs a teacher model")
+    if cfg.loss != "ce" and teacher is None and teacher_logits is None:
+        raise ValueError(f"loss {cfg.loss!r} needs a teacher model or its cached logits")
+    if teacher_logits is not None:
+        if cfg.pad or cfg.flip:
+            raise ValueError("cached teacher logits need augmentation off (pad 0, flip false): with augmentation "
+                             "the teacher must see each augmented batch; pass the teacher model instead")
+        if teacher_logits.shape[0] != len(data):
+            raise ValueError(f"teacher_logits has {teacher_logits.shape[0]} rows, the data {len(data)}")
+        teacher_logits = teacher_logits.to(device=device, dtype=torch.float32)
+        teacher = None
     subset = torch.arange(len(data), device=device) if subset is None else subset.to(device)
     n = subset.numel()
     if n == 0:
@@ -199,7 +213,8 @@ def train(
         dyn = torch.full((cfg.epochs, n, num_classes), float("nan"), dtype=torch.float16, device=device)
 
     result = TrainResult(best_state={}, best_epoch=0, best_val_acc=-1.0)
-    fingerprint = {**asdict(cfg), "n": n, "subset_sum": int(subset.sum()), "teacher": teacher is not None,
+    fingerprint = {**asdict(cfg), "n": n, "subset_sum": int(subset.sum()),
+                   "teacher": teacher is not None or teacher_logits is not None,
                    "sampler": None if sampler is None else type(sampler).__name__}
     start_epoch, elapsed = 1, 0.0
     state = checkpoint.load() if checkpoint is not None else None
@@ -258,7 +273,9 @@ def train(
             yb = data.y[rows]
             with _autocast(device):
                 t_logits = None
-                if teacher is not None and cfg.loss != "ce":
+                if teacher_logits is not None and cfg.loss != "ce":
+                    t_logits = teacher_logits[rows]
+                elif teacher is not None and cfg.loss != "ce":
                     with torch.no_grad():
                         t_logits = teacher(xb)
                 logits = model(xb)

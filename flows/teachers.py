@@ -1,0 +1,29 @@
+from pathlib import Path
+from typing import Optional
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from kdprune.device import device_count
+from tasks.common import atomic_directory, atomic_write_json, load_params, load_prepared, stage_tags, work_seconds
+from tasks.teachers import train_extra_teacher
+from tasks.tracking import Tracker
+
+
+@flow(name="teachers", task_runner=ThreadPoolTaskRunner(max_workers=device_count("auto")))
+def teachers_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
+    """Stage 2b: the extra teacher architectures of student.teachers (none by default), in parallel up to the devices."""
+    params = load_params(root)
+    root_p = Path(root)
+    archs = params["student"]["teachers"]
+    meta, _ = load_prepared(root_p, params["data"]["dataset"])
+    tr = Tracker(root_p)
+    with tr.run("teachers", parent_run_id, tags=stage_tags(root_p, "teachers", meta),
+                params={"archs": ",".join(archs) or "none"}) as run_id, \
+            atomic_directory(root_p / "models" / "teachers") as tmp:
+        results = [f.result() for f in [train_extra_teacher.submit(root, params, a, str(tmp), run_id) for a in archs]]
+        atomic_write_json(tmp / "index.json", [{k: v for k, v in r.items() if k not in ("checkpoint", "work_s")}
+                                               for r in results])
+    for r in results:  # outputs in place: the per-epoch states are no longer needed
+        Path(r["checkpoint"]).unlink(missing_ok=True)
+    return {"teachers": archs, "compute_s": work_seconds(results)}

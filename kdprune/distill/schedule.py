@@ -1,0 +1,65 @@
+"""KD weight as a function of the kept fraction, registered by name.
+
+``constant``: the same weight at every fraction (one student variant per weight in
+``student.kd_weights``). ``linear``: ``a(f) = a0 + (a1 - a0) * f`` from ``student.kd_linear = [a0, a1]``
+(the weight at fraction 0 and at fraction 1). ``table``: piecewise-linear through the points
+``student.kd_table = [[fraction, weight], ...]``, held constant beyond the first and last point.
+Ben-Baruch et al. find the best weight is large when little data is kept and small when most is,
+which ``linear`` with a0 > a1 or a ``table`` can express.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from kdprune.registry import Registry
+
+Schedule = Callable[[float, dict], float]  # (kept fraction, student params) -> KD weight in [0, 1]
+SCHEDULES: Registry[Schedule] = Registry("KD weight schedule")
+register_schedule = SCHEDULES.register
+
+
+@register_schedule("constant")
+def constant(fraction: float, weight: float) -> float:
+    return float(weight)
+
+
+@register_schedule("linear")
+def linear(fraction: float, points: list[float]) -> float:
+    a0, a1 = points
+    return float(a0 + (a1 - a0) * fraction)
+
+
+@register_schedule("table")
+def table(fraction: float, points: list[list[float]]) -> float:
+    pts = sorted((float(f), float(w)) for f, w in points)
+    if fraction <= pts[0][0]:
+        return pts[0][1]
+    for (f0, w0), (f1, w1) in zip(pts, pts[1:]):
+        if fraction <= f1:
+            return w0 + (w1 - w0) * (fraction - f0) / (f1 - f0)
+    return pts[-1][1]
+
+
+@dataclass(frozen=True)
+class KDSetting:
+    """One KD arm of a sweep: a label for names and reports, and its weight at a kept fraction."""
+
+    schedule: str
+    arg: object  # the weight (constant), [a0, a1] (linear) or the points (table)
+    label: str  # e.g. "kd0.5", "kdlin0.9-0.1", "kdtable"
+
+    def weight(self, fraction: float) -> float:
+        return SCHEDULES.get(self.schedule)(fraction, self.arg)
+
+
+def kd_settings(student: dict) -> list[KDSetting]:
+    """The KD arms ``student`` params ask for (the no-KD baseline is separate and always runs)."""
+    name = student["kd_schedule"]
+    SCHEDULES.get(name)  # unknown names fail with the valid ones
+    if name == "constant":
+        return [KDSetting("constant", w, f"kd{w:g}") for w in student["kd_weights"]]
+    if name == "linear":
+        a0, a1 = student["kd_linear"]
+        return [KDSetting("linear", [a0, a1], f"kdlin{a0:g}-{a1:g}")]
+    return [KDSetting("table", [list(p) for p in student["kd_table"]], "kdtable")]

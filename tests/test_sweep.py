@@ -1,0 +1,173 @@
+"""The sweep: KD weight schedules, extra teachers, cached teacher logits, profiles and overrides,
+and the sweep flow end to end on the tiny profile."""
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from kdprune.config import ParamsError, validate
+from kdprune.data import stratified_subsample
+from kdprune.distill import SCHEDULES, kd_settings
+from kdprune.models import build_model
+from kdprune.train import DeviceData, TrainConfig, predict_logits, seeded, train
+from tasks.common import sweep_params, write_params
+
+
+def test_schedules_give_the_weight_of_each_fraction():
+    assert SCHEDULES.get("constant")(0.1, 0.7) == 0.7
+    assert SCHEDULES.get("linear")(0.25, [0.9, 0.1]) == pytest.approx(0.9 - 0.8 * 0.25)
+    pts = [[0.1, 0.9], [0.5, 0.5], [1.0, 0.2]]
+    table = SCHEDULES.get("table")
+    assert table(0.05, pts) == 0.9 and table(1.0, pts) == 0.2 and table(0.3, pts) == pytest.approx(0.7)
+    assert table(0.75, pts) == pytest.approx(0.35)
+
+
+def test_kd_settings_follow_the_student_params():
+    sp = validate({})["student"]
+    assert [s.label for s in kd_settings({**sp, "kd_weights": [0.3, 0.9]})] == ["kd0.3", "kd0.9"]
+    lin = kd_settings({**sp, "kd_schedule": "linear", "kd_linear": [1.0, 0.0]})
+    assert len(lin) == 1 and lin[0].weight(0.2) == pytest.approx(0.8) and lin[0].label == "kdlin1-0"
+
+
+@pytest.mark.parametrize("student, needle", [
+    ({"kd_schedule": "table"}, "student.kd_table: missing"),
+    ({"kd_schedule": "table", "kd_table": [[0.1, 1.5]]}, "student.kd_table"),
+    ({"kd_schedule": "cosine"}, "not a known KD weight schedule"),
+    ({"kd_linear": [0.9]}, "student.kd_linear"),
+    ({"teachers": ["small_cnn"]}, "already the teacher"),
+    ({"teachers": ["resnet9000"]}, "student.teachers"),
+    ({"teachers_max_fraction": 0.0}, "student.teachers_max_fraction"),
+])
+def test_bad_sweep_params_are_refused_by_name(student, needle):
+    with pytest.raises(ParamsError, match=needle.replace(".", r"\.").replace("(", r"\(")):
+        validate({"student": student})
+
+
+def test_stratified_subsample_is_exact_proportional_and_seeded():
+    y = np.repeat(np.arange(3), [500, 300, 200])
+    a = stratified_subsample(y, 101, seed=0)
+    assert len(a) == 101 and len(set(a)) == 101 and (np.diff(a) > 0).all()
+    counts = np.bincount(y[a], minlength=3)
+    assert np.abs(counts - np.array([50.5, 30.3, 20.2])).max() < 1
+    assert (stratified_subsample(y, 101, seed=0) == a).all() and not (stratified_subsample(y, 101, seed=1) == a).all()
+
+
+def _toy(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return DeviceData.from_numpy(x.numpy(), y.numpy(), [0.5], [0.25], torch.device("cpu"))
+
+
+def test_cached_teacher_logits_train_like_the_live_teacher():
+    data = _toy()
+    with seeded(1):
+        teacher = build_model("small_cnn", 1, 10, 8)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, loss="kd", kd_weight=0.7, temperature=4.0)
+    runs = []
+    for cached in (False, True):
+        with seeded(0):
+            student = build_model("small_cnn", 1, 10, 8)
+        logits = predict_logits(teacher, data) if cached else None
+        res = train(student, data, cfg, teacher=None if cached else teacher, teacher_logits=logits)
+        runs.append(res)
+    for a, b in zip(runs[0].history, runs[1].history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    for k in runs[0].best_state:
+        torch.testing.assert_close(runs[0].best_state[k].float(), runs[1].best_state[k].float(), rtol=1e-3, atol=1e-4)
+    # and the teacher matters: a different teacher's logits give a different run
+    with seeded(0):
+        student = build_model("small_cnn", 1, 10, 8)
+    other = train(student, data, cfg, teacher_logits=torch.randn(len(data), 10))
+    assert other.history[0]["train_loss"] != pytest.approx(runs[0].history[0]["train_loss"], rel=1e-3)
+
+
+def test_cached_logits_are_refused_with_augmentation():
+    data = _toy()
+    with seeded(0):
+        student = build_model("small_cnn", 1, 10, 8)
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, pad=1, loss="kd", kd_weight=0.5, temperature=4.0)
+    with pytest.raises(ValueError, match="augmentation off"):
+        train(student, data, cfg, teacher_logits=torch.zeros(len(data), 10))
+
+
+def test_profile_plus_overrides_is_validated_before_params_yaml_is_written(tmp_path):
+    from bench.project import REPO
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "p.yaml").write_text((REPO / "profiles" / "fashion_mnist.yaml").read_text())
+    (tmp_path / "params.yaml").write_text("device: cpu\n")
+    raw = sweep_params(tmp_path, "p", ["student.kd_weights=[0.2, 0.8]", "select.fractions=[0.5]"])
+    assert raw["student"]["kd_weights"] == [0.2, 0.8] and raw["data"]["dataset"] == "fashion_mnist"
+    assert write_params(tmp_path, raw, "test", "p", ["x"])
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["select"]["fractions"] == [0.5]
+    assert not write_params(tmp_path, raw, "test", "p", ["x"])  # unchanged: not rewritten
+    before = (tmp_path / "params.yaml").read_text()
+    with pytest.raises(ParamsError, match="student.kd_weights"):
+        sweep_params(tmp_path, "p", ["student.kd_weights=[2.0]"])
+    with pytest.raises(ParamsError, match="no profile 'nope'.*available: p"):
+        sweep_params(tmp_path, "nope", [])
+    with pytest.raises(ParamsError, match="not KEY=VALUE"):
+        sweep_params(tmp_path, "p", ["student.kd_weights"])
+    assert (tmp_path / "params.yaml").read_text() == before
+
+
+def test_default_profile_is_params_yaml():
+    from bench.project import REPO
+
+    assert (REPO / "profiles" / "digits.yaml").read_text() == (REPO / "params.yaml").read_text()
+
+
+@pytest.mark.integration
+def test_sweep_flow_on_the_tiny_profile(tmp_path, prefect_port):
+    from tests.conftest import TINY, make_project
+    from tests.test_integration import _mlflow_runs
+
+    port, home = prefect_port
+    proj = make_project(tmp_path / "sweep", port, {**TINY, "teacher": {**TINY["teacher"], "pad": 0}})
+    proj.env["PREFECT_HOME"] = str(home)
+    sets = ["select.fractions=[0.2,1.0]", "scores.seeds=[0,1]", "student.seeds=[0,1]", "student.pad=0",
+            "student.kd_weights=[0.5,0.9]", "student.teachers=[small_cnn_narrow]", "student.teachers_max_fraction=0.2"]
+    p = proj.run(sys.executable, "-m", "flows", "sweep", *[a for s in sets for a in ("-S", s)], timeout=900)
+    assert "params.yaml written" in p.stdout and "sweep finished" in p.stdout
+    params = yaml.safe_load((proj.path / "params.yaml").read_text())
+    assert params["student"]["teachers"] == ["small_cnn_narrow"] and params["select"]["fractions"] == [0.2, 1.0]
+    df = pd.read_csv(proj.path / "reports" / "results.csv")
+    # 3 methods x 2 fractions x 2 seeds x (no KD + 2 weights) + the narrow teacher at 0.2 (3 x 2 x 2 weights)
+    assert len(df) == 3 * 2 * 2 * 3 + 3 * 2 * 2
+    assert set(df.teacher_arch) == {"small_cnn", "small_cnn_narrow"}
+    assert (df[df.teacher_arch == "small_cnn_narrow"].fraction == 0.2).all()
+    assert (df[df.kd].teacher_logits == "cached").all()
+    # every method at fraction 1.0 trains on the same ids: trained once, recorded under each method
+    full = df[df.fraction == 1.0]
+    assert full.same_training_as.notna().sum() == 2 * len(full) // 3
+    for (kd, w, seed), g in full.groupby(["kd", "kd_weight", "seed"]):
+        assert g.test_acc.nunique() == 1 and set(g.method) == {"random", "el2n", "forgetting"}
+    report = (proj.path / "reports" / "report.md").read_text()
+    assert "## The paper's claims on this run" in report and "| small_cnn_narrow |" in report
+    verdicts = {line[0]: line.split("**")[1] for line in report.split("## The paper's claims")[1].splitlines()
+                if line[:2] in ("1.", "2.", "3.", "4.", "5.")}
+    assert set(verdicts) == set("12345") and verdicts["5"] == "NOT TESTED"  # no 0.5 fraction in this sweep
+    assert all(v in ("HOLDS", "PARTLY HOLDS", "DOES NOT HOLD") for k, v in verdicts.items() if k != "5")
+    for f in ("accuracy_vs_fraction.png", "kd_weight_heatmap.png", "teacher_size.png"):
+        assert (proj.path / "reports" / f).read_bytes()[:4] == b"\x89PNG"
+    # one MLflow parent for the sweep's students, one child per student, comparable by the sweep's axes
+    client, runs = _mlflow_runs(proj)
+    sweep_runs = [r for r in runs if r.data.tags.get("kdprune.sweep") == "true"]
+    assert len(sweep_runs) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep_runs[0].info.run_id]
+    assert len(children) == len(df) and all(r.data.tags.get("kdprune.role") == "student" for r in children)
+    for r in children:
+        assert {"method", "fraction", "kd_weight", "teacher_arch", "seed"} <= set(r.data.params)
+        assert "test_acc" in r.data.metrics
+    top = next(r for r in runs if r.data.tags.get("kdprune.stage") == "pipeline")
+    assert top.data.tags["kdprune.label"] == "sweep params.yaml"
+    # the same sweep through DVC: nothing is stale
+    assert "Data and pipelines are up to date" in proj.run("dvc", "status").stdout
+    assert "Running stage" not in proj.run("dvc", "repro").stdout
+    teachers = json.loads((proj.path / "models" / "teachers" / "index.json").read_text())
+    assert [t["arch"] for t in teachers] == ["small_cnn_narrow"] and teachers[0]["n_params"] > 0
