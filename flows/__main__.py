@@ -18,7 +18,7 @@ import sys
 import time
 
 from kdprune.config import ParamsError
-from tasks.common import load_params
+from tasks.common import load_params, profile_names, sweep_params
 from tasks.runtime import ensure_prefect_server, project_root, stop_prefect_server
 from tasks.tracking import check_tracking_store
 
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="a stage, the whole pipeline, a sweep, profile (write params.yaml from a profile), "
                          "the deployment, or stop (the local Prefect server)")
     ap.add_argument("name", nargs="?", default=None, help="profile: the profile's name (profiles/NAME.yaml)")
-    ap.add_argument("--profile", default=None, help="sweep: start from profiles/PROFILE.yaml instead of params.yaml")
+    ap.add_argument("--profile", default=None, help="sweep: start from profiles/PROFILE.yaml instead of params.yaml; "
+                                                    "deploy: deploy a sweep of this profile instead of the pipeline")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="sweep/profile: override one param, e.g. -S student.kd_weights=[0.3,0.9] (repeatable)")
     ap.add_argument("--force", action="store_true", help="pipeline: re-run every stage even if DVC finds it up to date")
@@ -45,23 +46,21 @@ def main(argv: list[str] | None = None) -> None:
         return
     root = project_root()
     try:
-        if args.command in ("sweep", "profile"):
-            from tasks.common import sweep_params, write_params
+        if args.command == "profile":
+            from tasks.common import write_params
 
-            profile = args.name if args.command == "profile" else args.profile
-            if args.command == "profile" and not profile:
-                raise ParamsError("profile: name one, e.g. `python -m flows profile fashion_mnist`")
-            raw = sweep_params(root, profile, args.overrides)
-            origin = " ".join(["python -m flows", args.command, *([args.name] if args.name else []),
-                               *([f"--profile {args.profile}"] if args.profile else []),
-                               *[f"-S {o}" for o in args.overrides]])
-            changed = write_params(root, raw, origin, profile, args.overrides)
-            print(f"[kdprune] params.yaml {'written' if changed else 'unchanged'} "
-                  f"({'profile ' + profile if profile else 'current params'}"
-                  f"{', overrides ' + ' '.join(args.overrides) if args.overrides else ''})", flush=True)
-            if args.command == "profile":
-                return
-        load_params(root)
+            if not args.name:
+                raise ParamsError("profile: name one, e.g. `python -m flows profile fashion_mnist`; available: "
+                                  + ", ".join(profile_names(root)))
+            raw = sweep_params(root, args.name, args.overrides)
+            changed = write_params(root, raw, f"python -m flows profile {args.name}", args.name, args.overrides)
+            print(f"[kdprune] params.yaml {'written from' if changed else 'already matches'} profile {args.name}",
+                  flush=True)
+            return
+        if args.command == "sweep" or (args.command == "deploy" and args.profile):
+            sweep_params(root, args.profile, args.overrides)  # all of it validated before anything runs
+        else:
+            load_params(root)
     except ParamsError as e:
         print(f"kdprune: {e}", file=sys.stderr)
         sys.exit(2)
@@ -74,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "deploy":
         from flows.deploy import deploy
 
-        deploy(cron=args.cron, timezone=args.timezone, serve=args.serve)
+        deploy(cron=args.cron, timezone=args.timezone, serve=args.serve, profile=args.profile,
+               overrides=args.overrides)
     elif args.command in ("pipeline", "sweep"):
         t0 = time.perf_counter()
         if args.command == "pipeline":
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             from flows.sweep import sweep
 
-            out = sweep(root=str(root), label=f"sweep {args.profile or 'params.yaml'}", force=args.force)
+            out = sweep(root=str(root), profile=args.profile, overrides=args.overrides, force=args.force)
         print(f"[kdprune] {args.command} finished in {time.perf_counter() - t0:.1f}s; stages run: "
               f"{', '.join(out['stages_run']) or 'none (all up to date)'}; MLflow parent run {out['mlflow_run_id']}",
               flush=True)

@@ -13,12 +13,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.pipeline import run_stages
+from tasks.common import sweep_params, write_params
 from tasks.runtime import project_root
 
+def apply_profile(root: Path, profile: Optional[str], overrides: list[str]) -> bool:
+    """Write params.yaml from the profile (or the current file) and the overrides, validated first;
+    True when it changed."""
+    raw = sweep_params(root, profile, overrides)
+    origin = " ".join(["python -m flows sweep", *([f"--profile {profile}"] if profile else []),
+                       *[f"-S {o}" for o in overrides]])
+    return write_params(root, raw, origin, profile, overrides)
+
+
 @flow(name="sweep")
-def sweep(root: Optional[str] = None, label: str = "sweep", force: bool = False) -> dict:
-    """Run the sweep params.yaml describes: stale stages only, one MLflow parent run, one child per student."""
-    return run_stages(Path(root) if root else project_root(), label, force)
+def sweep(root: Optional[str] = None, profile: Optional[str] = None, overrides: Optional[list[str]] = None,
+          force: bool = False) -> dict:
+    """Write params.yaml from ``profile`` + ``overrides`` (if given), then run its stale stages under one
+    MLflow parent run, with one child run per student under the distill stage's sweep run."""
+    root_p = Path(root) if root else project_root()
+    overrides = list(overrides or [])
+    if profile or overrides:
+        changed = apply_profile(root_p, profile, overrides)
+        get_run_logger().info(f"params.yaml {'written from' if changed else 'already matches'} "
+                              f"{'profile ' + profile if profile else 'params.yaml'} {' '.join(overrides)}")
+    return run_stages(root_p, f"sweep {profile or 'params.yaml'}", force)

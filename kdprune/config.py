@@ -120,6 +120,7 @@ def _train_fields(arch_default: str, epochs: int) -> dict[str, Field]:
         "warmup_epochs": Field("float", 1.0, check=_range(0.0)),
         "pad": Field("int", 1, check=_range(0, 16), doc="random translation, pixels"),
         "flip": Field("bool", False, doc="random horizontal flip"),
+        "compile": Field("bool", False, doc="torch.compile the model (and the KD teacher) for training"),
     }
 
 

@@ -150,7 +150,7 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
     tags = {**stage_tags(root, "distill", meta), "kdprune.role": "student", "method": manifest["method"],
             "manifest_sha256": sha256_file(mpath), "dvc.manifest_md5": md5_file(mpath)}
     run_params = {**{k: v for k, v in record.items() if k != "name"}, "student": sp}
-    with tr.run(variant["name"], parent_run_id, tags=tags, params=run_params) as run_id:
+    with tr.run(variant["name"], parent_run_id, tags=tags, params=run_params, wait=False) as run_id:
         ckpt = student_checkpoint(root, params, variant, meta["sha256"], tags["manifest_sha256"], log)
         res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher if kd and not cached else None,
                     teacher_logits=t_logits, checkpoint=ckpt, sampler=sampler,
@@ -171,8 +171,8 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
         tr.log_artifact(run_id, sdir / "model.safetensors", "model")
     for alias in aliases:
         record_alias(root, tr, parent_run_id, alias, record, run_params, res.history, sdir, Path(out_dir), tags, meta)
-    if tr.summary():
-        log.warning(f"student {variant['name']}: {tr.summary()}; the model and metrics are on disk in {sdir}")
+    if tr.summary(wait=False):  # the distill stage's own run end waits for every student's logging
+        log.warning(f"student {variant['name']}: {tr.summary(wait=False)}; the model and metrics are on disk in {sdir}")
     log.info(f"student {position} {variant['name']}: n={record['n_train']} steps={res.steps} "
              f"val_acc {val['acc']:.4f} ({res.seconds:.1f}s)")
     return {**{k: record[k] for k in ("name", "val_acc", "steps", "wall_s")}, "checkpoint": str(ckpt.path)}
@@ -192,7 +192,7 @@ def record_alias(root: Path, tr: Tracker, parent_run_id, alias: dict, record: di
     atags = {**tags, "method": m["method"], "manifest_sha256": sha256_file(mpath), "dvc.manifest_md5": md5_file(mpath),
              "kdprune.same_training_as": record["name"]}
     same = {k: rec[k] for k in ("manifest", "method", "selection_seed", "same_training_as")}
-    with tr.run(alias["name"], parent_run_id, tags=atags, params={**run_params, **same}) as run_id:
+    with tr.run(alias["name"], parent_run_id, tags=atags, params={**run_params, **same}, wait=False) as run_id:
         rec["mlflow_run_id"] = run_id
         atomic_write_json(adir / "metrics.json", {**rec, "history": history})
         tr.log_history(run_id, history)

@@ -106,7 +106,8 @@ def build_report(df: pd.DataFrame, teachers: pd.DataFrame, ctx: dict) -> str:
     if ts["teacher_arch"].nunique() >= 2:
         nok = main[~main["kd"].astype(bool) & (main["fraction"] <= ctx["teachers_max_fraction"] + 1e-9)]
         nok_mean = nok.groupby("fraction")["test_acc"].mean()
-        lines += ["Mean KD student accuracy (%) over methods, KD weights and seeds, by teacher:", "",
+        lines += ["KD student accuracy (%) by teacher, averaged over methods and KD weights within each seed, then "
+                  "mean ± std over seeds:", "",
                   "| teacher | parameters | teacher test acc | kept fraction | student acc | no-KD student acc |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for r in ts.sort_values(["fraction", "n_params"]).itertuples():
@@ -231,7 +232,8 @@ def plot_teacher_size(df: pd.DataFrame, teachers: pd.DataFrame, max_fraction: fl
         ax.annotate(r.arch, (r.n_params, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
                     textcoords="offset points", ha="center", fontsize=7, color="dimgrey")
     for (frac, a), g in d.groupby(["fraction", "arm"]):
-        s = g.groupby("n_params")["test_acc"].agg(["mean", "std"]).reset_index()
+        # averaged over methods within each seed, then mean ± std over seeds
+        s = g.groupby(["n_params", "seed"])["test_acc"].mean().groupby("n_params").agg(["mean", "std"]).reset_index()
         ax.errorbar(s["n_params"], 100 * s["mean"], yerr=100 * s["std"].fillna(0), marker="o", capsize=3,
                     label=f"kept {frac:g}, {a}")
     nok = df[~df["kd"].astype(bool) & (df["fraction"] <= max_fraction + 1e-9)]

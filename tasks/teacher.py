@@ -21,7 +21,7 @@ from tasks.tracking import Tracker
 
 def train_config(section: dict, **extra) -> TrainConfig:
     """TrainConfig from a teacher/student params section."""
-    keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "pad", "flip")
+    keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "pad", "flip", "compile")
     return TrainConfig(**{**{k: section[k] for k in keys}, **extra})
 
 

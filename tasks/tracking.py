@@ -8,8 +8,10 @@ unreachable store stops a stage *before* training. Once a run has started, loggi
 effort: a failure (connection lost mid-run) never stops training or loses a result, which is
 already on disk; the tracker goes offline, counts what it could not log and says so at the end.
 
-Latency: after a run has started, every logging call goes to one background thread per Tracker
-(in order), so training never waits on the store; ``end`` and ``flush`` wait until all is written.
+Latency: after a run has started, every logging call goes to one background writer thread per
+process (in order), so training never waits on the store. A run's end waits until everything
+queued is written, unless it is ended with ``wait=False`` (students: the next one starts training
+while the last one's metrics and artifacts are written; the stage's own run end waits for all).
 """
 from __future__ import annotations
 
@@ -54,6 +56,45 @@ def _blocking() -> Iterator[None]:
     finally:
         with _BLOCKED_LOCK:
             _BLOCKED[0] += time.perf_counter() - t0
+
+
+class _Writer:
+    """The process's one background MLflow writer: a queue drained in order by a daemon thread."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self.thread: Optional[threading.Thread] = None
+        self.lock = threading.Lock()
+
+    def put(self, item) -> None:
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._drain, name="mlflow-writer", daemon=True)
+                self.thread.start()
+        self.queue.put(item)
+
+    def _drain(self) -> None:
+        while True:
+            tracker, what, n, fn, args = self.queue.get()
+            try:
+                tracker._call(what, n, fn, args)
+            finally:
+                self.queue.task_done()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            with _blocking():
+                self.queue.join()
+
+
+_WRITER = _Writer()
+_NOT_LOGGED: dict[str, int] = {}  # over every Tracker of this process
+
+
+def not_logged_total() -> dict[str, int]:
+    """What this process could not log to MLflow, by kind (after waiting for the writer)."""
+    _WRITER.join()
+    return dict(_NOT_LOGGED)
 
 
 def blocked_seconds() -> float:
@@ -115,31 +156,14 @@ class Tracker:
         self.offline_reason: Optional[str] = None
         self.not_logged: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue = queue.Queue()
-        self._worker: Optional[threading.Thread] = None
-
-    def _drain(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is not None:
-                    self._call(*item)
-            finally:
-                self._queue.task_done()
 
     def _best_effort(self, what: str, n: int, fn, *args) -> None:
-        """Queue one logging call for the background writer (started on first use)."""
-        with self._lock:
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._drain, name="mlflow-writer", daemon=True)
-                self._worker.start()
-        self._queue.put((what, n, fn, args))
+        """Queue one logging call for the process's background writer."""
+        _WRITER.put((self, what, n, fn, args))
 
     def flush(self) -> None:
         """Wait until every queued logging call has been written (or counted as not logged)."""
-        if self._worker is not None:
-            with _blocking():
-                self._queue.join()
+        _WRITER.join()
 
     def _call(self, what: str, n: int, fn, args) -> None:
         """Run one logging call; after the first failure stop trying and count what was not logged."""
@@ -155,10 +179,13 @@ class Tracker:
                                      "results stay on disk, further logging is skipped")
         with self._lock:
             self.not_logged[what] = self.not_logged.get(what, 0) + n
+        with _BLOCKED_LOCK:
+            _NOT_LOGGED[what] = _NOT_LOGGED.get(what, 0) + n
 
-    def summary(self) -> Optional[str]:
-        """What could not be logged, or None when everything was."""
-        self.flush()
+    def summary(self, wait: bool = True) -> Optional[str]:
+        """What could not be logged, or None when everything was (``wait=False``: so far)."""
+        if wait:
+            self.flush()
         if not self.not_logged:
             return None
         items = ", ".join(f"{v} {k}" for k, v in sorted(self.not_logged.items()))
@@ -211,17 +238,18 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, artifact_path: Optional[str] = None) -> None:
         self._best_effort("artifacts", 1, self.client.log_artifact, run_id, str(path), artifact_path)
 
-    def end(self, run_id: str, status: str = "FINISHED") -> None:
+    def end(self, run_id: str, status: str = "FINISHED", wait: bool = True) -> None:
         self._best_effort("run endings", 1, self.client.set_terminated, run_id, status)
-        self.flush()
+        if wait:
+            self.flush()
 
     @contextlib.contextmanager
     def run(self, name: str, parent: Optional[str] = None, tags: Optional[dict] = None,
-            params: Optional[dict] = None) -> Iterator[str]:
+            params: Optional[dict] = None, wait: bool = True) -> Iterator[str]:
         run_id = self.start(name, parent, tags, params)
         try:
             yield run_id
         except BaseException:
             self.end(run_id, "FAILED")
             raise
-        self.end(run_id, "FINISHED")
+        self.end(run_id, "FINISHED", wait=wait)

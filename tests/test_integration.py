@@ -112,6 +112,8 @@ def test_pipeline_flow_runs_stale_stages_and_leaves_dvc_status_clean(tiny_projec
 
 def test_deployment_with_cron_schedule_exists_on_the_local_server(tiny_project):
     tiny_project.run(sys.executable, "-m", "flows", "deploy", "--cron", "30 3 * * *")
+    tiny_project.run(sys.executable, "-m", "flows", "deploy", "--profile", "digits", "-S", "student.seeds=[0,1]",
+                     "-S", "scores.seeds=[0,1]", "--cron", "0 4 * * 6")
     probe = (
         "import asyncio, json, tasks\n"
         "from prefect.client.orchestration import get_client\n"
@@ -119,16 +121,21 @@ def test_deployment_with_cron_schedule_exists_on_the_local_server(tiny_project):
         "async def main():\n"
         "    async with get_client() as c:\n"
         "        d = await c.read_deployment_by_name('pipeline/nightly')\n"
+        "        sw = await c.read_deployment_by_name('sweep/digits')\n"
         "        done = await c.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(\n"
         "            type=FlowRunFilterStateType(any_=['COMPLETED']))), limit=200)\n"
         "        print(json.dumps({'crons': [s.schedule.cron for s in d.schedules],\n"
         "                          'active': [s.active for s in d.schedules],\n"
+        "                          'sweep': [sw.parameters, [x.schedule.cron for x in sw.schedules]],\n"
         "                          'completed': sorted({r.name for r in done}),\n"
         "                          'n_completed': len(done)}))\n"
         "asyncio.run(main())\n"
     )
     out = json.loads(tiny_project.run(sys.executable, "-c", probe).stdout.strip().splitlines()[-1])
     assert out["crons"] == ["30 3 * * *"] and out["active"] == [True]
+    params, crons = out["sweep"]
+    assert params["profile"] == "digits" and params["overrides"] == ["student.seeds=[0,1]", "scores.seeds=[0,1]"]
+    assert crons == ["0 4 * * 6"]
     assert out["n_completed"] >= 7  # the stage flows of dvc repro and the pipeline flow completed
 
 

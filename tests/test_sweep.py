@@ -133,7 +133,7 @@ def test_sweep_flow_on_the_tiny_profile(tmp_path, prefect_port):
     sets = ["select.fractions=[0.2,1.0]", "scores.seeds=[0,1]", "student.seeds=[0,1]", "student.pad=0",
             "student.kd_weights=[0.5,0.9]", "student.teachers=[small_cnn_narrow]", "student.teachers_max_fraction=0.2"]
     p = proj.run(sys.executable, "-m", "flows", "sweep", *[a for s in sets for a in ("-S", s)], timeout=900)
-    assert "params.yaml written" in p.stdout and "sweep finished" in p.stdout
+    assert "sweep finished" in p.stdout and "params.yaml written from params.yaml -S select.fractions" in p.stderr
     params = yaml.safe_load((proj.path / "params.yaml").read_text())
     assert params["student"]["teachers"] == ["small_cnn_narrow"] and params["select"]["fractions"] == [0.2, 1.0]
     df = pd.read_csv(proj.path / "reports" / "results.csv")

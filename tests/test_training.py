@@ -103,3 +103,24 @@ def test_student_budget_modes():
     assert student_budget(sp, 1000, {}, 100) == (100, 200)
     rs2 = {"sampler": {"name": "rs2", "options": {"ratio": 0.1}}}
     assert student_budget(sp, 1000, rs2, 1000) == (100, 200)
+
+
+def test_torch_compile_trains_like_eager():
+    """``compile: true`` runs the same training through torch.compile (inductor; needs a C++ compiler on CPU)."""
+    import shutil
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (64,), generator=g)
+    data = DeviceData.from_numpy(x.numpy(), y.numpy(), [0.5], [0.25], torch.device("cpu"))
+    runs = []
+    for compile_ in (False, True):
+        with seeded(0):
+            model = build_model("small_cnn", 1, 10, 8)
+        runs.append(train(model, data, TrainConfig(epochs=2, batch_size=32, lr=0.05, pad=1, compile=compile_)))
+    for a, b in zip(runs[0].history, runs[1].history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    for k, v in runs[0].best_state.items():
+        torch.testing.assert_close(v.float(), runs[1].best_state[k].float(), rtol=1e-3, atol=1e-4)

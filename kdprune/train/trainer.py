@@ -76,6 +76,7 @@ class TrainConfig:
     record_dynamics: bool = False
     eval_batch_size: int = 256
     max_steps: Optional[int] = None  # equal-steps budget: stop after this many optimizer steps
+    compile: bool = False  # torch.compile the training forward passes (student and KD teacher)
 
 
 class CheckpointStore(Protocol):
@@ -232,6 +233,10 @@ def train(
         if sampler is not None:
             sampler.load_state_dict(_torch_to_np(state["sampler"]))
         start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
+    # torch.compile wraps the same module: parameters, state_dict and checkpoints are shared with
+    # ``model``; evaluation runs the plain module (no recompilation for the eval batch size)
+    fwd = torch.compile(model) if cfg.compile else model
+    t_fwd = torch.compile(teacher) if cfg.compile and teacher is not None else teacher
     t0 = time.perf_counter() - elapsed
     order_gen = torch.Generator(device="cpu")
     all_local = torch.arange(n, device=device)
@@ -277,8 +282,8 @@ def train(
                     t_logits = teacher_logits[rows]
                 elif teacher is not None and cfg.loss != "ce":
                     with torch.no_grad():
-                        t_logits = teacher(xb)
-                logits = model(xb)
+                        t_logits = t_fwd(xb)
+                logits = fwd(xb)
                 per_example = loss_fn(logits.float(), yb, None if t_logits is None else t_logits.float(),
                                       cfg.kd_weight, cfg.temperature)
                 loss = (per_example * weights[idx]).mean() if weights is not None else per_example.mean()
