@@ -42,6 +42,7 @@ def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
             for i, g in enumerate(groups)
         ]
         results = [f.result() for f in futures]
+        tr.flush()  # students' queued artifact uploads read from the temp dir: finish them before it is renamed
         atomic_write_json(tmp / "index.json", [{k: v for k, v in r.items() if k not in ("checkpoint", "work_s")}
                                                for r in results])
         tr.log_metrics(run_id, {"students": len(variants), "trainings": len(results)})

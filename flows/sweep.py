@@ -38,5 +38,5 @@ def sweep(root: Optional[str] = None, profile: Optional[str] = None, overrides: 
     if profile or overrides:
         changed = apply_profile(root_p, profile, overrides)
         get_run_logger().info(f"params.yaml {'written from' if changed else 'already matches'} "
-                              f"{'profile ' + profile if profile else 'params.yaml'} {' '.join(overrides)}")
+                              f"{'profile ' + profile if profile else 'params.yaml'} {' '.join('-S ' + o for o in overrides)}")
     return run_stages(root_p, f"sweep {profile or 'params.yaml'}", force)
