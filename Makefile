@@ -18,6 +18,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 setup: $(BIN)/.installed
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	@$(BIN)/dvc config core.analytics false
+	@test -f mlflow.db || $(BIN)/python -m flows init
 
 run: setup  ## the whole pipeline on params.yaml (stale stages only), then the report
 	$(BIN)/python -m flows pipeline

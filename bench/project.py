@@ -83,4 +83,5 @@ def make_project(dest: Path, port: int, params: dict | None = None, base: Path =
     proj.run(*git, "commit", "-qm", "init")
     proj.run("dvc", "init", "-q")
     proj.run("dvc", "config", "core.analytics", "false")
+    proj.run(sys.executable, "-m", "flows", "init")  # what `make setup` does: the MLflow store, once
     return proj

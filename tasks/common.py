@@ -284,7 +284,9 @@ def load_manifest(path: Path, meta: dict | None = None) -> dict:
 
 # ---------------------------------------------------------------- provenance
 
+@functools.lru_cache(maxsize=8)
 def git_commit(root: Path) -> str:
+    """HEAD (with -dirty for uncommitted tracked changes), read once per process: a run does not commit."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

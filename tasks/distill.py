@@ -146,7 +146,7 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
         "n_train": int(subset.numel()), "epochs": epochs, "budget": sp["budget"],
         "sampler": (manifest.get("sampler") or {}).get("name"),
     }
-    tr = Tracker(root)
+    tr = Tracker.shared(root, parent_run_id)  # one per sweep run: the store is checked once
     tags = {**stage_tags(root, "distill", meta), "kdprune.role": "student", "method": manifest["method"],
             "manifest_sha256": sha256_file(mpath), "dvc.manifest_md5": md5_file(mpath)}
     run_params = {**{k: v for k, v in record.items() if k != "name"}, "student": sp}

@@ -125,7 +125,21 @@ def check_tracking_store(timeout_s: float = 5.0) -> str:
     return uri
 
 
+_SHARED: dict[tuple, "Tracker"] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class Tracker:
+    @classmethod
+    def shared(cls, root: Path, key: Optional[str]) -> "Tracker":
+        """One Tracker per (store, key) in this process, e.g. for all the students under one sweep run:
+        the store is checked once, not once per student."""
+        k = (os.environ["MLFLOW_TRACKING_URI"], str(root), key)
+        with _SHARED_LOCK:
+            if k not in _SHARED:
+                _SHARED[k] = cls(root)
+            return _SHARED[k]
+
     def __init__(self, root: Path):
         with _blocking():
             self._init(root)
