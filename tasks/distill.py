@@ -140,7 +140,7 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
         "fraction": manifest["fraction"], "selection_seed": manifest["seed"], "seed": variant["seed"],
         "kd": kd, "loss": cfg.loss, "kd_weight": variant["kd_weight"] if kd else 0.0,
         "kd_schedule": variant["kd_schedule"] or "none", "kd_setting": variant["kd_setting"],
-        "temperature": sp["temperature"] if kd else None, "teacher_logits": "cached" if cached else "live",
+        "temperature": sp["temperature"] if kd else None, "teacher_logits": "cached" if cached else "live" if kd else "none",
         "teacher_arch": tinfo["arch"], "teacher_params": tinfo.get("n_params"), "student_arch": sp["arch"],
         "dataset": meta["dataset"],
         "n_train": int(subset.numel()), "epochs": epochs, "budget": sp["budget"],

@@ -61,11 +61,12 @@ def test_bad_params_name_key_value_and_what_is_allowed(override, key, allowed):
 
 def test_stage_command_refuses_bad_params_before_writing_anything(tmp_path):
     proj = make_project(tmp_path / "p", port=1, params={"select": {"fractions": [0.0]}, "studnt": {}})
+    store = (proj.path / "mlflow.db").read_bytes()  # created empty by setup (flows init)
     for command in ("prepare", "pipeline"):
         p = proj.run(sys.executable, "-m", "flows", command, check=False, timeout=120)
         assert p.returncode == 2, p.stderr
         assert "select.fractions: [0.0]" in p.stderr and "did you mean 'student'" in p.stderr
         assert "Traceback" not in p.stderr
-    # nothing was written: no data, no tracking store, no server state
-    assert not (proj.path / "data").exists() and not (proj.path / "mlflow.db").exists()
+    # nothing was written: no data, no tracking runs, no server state
+    assert not (proj.path / "data").exists() and (proj.path / "mlflow.db").read_bytes() == store
     assert not (proj.path / ".prefect").exists()
