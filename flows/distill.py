@@ -5,8 +5,10 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from kdprune.device import device_count, resolve_device
-from tasks.common import atomic_directory, atomic_write_json, load_params, load_prepared, stage_tags, work_seconds
-from tasks.distill import group_variants, student_variants, train_student
+from tasks.common import (
+    atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds, write_task_index,
+)
+from tasks.distill import clear_teacher_logits, group_variants, student_variants, train_student
 from tasks.tracking import Tracker, not_logged_total
 
 
@@ -43,14 +45,13 @@ def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
         ]
         results = [f.result() for f in futures]
         tr.flush()  # students' queued artifact uploads read from the temp dir: finish them before it is renamed
-        atomic_write_json(tmp / "index.json", [{k: v for k, v in r.items() if k not in ("checkpoint", "work_s")}
-                                               for r in results])
+        write_task_index(tmp / "index.json", results)
         tr.log_metrics(run_id, {"students": len(variants), "trainings": len(results)})
     lost = not_logged_total()
     if lost:
         log.warning("not logged to MLflow: " + ", ".join(f"{v} {k}" for k, v in sorted(lost.items()))
                     + "; every student's model and metrics are on disk under models/students")
-    for r in results:  # the stage's outputs are in place: the per-epoch states are no longer needed
-        Path(r["checkpoint"]).unlink(missing_ok=True)
-    return {"students": len(variants), "compute_s": work_seconds(results)}
+    clear_teacher_logits()
+    drop_checkpoints(results)
+    return {"students": len(variants), "work_s": work_seconds(results)}
 

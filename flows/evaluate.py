@@ -12,7 +12,6 @@ def evaluate_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     """Stage 6: test accuracy of every student -> results.csv, report.md, plot; prints the report."""
     params = load_params(root)
     out = evaluate_students(root, params, parent_run_id)
-    out["compute_s"] = out["work_s"]
     print("\n" + Path(out["report"]).read_text(), flush=True)
     return out
 

@@ -20,12 +20,12 @@ from flows.scores import scores_flow
 from flows.select import select_flow
 from flows.teacher import teacher_flow
 from flows.teachers import teachers_flow
+from tasks.evaluate import FIGURES
 from tasks.common import git_commit, load_params
 from tasks.runtime import project_root
 from tasks.tracking import Tracker
 
-REPORT_FILES = ("report.md", "results.csv", "accuracy_vs_fraction.png", "kd_weight_heatmap.png",
-                "teacher_size.png", "selection_cost.png")
+REPORT_FILES = ("report.md", "results.csv", *FIGURES)
 
 STAGES = {
     "prepare": prepare_flow,
@@ -87,7 +87,8 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
                     out = stage_flow(root=str(root_p), parent_run_id=run_id)
                 dvc.commit(name)
                 timings[name] = time.perf_counter() - t0
-                compute[name] = min(float(out.get("compute_s", 0.0)), timings[name])  # devices in parallel: cap
+                # every stage flow returns its work (task bodies minus MLflow waits); devices in parallel: cap
+                compute[name] = min(float(out["work_s"]), timings[name])
                 ran.append(name)
                 log.info(f"stage {name}: done in {timings[name]:.1f}s, recorded in dvc.lock")
         finally:

@@ -10,6 +10,5 @@ from tasks.prepare import prepare_dataset
 def prepare_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     """Stage 1: read the dataset source, hold out validation, write canonical tensors + meta.json."""
     params = load_params(root)
-    out = prepare_dataset(root, params, parent_run_id)
-    return {**out, "compute_s": out["work_s"]}
+    return prepare_dataset(root, params, parent_run_id)
 

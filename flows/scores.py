@@ -18,4 +18,4 @@ def scores_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     proxies = [f.result() for f in futures]
     out = compute_scores(root, params, parent_run_id, proxies)
     clear_proxies(workdir, proxies)
-    return {**out, "compute_s": work_seconds([*proxies, out])}
+    return {**out, "work_s": work_seconds([*proxies, out])}

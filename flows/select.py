@@ -10,6 +10,5 @@ from tasks.select import select_subsets
 def select_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     """Stage 4: an index manifest for every (score, kept fraction)."""
     params = load_params(root)
-    out = select_subsets(root, params, parent_run_id)
-    return {**out, "compute_s": out["work_s"]}
+    return select_subsets(root, params, parent_run_id)
 

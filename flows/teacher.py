@@ -10,6 +10,5 @@ from tasks.teacher import train_teacher
 def teacher_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     """Stage 2: train the teacher on the full train split; record per-epoch per-sample dynamics."""
     params = load_params(root)
-    out = train_teacher(root, params, parent_run_id)
-    return {**out, "compute_s": out["work_s"]}
+    return train_teacher(root, params, parent_run_id)
 

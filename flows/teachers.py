@@ -5,7 +5,9 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from kdprune.device import device_count
-from tasks.common import atomic_directory, atomic_write_json, load_params, load_prepared, stage_tags, work_seconds
+from tasks.common import (
+    atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds, write_task_index,
+)
 from tasks.teachers import train_extra_teacher
 from tasks.tracking import Tracker
 
@@ -22,8 +24,6 @@ def teachers_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
                 params={"archs": ",".join(archs) or "none"}) as run_id, \
             atomic_directory(root_p / "models" / "teachers") as tmp:
         results = [f.result() for f in [train_extra_teacher.submit(root, params, a, str(tmp), run_id) for a in archs]]
-        atomic_write_json(tmp / "index.json", [{k: v for k, v in r.items() if k not in ("checkpoint", "work_s")}
-                                               for r in results])
-    for r in results:  # outputs in place: the per-epoch states are no longer needed
-        Path(r["checkpoint"]).unlink(missing_ok=True)
-    return {"teachers": archs, "compute_s": work_seconds(results)}
+        write_task_index(tmp / "index.json", results)
+    drop_checkpoints(results)
+    return {"teachers": archs, "work_s": work_seconds(results)}

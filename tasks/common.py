@@ -42,6 +42,17 @@ def timed_work(fn):
     return wrapper
 
 
+def write_task_index(path: Path, results: list[dict]) -> None:
+    """A stage's index of its training tasks' results, without their bookkeeping (checkpoint path, work clock)."""
+    atomic_write_json(path, [{k: v for k, v in r.items() if k not in ("checkpoint", "work_s")} for r in results])
+
+
+def drop_checkpoints(results: list[dict]) -> None:
+    """Once a stage's outputs are in place, its tasks' per-epoch states are no longer needed."""
+    for r in results:
+        Path(r["checkpoint"]).unlink(missing_ok=True)
+
+
 def work_seconds(results) -> float:
     """The stage's work: the sum over its task results (tasks of one stage run one at a time per device)."""
     return float(sum(r["work_s"] for r in results))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import json
 import math
 import shutil
 import threading
@@ -72,12 +73,19 @@ _LOGITS_LOCK = threading.Lock()
 
 
 def cached_teacher_logits(tdir: Path, teacher, data, device: torch.device) -> "torch.Tensor":
-    """The teacher's logits for every training example, computed once per (teacher, device) in this process."""
+    """The teacher's logits for every training example, computed once per (teacher, device) within a
+    distill stage; the stage clears them (:func:`clear_teacher_logits`), so a later stage in the same
+    process (a served deployment, ``--force``) never sees a retrained teacher's old logits."""
     key = (str(tdir.resolve()), str(device))
     with _LOGITS_LOCK:
         if key not in _LOGITS:
             _LOGITS[key] = predict_logits(teacher, data, batch_size=512)
         return _LOGITS[key]
+
+
+def clear_teacher_logits() -> None:
+    with _LOGITS_LOCK:
+        _LOGITS.clear()
 
 
 def student_budget(sp: dict, n_total: int, manifest: dict, n_pool: int) -> tuple[int, int | None]:
@@ -119,7 +127,10 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
     train_d, val_d = device_data(meta, train_split, dev), device_data(meta, splits["val"], dev)
     kd = variant["kd_weight"] is not None
     tdir = teacher_dir(root, params, variant["teacher"] or params["teacher"]["arch"])
-    teacher, tinfo = load_model(tdir, dev)
+    if kd:
+        teacher, tinfo = load_model(tdir, dev)
+    else:  # no teacher needed; its architecture and size still go into the record
+        teacher, tinfo = None, json.loads((tdir / "model.json").read_text())
     cached = kd and sp["cached_logits"] and sp["pad"] == 0 and not sp["flip"]
     t_logits = cached_teacher_logits(tdir, teacher, train_d, dev) if cached else None
     c, h, _ = meta["shape"]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -264,20 +263,19 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     if not student_dirs:
         raise FileNotFoundError(f"no students under {sroot}; run `dvc repro distill` first")
     tr = Tracker(root)
-    rows, compute_s = [], 0.0
+    rows = []
     costs = selection_costs(root, params)
     accs: dict[str, float] = {}
     student_params = None
-    for d in sorted(student_dirs, key=lambda d: (d / "metrics.json").read_text().count("same_training_as")):
-        rec = json.loads((d / "metrics.json").read_text())
-        if rec.get("same_training_as") in accs:  # the same training under another method's name
+    records = [(d, json.loads((d / "metrics.json").read_text())) for d in student_dirs]
+    # trained students first, then those recorded from the same training under another method's name
+    for d, rec in sorted(records, key=lambda dr: "same_training_as" in dr[1]):
+        if rec.get("same_training_as") in accs:
             rec["test_acc"] = accs[rec["same_training_as"]]
         else:
             model, _ = load_model(d, device)
             student_params = int(sum(p.numel() for p in model.parameters()))
-            t0 = time.perf_counter()
             rec["test_acc"] = evaluate(model, test_d)["acc"]
-            compute_s += time.perf_counter() - t0
         accs[rec["name"]] = rec["test_acc"]
         rec.update(costs.get(rec["method"], {}))
         rows.append({c: rec.get(c) for c in COLUMNS})
@@ -287,9 +285,7 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
             except Exception as e:  # a student run from another store; the CSV still has it
                 log.warning(f"could not log test_acc to MLflow run {rec['mlflow_run_id']}: {e}")
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values(["method", "fraction", "kd", "kd_weight", "seed"])
-    t0 = time.perf_counter()
     teachers = evaluate_teachers(root, params, device, test_d)
-    compute_s += time.perf_counter() - t0
     main_t = params["teacher"]["arch"]
     ctx = {"dataset": meta["dataset"], "main_teacher": main_t, "student_arch": params["student"]["arch"],
            "student_params": student_params, "teachers_max_fraction": params["student"]["teachers_max_fraction"],
@@ -297,11 +293,11 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     teacher_acc = float(teachers.set_index("arch").loc[main_t, "test_acc"])
     report = build_report(df, teachers, ctx)
     out = root / "reports"
-    figures = {
-        "accuracy_vs_fraction.png": plot_accuracy(df, main_t, teacher_acc),
-        "kd_weight_heatmap.png": plot_weight_heatmap(df, main_t),
-        "teacher_size.png": plot_teacher_size(df, teachers, ctx["teachers_max_fraction"], student_params),
-    }
+    figures = dict(zip(FIGURES, (
+        plot_accuracy(df, main_t, teacher_acc),
+        plot_weight_heatmap(df, main_t),
+        plot_teacher_size(df, teachers, ctx["teachers_max_fraction"], student_params),
+    )))
     atomic_write_text(out / "results.csv", df.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(out / "report.md", report)
     for name, png in figures.items():
@@ -312,7 +308,7 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
             tr.log_artifact(run_id, out / f, "report")
     log.info(f"evaluated {len(df)} students; teacher test_acc {teacher_acc:.4f}")
     return {"report": str(out / "report.md"), "results": str(out / "results.csv"), "students": len(df),
-            "teacher_test_acc": teacher_acc, "compute_s": compute_s}
+            "teacher_test_acc": teacher_acc}
 
 
 def evaluate_teachers(root: Path, params: dict, device, test_d) -> pd.DataFrame:

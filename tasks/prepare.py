@@ -72,4 +72,4 @@ def prepare_dataset(root: str, params: dict, parent_run_id: Optional[str] = None
         tr.log_metrics(run_id, {"n_train": meta["sizes"]["train"], "n_val": meta["sizes"]["val"],
                                 "n_test": meta["sizes"]["test"], "seconds": secs})
         tr.log_artifact(run_id, out / "meta.json")
-    return {"path": str(out), "sha256": meta["sha256"], "sizes": meta["sizes"], "compute_s": secs}
+    return {"path": str(out), "sha256": meta["sha256"], "sizes": meta["sizes"]}

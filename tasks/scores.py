@@ -209,12 +209,10 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
     proxy_s = {k: sum(p["seconds"] for p in proxies if p["kind"] == k) for k in ("proxy", "memo")}
     out = root / "data" / "scores"
     tr = Tracker(root)
-    index, compute_s = [], sum(proxy_s.values())
+    index = []
     with tr.run("scores", parent_run_id, tags=stage_tags(root, "scores", meta), params={"scores": sp}) as run_id, \
             atomic_directory(out) as tmp:
-        with measure_cost() as ctx_cost:
-            ctx = build_context(root, params, meta, splits, proxies, device)
-        compute_s += ctx_cost["seconds"]
+        ctx = build_context(root, params, meta, splits, proxies, device)
         atomic_save_npy(tmp / "ids.npy", train.ids)
         for method in sp["methods"]:
             spec = SCORES.get(method)
@@ -223,7 +221,6 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
                 opts = score_options(method, sp)
                 with measure_cost() as cost:
                     values = spec(ctx, **opts)
-                compute_s += cost["seconds"]
                 stem = method if seed is None else f"{method}-{seed}"
                 atomic_save_npy(tmp / f"{stem}.npy", values)
                 proxy_cost = proxy_s["proxy"] if method in PROXY_SCORES else proxy_s["memo"] if method == "memorization" else 0.0
@@ -242,7 +239,7 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
                 log.info(f"score {stem}: {cost['seconds'] * 1000:.1f} ms (+{proxy_cost:.1f}s proxy training), "
                          f"peak {cost['peak_mem_mb']:.1f} MiB, range [{values.min():.3g}, {values.max():.3g}]")
         atomic_write_json(tmp / "index.json", index)
-    return {"path": str(out), "scores": [e["file"] for e in index], "compute_s": compute_s}
+    return {"path": str(out), "scores": [e["file"] for e in index]}
 
 
 def clear_proxies(workdir: Path, proxies: list[dict]) -> None:

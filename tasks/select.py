@@ -6,7 +6,6 @@ record the sampler, its options and seed, which the distill stage uses to draw e
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -69,7 +68,7 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
         raise IntegrityError(f"{sdir}/ids.npy does not match the prepared train split; re-run the scores stage")
     out = root / "data" / "manifests"
     tr = Tracker(root)
-    names, compute_s = [], 0.0
+    names = []
     sel = params["select"]
     with tr.run("select", parent_run_id, tags=stage_tags(root, "select", meta), params={"select": sel}) as run_id, \
             atomic_directory(out) as tmp:
@@ -86,9 +85,7 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
             else:
                 scores, info, score_sha = _load_score(sdir, job["score_stem"], meta)
                 opts = _options(m, params, info["keep"])
-                t0 = time.perf_counter()
                 kept = select(m.selector, train.ids, train.y, scores, frac, seed=seed or 0, **opts)
-                compute_s += time.perf_counter() - t0
                 extra = {"selector": m.selector, "selector_options": opts, "sampler": None, "keep": info["keep"],
                          "score": m.score, "score_sha256": score_sha, "score_variant": info["variant"]}
             labels = train.y[train.positions(kept)]
@@ -101,4 +98,4 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
             what = f"sampler {m.sampler} {opts}" if m.sampler else f"{len(kept)}/{len(train.ids)} kept"
             log.info(f"manifest {name}: {what}, class counts {manifest['class_counts']}")
         tr.log_metrics(run_id, {"manifests": len(names)})
-    return {"path": str(out), "manifests": names, "compute_s": compute_s}
+    return {"path": str(out), "manifests": names}

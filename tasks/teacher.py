@@ -93,4 +93,4 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
     if tr.summary():
         log.warning(f"teacher: {tr.summary()}; the model and metrics are on disk in {out}")
     log.info(f"teacher done: best epoch {res.best_epoch}, val_acc {val['acc']:.4f}, {res.seconds:.1f}s -> {out}")
-    return {"path": str(out), "val_acc": val["acc"], "best_epoch": res.best_epoch, "compute_s": res.seconds}
+    return {"path": str(out), "val_acc": val["acc"], "best_epoch": res.best_epoch}
