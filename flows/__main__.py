@@ -4,8 +4,9 @@
 overrides (validated first) and runs the stale stages: e.g. the Fashion-MNIST study is
 ``python -m flows sweep --profile fashion_mnist``. ``profile NAME`` only writes params.yaml.
 
-Params are validated before Prefect (or anything else heavy) is imported, so a bad params.yaml
-stops with one clear message and leaves nothing behind. Then the local Prefect server is made to
+Params are validated before Prefect is imported, so a bad params.yaml stops with one clear message
+and leaves nothing behind. Commands that track start their MLflow writer process first (see
+tasks/tracking.py), so that MLflow's imports overlap this process's. Then the local Prefect server is made to
 answer (started on 127.0.0.1 on first use, reused after) and the flow runs.
 ``KDPRUNE_PARENT_RUN_ID`` nests a stage's MLflow run under an existing parent run.
 """
@@ -19,10 +20,8 @@ import os
 import sys
 import time
 
-from kdprune.config import ParamsError
-from tasks.common import load_params, profile_names, sweep_params
 from tasks.runtime import ensure_prefect_server, project_root, stop_prefect_server
-from tasks.tracking import check_tracking_store
+from tasks.tracking import check_tracking_store, start_writer
 
 _DONE: list[int] = []  # set when main() has finished cleanly
 
@@ -62,6 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timezone", default="UTC", help="deploy: the schedule's time zone")
     ap.add_argument("--serve", action="store_true", help="deploy: serve the deployment in this process")
     args = ap.parse_args(argv)
+    if args.command in (*STAGES, "pipeline", "sweep", "deploy"):
+        # MLflow's imports (1.5-2 s) run in the writer process while this one imports torch and Prefect;
+        # the writer touches no store until a stage opens it, so bad params below still leave nothing behind
+        start_writer()
+    from kdprune.config import ParamsError  # torch and the registries: after the writer has started
+    from tasks.common import load_params, profile_names, sweep_params
+
     if args.command == "stop":
         print("stopped the local Prefect server" if stop_prefect_server() else "no local Prefect server was running")
         return

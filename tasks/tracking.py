@@ -3,26 +3,35 @@
 With nothing configured the store is SQLite in the project (``mlflow.db``) and artifacts go to
 ``mlartifacts/``; ``MLFLOW_TRACKING_URI`` points elsewhere unchanged.
 
+MLflow itself runs in a separate writer process (``tasks.tracking_writer``), one per kdprune
+process, started on first use or early by ``start_writer()``: importing MLflow and opening its
+store costs 1.5-2 s of CPU, which then overlaps this process's own start-up on another core. This
+module imports nothing from MLflow (``Tracker.client``, for reading runs back, does).
+
 Failure policy: reaching the store is checked when a Tracker is made and when a run starts, so an
 unreachable store stops a stage *before* training. Once a run has started, logging is best
 effort: a failure (connection lost mid-run) never stops training or loses a result, which is
 already on disk; the tracker goes offline, counts what it could not log and says so at the end.
 
-Latency: after a run has started, every logging call goes to one background writer thread per
-process (in order), so training never waits on the store. A run's end waits until everything
-queued is written, unless it is ended with ``wait=False`` (students: the next one starts training
-while the last one's metrics and artifacts are written; the stage's own run end waits for all).
+Latency: after a run has started, every logging call is sent to the writer process and handled
+there in order, so training never waits on the store. A run's end waits until everything sent is
+written, unless it is ended with ``wait=False`` (students: the next one starts training while the
+last one's metrics and artifacts are written; the stage's own run end waits for all).
 """
 from __future__ import annotations
 
 import contextlib
-import logging
+import itertools
 import os
-import queue
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+from tasks.tracking_writer import read_frame, write_frame
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "kdprune")
 
@@ -42,9 +51,7 @@ class TrackingUnavailable(RuntimeError):
     """The MLflow store cannot be reached; raised before any training starts."""
 
 
-_log = logging.getLogger("kdprune.tracking")
-
-_BLOCKED = [0.0]  # seconds callers spent waiting on MLflow in this process (import, runs, flushes)
+_BLOCKED = [0.0]  # seconds callers spent waiting on MLflow in this process (store, runs, flushes)
 _BLOCKED_LOCK = threading.Lock()
 
 
@@ -58,43 +65,130 @@ def _blocking() -> Iterator[None]:
             _BLOCKED[0] += time.perf_counter() - t0
 
 
+class _WriterGone(RuntimeError):
+    pass
+
+
 class _Writer:
-    """The process's one background MLflow writer: a queue drained in order by a daemon thread."""
+    """This process's MLflow writer process: messages go to its stdin in the order sent; answers (to
+    the requests that carry an id) come back on its stdout, in any order, and a reader thread hands
+    each to the caller waiting for it."""
 
     def __init__(self) -> None:
-        self.queue: queue.Queue = queue.Queue()
-        self.thread: Optional[threading.Thread] = None
+        self.proc: Optional[subprocess.Popen] = None
+        self.send_lock = threading.Lock()  # one message at a time on the pipe
+        self.ids = itertools.count(1)
+        self.waiting: dict[int, list] = {}  # request id -> [Event, answer]
+        self.closed = False  # the writer's stdout has ended: no more answers
         self.lock = threading.Lock()
+        # tracker key -> (offline reason, kind -> count not logged), as of the latest answers
+        self.failures: dict[str, tuple[Optional[str], dict[str, int]]] = {}
+        self.lost: dict[str, tuple[str, dict[str, int]]] = {}  # counted here after the process died
 
-    def put(self, item) -> None:
+    def start(self) -> None:
+        with self.send_lock:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        if self.proc is not None:
+            return
+        env = dict(os.environ)
+        pkg_parent = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *filter(None, [env.get("PYTHONPATH")])])
+        self.proc = subprocess.Popen([sys.executable, "-m", "tasks.tracking_writer"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, close_fds=True)
+        threading.Thread(target=self._read_answers, name="mlflow-writer-answers", daemon=True).start()
+
+    def _read_answers(self) -> None:
+        while (a := read_frame(self.proc.stdout)) is not None:
+            rid, ok, value, failures = a
+            with self.lock:
+                for key, (reason, counts) in failures.items():  # counts only grow: keep the largest seen
+                    old = self.failures.get(key, (None, {}))[1]
+                    self.failures[key] = (reason, {k: max(v, old.get(k, 0)) for k, v in counts.items()})
+                slot = self.waiting.pop(rid, None)
+            if slot is not None:
+                slot[1] = (ok, value)
+                slot[0].set()
         with self.lock:
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._drain, name="mlflow-writer", daemon=True)
-                self.thread.start()
-        self.queue.put(item)
+            self.closed = True
+            for slot in self.waiting.values():
+                slot[0].set()
+            self.waiting.clear()
 
-    def _drain(self) -> None:
-        while True:
-            tracker, what, n, fn, args = self.queue.get()
+    def _died(self) -> str:
+        code = self.proc.poll() if self.proc is not None else None
+        return f"the MLflow writer process exited (code {code}; its error, if any, is above)"
+
+    def post(self, msg: tuple) -> None:
+        with self.send_lock:
+            self._spawn()
             try:
-                tracker._call(what, n, fn, args)
-            finally:
-                self.queue.task_done()
+                write_frame(self.proc.stdin, msg)
+            except (OSError, ValueError):
+                raise _WriterGone(self._died()) from None
 
-    def join(self) -> None:
-        if self.thread is not None:
-            with _blocking():
-                self.queue.join()
+    def call(self, op: str, *args) -> Any:
+        """Send one request and wait for its answer; raises RuntimeError with the writer's error."""
+        with _blocking():
+            rid = next(self.ids)
+            slot: list = [threading.Event(), None]
+            self.start()
+            with self.lock:
+                if self.closed:
+                    raise _WriterGone(self._died())
+                self.waiting[rid] = slot
+            self.post((op, rid, *args))
+            slot[0].wait()
+            if slot[1] is None:
+                raise _WriterGone(self._died())
+            ok, value = slot[1]
+            if not ok:
+                raise RuntimeError(value)
+            return value
+
+    def flush(self) -> None:
+        """Wait until the writer has handled every logging call sent before this one."""
+        if self.proc is not None:
+            try:
+                self.call("flush")
+            except _WriterGone:
+                pass
+
+    def count_lost(self, key: str, what: str, n: int, reason: str) -> None:
+        with self.lock:
+            counts = self.lost.setdefault(key, (reason, {}))[1]
+            counts[what] = counts.get(what, 0) + n
+
+    def state(self, key: str) -> tuple[Optional[str], dict[str, int]]:
+        with self.lock:
+            reason, counts = self.failures.get(key, (None, {}))
+            reason2, lost = self.lost.get(key, (None, {}))
+            merged = dict(counts)
+            for k, v in lost.items():
+                merged[k] = merged.get(k, 0) + v
+        return reason or reason2, merged
 
 
 _WRITER = _Writer()
-_NOT_LOGGED: dict[str, int] = {}  # over every Tracker of this process
+
+
+def start_writer() -> None:
+    """Start this process's MLflow writer now, so that its imports overlap the caller's start-up.
+    It touches no store until a Tracker is made."""
+    _WRITER.start()
 
 
 def not_logged_total() -> dict[str, int]:
     """What this process could not log to MLflow, by kind (after waiting for the writer)."""
-    _WRITER.join()
-    return dict(_NOT_LOGGED)
+    _WRITER.flush()
+    total: dict[str, int] = {}
+    with _WRITER.lock:
+        keys = {*_WRITER.failures, *_WRITER.lost}
+    for key in keys:
+        for k, v in _WRITER.state(key)[1].items():
+            total[k] = total.get(k, 0) + v
+    return total
 
 
 def blocked_seconds() -> float:
@@ -129,6 +223,10 @@ _SHARED: dict[tuple, "Tracker"] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+_SHARED: dict[tuple, "Tracker"] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class Tracker:
     @classmethod
     def shared(cls, root: Path, key: Optional[str]) -> "Tracker":
@@ -141,69 +239,55 @@ class Tracker:
             return _SHARED[k]
 
     def __init__(self, root: Path):
-        with _blocking():
-            self._init(root)
-
-    def _init(self, root: Path) -> None:
-        import mlflow  # noqa: F401  (import cost paid only by stages that track)
-        from mlflow.tracking import MlflowClient
-
         self.uri = os.environ["MLFLOW_TRACKING_URI"]
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.key = uuid.uuid4().hex  # the writer keeps this tracker's offline state under it
+        art = (Path(root) / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite:") else None
         try:
-            exp = self.client.get_experiment_by_name(EXPERIMENT)
-        except Exception as e:  # connection refused, bad URI, ...
+            self.experiment_id = _WRITER.call("open", self.uri, EXPERIMENT, art)
+        except RuntimeError as e:  # connection refused, bad URI, the writer could not start, ...
             raise TrackingUnavailable(
                 f"cannot reach the MLflow tracking store at MLFLOW_TRACKING_URI={self.uri}: {e}; "
                 "start that server or unset MLFLOW_TRACKING_URI to use the project's SQLite store"
-            ) from e
-        if exp is None:
-            art = None
-            if self.uri.startswith("sqlite:"):
-                art = (Path(root) / "mlartifacts").resolve().as_uri()
-            try:
-                self.experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=art)
-            except Exception:  # created concurrently by another process
-                self.experiment_id = self.client.get_experiment_by_name(EXPERIMENT).experiment_id
-        else:
-            self.experiment_id = exp.experiment_id
-        self.offline_reason: Optional[str] = None
-        self.not_logged: dict[str, int] = {}
-        self._lock = threading.Lock()
+            ) from None
+        self._client = None
 
-    def _best_effort(self, what: str, n: int, fn, *args) -> None:
-        """Queue one logging call for the process's background writer."""
-        _WRITER.put((self, what, n, fn, args))
+    @property
+    def client(self):
+        """An MlflowClient in this process on the same store, for reading runs back (imports MLflow)."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    @property
+    def offline_reason(self) -> Optional[str]:
+        return _WRITER.state(self.key)[0]
+
+    @property
+    def not_logged(self) -> dict[str, int]:
+        return _WRITER.state(self.key)[1]
+
+    def _best_effort(self, what: str, n: int, op: str, *args) -> None:
+        """Send one logging call to the writer; if the writer is gone, count it as not logged."""
+        try:
+            _WRITER.post((op, self.key, what, n, self.uri, *args))
+        except _WriterGone as e:
+            _WRITER.count_lost(self.key, what, n, str(e))
 
     def flush(self) -> None:
-        """Wait until every queued logging call has been written (or counted as not logged)."""
-        _WRITER.join()
-
-    def _call(self, what: str, n: int, fn, args) -> None:
-        """Run one logging call; after the first failure stop trying and count what was not logged."""
-        if self.offline_reason is None:
-            try:
-                fn(*args)
-                return
-            except Exception as e:
-                with self._lock:
-                    if self.offline_reason is None:
-                        self.offline_reason = f"{type(e).__name__}: {str(e)[:300]}"
-                        _log.warning(f"MLflow at {self.uri} failed ({self.offline_reason}); training goes on, "
-                                     "results stay on disk, further logging is skipped")
-        with self._lock:
-            self.not_logged[what] = self.not_logged.get(what, 0) + n
-        with _BLOCKED_LOCK:
-            _NOT_LOGGED[what] = _NOT_LOGGED.get(what, 0) + n
+        """Wait until every logging call sent so far has been written (or counted as not logged)."""
+        _WRITER.flush()
 
     def summary(self, wait: bool = True) -> Optional[str]:
-        """What could not be logged, or None when everything was (``wait=False``: so far)."""
+        """What could not be logged, or None when everything was (``wait=False``: as of the latest answer)."""
         if wait:
             self.flush()
-        if not self.not_logged:
+        reason, counts = _WRITER.state(self.key)
+        if not counts:
             return None
-        items = ", ".join(f"{v} {k}" for k, v in sorted(self.not_logged.items()))
-        return f"not logged to MLflow at {self.uri} ({self.offline_reason}): {items}"
+        items = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        return f"not logged to MLflow at {self.uri} ({reason}): {items}"
 
     def start(self, name: str, parent: Optional[str] = None, tags: Optional[dict] = None,
               params: Optional[dict] = None) -> str:
@@ -211,49 +295,39 @@ class Tracker:
         if parent:
             t["mlflow.parentRunId"] = parent
         try:
-            with _blocking():
-                run = self.client.create_run(self.experiment_id, tags=t, run_name=name)
-        except Exception as e:
-            raise TrackingUnavailable(f"cannot create an MLflow run at MLFLOW_TRACKING_URI={self.uri}: {e}") from e
+            run_id = _WRITER.call("create_run", self.uri, self.experiment_id, t, name)
+        except RuntimeError as e:
+            raise TrackingUnavailable(f"cannot create an MLflow run at MLFLOW_TRACKING_URI={self.uri}: {e}") from None
         if params:
-            self.log_params(run.info.run_id, params)
-        return run.info.run_id
+            self.log_params(run_id, params)
+        return run_id
 
     def log_params(self, run_id: str, params: dict) -> None:
-        from mlflow.entities import Param
-
-        flat = flatten(params)
-        items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+        items = [(k, str(v)[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):
-            self._best_effort("params", len(items[i : i + 100]), self.client.log_batch, run_id, [], items[i : i + 100])
+            chunk = items[i : i + 100]
+            self._best_effort("params", len(chunk), "batch", run_id, [], chunk, [])
 
     def set_tags(self, run_id: str, tags: dict) -> None:
-        from mlflow.entities import RunTag
-
-        self._best_effort("tags", len(tags), self.client.log_batch, run_id, [], [],
-                          [RunTag(k, str(v)) for k, v in tags.items()])
+        self._best_effort("tags", len(tags), "batch", run_id, [], [], [(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
-        self._best_effort("metric points", len(metrics), self.client.log_batch, run_id,
-                          [Metric(k, float(v), ts, step) for k, v in metrics.items()])
+        self._best_effort("metric points", len(metrics), "batch", run_id,
+                          [(k, float(v), ts, step) for k, v in metrics.items()], [], [])
 
     def log_history(self, run_id: str, history: list[dict[str, float]]) -> None:
         """Per-epoch metrics (step = epoch, 1-based) in batches of at most 1000 points."""
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
-        pts = [Metric(k, float(v), ts, epoch) for epoch, row in enumerate(history, 1) for k, v in row.items()]
+        pts = [(k, float(v), ts, epoch) for epoch, row in enumerate(history, 1) for k, v in row.items()]
         for i in range(0, len(pts), 1000):
-            self._best_effort("metric points", len(pts[i : i + 1000]), self.client.log_batch, run_id, pts[i : i + 1000])
+            self._best_effort("metric points", len(pts[i : i + 1000]), "batch", run_id, pts[i : i + 1000], [], [])
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: Optional[str] = None) -> None:
-        self._best_effort("artifacts", 1, self.client.log_artifact, run_id, str(path), artifact_path)
+        self._best_effort("artifacts", 1, "artifact", run_id, str(Path(path).resolve()), artifact_path)
 
     def end(self, run_id: str, status: str = "FINISHED", wait: bool = True) -> None:
-        self._best_effort("run endings", 1, self.client.set_terminated, run_id, status)
+        self._best_effort("run endings", 1, "terminate", run_id, status)
         if wait:
             self.flush()
 

@@ -160,6 +160,33 @@ def test_killed_pipeline_leaves_no_partial_output_and_finishes_on_rerun(tmp_path
     assert seen, "no kill happened after any output was written"
 
 
+def test_a_failing_stage_leaves_the_stages_before_it_recorded_in_dvc_lock(tmp_path, prefect_port):
+    """Each stage is recorded while the next one runs: when `scores` fails, prepare, teacher and
+    teachers are in dvc.lock and only scores and what follows it are stale."""
+    port, home = prefect_port
+    p = make_project(tmp_path / "fail", port, TINY)
+    p.env["PREFECT_HOME"] = str(home)
+    script = (
+        "import sys\n"
+        "from prefect import flow\n"
+        "import flows.pipeline as fp\n"
+        "@flow(name='scores')\n"
+        "def broken(root='.', parent_run_id=None):\n"
+        "    raise RuntimeError('scores broke on purpose')\n"
+        "fp.STAGES['scores'] = broken\n"
+        "from tasks.runtime import ensure_prefect_server\n"
+        "ensure_prefect_server()\n"
+        "fp.pipeline(root='.')\n"
+    )
+    out = p.run(sys.executable, "-c", script, check=False)
+    assert out.returncode != 0 and "scores broke on purpose" in out.stdout + out.stderr
+    from dvc.repo import Repo
+
+    with Repo(str(p.path)) as repo:
+        stale = {k.rsplit(":", 1)[-1] for k in repo.status()}
+    assert stale == {"scores", "select", "distill", "evaluate"}, stale
+
+
 # ---------------------------------------------------------------- integrity
 
 def test_corrupt_or_truncated_prepared_data_is_refused(proj, tmp_path):
