@@ -38,13 +38,15 @@ def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     with tr.run("distill", parent_run_id, tags={**stage_tags(root_p, "distill", meta), "kdprune.sweep": "true"},
                 params={"student": sp, "sweep": grid}) as run_id, \
             atomic_directory(root_p / "models" / "students") as tmp:
-        futures = [
-            train_student.submit(root, params, g[0], str(tmp), devices[i % len(devices)], run_id,
-                                 f"{i + 1}/{len(groups)}", tuple(g[1:]))
-            for i, g in enumerate(groups)
-        ]
-        results = [f.result() for f in futures]
-        tr.flush()  # students' queued artifact uploads read from the temp dir: finish them before it is renamed
+        try:
+            futures = [
+                train_student.submit(root, params, g[0], str(tmp), devices[i % len(devices)], run_id,
+                                     f"{i + 1}/{len(groups)}", tuple(g[1:]))
+                for i, g in enumerate(groups)
+            ]
+            results = [f.result() for f in futures]
+        finally:  # students' queued artifact uploads read from the temp dir: finish them before it goes
+            tr.flush()
         write_task_index(tmp / "index.json", results)
         tr.log_metrics(run_id, {"students": len(variants), "trainings": len(results)})
     lost = not_logged_total()

@@ -69,64 +69,109 @@ class _WriterGone(RuntimeError):
     pass
 
 
+def _add(counts: dict[str, int], more: dict[str, int], sign: int = 1) -> None:
+    for k, v in more.items():
+        counts[k] = counts.get(k, 0) + sign * v
+
+
 class _Writer:
     """This process's MLflow writer process: messages go to its stdin in the order sent; answers (to
     the requests that carry an id) come back on its stdout, in any order, and a reader thread hands
-    each to the caller waiting for it."""
+    each to the caller waiting for it. If the writer dies, what was sent to it but not handled is
+    counted as not logged, and the next Tracker starts a new one."""
 
     def __init__(self) -> None:
         self.proc: Optional[subprocess.Popen] = None
         self.send_lock = threading.Lock()  # one message at a time on the pipe
         self.ids = itertools.count(1)
+        self.lock = threading.Lock()  # guards everything below
         self.waiting: dict[int, list] = {}  # request id -> [Event, answer]
-        self.closed = False  # the writer's stdout has ended: no more answers
-        self.lock = threading.Lock()
-        # tracker key -> (offline reason, kind -> count not logged), as of the latest answers
-        self.failures: dict[str, tuple[Optional[str], dict[str, int]]] = {}
-        self.lost: dict[str, tuple[str, dict[str, int]]] = {}  # counted here after the process died
+        self.closed = True  # no writer answering (none started yet, or its stdout has ended)
+        self.sent: dict[str, dict[str, int]] = {}  # tracker key -> kind -> count sent to this writer
+        # tracker key -> (offline reason, not logged, handled) as of this writer's latest answer
+        self.child: dict[str, tuple[Optional[str], dict[str, int], dict[str, int]]] = {}
+        self.lost: dict[str, tuple[Optional[str], dict[str, int]]] = {}  # final: from writers that are gone
 
     def start(self) -> None:
         with self.send_lock:
             self._spawn()
 
     def _spawn(self) -> None:
-        if self.proc is not None:
-            return
+        """Start a writer unless one is running (called with send_lock held)."""
+        with self.lock:
+            if not self.closed:
+                return
         env = dict(os.environ)
         pkg_parent = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *filter(None, [env.get("PYTHONPATH")])])
-        self.proc = subprocess.Popen([sys.executable, "-m", "tasks.tracking_writer"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env, close_fds=True)
-        threading.Thread(target=self._read_answers, name="mlflow-writer-answers", daemon=True).start()
-
-    def _read_answers(self) -> None:
-        while (a := read_frame(self.proc.stdout)) is not None:
-            rid, ok, value, failures = a
-            with self.lock:
-                for key, (reason, counts) in failures.items():  # counts only grow: keep the largest seen
-                    old = self.failures.get(key, (None, {}))[1]
-                    self.failures[key] = (reason, {k: max(v, old.get(k, 0)) for k, v in counts.items()})
-                slot = self.waiting.pop(rid, None)
-            if slot is not None:
-                slot[1] = (ok, value)
-                slot[0].set()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "tasks.tracking_writer"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, env=env, close_fds=True)
+        except OSError as e:
+            raise _WriterGone(f"the MLflow writer process could not start: {e}") from None
         with self.lock:
-            self.closed = True
-            for slot in self.waiting.values():
-                slot[0].set()
-            self.waiting.clear()
+            self.proc, self.closed = proc, False
+        threading.Thread(target=self._read_answers, args=(proc,), name="mlflow-writer-answers", daemon=True).start()
 
-    def _died(self) -> str:
-        code = self.proc.poll() if self.proc is not None else None
+    def _read_answers(self, proc: subprocess.Popen) -> None:
+        try:
+            while (a := read_frame(proc.stdout)) is not None:
+                rid, ok, value, state = a
+                with self.lock:
+                    for key, (reason, not_logged, handled) in state.items():  # counts only grow
+                        _, nl0, h0 = self.child.get(key, (None, {}, {}))
+                        self.child[key] = (reason, {k: max(v, nl0.get(k, 0)) for k, v in {**nl0, **not_logged}.items()},
+                                           {k: max(v, h0.get(k, 0)) for k, v in {**h0, **handled}.items()})
+                    slot = self.waiting.pop(rid, None)
+                if slot is not None:
+                    slot[1] = (ok, value)
+                    slot[0].set()
+        except Exception:  # a garbled answer: treat the writer as gone
+            pass
+        finally:
+            reason = self._died(proc)
+            with self.lock:
+                self.closed = True
+                # what this writer did not log, or was sent but never handled, is final now
+                for key in {*self.sent, *self.child}:
+                    why, not_logged, handled = self.child.get(key, (None, {}, {}))
+                    in_flight = dict(self.sent.get(key, {}))
+                    _add(in_flight, handled, -1)
+                    final = {k: v for k, v in {**not_logged}.items() if v > 0}
+                    _add(final, {k: v for k, v in in_flight.items() if v > 0})
+                    if final:
+                        why0, counts = self.lost.setdefault(key, (why or reason, {}))
+                        _add(counts, final)
+                self.sent.clear()
+                self.child.clear()
+                for slot in self.waiting.values():
+                    slot[0].set()
+                self.waiting.clear()
+
+    @staticmethod
+    def _died(proc: subprocess.Popen) -> str:
+        try:
+            code = proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
         return f"the MLflow writer process exited (code {code}; its error, if any, is above)"
 
-    def post(self, msg: tuple) -> None:
+    def post(self, msg: tuple, key: Optional[str] = None, what: str = "", n: int = 0) -> None:
+        """Send one message; a logging message (``key``) counts as sent once it is in the pipe."""
         with self.send_lock:
             self._spawn()
+            proc = self.proc
             try:
-                write_frame(self.proc.stdin, msg)
-            except (OSError, ValueError):
-                raise _WriterGone(self._died()) from None
+                write_frame(proc.stdin, msg)
+            except (OSError, ValueError):  # the writer is gone
+                raise _WriterGone(self._died(proc)) from None
+            except BaseException:  # interrupted mid-frame (Ctrl-C): the stream is torn, end it here
+                with contextlib.suppress(Exception):
+                    proc.stdin.close()
+                raise
+            if key is not None:
+                with self.lock:
+                    _add(self.sent.setdefault(key, {}), {what: n})
 
     def call(self, op: str, *args) -> Any:
         """Send one request and wait for its answer; raises RuntimeError with the writer's error."""
@@ -136,12 +181,12 @@ class _Writer:
             self.start()
             with self.lock:
                 if self.closed:
-                    raise _WriterGone(self._died())
+                    raise _WriterGone(self._died(self.proc))
                 self.waiting[rid] = slot
             self.post((op, rid, *args))
             slot[0].wait()
             if slot[1] is None:
-                raise _WriterGone(self._died())
+                raise _WriterGone(self._died(self.proc))
             ok, value = slot[1]
             if not ok:
                 raise RuntimeError(value)
@@ -149,25 +194,30 @@ class _Writer:
 
     def flush(self) -> None:
         """Wait until the writer has handled every logging call sent before this one."""
-        if self.proc is not None:
-            try:
-                self.call("flush")
-            except _WriterGone:
-                pass
+        with self.lock:
+            if self.closed:
+                return
+        try:
+            self.call("flush")
+        except _WriterGone:
+            pass
 
     def count_lost(self, key: str, what: str, n: int, reason: str) -> None:
         with self.lock:
-            counts = self.lost.setdefault(key, (reason, {}))[1]
-            counts[what] = counts.get(what, 0) + n
+            _add(self.lost.setdefault(key, (reason, {}))[1], {what: n})
 
     def state(self, key: str) -> tuple[Optional[str], dict[str, int]]:
+        """Why ``key``'s logging stopped (or None) and what it could not log, by kind."""
         with self.lock:
-            reason, counts = self.failures.get(key, (None, {}))
-            reason2, lost = self.lost.get(key, (None, {}))
-            merged = dict(counts)
-            for k, v in lost.items():
-                merged[k] = merged.get(k, 0) + v
-        return reason or reason2, merged
+            why, not_logged, _ = self.child.get(key, (None, {}, {}))
+            why2, lost = self.lost.get(key, (None, {}))
+            merged = dict(not_logged)
+            _add(merged, lost)
+        return why or why2, {k: v for k, v in merged.items() if v > 0}
+
+    def keys(self) -> set[str]:
+        with self.lock:
+            return {*self.child, *self.lost}
 
 
 _WRITER = _Writer()
@@ -183,9 +233,7 @@ def not_logged_total() -> dict[str, int]:
     """What this process could not log to MLflow, by kind (after waiting for the writer)."""
     _WRITER.flush()
     total: dict[str, int] = {}
-    with _WRITER.lock:
-        keys = {*_WRITER.failures, *_WRITER.lost}
-    for key in keys:
+    for key in _WRITER.keys():
         for k, v in _WRITER.state(key)[1].items():
             total[k] = total.get(k, 0) + v
     return total
@@ -217,10 +265,6 @@ def check_tracking_store(timeout_s: float = 5.0) -> str:
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise TrackingUnavailable(f"MLFLOW_TRACKING_URI={uri}: directory {parent} does not exist or is not writable")
     return uri
-
-
-_SHARED: dict[tuple, "Tracker"] = {}
-_SHARED_LOCK = threading.Lock()
 
 
 _SHARED: dict[tuple, "Tracker"] = {}
@@ -271,7 +315,7 @@ class Tracker:
     def _best_effort(self, what: str, n: int, op: str, *args) -> None:
         """Send one logging call to the writer; if the writer is gone, count it as not logged."""
         try:
-            _WRITER.post((op, self.key, what, n, self.uri, *args))
+            _WRITER.post((op, self.key, what, n, self.uri, *args), self.key, what, n)
         except _WriterGone as e:
             _WRITER.count_lost(self.key, what, n, str(e))
 

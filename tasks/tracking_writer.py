@@ -10,8 +10,10 @@ Logging is best effort per tracker: the first failed call marks that tracker off
 reason, printed once to stderr), and its later calls are only counted. Every answer carries those
 counts, so the parent can say what was not logged.
 
-The process ignores SIGINT (Ctrl-C reaches the parent, which ends its runs as failed through
-here) and exits when its stdin closes, after everything already sent has been handled.
+The process ignores SIGINT, SIGTERM and SIGHUP (sent to the whole process group they reach the
+parent, which ends its runs as failed through here) and exits when its stdin closes, after
+everything already sent has been handled. Every answer also carries, per tracker, what has been
+handled, so that a parent whose writer died can count what was sent but never handled.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class Writer:
         self.clients: dict[str, Any] = {}
         self.offline: dict[str, str] = {}  # tracker key -> why it went offline
         self.not_logged: dict[str, dict[str, int]] = {}  # tracker key -> kind -> count
+        self.handled: dict[str, dict[str, int]] = {}  # tracker key -> kind -> count (logged or not)
         self.lock = threading.Lock()
         self.client_lock = threading.Lock()
 
@@ -61,9 +64,11 @@ class Writer:
                 self.clients[uri] = MlflowClient(tracking_uri=uri)
             return self.clients[uri]
 
-    def failures(self) -> dict[str, tuple[Optional[str], dict[str, int]]]:
+    def state(self) -> dict[str, tuple[Optional[str], dict[str, int], dict[str, int]]]:
+        """Per tracker key: why it went offline (or None), what was not logged, what was handled."""
         with self.lock:
-            return {k: (self.offline.get(k), dict(v)) for k, v in self.not_logged.items()}
+            return {k: (self.offline.get(k), dict(self.not_logged.get(k, {})), dict(h))
+                    for k, h in self.handled.items()}
 
     # ------------------------------------------------------------------ requests with an answer
     def open(self, uri: str, experiment: str, artifact_location: Optional[str]) -> str:
@@ -96,28 +101,40 @@ class Writer:
         self.client(uri).set_terminated(run_id, status)
 
     def best_effort(self, key: str, what: str, n: int, uri: str, op: str, args: tuple) -> None:
+        logged = False
         if key not in self.offline:
             try:
                 getattr(self, op)(uri, *args)
-                return
+                logged = True
             except Exception as e:
                 self.offline[key] = f"{type(e).__name__}: {str(e)[:300]}"
-                print(f"[kdprune] MLflow at {uri} failed ({self.offline[key]}); training goes on, results stay on "
-                      "disk, further logging is skipped", file=sys.stderr, flush=True)
+                _say(f"MLflow at {uri} failed ({self.offline[key]}); training goes on, results stay on disk, "
+                     "further logging is skipped")
         with self.lock:
-            counts = self.not_logged.setdefault(key, {})
-            counts[what] = counts.get(what, 0) + n
+            if not logged:
+                counts = self.not_logged.setdefault(key, {})
+                counts[what] = counts.get(what, 0) + n
+            handled = self.handled.setdefault(key, {})
+            handled[what] = handled.get(what, 0) + n
+
+
+def _say(text: str) -> None:
+    try:
+        print(f"[kdprune] {text}", file=sys.stderr, flush=True)
+    except Exception:  # stderr gone (the parent's terminal closed): nothing to tell
+        pass
 
 
 IMMEDIATE = ("open", "create_run")  # answered at once, beside the logging queue
 ORDERED = ("batch", "artifact", "terminate", "flush")  # in the order sent; a flush is answered when reached
 
 
-def serve(inp: BinaryIO, out: BinaryIO) -> None:
-    """Handle messages until ``inp`` ends, then finish what was sent. Opening the store and creating
-    runs are answered at once, on their own thread, so a new run never waits behind the previous
-    run's queued artifact uploads; logging calls and flushes keep their order on another thread.
-    This thread only reads and routes, so the parent's writes never block on a full pipe."""
+def serve(inp: BinaryIO, out: BinaryIO) -> int:
+    """Handle messages until ``inp`` ends, then finish what was sent; returns the exit code (1 after
+    a message that could not be read). Opening the store and creating runs are answered at once, on
+    their own thread, so a new run never waits behind the previous run's queued artifact uploads;
+    logging calls and flushes keep their order on another thread. This thread only reads and
+    routes, so the parent's writes never block on a full pipe."""
     w = Writer()
     out_lock = threading.Lock()
     ordered: queue.Queue = queue.Queue()
@@ -125,43 +142,60 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
 
     def answer(rid: int, fn, args: tuple) -> None:
         try:
-            a = (rid, True, fn(*args), w.failures())
+            a = (rid, True, fn(*args))
         except Exception as e:
-            a = (rid, False, f"{type(e).__name__}: {str(e)[:500]}", w.failures())
-        with out_lock:
-            write_frame(out, a)
+            a = (rid, False, f"{type(e).__name__}: {str(e)[:500]}")
+        with out_lock:  # the state taken here, so that later answers never carry older counts
+            try:
+                write_frame(out, (*a, w.state()))
+            except Exception:  # the parent is gone: keep handling what it sent
+                pass
 
     def in_order() -> None:
         while (msg := ordered.get()) is not None:
-            if msg[0] == "flush":
-                answer(msg[1], w.flush, ())
-            else:
-                key, what, n, uri = msg[1:5]
-                w.best_effort(key, what, n, uri, msg[0], msg[5:])
+            try:
+                if msg[0] == "flush":
+                    answer(msg[1], w.flush, ())
+                else:
+                    key, what, n, uri = msg[1:5]
+                    w.best_effort(key, what, n, uri, msg[0], msg[5:])
+            except Exception as e:  # a malformed message: say so, go on with the next
+                _say(f"MLflow writer: {msg[0]!r} failed: {type(e).__name__}: {e}")
 
     def at_once() -> None:
         while (msg := immediate.get()) is not None:
-            answer(msg[1], getattr(w, msg[0]), msg[2:])
+            try:
+                answer(msg[1], getattr(w, msg[0]), msg[2:])
+            except Exception as e:
+                _say(f"MLflow writer: {msg[0]!r} failed: {type(e).__name__}: {e}")
 
     workers = [threading.Thread(target=in_order, name="mlflow-writer-log"),
                threading.Thread(target=at_once, name="mlflow-writer-runs")]
     for t in workers:
         t.start()
-    while (msg := read_frame(inp)) is not None:
-        if msg[0] in ORDERED:
-            ordered.put(msg)
-        elif msg[0] in IMMEDIATE:
-            immediate.put(msg)
-        else:
-            print(f"[kdprune] MLflow writer: unknown message {msg[0]!r} ignored", file=sys.stderr, flush=True)
-    ordered.put(None)
-    immediate.put(None)
-    for t in workers:
-        t.join()
+    code = 0
+    try:
+        while (msg := read_frame(inp)) is not None:
+            if msg[0] in ORDERED:
+                ordered.put(msg)
+            elif msg[0] in IMMEDIATE:
+                immediate.put(msg)
+            else:
+                _say(f"MLflow writer: unknown message {msg[0]!r} ignored")
+    except Exception as e:  # a torn or garbled frame: nothing after it can be trusted
+        _say(f"MLflow writer: unreadable message ({type(e).__name__}: {e}); stopping after what came before it")
+        code = 1
+    finally:
+        ordered.put(None)
+        immediate.put(None)
+        for t in workers:
+            t.join()
+    return code
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the end of stdin is the signal to stop
+        signal.signal(sig, signal.SIG_IGN)
     inp = sys.stdin.buffer
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything MLflow prints goes to stderr, not into the protocol
@@ -171,12 +205,12 @@ def main() -> None:
 
     if os.environ.get("MLFLOW_TRACKING_URI", "").startswith("sqlite:"):
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-    serve(inp, out)
+    code = serve(inp, out)
     # everything sent has been handled and each call committed its own writes: skip interpreter
     # teardown (about a second with MLflow and SQLAlchemy loaded), which a caller reading this
     # process's stderr to its end (subprocess.run, a pipe) would otherwise wait for
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 if __name__ == "__main__":
