@@ -28,9 +28,10 @@ _DONE: list[int] = []  # set when main() has finished cleanly
 
 def _fast_exit() -> None:
     """Registered first, so it runs last, after every other exit handler (Prefect's log and event
-    workers, MLflow's writer has already been flushed by each run's end): flush logging and the
-    standard streams, then leave without interpreter finalization, which costs 2-3 s with torch,
-    Prefect and MLflow loaded and writes nothing. Only after a clean finish; errors exit normally."""
+    workers; the MLflow writer process has handled everything by each run's end, and exits itself
+    when this process's end closes its input): flush logging and the standard streams, then leave
+    without interpreter finalization, which costs 2-3 s with torch and Prefect loaded and writes
+    nothing. Only after a clean finish; errors exit normally."""
     if not _DONE:
         return
     logging.shutdown()
