@@ -195,6 +195,50 @@ def test_grand_last_layer_closed_form_equals_a_per_sample_autograd_loop():
     assert np.all(got < full)  # the head is a strict subset of the parameters
 
 
+@pytest.mark.parametrize("arch,size", [("small_cnn", 8), ("resnet20", 16), ("wrn16_4", 16), ("resnet18", 16)])
+def test_grand_per_layer_closed_forms_equal_per_sample_gradients(arch, size):
+    """The one-backward-pass per-layer norms (conv both ways: per-example weight gradient and Gram
+    matrices; BatchNorm on non-trivial running statistics; linear head) against vmap(grad)."""
+    from kdprune.scores.grand import _eval_copy, _full_norms, _layer_norms
+
+    with seeded(5):
+        m = build_model(arch, 3, 10, size)
+    gen = torch.Generator().manual_seed(9)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.copy_(torch.rand(mod.num_features, generator=gen) - 0.5)
+            mod.running_var.copy_(torch.rand(mod.num_features, generator=gen) + 0.5)
+            mod.weight.data.copy_(torch.rand(mod.num_features, generator=gen) + 0.5)
+    x = torch.randn(5, 3, size, size, generator=gen)
+    y = torch.randint(0, 10, (5,), generator=gen)
+    e = _eval_copy(m, torch.device("cpu"))
+    got = _layer_norms(e, x, y)
+    assert got is not None, f"{arch}: every layer should have a closed form"
+    torch.testing.assert_close(got, _full_norms(e, x, y), rtol=1e-4, atol=1e-6)
+
+
+def test_grand_falls_back_to_per_sample_gradients_for_other_layers():
+    from kdprune.scores.grand import _layer_norms
+
+    class WithLayerNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.norm = torch.nn.LayerNorm([4, 8, 8])
+            self.head = torch.nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.head(self.norm(self.conv(x)).mean((2, 3)))
+
+    with seeded(2):
+        models = [WithLayerNorm()]
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(6, 1, 8, 8, generator=gen), torch.randint(0, 10, (6,), generator=gen)
+    assert _layer_norms(models[0].eval(), x, y) is None
+    np.testing.assert_allclose(grand_norms(models, x, y, batch_size=4).numpy(),
+                               _reference_grand(models, x, y, head_only=False), rtol=1e-4)
+
+
 def test_grand_does_not_depend_on_batch_composition_and_applies_transform():
     models, x, y = _tiny_models_and_data(n=6, seeds=(3,))
     a = grand_norms(models, x, y, batch_size=6)

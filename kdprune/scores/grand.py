@@ -1,7 +1,9 @@
 """GraNd (Paul et al. 2021): expected norm of the per-example loss gradient, over proxy models near init.
 
-Per-sample gradients are batched with ``torch.func`` (``functional_call`` + ``vmap(grad)``);
-``grand_loop`` is the per-example reference with ``torch.autograd.grad`` (for tests and the benchmark).
+Per-sample gradient norms come from one batched backward pass with closed forms per layer (Conv2d,
+Linear, BatchNorm2d: ``_layer_norms``); models with other parametrized layers use batched
+per-sample gradients from ``torch.func`` (``functional_call`` + ``vmap(grad)``). ``grand_loop`` is
+the per-example reference with ``torch.autograd.grad`` (for tests and the benchmark).
 Every model is used in eval mode (BatchNorm reads its running statistics, so an example's gradient does
 not depend on the rest of its batch) on a private copy: the caller's models are never changed.
 """
@@ -35,6 +37,76 @@ def _full_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
     grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
     return torch.stack([g.flatten(1).pow(2).sum(1) for g in grads.values()]).sum(0).sqrt()
+
+
+_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+
+
+def _layer_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
+    """The same norms as ``_full_norms`` from one batched backward pass, per layer in closed form
+    (the per-example gradient-norm identities used for differentially private training): for a
+    layer with input a_i and output gradient g_i of example i,
+
+    - Linear: ||dW_i||^2 = ||a_i||^2 ||g_i||^2, ||db_i||^2 = ||g_i||^2;
+    - Conv2d: dW_i = G_i U_i^T with U_i = unfold(a_i) [in*k*k, P], G_i [out, P]: its squared norm
+      from dW_i itself or, when smaller, from the P x P Gram matrices, <U_i^T U_i, G_i^T G_i>
+      (one bmm each for the batch); db_i = G_i summed over positions;
+    - BatchNorm2d in eval mode: dgamma_i = sum over positions of g_i * x_hat_i, dbeta_i = sum of g_i.
+
+    Returns None (the caller falls back to vmap) when the model has a parameter outside these
+    layers, a layer used twice in one forward pass, a grouped or non-zero-padded convolution, or a
+    Linear on more than 2-d input."""
+    layers = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    for m in layers:
+        if not isinstance(m, _LAYERS):
+            return None
+        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str)):
+            return None
+        if isinstance(m, nn.BatchNorm2d) and (m.training or not m.track_running_stats or not m.affine):
+            return None
+    seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+    twice = []
+
+    def keep(m, inputs, out):
+        if m in seen:
+            twice.append(m)
+        seen[m] = (inputs[0].detach(), out)
+        return out.clone()  # a following in-place op (ReLU(inplace=True)) must not overwrite the tensor kept here
+
+    handles = [m.register_forward_hook(keep) for m in layers]
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            if twice or any(m not in seen for m in layers):
+                return None
+            if any(a.dim() != 2 for m, (a, _) in seen.items() if isinstance(m, nn.Linear)):
+                return None
+            loss = F.cross_entropy(logits, y, reduction="sum")  # row i of each output gradient: example i's
+            outs = [seen[m][1] for m in layers]
+            grads = torch.autograd.grad(loss, outs)
+    finally:
+        for h in handles:
+            h.remove()
+    sq = torch.zeros(len(x), device=x.device, dtype=torch.float32)
+    for m, g in zip(layers, grads):
+        a = seen[m][0]
+        if isinstance(m, nn.Linear):
+            gg = g.pow(2).sum(1)
+            sq += a.pow(2).sum(1) * gg + (gg if m.bias is not None else 0.0)
+        elif isinstance(m, nn.Conv2d):
+            u = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)  # [B, I*k*k, P]
+            gf = g.flatten(2)  # [B, O, P]
+            ik, o, p = u.shape[1], gf.shape[1], gf.shape[2]
+            if p * (ik + o) < o * ik:  # ||G U^T||_F^2 = <U^T U, G^T G>: P x P Gram matrices are smaller
+                sq += (torch.bmm(u.transpose(1, 2), u) * torch.bmm(gf.transpose(1, 2), gf)).flatten(1).sum(1)
+            else:
+                sq += torch.bmm(gf, u.transpose(1, 2)).flatten(1).pow(2).sum(1)
+            if m.bias is not None:
+                sq += gf.sum(2).pow(2).sum(1)
+        else:  # BatchNorm2d, eval mode
+            x_hat = (a - m.running_mean[None, :, None, None]) / torch.sqrt(m.running_var[None, :, None, None] + m.eps)
+            sq += (g * x_hat).sum((2, 3)).pow(2).sum(1) + g.sum((2, 3)).pow(2).sum(1)
+    return sq.sqrt()
 
 
 def _head_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -71,7 +143,10 @@ def grand_norms(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, b
                 with torch.no_grad():
                     total[i : i + batch_size] += _head_norms(m, xb, y[i : i + batch_size])
             else:
-                total[i : i + batch_size] += _full_norms(m, xb, y[i : i + batch_size])
+                norms = _layer_norms(m, xb, y[i : i + batch_size])
+                if norms is None:
+                    norms = _full_norms(m, xb, y[i : i + batch_size])
+                total[i : i + batch_size] += norms.detach()
     return total / len(models)
 
 
