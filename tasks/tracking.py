@@ -137,11 +137,10 @@ class _Writer:
                     why, not_logged, handled = self.child.get(key, (None, {}, {}))
                     in_flight = dict(self.sent.get(key, {}))
                     _add(in_flight, handled, -1)
-                    final = {k: v for k, v in {**not_logged}.items() if v > 0}
+                    final = {k: v for k, v in not_logged.items() if v > 0}
                     _add(final, {k: v for k, v in in_flight.items() if v > 0})
                     if final:
-                        why0, counts = self.lost.setdefault(key, (why or reason, {}))
-                        _add(counts, final)
+                        _add(self.lost.setdefault(key, (why or reason, {}))[1], final)
                 self.sent.clear()
                 self.child.clear()
                 for slot in self.waiting.values():
@@ -303,14 +302,6 @@ class Tracker:
 
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
-
-    @property
-    def offline_reason(self) -> Optional[str]:
-        return _WRITER.state(self.key)[0]
-
-    @property
-    def not_logged(self) -> dict[str, int]:
-        return _WRITER.state(self.key)[1]
 
     def _best_effort(self, what: str, n: int, op: str, *args) -> None:
         """Send one logging call to the writer; if the writer is gone, count it as not logged."""
