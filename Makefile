@@ -56,6 +56,6 @@ prefect-ui: setup  ## print where the Prefect UI is (the local server starts on 
 stop:  ## stop the local Prefect server
 	-$(BIN)/python -m flows stop
 
-clean:  ## remove pipeline outputs and local stores (keeps the virtualenv)
-	rm -rf data/prepared data/scores data/manifests models/teacher models/students reports/*.csv reports/*.md reports/*.png \
-	    mlflow.db mlartifacts .prefect dvc.lock
+clean:  ## remove pipeline outputs and local stores (keeps the virtualenv and the committed dvc.lock: `make run` re-creates what it records)
+	rm -rf data/prepared data/scores data/manifests models/teacher models/teachers models/students reports/*.csv \
+	    reports/*.md reports/*.png mlflow.db mlartifacts .prefect .kdprune

@@ -83,5 +83,6 @@ def make_project(dest: Path, port: int, params: dict | None = None, base: Path =
     proj.run(*git, "commit", "-qm", "init")
     proj.run("dvc", "init", "-q")
     proj.run("dvc", "config", "core.analytics", "false")
+    shutil.copytree(REPO / ".dvc" / "plots", dest / ".dvc" / "plots")  # the plot templates dvc.yaml names
     proj.run(sys.executable, "-m", "flows", "init")  # what `make setup` does: the MLflow store, once
     return proj

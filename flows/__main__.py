@@ -40,7 +40,7 @@ def _fast_exit() -> None:
     os._exit(_DONE[0])
 
 
-STAGES = ("prepare", "teacher", "teachers", "scores", "select", "distill", "evaluate")
+STAGES = ("prepare", "teacher", "teachers", "scores", "select", "distill", "evaluate")  # Prefect flows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         atexit.register(_fast_exit)
     ap = argparse.ArgumentParser(prog="python -m flows", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=[*STAGES, "pipeline", "sweep", "profile", "deploy", "init", "stop"],
-                    help="a stage, the whole pipeline, a sweep, profile (write params.yaml from a profile), "
+    ap.add_argument("command", choices=["validate", *STAGES, "pipeline", "sweep", "profile", "deploy", "init", "stop"],
+                    help="a stage (validate: check params.yaml, DVC's first stage), the whole pipeline, a sweep, "
+                         "profile (write params.yaml from a profile), "
                          "the deployment, init (create the MLflow store: part of `make setup`), or stop (the "
                          "local Prefect server)")
     ap.add_argument("name", nargs="?", default=None, help="profile: the profile's name (profiles/NAME.yaml)")
@@ -73,6 +74,17 @@ def main(argv: list[str] | None = None) -> None:
         print("stopped the local Prefect server" if stop_prefect_server() else "no local Prefect server was running")
         return
     root = project_root()
+    if args.command == "validate":  # no tracking, no server: params only
+        from flows.validate import validate_stage
+
+        try:
+            validate_stage(root)
+        except ParamsError as e:
+            print(f"kdprune: {e}", file=sys.stderr)
+            sys.exit(2)
+        print("[kdprune] params.yaml is valid", flush=True)
+        _DONE.append(0)
+        return
     if args.command == "init":  # the tracking store's tables and experiment, once per project (like `dvc init`)
         from tasks.tracking import Tracker
 
@@ -98,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "sweep" or (args.command == "deploy" and args.profile):
             sweep_params(root, args.profile, args.overrides)  # all of it validated before anything runs
         else:
-            load_params(root)
+            load_params(root, args.command if args.command in STAGES else None)
     except ParamsError as e:
         print(f"kdprune: {e}", file=sys.stderr)
         sys.exit(2)

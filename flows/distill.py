@@ -9,6 +9,7 @@ from tasks.common import (
     atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds, write_task_index,
 )
 from tasks.distill import clear_teacher_logits, group_variants, student_variants, train_student
+from tasks.runlog import write_record
 from tasks.tracking import Tracker, not_logged_total
 
 
@@ -16,7 +17,7 @@ from tasks.tracking import Tracker, not_logged_total
 def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     """Stage 5: a student per (manifest, KD setting, seed), with KD and without; concurrent up to the devices present."""
     log = get_run_logger()
-    params = load_params(root)
+    params = load_params(root, "distill")
     root_p = Path(root)
     variants = student_variants(root_p, params)
     if not variants:
@@ -53,6 +54,8 @@ def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     if lost:
         log.warning("not logged to MLflow: " + ", ".join(f"{v} {k}" for k, v in sorted(lost.items()))
                     + "; every student's model and metrics are on disk under models/students")
+    # per student: its MLflow run and training seconds, outside the DVC outs (tasks/runlog.py)
+    write_record(root_p, "distill", {name: run for r in results for name, run in r["runs"].items()})
     clear_teacher_logits()
     drop_checkpoints(results)
     return {"students": len(variants), "work_s": work_seconds(results)}

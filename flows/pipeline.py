@@ -21,6 +21,7 @@ from flows.scores import scores_flow
 from flows.select import select_flow
 from flows.teacher import teacher_flow
 from flows.teachers import teachers_flow
+from flows.validate import validate_stage
 from tasks.evaluate import FIGURES
 from tasks.common import git_commit, load_params
 from tasks.runtime import project_root
@@ -29,6 +30,7 @@ from tasks.tracking import Tracker
 REPORT_FILES = ("report.md", "results.csv", *FIGURES)
 
 STAGES = {
+    "validate": None,  # params only (flows/validate.py): no subflow
     "prepare": prepare_flow,
     "teacher": teacher_flow,
     "teachers": teachers_flow,
@@ -120,8 +122,11 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
                 if not stale:
                     log.info(f"stage {name}: up to date (dvc status clean), skipped")
                     continue
-                with no_subflow_heartbeats():
-                    out = stage_flow(root=str(root_p), parent_run_id=run_id)
+                if stage_flow is None:
+                    out = validate_stage(root_p)
+                else:
+                    with no_subflow_heartbeats():
+                        out = stage_flow(root=str(root_p), parent_run_id=run_id)
                 timings[name] = time.perf_counter() - t0
                 # every stage flow returns its work (task bodies minus MLflow waits); devices in parallel: cap
                 compute[name] = min(float(out["work_s"]), timings[name])

@@ -12,7 +12,7 @@ from tasks.scores import clear_proxies, compute_scores, proxy_jobs, proxy_workdi
 @flow(name="scores", task_runner=ThreadPoolTaskRunner(max_workers=device_count("auto")))
 def scores_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     """Stage 3: proxy runs (in parallel up to the devices present), then one score per example per method."""
-    params = load_params(root)
+    params = load_params(root, "scores")
     workdir = proxy_workdir(Path(root), params)
     futures = [train_proxy.submit(root, params, kind, seed, str(workdir)) for kind, seed in proxy_jobs(params)]
     proxies = [f.result() for f in futures]

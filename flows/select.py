@@ -9,6 +9,6 @@ from tasks.select import select_subsets
 @flow(name="select")
 def select_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     """Stage 4: an index manifest for every (score, kept fraction)."""
-    params = load_params(root)
+    params = load_params(root, "select")
     return select_subsets(root, params, parent_run_id)
 

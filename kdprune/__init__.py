@@ -1,4 +1,7 @@
-"""kdprune core: data pruning with knowledge distillation (PyTorch + NumPy only)."""
-from kdprune import data, distill, models, scores, selection  # noqa: F401  (fill the registries)
+"""kdprune core: data pruning with knowledge distillation (PyTorch + NumPy only).
+
+Each subpackage fills its own registry when imported (``kdprune.scores`` registers every score, ...);
+nothing is imported here, so a stage imports only the parts of the core it uses (its dvc.yaml deps).
+"""
 
 __version__ = "0.1.0"

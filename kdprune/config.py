@@ -6,15 +6,43 @@ allowed. Names of datasets, architectures, scores and losses are checked against
 """
 from __future__ import annotations
 
+import contextvars
 import difflib
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from kdprune.data import DATASETS
-from kdprune.distill import LOSSES, SCHEDULES
-from kdprune.models import MODELS
-from kdprune.scores import SCORES
-from kdprune.selection import parse_method
+# Name checks import the registry they check against, and only when they run: a stage's command
+# checks the names its stage uses (STAGE_NAMES), so it imports -- and its dvc.yaml deps list --
+# only those parts of the core. The full check (every entrypoint that is not a single stage, and the
+# `validate` stage DVC runs before any other) checks them all.
+REGISTRIES = {
+    "datasets": ("kdprune.data", "DATASETS"),
+    "models": ("kdprune.models", "MODELS"),
+    "scores": ("kdprune.scores", "SCORES"),
+    "losses": ("kdprune.distill", "LOSSES"),
+    "schedules": ("kdprune.distill", "SCHEDULES"),
+    "methods": ("kdprune.selection", "parse_method"),
+}
+STAGE_NAMES: dict[str, tuple[str, ...]] = {
+    "prepare": ("datasets",),
+    "teacher": ("datasets", "models"),
+    "teachers": ("datasets", "models"),
+    "scores": ("datasets", "models", "scores"),
+    "select": ("datasets", "scores", "methods"),
+    "distill": tuple(REGISTRIES),
+    "evaluate": tuple(REGISTRIES),
+}
+_CHECKED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("names_checked", default=frozenset(REGISTRIES))
+
+
+def _registry(kind: str):
+    module, attr = REGISTRIES[kind]
+    return getattr(importlib.import_module(module), attr)
+
+
+def parse_method(label: str, ccs_score: str = "aum"):
+    return _registry("methods")(label, ccs_score)
 
 
 class ParamsError(ValueError):
@@ -50,8 +78,11 @@ def _range(lo=None, hi=None, lo_open=False, hi_open=False) -> Callable[[Any], Op
     return check
 
 
-def _one_of(registry) -> Callable[[Any], Optional[str]]:
+def _one_of(kind: str) -> Callable[[Any], Optional[str]]:
     def check(v):
+        if kind not in _CHECKED.get():
+            return None
+        registry = _registry(kind)
         return None if v in registry else f"is not a known {registry.kind}; valid names: {', '.join(registry.names())}"
 
     return check
@@ -74,6 +105,8 @@ def _each(check, unique=True, nonempty=True) -> Callable[[Any], Optional[str]]:
 
 
 def _method(v) -> Optional[str]:
+    if "methods" not in _CHECKED.get():
+        return None
     try:
         parse_method(v)
     except ValueError as e:
@@ -111,7 +144,7 @@ SEED = _range(0)
 
 def _train_fields(arch_default: str, epochs: int) -> dict[str, Field]:
     return {
-        "arch": Field("str", arch_default, check=_one_of(MODELS), doc="architecture name"),
+        "arch": Field("str", arch_default, check=_one_of("models"), doc="architecture name"),
         "epochs": Field("int", epochs, check=POSITIVE_INT),
         "batch_size": Field("int", 64, check=POSITIVE_INT),
         "lr": Field("float", 0.05, check=_range(0.0, lo_open=True)),
@@ -127,7 +160,7 @@ def _train_fields(arch_default: str, epochs: int) -> dict[str, Field]:
 SCHEMA: dict[str, Any] = {
     "device": Field("str", "auto", check=_device),
     "data": {
-        "dataset": Field("str", "digits", check=_one_of(DATASETS)),
+        "dataset": Field("str", "digits", check=_one_of("datasets")),
         "root": Field("str", None, nullable=True, doc="directory with the dataset's files, for datasets read from disk"),
         "val_fraction": Field("float", 0.1, check=_range(0.0, 0.5, lo_open=True, hi_open=True)),
         "split_seed": Field("int", 0, check=SEED),
@@ -137,13 +170,13 @@ SCHEMA: dict[str, Any] = {
     },
     "teacher": {**_train_fields("small_cnn", 30), "seed": Field("int", 0, check=SEED)},
     "scores": {
-        "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_one_of(SCORES))),
+        "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_one_of("scores"))),
         "seeds": Field("list", [0], item="int", check=_each(SEED), doc="seeds of stochastic scores (random)"),
         "el2n_epoch": Field("int", 5, check=POSITIVE_INT, doc="teacher epoch (1-based) EL2N is read at"),
         "proxy_seeds": Field("list", [0, 1, 2], item="int", check=_each(SEED),
                              doc="independent short proxy runs for el2n_proxy / grand / grand_last_layer"),
         "proxy_epochs": Field("int", 5, check=POSITIVE_INT),
-        "proxy_arch": Field("str", None, nullable=True, check=_one_of(MODELS), doc="null: teacher.arch"),
+        "proxy_arch": Field("str", None, nullable=True, check=_one_of("models"), doc="null: teacher.arch"),
         "el2n_proxy_epoch": Field("int", 3, check=POSITIVE_INT, doc="proxy epoch (1-based) EL2N is read at"),
         "grand_epoch": Field("int", 0, check=_range(0), doc="proxy epoch GraNd is computed at (0: at init)"),
         "aum_variant": Field("str", "logit", check=lambda v: None if v in ("logit", "prob") else
@@ -159,7 +192,7 @@ SCHEMA: dict[str, Any] = {
     "select": {
         "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_method)),
         "fractions": Field("list", [0.1, 0.3, 0.5], item="float", check=_each(FRACTION)),
-        "ccs_score": Field("str", "aum", check=_one_of(SCORES), doc="score CCS stratifies"),
+        "ccs_score": Field("str", "aum", check=_one_of("scores"), doc="score CCS stratifies"),
         "ccs_beta": Field("float", 0.1, check=_range(0.0, 1.0, hi_open=True), doc="share of N cut as hardest"),
         "ccs_strata": Field("int", 50, check=POSITIVE_INT),
         "infobatch_prune_ratio": Field("float", 0.5, check=_range(0.0, 1.0, hi_open=True)),
@@ -168,9 +201,9 @@ SCHEMA: dict[str, Any] = {
     "student": {
         **_train_fields("small_cnn", 30),
         "seeds": Field("list", [0], item="int", check=_each(SEED)),
-        "loss": Field("str", "kd", check=_one_of(LOSSES), doc="KD loss; the no-KD baseline (ce) always runs too"),
+        "loss": Field("str", "kd", check=_one_of("losses"), doc="KD loss; the no-KD baseline (ce) always runs too"),
         "kd_weights": Field("list", [0.5], item="float", check=_each(_range(0.0, 1.0))),
-        "kd_schedule": Field("str", "constant", check=_one_of(SCHEDULES),
+        "kd_schedule": Field("str", "constant", check=_one_of("schedules"),
                              doc="KD weight vs kept fraction: constant (each of kd_weights), linear (kd_linear), "
                                  "table (kd_table)"),
         "kd_linear": Field("list", [0.9, 0.1], item="float", check=_pair_of_weights,
@@ -180,7 +213,7 @@ SCHEMA: dict[str, Any] = {
         "temperature": Field("float", 4.0, check=_range(0.0, lo_open=True)),
         "cached_logits": Field("bool", True, doc="with augmentation off (pad 0, no flip), compute each teacher's "
                                                  "logits once instead of on every batch"),
-        "teachers": Field("list", [], item="str", check=_each(_one_of(MODELS), nonempty=False),
+        "teachers": Field("list", [], item="str", check=_each(_one_of("models"), nonempty=False),
                           doc="extra teacher architectures (trained like the teacher) students also distil from"),
         "teachers_max_fraction": Field("float", 1.0, check=FRACTION,
                                        doc="extra teachers are used for subsets kept at this fraction or below"),
@@ -249,12 +282,19 @@ def _walk(schema: dict, given: Any, prefix: str, errors: list[str]) -> dict:
     return out
 
 
-def validate(params: Any) -> dict:
-    """Check the whole of params.yaml; return it with defaults filled in."""
-    errors: list[str] = []
-    out = _walk(SCHEMA, params, "", errors)
-    if not errors:
-        _cross_checks(out, errors)
+def validate(params: Any, stage: Optional[str] = None) -> dict:
+    """Check params.yaml; return it with defaults filled in. Every key's type, range and cross-key rule
+    is checked; names (datasets, architectures, scores, methods, losses, schedules) are checked against
+    every registry, or with ``stage`` only against the registries that stage uses (STAGE_NAMES)."""
+    names = frozenset(REGISTRIES) if stage is None else frozenset(STAGE_NAMES[stage])
+    token = _CHECKED.set(names)
+    try:
+        errors: list[str] = []
+        out = _walk(SCHEMA, params, "", errors)
+        if not errors:
+            _cross_checks(out, errors)
+    finally:
+        _CHECKED.reset(token)
     if errors:
         raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(errors))
     return out
@@ -267,7 +307,8 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
             f"allowed: 1..teacher.epochs ({p['teacher']['epochs']})"
         )
     sp, sel = p["scores"], p["select"]
-    for label in sel["methods"]:
+    methods = "methods" in _CHECKED.get()
+    for label in (sel["methods"] if methods else []):
         m = parse_method(label, sel["ccs_score"])
         if m.score is not None and m.score not in sp["methods"]:
             errors.append(f"select.methods: {label!r} reads score {m.score!r}, which scores.methods "
@@ -287,7 +328,7 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
     if p["teacher"]["arch"] in st["teachers"]:
         errors.append(f"student.teachers: {p['teacher']['arch']!r} is already the teacher (teacher.arch); list only "
                       "the extra architectures")
-    stochastic = [label for label in sel["methods"] if parse_method(label, sel["ccs_score"]).stochastic]
+    stochastic = [label for label in sel["methods"] if parse_method(label, sel["ccs_score"]).stochastic] if methods else []
     if stochastic and sorted(p["scores"]["seeds"]) != sorted(p["student"]["seeds"]):
         errors.append(
             f"scores.seeds: {p['scores']['seeds']} differs from student.seeds {p['student']['seeds']}; seeded selection "

@@ -43,8 +43,10 @@ def timed_work(fn):
 
 
 def write_task_index(path: Path, results: list[dict]) -> None:
-    """A stage's index of its training tasks' results, without their bookkeeping (checkpoint path, work clock)."""
-    atomic_write_json(path, [{k: v for k, v in r.items() if k not in ("checkpoint", "work_s")} for r in results])
+    """A stage's index of its training tasks' results (a DVC out), without their bookkeeping (checkpoint
+    path, work clock) and without what changes from run to run (seconds, MLflow run ids: see tasks/runlog.py)."""
+    volatile = ("checkpoint", "work_s", "wall_s", "mlflow_run_id", "runs")
+    atomic_write_json(path, [{k: v for k, v in r.items() if k not in volatile} for r in results])
 
 
 def drop_checkpoints(results: list[dict]) -> None:
@@ -60,8 +62,9 @@ def work_seconds(results) -> float:
 
 # ---------------------------------------------------------------- params
 
-def load_params(root: Path | str) -> dict:
-    """Read and validate ``params.yaml``; raise ParamsError naming every bad key."""
+def load_params(root: Path | str, stage: Optional[str] = None) -> dict:
+    """Read and validate ``params.yaml``; raise ParamsError naming every bad key. With ``stage``, names
+    are checked only against the registries that stage uses (kdprune.config.STAGE_NAMES)."""
     path = Path(root) / "params.yaml"
     if not path.exists():
         raise ParamsError(f"{path} not found: run from the project directory (the one with params.yaml)")
@@ -69,7 +72,7 @@ def load_params(root: Path | str) -> dict:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ParamsError(f"{path} is not valid YAML: {e}") from None
-    return validate(raw)
+    return validate(raw, stage)
 
 
 def inside(root: Path, rel: str | Path) -> Path:
@@ -332,36 +335,6 @@ def stage_tags(root: Path, stage: str, meta: dict) -> dict:
     if md5:
         tags["dvc.dataset_md5"] = md5
     return tags
-
-
-# ---------------------------------------------------------------- models on disk
-
-def save_model(directory: Path, model, info: dict) -> None:
-    """Weights as safetensors plus model.json (architecture and input shape) in ``directory``."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(Path(directory) / "model.safetensors", save(state))
-    atomic_write_json(Path(directory) / "model.json", info)
-
-
-def load_model(directory: Path, device):
-    """Rebuild a model saved by :func:`save_model` (no pickle involved)."""
-    from safetensors.torch import load
-
-    from kdprune.models import build_model
-
-    directory = Path(directory)
-    info = json.loads((directory / "model.json").read_text())
-    model = build_model(info["arch"], info["in_channels"], info["num_classes"], info["image_size"])
-    model.load_state_dict(load((directory / "model.safetensors").read_bytes()))
-    return model.to(device).eval(), info
-
-
-def device_data(meta: dict, split: PreparedSplit, device):
-    from kdprune.train import DeviceData
-
-    return DeviceData.from_numpy(split.x, split.y, meta["mean"], meta["std"], device)
 
 
 # ---------------------------------------------------------------- checkpoints (resume after a crash)

@@ -19,10 +19,11 @@ from kdprune.selection import budget, make_sampler
 from kdprune.distill import kd_settings
 from kdprune.train import evaluate, predict_logits, seeded, train
 from tasks.common import (
-    timed_work,
-    FileCheckpoint, atomic_write_json, device_data, fault_point, fingerprint, load_manifest, load_model,
-    load_prepared, md5_file, save_model, sha256_file, stage_tags,
+    timed_work, FileCheckpoint, atomic_write_json, fault_point, fingerprint, load_manifest, load_prepared,
+    md5_file, sha256_file, stage_tags,
 )
+from tasks.model_io import device_data, load_model, save_model
+from tasks.runlog import stable_history
 from tasks.teacher import train_config
 from tasks.teachers import teacher_dir
 from tasks.tracking import Tracker
@@ -153,13 +154,14 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
         "kd_schedule": variant["kd_schedule"] or "none", "kd_setting": variant["kd_setting"],
         "temperature": sp["temperature"] if kd else None, "teacher_logits": "cached" if cached else "live" if kd else "none",
         "teacher_arch": tinfo["arch"], "teacher_params": tinfo.get("n_params"), "student_arch": sp["arch"],
-        "dataset": meta["dataset"],
+        "dataset": meta["dataset"], "manifest_sha256": sha256_file(mpath),
+        "teacher_sha256": sha256_file(tdir / "model.safetensors") if kd else None,
         "n_train": int(subset.numel()), "epochs": epochs, "budget": sp["budget"],
         "sampler": (manifest.get("sampler") or {}).get("name"),
     }
     tr = Tracker.shared(root, parent_run_id)  # one per sweep run: the store is checked once
     tags = {**stage_tags(root, "distill", meta), "kdprune.role": "student", "method": manifest["method"],
-            "manifest_sha256": sha256_file(mpath), "dvc.manifest_md5": md5_file(mpath)}
+            "manifest_sha256": record["manifest_sha256"], "dvc.manifest_md5": md5_file(mpath)}
     run_params = {**{k: v for k, v in record.items() if k != "name"}, "student": sp}
     with tr.run(variant["name"], parent_run_id, tags=tags, params=run_params, wait=False) as run_id:
         ckpt = student_checkpoint(root, params, variant, meta["sha256"], tags["manifest_sha256"], log)
@@ -169,43 +171,48 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
         model.load_state_dict(res.best_state)
         val = evaluate(model, val_d)
         record.update(steps=res.steps, best_epoch=res.best_epoch, val_acc=val["acc"], val_loss=val["loss"],
-                      wall_s=res.seconds, mlflow_run_id=run_id, samples_seen=res.samples_seen,
-                      seen_fraction=res.samples_seen / (sp["epochs"] * len(train_split)))
+                      samples_seen=res.samples_seen, seen_fraction=res.samples_seen / (sp["epochs"] * len(train_split)))
+        runs = {variant["name"]: {"mlflow_run_id": run_id, "wall_s": res.seconds}}
         sdir = Path(out_dir) / variant["name"]
         save_model(sdir, model, {"arch": sp["arch"], "in_channels": c, "num_classes": meta["num_classes"],
                                  "image_size": h, "dataset": meta["dataset"], "dataset_sha256": meta["sha256"]})
-        atomic_write_json(sdir / "metrics.json", {**record, "history": res.history})
+        # no timings or run ids: a DVC out is byte-reproducible (those go to MLflow and the run record)
+        atomic_write_json(sdir / "metrics.json", {**record, "history": stable_history(res.history)})
         tr.log_history(run_id, res.history)
         tr.log_metrics(run_id, {"best_val_acc": val["acc"], "steps": res.steps, "wall_s": res.seconds,
                                 "n_train": record["n_train"], "samples_seen": res.samples_seen})
         tr.log_artifact(run_id, mpath, "manifest")
         tr.log_artifact(run_id, sdir / "model.safetensors", "model")
     for alias in aliases:
-        record_alias(root, tr, parent_run_id, alias, record, run_params, res.history, sdir, Path(out_dir), tags, meta)
+        runs[alias["name"]] = {"mlflow_run_id": record_alias(root, tr, parent_run_id, alias, record, run_params,
+                                                             res.history, sdir, Path(out_dir), tags, meta),
+                               "wall_s": 0.0}
     if tr.summary(wait=False):  # the distill stage's own run end waits for every student's logging
         log.warning(f"student {variant['name']}: {tr.summary(wait=False)}; the model and metrics are on disk in {sdir}")
     log.info(f"student {position} {variant['name']}: n={record['n_train']} steps={res.steps} "
              f"val_acc {val['acc']:.4f} ({res.seconds:.1f}s)")
-    return {**{k: record[k] for k in ("name", "val_acc", "steps", "wall_s")}, "checkpoint": str(ckpt.path)}
+    return {**{k: record[k] for k in ("name", "val_acc", "steps")}, "wall_s": res.seconds, "runs": runs,
+            "checkpoint": str(ckpt.path)}
 
 
 def record_alias(root: Path, tr: Tracker, parent_run_id, alias: dict, record: dict, run_params: dict, history: list,
-                 sdir: Path, out_dir: Path, tags: dict, meta: dict) -> None:
-    """Record a student that trains exactly like ``record``'s under its own name, manifest and method."""
+                 sdir: Path, out_dir: Path, tags: dict, meta: dict) -> str:
+    """Record a student that trains exactly like ``record``'s under its own name, manifest and method;
+    returns its MLflow run id."""
     mpath = root / "data" / "manifests" / alias["manifest"]
     m = load_manifest(mpath, meta)
     rec = {**record, "name": alias["name"], "manifest": alias["manifest"], "method": m["method"],
-           "selection_seed": m["seed"], "same_training_as": record["name"]}
+           "selection_seed": m["seed"], "same_training_as": record["name"], "manifest_sha256": sha256_file(mpath)}
     adir = out_dir / alias["name"]
     adir.mkdir(parents=True, exist_ok=True)
     for f in ("model.safetensors", "model.json"):
         shutil.copyfile(sdir / f, adir / f)
-    atags = {**tags, "method": m["method"], "manifest_sha256": sha256_file(mpath), "dvc.manifest_md5": md5_file(mpath),
+    atags = {**tags, "method": m["method"], "manifest_sha256": rec["manifest_sha256"], "dvc.manifest_md5": md5_file(mpath),
              "kdprune.same_training_as": record["name"]}
     same = {k: rec[k] for k in ("manifest", "method", "selection_seed", "same_training_as")}
     with tr.run(alias["name"], parent_run_id, tags=atags, params={**run_params, **same}, wait=False) as run_id:
-        rec["mlflow_run_id"] = run_id
-        atomic_write_json(adir / "metrics.json", {**rec, "history": history})
+        atomic_write_json(adir / "metrics.json", {**rec, "history": stable_history(history)})
         tr.log_history(run_id, history)
         tr.log_metrics(run_id, {"best_val_acc": rec["val_acc"], "steps": rec["steps"], "wall_s": 0.0,
                                 "n_train": rec["n_train"], "samples_seen": rec["samples_seen"]})
+    return run_id

@@ -1,4 +1,11 @@
-"""evaluate: students -> reports/results.csv (one row per student), reports/report.md, plot PNG."""
+"""evaluate: students -> reports/metrics.json + reports/plots/accuracy.csv (DVC metrics and plots), the
+figures, and reports/results.csv (one row per student) + reports/report.md.
+
+What DVC tracks is byte-reproducible: test accuracies, the figures drawn from them. The results
+table and the report also carry what differs between runs (MLflow run ids, training and selection
+seconds, peak memory: from the stages' run records, tasks/runlog.py), so they are written beside
+the DVC outs, not as them, and logged to MLflow.
+"""
 from __future__ import annotations
 
 import io
@@ -13,7 +20,11 @@ from prefect.cache_policies import NO_CACHE
 from kdprune import analysis as A
 from kdprune.device import resolve_device
 from kdprune.train import evaluate
-from tasks.common import timed_work, atomic_write_bytes, atomic_write_text, device_data, load_model, load_prepared, stage_tags
+from tasks.common import (
+    timed_work, atomic_write_bytes, atomic_write_json, atomic_write_text, load_prepared, stage_tags,
+)
+from tasks.model_io import device_data, load_model
+from tasks.runlog import read_record
 from tasks.teachers import teacher_dir
 from tasks.tracking import Tracker
 
@@ -21,27 +32,48 @@ COLUMNS = [
     "dataset", "method", "fraction", "kd", "kd_weight", "kd_schedule", "kd_setting", "temperature", "seed",
     "teacher_arch", "teacher_params", "teacher_logits", "student_arch",
     "test_acc", "val_acc", "n_train", "samples_seen", "seen_fraction", "steps", "epochs", "budget", "sampler",
-    "wall_s", "selection_s", "selection_peak_mb", "selection_seed", "same_training_as", "name", "mlflow_run_id",
+    "wall_s", "selection_s", "selection_peak_mb", "selection_seed", "same_training_as", "name",
+    "manifest", "manifest_sha256", "teacher_sha256", "mlflow_run_id",
 ]
 FIGURES = ("accuracy_vs_fraction.png", "kd_weight_heatmap.png", "teacher_size.png")
 
 
 def selection_costs(root: Path, params: dict) -> dict[str, dict]:
-    """Per selection method: seconds to score and select (proxy training included) and peak extra memory."""
+    """Per selection method: seconds to score and select (proxy training included) and peak extra
+    memory, from the scores stage's run record; NaN where this machine has no record of them."""
     from kdprune.selection import parse_method
 
-    sdir = Path(root) / "data" / "scores"
+    recorded = read_record(root, "scores").get("costs", {})
     costs = {}
     for label in params["select"]["methods"]:
         m = parse_method(label, params["select"]["ccs_score"])
         if m.score is None:
             costs[label] = {"selection_s": 0.0, "selection_peak_mb": 0.0}
             continue
-        infos = [i for i in (json.loads(f.read_text()) for f in sorted(sdir.glob(f"{m.score}*.json")))
-                 if i.get("method") == m.score]
+        infos = [c for c in recorded.values() if c.get("method") == m.score]
         costs[label] = {"selection_s": max(i["total_s"] for i in infos) if infos else float("nan"),
                         "selection_peak_mb": max(i["peak_mem_mb"] for i in infos) if infos else float("nan")}
     return costs
+
+
+def dvc_metrics(df: pd.DataFrame, teachers: pd.DataFrame, main_teacher: str) -> dict:
+    """The DVC metrics file: test accuracy per method, kept fraction and KD arm (mean over seeds) for
+    the main teacher's students, and each teacher's; what `dvc exp show` / `dvc metrics diff` compare."""
+    main = A.main_teacher_rows(A.with_arms(df), main_teacher)
+    acc: dict = {}
+    for r in A.cell_stats(main, ["method", "fraction", "arm"]).itertuples():
+        acc.setdefault(r.method, {}).setdefault(f"{r.fraction:g}", {})[r.arm] = round(float(r.mean), 6)
+    return {"students": int(len(df)),
+            "teacher_test_acc": {r.arch: round(float(r.test_acc), 6) for r in teachers.itertuples()},
+            "test_acc": acc}
+
+
+def plot_data(df: pd.DataFrame, main_teacher: str) -> pd.DataFrame:
+    """The DVC plots data: one row per (method, KD arm, kept fraction) with the mean, std and number of
+    seeds of the test accuracy (main teacher); drawn by .dvc/plots/accuracy_by_method.json."""
+    main = A.main_teacher_rows(A.with_arms(df), main_teacher)
+    g = A.cell_stats(main, ["method", "arm", "fraction"]).rename(columns={"mean": "test_acc", "count": "seeds"})
+    return g[["method", "arm", "fraction", "test_acc", "std", "seeds"]]
 
 
 def _cell(mean: float, std: float, n: int) -> str:
@@ -117,7 +149,8 @@ def build_report(df: pd.DataFrame, teachers: pd.DataFrame, ctx: dict) -> str:
         lines.append("One teacher architecture in this sweep; list others in student.teachers to ask this question.")
 
     lines += ["", "## Selection cost beside accuracy", "",
-              "Seconds to score and select (proxy training included) and peak extra memory; accuracy of the best "
+              "Seconds to score and select (proxy training included) and peak extra memory, as measured on the "
+              "machine that ran the scores stage (— where this machine has no record of it); accuracy of the best "
               "KD arm (and no KD) at each kept fraction below 1, teacher " + main_t + ".", ""]
     fr = sorted(f for f in main["fraction"].unique() if f < 1.0)
     bk = A.best_kd(main).set_index(["method", "fraction"])
@@ -132,7 +165,8 @@ def build_report(df: pd.DataFrame, teachers: pd.DataFrame, ctx: dict) -> str:
                 accs.append(f"{100 * c['mean']:.2f} / {100 * c['nokd']:.2f}")
             else:
                 accs.append("—")
-        lines.append(f"| {method} | {r.selection_s:.3g} | {r.selection_peak_mb:.3g} | " + " | ".join(accs) + " |")
+        cost = [("—" if pd.isna(v) else f"{v:.3g}") for v in (r.selection_s, r.selection_peak_mb)]
+        lines.append(f"| {method} | {cost[0]} | {cost[1]} | " + " | ".join(accs) + " |")
 
     lines += ["", "## The paper's claims on this run", "",
               "Ben-Baruch et al., \"Distilling the Knowledge in Data Pruning\". Verdicts come from the numbers above "
@@ -265,6 +299,7 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     tr = Tracker(root)
     rows = []
     costs = selection_costs(root, params)
+    runs = read_record(root, "distill")  # MLflow run ids and seconds: not in the DVC outs
     accs: dict[str, float] = {}
     student_params = None
     records = [(d, json.loads((d / "metrics.json").read_text())) for d in student_dirs]
@@ -278,6 +313,8 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
             rec["test_acc"] = evaluate(model, test_d)["acc"]
         accs[rec["name"]] = rec["test_acc"]
         rec.update(costs.get(rec["method"], {}))
+        rec.update(runs.get(rec["name"], {}))
+        rec["manifest"] = f"data/manifests/{rec['manifest']}"
         rows.append({c: rec.get(c) for c in COLUMNS})
         if rec.get("mlflow_run_id"):
             try:
@@ -298,13 +335,17 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
         plot_weight_heatmap(df, main_t),
         plot_teacher_size(df, teachers, ctx["teachers_max_fraction"], student_params),
     )))
-    atomic_write_text(out / "results.csv", df.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(out / "report.md", report)
+    # DVC outs (byte-reproducible): metrics, plot data, figures
+    atomic_write_json(out / "metrics.json", dvc_metrics(df, teachers, main_t))
+    atomic_write_text(out / "plots" / "accuracy.csv", plot_data(df, main_t).to_csv(index=False, float_format="%.6g"))
     for name, png in figures.items():
         atomic_write_bytes(out / name, png)
+    # beside them: the per-student table and the report, with run ids and costs
+    atomic_write_text(out / "results.csv", df.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out / "report.md", report)
     with tr.run("evaluate", parent_run_id, tags=stage_tags(root, "evaluate", meta)) as run_id:
         tr.log_metrics(run_id, {"teacher_test_acc": teacher_acc, "students": len(df)})
-        for f in ("results.csv", "report.md", *figures):
+        for f in ("results.csv", "report.md", "metrics.json", "plots/accuracy.csv", *figures):
             tr.log_artifact(run_id, out / f, "report")
     log.info(f"evaluated {len(df)} students; teacher test_acc {teacher_acc:.4f}")
     return {"report": str(out / "report.md"), "results": str(out / "results.csv"), "students": len(df),

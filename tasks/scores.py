@@ -3,8 +3,9 @@
 Proxy runs (short independent trainings for el2n_proxy / grand / grand_last_layer, subset runs for
 memorization) are their own Prefect tasks so they can run in parallel; their files live under
 ``.kdprune/proxies/`` while the stage runs and are removed when it finishes. Each score's JSON
-states its definition, variant, keep direction, options and cost (seconds, peak memory, and the
-proxy training it needed).
+states its definition, variant, keep direction, options and the proxy training it needed; its cost
+(seconds, peak memory, proxy training seconds) goes to MLflow and the stage's run record
+(``.kdprune/runs/scores.json``), not into the DVC out.
 """
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ from kdprune.models import build_model
 from kdprune.scores import SCORES, ScoreContext
 from kdprune.train import predict_logits, seeded, train
 from tasks.common import (
-    timed_work,
-    FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json, device_data,
-    fingerprint, inside, load_model, load_prepared, sha256_file, stage_tags,
+    timed_work, FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json,
+    fingerprint, inside, load_prepared, sha256_file, stage_tags,
 )
+from tasks.model_io import device_data, load_model
+from tasks.runlog import write_record
 from tasks.teacher import train_config
 from tasks.tracking import Tracker
 
@@ -209,7 +211,7 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
     proxy_s = {k: sum(p["seconds"] for p in proxies if p["kind"] == k) for k in ("proxy", "memo")}
     out = root / "data" / "scores"
     tr = Tracker(root)
-    index = []
+    index, costs = [], {}
     with tr.run("scores", parent_run_id, tags=stage_tags(root, "scores", meta), params={"scores": sp}) as run_id, \
             atomic_directory(out) as tmp:
         ctx = build_context(root, params, meta, splits, proxies, device)
@@ -227,18 +229,24 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
                 info = {
                     "method": method, "seed": seed, "keep": spec.keep, "definition": spec.definition,
                     "variant": spec.variant, "options": opts, "n": int(len(values)),
-                    "seconds": cost["seconds"], "peak_mem_mb": cost["peak_mem_mb"], "proxy_train_s": proxy_cost,
-                    "total_s": cost["seconds"] + proxy_cost, "sha256": sha256_file(tmp / f"{stem}.npy"),
-                    "dataset_sha256": meta["sha256"],
+                    "proxy_training": ({"runs": len(sp["proxy_seeds"]), "epochs": sp["proxy_epochs"]}
+                                       if method in PROXY_SCORES else
+                                       {"runs": sp["memorization_models"], "epochs": sp["memorization_epochs"]}
+                                       if method == "memorization" else None),
+                    "sha256": sha256_file(tmp / f"{stem}.npy"), "dataset_sha256": meta["sha256"],
                     "stats": {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())},
                 }
+                # the cost differs from run to run: MLflow and the run record, not this DVC out
                 atomic_write_json(tmp / f"{stem}.json", info)
+                costs[stem] = {"method": method, "seconds": cost["seconds"], "peak_mem_mb": cost["peak_mem_mb"],
+                               "proxy_train_s": proxy_cost, "total_s": cost["seconds"] + proxy_cost}
                 index.append({"file": f"{stem}.npy", "method": method, "seed": seed})
                 tr.log_metrics(run_id, {f"{stem}.seconds": cost["seconds"], f"{stem}.peak_mem_mb": cost["peak_mem_mb"],
-                                        f"{stem}.total_s": info["total_s"]})
+                                        f"{stem}.total_s": costs[stem]["total_s"]})
                 log.info(f"score {stem}: {cost['seconds'] * 1000:.1f} ms (+{proxy_cost:.1f}s proxy training), "
                          f"peak {cost['peak_mem_mb']:.1f} MiB, range [{values.min():.3g}, {values.max():.3g}]")
         atomic_write_json(tmp / "index.json", index)
+    write_record(root, "scores", {"mlflow_run_id": run_id, "costs": costs})
     return {"path": str(out), "scores": [e["file"] for e in index]}
 
 

@@ -12,10 +12,11 @@ from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.train import TrainConfig, evaluate, seeded, train
 from tasks.common import (
-    timed_work,
-    FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_json, device_data, fault_point, fingerprint,
-    load_prepared, save_model, stage_tags,
+    timed_work, FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_json, fault_point, fingerprint,
+    load_prepared, stage_tags,
 )
+from tasks.model_io import device_data, save_model
+from tasks.runlog import stable_history, write_record
 from tasks.tracking import Tracker
 
 
@@ -82,13 +83,13 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
             atomic_save_npy(tmp / "dynamics" / "logits.npy", res.dynamics.astype(np.float16))
             atomic_save_npy(tmp / "dynamics" / "ids.npy", splits["train"].ids)
             summary = {"best_epoch": res.best_epoch, "val_acc": val["acc"], "val_loss": val["loss"],
-                       "steps": res.steps, "wall_s": res.seconds, "n_train": len(splits["train"]),
-                       "history": res.history}
-            atomic_write_json(tmp / "metrics.json", summary)
+                       "steps": res.steps, "n_train": len(splits["train"]), "history": stable_history(res.history)}
+            atomic_write_json(tmp / "metrics.json", summary)  # no timings: a DVC out is byte-reproducible
         tr.log_metrics(run_id, {"best_val_acc": val["acc"], "best_epoch": res.best_epoch, "wall_s": res.seconds,
                                 "steps": res.steps})
         tr.log_artifact(run_id, out / "model.safetensors", "model")
         tr.log_artifact(run_id, out / "model.json", "model")
+    write_record(root, "teacher", {"mlflow_run_id": run_id, "wall_s": res.seconds})
     ckpt.clear()
     if tr.summary():
         log.warning(f"teacher: {tr.summary()}; the model and metrics are on disk in {out}")

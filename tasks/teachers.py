@@ -13,8 +13,10 @@ from typing import Optional
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import timed_work, atomic_write_json, load_prepared, save_model, stage_tags
+from tasks.common import timed_work, atomic_write_json, load_prepared, stage_tags
+from tasks.model_io import save_model
 from tasks.teacher import fit_teacher, model_info
+from tasks.runlog import stable_history
 from tasks.tracking import Tracker
 
 
@@ -45,11 +47,11 @@ def train_extra_teacher(root: str, params: dict, arch: str, out_dir: str, parent
         save_model(out, model, info)
         atomic_write_json(out / "metrics.json", {
             "arch": arch, "best_epoch": res.best_epoch, "val_acc": val["acc"], "val_loss": val["loss"],
-            "steps": res.steps, "wall_s": res.seconds, "n_train": len(splits["train"]),
-            "n_params": info["n_params"], "history": res.history})
+            "steps": res.steps, "n_train": len(splits["train"]),
+            "n_params": info["n_params"], "history": stable_history(res.history)})
         tr.log_metrics(run_id, {"best_val_acc": val["acc"], "best_epoch": res.best_epoch, "wall_s": res.seconds,
                                 "n_params": info["n_params"]})
         tr.log_artifact(run_id, out / "model.safetensors", "model")
     log.info(f"extra teacher {arch} ({info['n_params']} parameters): val_acc {val['acc']:.4f} ({res.seconds:.1f}s)")
     return {"arch": arch, "val_acc": val["acc"], "n_params": info["n_params"], "wall_s": res.seconds,
-            "checkpoint": str(ckpt.path)}
+            "mlflow_run_id": run_id, "checkpoint": str(ckpt.path)}

@@ -99,7 +99,7 @@ def test_pipeline_flow_runs_stale_stages_and_leaves_dvc_status_clean(tiny_projec
 
     tiny_project.write_params({**TINY, "select": {"fractions": [0.3]}})
     p = tiny_project.run(sys.executable, "-m", "flows", "pipeline")
-    assert "stages run: select, distill, evaluate" in p.stdout, p.stdout[-3000:]
+    assert "stages run: validate, select, distill, evaluate" in p.stdout, p.stdout[-3000:]
     assert "Data and pipelines are up to date" in tiny_project.run("dvc", "status").stdout
     assert "Running stage" not in tiny_project.run("dvc", "repro").stdout
     client, runs = _mlflow_runs(tiny_project)
@@ -178,11 +178,15 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
     proj.env["PREFECT_HOME"] = str(home)
     proj.run("dvc", "repro")
     sdir = proj.path / "data" / "scores"
+    costs = json.loads((proj.path / ".kdprune" / "runs" / "scores.json").read_text())["costs"]
     for s in ALL_SCORES:
-        info = json.loads((sdir / (f"{s}-0.json" if s == "random" else f"{s}.json")).read_text())
-        assert info["definition"] and info["variant"] and info["seconds"] >= 0 and info["peak_mem_mb"] >= 0
+        stem = f"{s}-0" if s == "random" else s
+        info = json.loads((sdir / f"{stem}.json").read_text())
+        assert info["definition"] and info["variant"]
+        assert not {"seconds", "peak_mem_mb", "total_s"} & set(info)  # run-to-run figures stay out of DVC outs
+        assert costs[stem]["seconds"] >= 0 and costs[stem]["peak_mem_mb"] >= 0  # ... and go to the run record
         if s in ("el2n_proxy", "grand", "grand_last_layer", "memorization"):
-            assert info["proxy_train_s"] > 0
+            assert costs[stem]["proxy_train_s"] > 0 and info["proxy_training"]["runs"] >= 2
     assert not list((proj.path / ".kdprune" / "proxies").glob("*"))  # proxy files removed after the stage
     df = pd.read_csv(proj.path / "reports" / "results.csv")
     assert set(df.method) == set(ALL_METHODS) and len(df) == 2 * len(ALL_METHODS)
@@ -205,3 +209,83 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
     client, runs = _mlflow_runs(proj)
     scores_run = next(r for r in runs if r.info.run_name == "scores")
     assert {"grand.seconds", "grand.peak_mem_mb", "memorization.total_s"} <= set(scores_run.data.metrics)
+
+
+def _workspace(proj) -> dict[str, bytes]:
+    """Every file of the project a user owns (not git's or DVC's own bookkeeping, not the servers' stores)."""
+    skip = (".git/", ".dvc/tmp/", ".dvc/cache/", ".prefect/", "mlartifacts/")
+    out = {}
+    for f in sorted(proj.path.rglob("*")):
+        rel = f.relative_to(proj.path).as_posix()
+        if f.is_file() and not rel.startswith(skip) and not rel.startswith("mlflow.db"):
+            out[rel] = f.read_bytes()
+    return out
+
+
+def test_a_bad_param_is_refused_before_dvc_touches_any_output(tiny_project):
+    assert "Data and pipelines are up to date" in tiny_project.run("dvc", "status").stdout
+    good = (tiny_project.path / "params.yaml").read_text()
+    before = _workspace(tiny_project)
+    assert "data/prepared/digits/train_x.npy" in before and "models/teacher/model.safetensors" in before
+    try:
+        tiny_project.write_params({"select": {"fractions": [1.5]}}, base=tiny_project.path / "params.yaml")
+        bad = (tiny_project.path / "params.yaml").read_text()
+        p = tiny_project.run("dvc", "repro", check=False)
+        assert p.returncode != 0
+        assert "select.fractions: [1.5] item 1.5 must be in (0.0, 1.0]" in p.stderr + p.stdout
+        assert "Running stage 'prepare'" not in p.stdout
+        after = _workspace(tiny_project)
+        assert after.pop("params.yaml") == bad.encode()
+        before.pop("params.yaml")
+        assert after == before  # every output (and every other file) exactly as it was
+    finally:
+        (tiny_project.path / "params.yaml").write_text(good)
+    assert "Data and pipelines are up to date" in tiny_project.run("dvc", "status").stdout
+
+
+def test_dvc_exp_show_metrics_diff_and_plots_diff_compare_results(tiny_project, tmp_path):
+    git = ("git", "-c", "user.email=t@t", "-c", "user.name=t")
+    tiny_project.run(*git, "add", "-A")
+    tiny_project.run(*git, "commit", "-qm", "baseline", check=False)  # nothing to commit is fine
+    # the workspace's metrics are the ones in git: metrics.json and the plot data are git-tracked (cache: false)
+    assert tiny_project.run("git", "status", "--porcelain").stdout.strip() == ""
+    metrics = json.loads((tiny_project.path / "reports" / "metrics.json").read_text())
+    df = pd.read_csv(tiny_project.path / "reports" / "results.csv")
+    random3 = df[(df.method == "random") & (df.fraction == 0.3) & ~df.kd].test_acc.mean()
+    assert metrics["test_acc"]["random"]["0.3"]["no KD"] == pytest.approx(random3, abs=1e-6)
+
+    exps = json.loads(tiny_project.run("dvc", "exp", "show", "--json").stdout)
+    flat = json.dumps(exps)
+    assert "test_acc" in flat and "kd_weights" in flat  # metrics next to the params
+
+    tiny_project.write_params({"student": {"kd_weights": [0.9]}}, base=tiny_project.path / "params.yaml")
+    tiny_project.run(sys.executable, "-m", "flows", "pipeline")
+    tiny_project.run(*git, "commit", "-qam", "kd 0.9")
+    diff = json.loads(tiny_project.run("dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json").stdout)
+    changed = diff["reports/metrics.json"]
+    assert "test_acc.random.0.3.KD a=0.9" in changed and changed["test_acc.random.0.3.KD a=0.9"]["old"] is None
+    assert changed["test_acc.random.0.3.KD a=0.5"]["new"] is None
+
+    def plots(*revs):
+        out = json.loads(tiny_project.run("dvc", "plots", "diff", *revs, "--json").stdout)
+        data = out["data"]
+        acc = data["reports/plots/accuracy.csv"][0]
+        assert acc["revisions"] == list(revs)
+        rows = acc["content"]["data"]["values"]
+        assert {r["rev"] for r in rows} == set(revs)
+        assert {r["method"] for r in rows} == {"random", "el2n", "forgetting"}
+        images = {r for k, v in data.items() if k.endswith(".png") for r in (x["revisions"][0] for x in v)}
+        assert images == set(revs), data.keys()  # the figures of both, side by side
+        return rows
+
+    rows = plots("HEAD~1", "HEAD")
+    assert {r["arm"] for r in rows if r["rev"] == "HEAD"} == {"no KD", "KD a=0.9"}
+    assert {r["arm"] for r in rows if r["rev"] == "HEAD~1"} == {"no KD", "KD a=0.5"}
+    assert {float(r["fraction"]) for r in rows} == {0.3}
+    tiny_project.run("dvc", "plots", "diff", "HEAD~1", "HEAD", "-o", str(tmp_path / "plots"))  # the HTML page
+    assert "vegaEmbed" in (tmp_path / "plots" / "index.html").read_text()
+    # two experiments: the `dvc exp run` of an earlier test and the workspace
+    exp = tiny_project.run("dvc", "exp", "list", "--all-commits", "--name-only").stdout.split()[0]
+    rows = plots(exp, "HEAD")
+    assert {r["arm"] for r in rows if r["rev"] == exp} == {"no KD", "KD a=0.9"}
+    assert {float(r["fraction"]) for r in rows if r["rev"] == exp} == {0.2, 0.5}  # that experiment's fractions

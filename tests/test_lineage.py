@@ -1,0 +1,133 @@
+"""Lineage: every stage depends on every project file its command imports (and on nothing else of the
+code), DVC outputs are byte-reproducible, a bad params.yaml loses nothing, and DVC's comparison
+tools (`dvc exp show`, `dvc metrics diff`, `dvc plots diff`) see the results."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.project import REPO, make_project
+
+PACKAGES = ("kdprune", "tasks", "flows")
+
+
+def _module_file(name: str) -> Path | None:
+    base = REPO.joinpath(*name.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.exists():
+            return f
+    return None
+
+
+def _with_parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+DISPATCHER = REPO / "flows" / "__main__.py"  # imports each command's module inside that command's branch
+
+
+def static_closure(files: set[Path]) -> set[Path]:
+    """Every project file reachable from ``files`` through import statements anywhere in them
+    (module level or inside functions), with the packages' __init__ files. The command-line
+    dispatcher's per-command imports are not followed (the stage's own module is imported for real)."""
+    seen: set[Path] = set()
+    todo = list(files)
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        tree = ast.parse(f.read_text())
+        nodes = tree.body if f == DISPATCHER else ast.walk(tree)
+        for node in nodes:
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                if name.split(".")[0] not in PACKAGES:
+                    continue
+                for mod in _with_parents(name):
+                    mf = _module_file(mod)
+                    if mf is not None and mf not in seen:
+                        todo.append(mf)
+    return seen
+
+
+def stage_imports(stage: str) -> set[str]:
+    """The project files `python -m flows <stage>` imports: what a fresh interpreter has loaded after
+    importing flows/__main__.py and the stage's module and validating params.yaml the way the stage
+    does (name checks import their registries), closed over every import statement in those files
+    (imports inside functions included, so a code path these params do not take is still covered)."""
+    code = (
+        "import importlib, json, sys\n"
+        "import flows.__main__\n"
+        f"importlib.import_module('flows.{stage}')\n"
+        "from tasks.common import load_params\n"
+        f"load_params('.', {None if stage == 'validate' else repr(stage)})\n"
+        "print(json.dumps([getattr(m, '__file__', None) for m in list(sys.modules.values())]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    loaded = {Path(f).resolve() for f in json.loads(out.splitlines()[-1]) if f}
+    ours = {f for f in loaded if f.is_relative_to(REPO) and f.relative_to(REPO).parts[0] in PACKAGES}
+    return {str(f.relative_to(REPO)) for f in static_closure(ours)}
+
+
+def dvc_stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def _covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@pytest.mark.parametrize("stage", list(dvc_stages()))
+def test_stage_deps_are_exactly_its_imports(stage):
+    spec = dvc_stages()[stage]
+    assert spec["cmd"] == f"python -m flows {stage}"
+    deps = [d for d in spec.get("deps", []) if d.split("/")[0] in PACKAGES]
+    imported = stage_imports(stage)
+    missing = sorted(f for f in imported if not _covered(f, deps))
+    assert not missing, f"dvc.yaml stage {stage!r} imports {missing} but does not depend on them"
+    # and nothing more: a code dep the command never imports would re-run the stage for nothing
+    unused = [d for d in deps if not any(_covered(f, [d]) for f in imported)]
+    assert not unused, f"dvc.yaml stage {stage!r} depends on {unused}, which its command does not import"
+
+
+def test_every_stage_runs_after_validate():
+    stages = dvc_stages()
+    assert list(stages)[0] == "validate"
+    marker = stages["validate"]["outs"][0]
+    marker = next(iter(marker)) if isinstance(marker, dict) else marker
+    for name, spec in stages.items():
+        if name != "validate":
+            assert marker in spec["deps"], f"stage {name} does not depend on the validate stage's {marker}"
+
+
+def _outs(lock: dict) -> dict[str, str]:
+    return {o["path"]: o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])}
+
+
+@pytest.mark.integration
+def test_two_clean_runs_of_the_default_pipeline_write_the_same_dvc_lock(tmp_path, prefect_port):
+    """The default profile on CPU, twice from nothing: every hash in dvc.lock is the same, and the
+    outputs' hashes are those of the committed dvc.lock (what a colleague's `make run` verifies)."""
+    port, home = prefect_port
+    locks = []
+    for i in range(2):
+        proj = make_project(tmp_path / f"run{i}", port)  # params.yaml as committed: the default profile
+        proj.env["PREFECT_HOME"] = str(home)
+        proj.run(sys.executable, "-m", "flows", "pipeline", timeout=1800)
+        locks.append(yaml.safe_load((proj.path / "dvc.lock").read_text()))
+        assert "Data and pipelines are up to date" in proj.run("dvc", "status").stdout
+    assert locks[0] == locks[1]
+    committed = yaml.safe_load((REPO / "dvc.lock").read_text())
+    assert _outs(locks[0]) == _outs(committed), "dvc.lock is stale: run `make run` and commit dvc.lock"
