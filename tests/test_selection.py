@@ -192,13 +192,13 @@ LOSSES = np.array([0.1, 0.2, 0.3, 0.4, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])  # mean 4
 
 
 def test_infobatch_prunes_only_below_mean_and_rescales_the_kept_ones():
-    s = make_sampler("infobatch", 10, epochs=8, seed=0)  # r = 0.5, delta = 0.875 -> prune epochs <= 7
+    s = make_sampler("infobatch", 10, epochs=9, seed=0)  # r = 0.5, delta = 0.875 -> prune epochs <= 8
     full = np.arange(10)
     np.testing.assert_array_equal(s.epoch_positions(1), full)  # no loss recorded yet
     assert s.loss_weights(1) is None
     s.update(1, full[::-1], LOSSES[::-1])  # any order
     dropped_sets = set()
-    for e in range(2, 8):
+    for e in range(2, 9):
         pos, w = s.epoch_positions(e), s.loss_weights(e)
         dropped = np.setdiff1d(full, pos)
         assert set(dropped) <= {0, 1, 2, 3} and len(dropped) == 2  # share r of the 4 below-mean
@@ -208,9 +208,9 @@ def test_infobatch_prunes_only_below_mean_and_rescales_the_kept_ones():
         dropped_sets.add(tuple(dropped))
         s.update(e, pos, LOSSES[pos])  # unseen ones keep their previous loss
     assert len(dropped_sets) > 1  # a fresh random draw each epoch
-    np.testing.assert_array_equal(s.epoch_positions(8), full)  # after floor(delta * E): full data
-    assert s.loss_weights(8) is None
-    assert s.samples_seen == 10 + 6 * 8 + 10
+    np.testing.assert_array_equal(s.epoch_positions(9), full)  # after floor(delta * E) + 1: full data
+    assert s.loss_weights(9) is None
+    assert s.samples_seen == 10 + 8 * 7 + 10
 
 
 def test_infobatch_weight_is_one_over_one_minus_r_and_unseen_keep_old_loss():
@@ -225,11 +225,32 @@ def test_infobatch_weight_is_one_over_one_minus_r_and_unseen_keep_old_loss():
     s.update(2, [9], [0.0])
     pos3 = s.epoch_positions(3)
     assert set(np.setdiff1d(np.arange(10), pos3)) <= {0, 1, 2, 3, 9} and len(pos3) == 10 - (5 - 3)
-    for e in (4, 5):
+    for e in (4, 5, 6):
         assert s.epoch_positions(e).size < 10
-    assert s.epoch_positions(6).size == 10 and s.loss_weights(6) is None  # floor(0.5 * 10) = 5 is the last pruned
+    assert s.epoch_positions(7).size == 10 and s.loss_weights(7) is None  # floor(0.5 * 10) + 1 = 6 is the last pruned
     with pytest.raises(ValueError, match="NaN"):
-        s.update(6, [0], [np.nan])
+        s.update(7, [0], [np.nan])
+
+
+def reference_infobatch_pruned_epochs(epochs: int, delta: float) -> list[int]:
+    """The InfoBatch reference code's schedule, re-implemented from its definition: its sampler's
+    counter starts at 0 and goes up by one per epoch; an epoch prunes unless counter > epochs * delta."""
+    stop_prune = epochs * delta
+    return [counter + 1 for counter in range(epochs) if not counter > stop_prune]
+
+
+@pytest.mark.parametrize("epochs,delta", [(8, 0.875), (10, 0.5), (40, 0.875), (200, 0.875), (7, 0.3), (5, 0.0)])
+def test_infobatch_prunes_through_the_same_last_epoch_as_the_reference(epochs, delta):
+    s = make_sampler("infobatch", 6, epochs=epochs, seed=0, delta=delta)
+    losses = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])  # three below the mean: one dropped while pruning
+    pruned = []
+    for e in range(1, epochs + 1):
+        pos = s.epoch_positions(e)
+        if len(pos) < 6:
+            pruned.append(e)
+        s.update(e, pos, losses[pos])
+    # epoch 1 has no losses recorded yet, so it cannot prune (in the reference its scores start equal)
+    assert pruned == [e for e in reference_infobatch_pruned_epochs(epochs, delta) if e > 1]
 
 
 def test_infobatch_state_dict_round_trip_reproduces_the_next_epoch():

@@ -167,15 +167,17 @@ class InfoBatchSampler(Sampler):
     Data Pruning"; reference code github.com/NUS-HPC-AI-Lab/InfoBatch).
 
     Options: ``prune_ratio`` r in [0, 1) (default 0.5), ``delta`` in [0, 1] (default 0.875).
-    For epoch e <= floor(delta * epochs), and once losses have been recorded: the "well-learned"
+    For epoch e <= floor(delta * epochs) + 1 (1-based), and once losses have been recorded: the "well-learned"
     positions are those whose last recorded loss is strictly below the mean of all recorded
     losses; ``floor((1 - r) * count)`` of them are kept, chosen uniformly at random with
     ``default_rng([seed, epoch])`` (as the reference code's ``int(keep_ratio * len)``), the rest
     are dropped for this epoch. Kept well-learned positions get loss weight 1/(1 - r), all
     other returned positions 1 (rescaling keeps the expected gradient unbiased). Positions never
     recorded are never well-learned (always kept, weight 1) and do not enter the mean.
-    Before any loss is recorded (epoch 1) and for epochs after floor(delta * epochs): all n
-    positions, weights None (= all 1).
+    Before any loss is recorded (epoch 1) and for epochs after floor(delta * epochs) + 1: all n
+    positions, weights None (= all 1). The last pruned epoch is the reference code's: its sampler
+    prunes while the 0-based epoch index is <= delta * epochs, i.e. one epoch later than
+    floor(delta * epochs) (with 8 epochs and delta 0.875 every epoch prunes).
 
     ``update(epoch, positions, losses)`` stores each position's loss (the unweighted per-sample
     training loss, as in the reference code); positions not trained in an epoch keep their
@@ -191,7 +193,7 @@ class InfoBatchSampler(Sampler):
         if not 0.0 <= float(delta) <= 1.0:
             raise ValueError(f"infobatch: delta must be in [0, 1], got {delta!r}")
         self.prune_ratio, self.delta = float(prune_ratio), float(delta)
-        self.stop_epoch = int(np.floor(self.delta * self.epochs + 1e-9))  # last epoch that prunes
+        self.stop_epoch = int(np.floor(self.delta * self.epochs + 1e-9)) + 1  # last epoch that prunes (1-based)
         self.losses = np.zeros(self.n, dtype=np.float64)
         self.recorded = np.zeros(self.n, dtype=bool)
 
