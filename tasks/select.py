@@ -87,7 +87,9 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                 opts = _options(m, params, info["keep"])
                 kept = select(m.selector, train.ids, train.y, scores, frac, seed=seed or 0, **opts)
                 extra = {"selector": m.selector, "selector_options": opts, "sampler": None, "keep": info["keep"],
-                         "score": m.score, "score_sha256": score_sha, "score_variant": info["variant"]}
+                         "score": m.score, "score_sha256": score_sha, "score_variant": info["variant"],
+                         # equal scores: kdprune.selection.static.tie_ranks(ids, seed), class-proportional at the cut
+                         "ties": {"order": "seeded random", "seed": seed or 0}}
             labels = train.y[train.positions(kept)]
             name = manifest_name(m.file_stem, frac, seed)
             manifest = {**base, **extra, "n": int(len(kept)),

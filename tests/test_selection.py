@@ -68,11 +68,60 @@ def test_class_balanced_keeps_exact_per_class_counts_and_the_right_ids():
     # quotas [3, 2, 0]: class 0 lowest 3 -> ids 2, 4, 0; class 1 lowest 2 -> ids 6, 8
     np.testing.assert_array_equal(lo, [0, 2, 4, 6, 8])
     assert np.bincount(labels[lo], minlength=3).tolist() == [3, 2, 0]
-    # a tie at the cut goes to the smaller id: class 0 keep-high with quota 1 -> id 1, not 3
-    np.testing.assert_array_equal(select("class_balanced_high", ids, labels, scores, 0.2), [1, 7])
+    # a tie at the cut (ids 1 and 3, both 0.9, class 0's quota 1) is broken by the seeded random order
+    picks = {tuple(select("class_balanced_high", ids, labels, scores, 0.2, seed=s)) for s in range(20)}
+    assert picks == {(1, 7), (3, 7)}
     p = np.random.default_rng(0).permutation(10)
-    np.testing.assert_array_equal(select("class_balanced_high", ids[p] + 100, labels[p], scores[p], 0.3),
-                                  [101, 103, 107])
+    np.testing.assert_array_equal(select("class_balanced_high", ids[p], labels[p], scores[p], 0.3), [1, 3, 7])
+
+
+# -- ties ------------------------------------------------------------------------------------
+
+def _class_ordered(sizes):
+    """ids in class order, as ImageFolder assigns them: class 0 first, then class 1, ..."""
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    return np.arange(len(labels), dtype=np.int64), labels
+
+
+@pytest.mark.parametrize("selector", ["keep_high", "keep_low"])
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 0.77])
+def test_tied_scores_on_class_ordered_ids_keep_every_class_within_one_of_proportional(selector, fraction):
+    sizes = np.array([128, 131, 128, 131, 122, 129, 115, 117, 118, 129])
+    ids, labels = _class_ordered(sizes)
+    k = budget(len(ids), fraction)
+    for seed in range(3):
+        kept = select(selector, ids, labels, np.zeros(len(ids)), fraction, seed=seed)
+        counts = np.bincount(labels[np.searchsorted(ids, kept)], minlength=len(sizes))
+        assert counts.sum() == k
+        assert np.all(np.abs(counts - k * sizes / sizes.sum()) < 1), counts
+
+
+def test_a_tie_group_straddling_the_cut_is_split_across_its_classes():
+    # forgetting-like: a few distinct high scores, then most examples tied at 0
+    sizes = np.array([300, 300, 300, 100])
+    ids, labels = _class_ordered(sizes)
+    scores = np.zeros(len(ids))
+    scores[[5, 310, 320, 990]] = [3.0, 2.0, 2.0, 1.0]  # kept first whatever the ties
+    kept = select("keep_high", ids, labels, scores, 0.5, seed=0)
+    assert {5, 310, 320, 990} <= set(kept)
+    group = np.setdiff1d(kept, [5, 310, 320, 990])  # the 496 taken from the tied 996
+    tied_sizes = np.array([299, 298, 300, 99])
+    counts = np.bincount(labels[group], minlength=4)
+    assert counts.sum() == 496 and np.all(np.abs(counts - 496 * tied_sizes / tied_sizes.sum()) < 1), counts
+
+
+def test_ties_follow_a_seeded_random_order_never_the_ids():
+    ids, labels = _class_ordered([50, 50])
+    scores = np.zeros(100)
+    a = select("keep_high", ids, labels, scores, 0.2, seed=0)
+    assert not np.array_equal(a, np.r_[0:10, 50:60])  # not the smallest ids of each class
+    np.testing.assert_array_equal(a, select("keep_high", ids, labels, scores, 0.2, seed=0))
+    assert not np.array_equal(a, select("keep_high", ids, labels, scores, 0.2, seed=1))
+    p = np.random.default_rng(4).permutation(100)
+    np.testing.assert_array_equal(a, select("keep_high", ids[p], labels[p], scores[p], 0.2, seed=0))
+    # CCS's hard cut (keeping all the cut leaves, so the complement is the cut): random too
+    cut = {tuple(np.setdiff1d(ids, select("ccs", ids, labels, scores, 0.9, seed=s, beta=0.1, k=1))) for s in range(3)}
+    assert len(cut) > 1
 
 
 # -- CCS -------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ High Pruning Rates", ICLR 2023; reference code github.com/haizhongzheng/Coverage
 
 Recipe, on a difficulty score such as AUM where the LOW end is hard (and flags mislabels):
 
-1. Drop the ``floor(beta * N)`` hardest examples (the mislabel cut; ties broken by id).
+1. Drop the ``floor(beta * N)`` hardest examples (the mislabel cut; ties in a seeded random order).
    Their README uses beta = 0.3 at 90% pruning on CIFAR-10; the default here is beta = 0
    (no cut), so pass ``beta`` explicitly to follow that recipe.
 2. Split the remaining examples' score range [min, max] into ``k`` (default 50) equal-width
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdprune.selection.static import budget, register_selector
+from kdprune.selection.static import budget, register_selector, tie_ranks
 
 _EPS = 1e-9  # guards floor(beta * N) against float error, e.g. 0.29 * 100 = 28.999999999999996
 
@@ -85,8 +85,8 @@ def ccs(ids, labels, scores, fraction, seed, beta: float = 0.0, k: int = 50, har
     if want > n - cut:
         raise ValueError(f"ccs: budget {want} (fraction {fraction} of {n}) exceeds the {n - cut} examples left "
                          f"after dropping floor(beta * N) = {cut} hardest (beta {beta}); lower beta or fraction")
-    # hardest first, ties by id; keep the rest
-    order = np.lexsort((ids, scores if hard == "low" else -scores))
+    # hardest first, ties in the seeded random order; keep the rest
+    order = np.lexsort((tie_ranks(ids, seed), scores if hard == "low" else -scores))
     rest = order[cut:]
     rest = rest[np.argsort(ids[rest], kind="stable")]  # id order, so the random draws are input-order free
     strata = ccs_strata(scores[rest], int(k))

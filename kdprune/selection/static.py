@@ -7,9 +7,13 @@ Every selector is registered by name in ``SELECTORS`` and called as
 ``ids``, ``labels`` and ``scores`` are aligned 1-D arrays (one entry per training example),
 ``fraction`` in (0, 1] is the kept fraction, the number kept is ``budget(len(ids), fraction)``,
 ``seed`` drives any randomness through ``np.random.default_rng(seed)`` (never the global RNG) and
-``options`` are selector-specific keywords (e.g. CCS's ``beta``). Ties in score are broken by
-sample id and every random draw is made over the ids in sorted order, so the result never
-depends on the order of the input arrays.
+``options`` are selector-specific keywords (e.g. CCS's ``beta``). Ties in score are broken by a
+seeded random order of the examples (``tie_ranks``), never by id or position: ids may follow the
+class order (ImageFolder) and most examples can share a score (forgetting), so breaking ties by id
+would pick the subset by id. Where a group of equal scores straddles the budget, the examples
+taken from it are split across classes in proportion to the group's class sizes (``class_quotas``)
+and drawn at random within each class. Every random draw is made over the ids in sorted order, so
+the result never depends on the order of the input arrays.
 
 Registered here: ``keep_high``, ``keep_low``, ``random``, ``class_balanced_high``,
 ``class_balanced_low``; CCS (``ccs``) lives in ``ccs.py``.
@@ -35,24 +39,51 @@ def budget(n: int, fraction: float) -> int:
     return max(1, min(n, int(np.floor(fraction * n + 0.5))))
 
 
-def _order(ids: np.ndarray, scores: np.ndarray, descending: bool) -> np.ndarray:
-    # lexsort: last key is primary. Secondary key: id ascending.
-    primary = -scores if descending else scores
-    return np.lexsort((ids, primary))
+def tie_ranks(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded random rank (0..N-1) of every example: the order in which equal scores are taken.
+    A function of the set of ids and the seed only (drawn over the ids sorted ascending), from its
+    own random stream (``default_rng([seed, 1])``), independent of the selectors' other draws."""
+    ids = np.asarray(ids)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[np.argsort(ids, kind="stable")] = np.random.default_rng([int(seed), 1]).permutation(len(ids))
+    return rank
+
+
+def _rank_within(groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """For rows already in the wanted order: each row's position among the rows of its group."""
+    o = np.argsort(groups, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(np.bincount(groups, minlength=n_groups))[:-1]))
+    r = np.empty(len(groups), dtype=np.int64)
+    r[o] = np.arange(len(groups)) - starts[groups[o]]
+    return r
+
+
+def _top_k(ids, labels, scores, k: int, descending: bool, seed: int) -> np.ndarray:
+    """Positions of the ``k`` best scores; equal scores in a seeded random order, and a group of equal
+    scores that straddles the cut is split across its classes in proportion to their sizes in it."""
+    primary = -np.asarray(scores, dtype=np.float64) if descending else np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((tie_ranks(ids, seed), primary))  # best first; ties in random order
+    if k >= len(order) or primary[order[k - 1]] != primary[order[k]]:
+        return order[:k]
+    edge = primary[order[k - 1]]
+    ranked = primary[order]
+    above, group = order[ranked < edge], order[ranked == edge]
+    classes, inv, sizes = np.unique(np.asarray(labels)[group], return_inverse=True, return_counts=True)
+    quotas = class_quotas(sizes, k - len(above))
+    take = group[_rank_within(inv, len(classes)) < quotas[inv]]
+    return np.concatenate((above, take))
 
 
 @register_selector("keep_high")
 def keep_high(ids, labels, scores, fraction, seed):
-    """Keep the ``fraction`` of examples with the highest score."""
-    k = budget(len(ids), fraction)
-    return np.sort(ids[_order(ids, scores, descending=True)[:k]])
+    """Keep the ``fraction`` of examples with the highest score (ties: see the module docstring)."""
+    return np.sort(ids[_top_k(ids, labels, scores, budget(len(ids), fraction), True, seed)])
 
 
 @register_selector("keep_low")
 def keep_low(ids, labels, scores, fraction, seed):
-    """Keep the ``fraction`` of examples with the lowest score."""
-    k = budget(len(ids), fraction)
-    return np.sort(ids[_order(ids, scores, descending=False)[:k]])
+    """Keep the ``fraction`` of examples with the lowest score (ties: see the module docstring)."""
+    return np.sort(ids[_top_k(ids, labels, scores, budget(len(ids), fraction), False, seed)])
 
 
 @register_selector("random")
@@ -96,15 +127,15 @@ def class_quotas(class_sizes: np.ndarray, k: int) -> np.ndarray:
     return base
 
 
-def _class_balanced(ids, labels, scores, fraction, descending: bool) -> np.ndarray:
+def _class_balanced(ids, labels, scores, fraction, descending: bool, seed: int) -> np.ndarray:
     ids = np.asarray(ids)
     labels = np.asarray(labels)
     k = budget(len(ids), fraction)
     classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
     quotas = class_quotas(sizes, k)
     primary = -np.asarray(scores) if descending else np.asarray(scores)
-    # one global order: by class, then score, then id; then take each class's first quota rows
-    order = np.lexsort((ids, primary, inverse))
+    # one global order: by class, then score, then the seeded random tie order; then each class's first quota rows
+    order = np.lexsort((tie_ranks(ids, seed), primary, inverse))
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     rank_in_class = np.arange(len(ids)) - starts[inverse[order]]
     kept = order[rank_in_class < quotas[inverse[order]]]
@@ -115,20 +146,20 @@ def _class_balanced(ids, labels, scores, fraction, descending: bool) -> np.ndarr
 def class_balanced_high(ids, labels, scores, fraction, seed):
     """Per class, keep the highest scores; the budget is split across classes in proportion to
     class size (largest-remainder rounding, see ``class_quotas``: the total is exactly
-    ``budget(N, fraction)`` and no class gets more than its size). Ties broken by id.
+    ``budget(N, fraction)`` and no class gets more than its size). Ties in a seeded random order.
 
     The ids are returned sorted ascending, which is not a training order: the trainer draws a
     fresh permutation of the subset every epoch, which is the "shuffle after class-balanced
     selection" the recipe asks for.
     """
-    return _class_balanced(ids, labels, scores, fraction, descending=True)
+    return _class_balanced(ids, labels, scores, fraction, descending=True, seed=seed)
 
 
 @register_selector("class_balanced_low")
 def class_balanced_low(ids, labels, scores, fraction, seed):
     """Per class, keep the lowest scores; otherwise as ``class_balanced_high`` (same quotas,
-    ties broken by id, sorted output that the trainer shuffles every epoch)."""
-    return _class_balanced(ids, labels, scores, fraction, descending=False)
+    ties in a seeded random order, sorted output that the trainer shuffles every epoch)."""
+    return _class_balanced(ids, labels, scores, fraction, descending=False, seed=seed)
 
 
 def selector_options(selector: str) -> list[str]:
