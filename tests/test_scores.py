@@ -319,15 +319,16 @@ def test_moderate_ds_scores_closeness_to_the_median_distance():
     d = np.array([0.0, 1.0, 2.0, 3.0, 10.0, 1.0, 0.0, 3.0])
     # per-class median distance: class 0 -> 2, class 1 -> 1
     want = -np.abs(d - np.array([2.0] * 5 + [1.0] * 3))
-    got = SCORES.get("moderate_ds")(_ctx(labels, 2, embeddings=emb))
+    got = SCORES.get("moderate_ds")(_ctx(labels, 2, embeddings=emb), variant="class")
     np.testing.assert_allclose(got, want, atol=1e-12)
     # the median is coordinate-wise: 2-D class whose per-axis medians are (1, 5)
     emb2 = np.array([[0.0, 9.0], [1.0, 5.0], [7.0, 0.0]])
     dist2 = np.linalg.norm(emb2 - [1.0, 5.0], axis=1)
-    got2 = SCORES.get("moderate_ds")(_ctx([0, 0, 0], 1, embeddings=emb2))
+    got2 = SCORES.get("moderate_ds")(_ctx([0, 0, 0], 1, embeddings=emb2), variant="class")
     np.testing.assert_allclose(got2, -np.abs(dist2 - np.median(dist2)), atol=1e-12)
-    # global_rank (published code): keep the middle band of all examples' sorted distances
-    g = SCORES.get("moderate_ds")(_ctx(labels, 2, embeddings=emb), variant="global_rank")
+    # the default, global_rank (published code): keep the middle band of all examples' sorted distances
+    g = SCORES.get("moderate_ds")(_ctx(labels, 2, embeddings=emb))
+    np.testing.assert_array_equal(g, SCORES.get("moderate_ds")(_ctx(labels, 2, embeddings=emb), variant="global_rank"))
     order = np.argsort(d, kind="stable")  # ranks 0..7, centre 3.5
     rank = np.empty(8)
     rank[order] = np.arange(8)

@@ -18,20 +18,21 @@ def median_distances(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
 @register_score(
     "moderate_ds",
     keep="high",
-    variant="score = -|d - median of d in the class| (variant='class', default), or "
-    "-|rank(d) - (N-1)/2| over all examples (variant='global_rank', the published code's band); "
-    "d = distance to the class's coordinate-wise median feature",
+    variant="score = -|rank(d) - (N-1)/2| over all examples (variant='global_rank', default: the published "
+    "code's global band of distance ranks around the median), or -|d - median of d in the class| "
+    "(variant='class'); d = distance to the class's coordinate-wise median feature",
     needs=("embeddings",),
 )
-def moderate_ds(ctx: ScoreContext, variant: str = "class") -> np.ndarray:
+def moderate_ds(ctx: ScoreContext, variant: str = "global_rank") -> np.ndarray:
     """Moderate-DS: keep examples whose distance to their class median feature is moderate.
 
     Xia et al. (2023), "Moderate Coreset": d = ||f - median_c||_2 with median_c the coordinate-wise
     median of class c's features (``ctx.embeddings``). The recipe keeps the examples whose d is
-    nearest the median distance, so the score is the NEGATED closeness: ``variant="class"``
-    (default) scores -|d - median(d over the class)|; ``variant="global_rank"`` follows the
-    published code, which keeps a band of ranks around the middle of all examples' sorted d:
-    -|rank(d) - (N-1)/2| (ties by position; equal to the code's band up to rounding at its edges).
+    nearest the median distance, so the score is the NEGATED closeness: ``variant="global_rank"``
+    (default) follows the published code, which keeps a band of ranks around the middle of all
+    examples' sorted d (globally, not per class): -|rank(d) - (N-1)/2| (ties by position; equal
+    to the code's band up to rounding at its edges); ``variant="class"`` scores
+    -|d - median(d over the class)|, a per-class band.
     Either way, keep high = nearest the median distance.
     """
     if variant not in VARIANTS:
