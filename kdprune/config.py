@@ -41,8 +41,22 @@ def _registry(kind: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def parse_method(label: str, ccs_score: str = "aum"):
+def parse_method(label: str, ccs_score: str = "aum_prob"):
     return _registry("methods")(label, ccs_score)
+
+
+def _beta(v) -> Optional[str]:
+    """select.ccs_beta: a share in [0, 1), or a table [[kept fraction, beta], ...]."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return None if 0.0 <= v < 1.0 else "must be in [0.0, 1.0) or a table [[kept fraction, beta], ...]"
+    ok = isinstance(v, list) and v and all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)
+        and 0.0 < p[0] <= 1.0 and 0.0 <= p[1] < 1.0 for p in v)
+    if not ok:
+        return "must be a share in [0.0, 1.0) or a non-empty table [[kept fraction in (0, 1], beta in [0, 1)], ...]"
+    if len({p[0] for p in v}) != len(v):
+        return "has the same kept fraction twice"
+    return None
 
 
 class ParamsError(ValueError):
@@ -192,8 +206,10 @@ SCHEMA: dict[str, Any] = {
     "select": {
         "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_method)),
         "fractions": Field("list", [0.1, 0.3, 0.5], item="float", check=_each(FRACTION)),
-        "ccs_score": Field("str", "aum", check=_one_of("scores"), doc="score CCS stratifies"),
-        "ccs_beta": Field("float", 0.1, check=_range(0.0, 1.0, hi_open=True), doc="share of N cut as hardest"),
+        "ccs_score": Field("str", "aum_prob", check=_one_of("scores"), doc="score CCS stratifies"),
+        "ccs_beta": Field("any", [[0.1, 0.3], [0.2, 0.2], [0.5, 0.0]], check=_beta,
+                          doc="CCS mislabel cut (lowest aum_prob), share of N: a number, or a table by kept "
+                              "fraction, linear between points and constant beyond them"),
         "ccs_strata": Field("int", 50, check=POSITIVE_INT),
         "infobatch_prune_ratio": Field("float", 0.5, check=_range(0.0, 1.0, hi_open=True)),
         "infobatch_delta": Field("float", 0.875, check=_range(0.0, 1.0, lo_open=True)),
@@ -235,6 +251,8 @@ def _kind_ok(kind: str, v: Any) -> bool:
         return isinstance(v, str)
     if kind == "list":
         return isinstance(v, list)
+    if kind == "any":
+        return True
     raise AssertionError(kind)
 
 
@@ -310,9 +328,18 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
     methods = "methods" in _CHECKED.get()
     for label in (sel["methods"] if methods else []):
         m = parse_method(label, sel["ccs_score"])
-        if m.score is not None and m.score not in sp["methods"]:
-            errors.append(f"select.methods: {label!r} reads score {m.score!r}, which scores.methods "
-                          f"{sp['methods']} does not compute; add it there")
+        for score in dict.fromkeys(x for x in (m.score, m.cut_score) if x is not None):
+            if score not in sp["methods"]:
+                errors.append(f"select.methods: {label!r} reads score {score!r}, which scores.methods "
+                              f"{sp['methods']} does not compute; add it there")
+        if m.selector == "ccs":
+            from kdprune.selection.ccs import ccs_beta_at
+
+            for f in sel["fractions"]:
+                b = ccs_beta_at(sel["ccs_beta"], f)
+                if f + b > 1.0 + 1e-9:
+                    errors.append(f"select.ccs_beta: {b:g} at kept fraction {f:g} cuts more than the subset leaves "
+                                  f"(fraction + beta must be <= 1); lower beta there")
     if "el2n_proxy" in sp["methods"] and sp["el2n_proxy_epoch"] > sp["proxy_epochs"]:
         errors.append(f"scores.el2n_proxy_epoch: {sp['el2n_proxy_epoch']} is after the proxies' last epoch; "
                       f"allowed: 1..scores.proxy_epochs ({sp['proxy_epochs']})")

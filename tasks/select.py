@@ -13,7 +13,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from kdprune.selection import parse_method, select
+from kdprune.selection import ccs_beta_at, parse_method, select
 from tasks.common import (
     timed_work,
     IntegrityError, atomic_directory, atomic_write_json, ids_sha256, load_prepared, sha256_file, stage_tags,
@@ -49,10 +49,11 @@ def plan(params: dict) -> list[dict]:
     return out
 
 
-def _options(m, params: dict, keep: Optional[str]) -> dict:
+def _options(m, params: dict, fraction: float) -> dict:
+    """The selector's options as the manifest records them (JSON)."""
     sel = params["select"]
     if m.selector == "ccs":
-        return {"beta": sel["ccs_beta"], "k": sel["ccs_strata"], "hard": "high" if keep == "high" else "low"}
+        return {"beta": ccs_beta_at(sel["ccs_beta"], fraction), "k": sel["ccs_strata"], "cut_score": m.cut_score}
     return {}
 
 
@@ -84,8 +85,11 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                          "keep": None, "score_sha256": None, "score_variant": None}
             else:
                 scores, info, score_sha = _load_score(sdir, job["score_stem"], meta)
-                opts = _options(m, params, info["keep"])
-                kept = select(m.selector, train.ids, train.y, scores, frac, seed=seed or 0, **opts)
+                opts = _options(m, params, frac)
+                call = dict(opts)
+                if m.cut_score is not None:  # CCS: the array its cut reads, recorded by name and sha256
+                    call["cut_scores"], _, opts["cut_score_sha256"] = _load_score(sdir, call.pop("cut_score"), meta)
+                kept = select(m.selector, train.ids, train.y, scores, frac, seed=seed or 0, **call)
                 extra = {"selector": m.selector, "selector_options": opts, "sampler": None, "keep": info["keep"],
                          "score": m.score, "score_sha256": score_sha, "score_variant": info["variant"],
                          # equal scores: kdprune.selection.static.tie_ranks(ids, seed), class-proportional at the cut

@@ -158,7 +158,7 @@ def test_a_killed_local_prefect_server_is_restarted_by_the_next_stage(tiny_proje
     assert int(pid_file.read_text()) != pid
 
 
-ALL_SCORES = ["random", "el2n", "el2n_proxy", "grand", "grand_last_layer", "forgetting", "aum", "entropy",
+ALL_SCORES = ["random", "el2n", "el2n_proxy", "grand", "grand_last_layer", "forgetting", "aum", "aum_prob", "entropy",
               "least_confidence", "margin", "dynamic_uncertainty", "prototypes", "prototypes_supervised",
               "moderate_ds", "memorization"]
 ALL_METHODS = ALL_SCORES + ["el2n:balanced", "aum:high", "ccs", "rs2", "infobatch"]
@@ -197,12 +197,16 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
     assert rs2.n_train == n_train and rs2.samples_seen == 3 * budget(n_train, 0.3)  # a fresh 30% per epoch
     ib = df[df.method == "infobatch"].iloc[0]
     assert ib.fraction == 1.0 and ib.samples_seen < 3 * n_train  # some low-loss examples were skipped
-    static = df[~df.method.isin(["rs2", "infobatch"])]
+    static = df[~df.method.isin(["rs2", "infobatch", "ccs"])]
     assert (static.n_train == budget(n_train, 0.3)).all()
+    assert (df[df.method == "ccs"].n_train == int(0.3 * n_train)).all()  # CCS rounds down, as its code
     m = json.loads((proj.path / "data/manifests/rs2-0.3-0.json").read_text())
     assert m["sampler"] == {"name": "rs2", "seed": 0, "options": {"ratio": 0.3}}
     ccs = json.loads((proj.path / "data/manifests/ccs-0.3-0.json").read_text())
-    assert ccs["selector"] == "ccs" and ccs["score"] == "aum" and ccs["selector_options"]["beta"] == 0.1
+    assert ccs["selector"] == "ccs" and ccs["score"] == "aum_prob"
+    opts = ccs["selector_options"]  # beta from the default table at kept fraction 0.3: 0.2 - 0.1 * 0.2 / 0.3
+    assert opts["beta"] == pytest.approx(0.2 - 0.2 / 3) and opts["k"] == 50 and opts["cut_score"] == "aum_prob"
+    assert len(opts["cut_score_sha256"]) == 64 and ccs["n"] == int(0.3 * n_train)  # the reference's rounding
     report = (proj.path / "reports" / "report.md").read_text()
     assert "| method | selection s | peak MiB | acc 0.3 KD / no KD |" in report
     assert "| grand |" in report

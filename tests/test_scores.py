@@ -13,7 +13,7 @@ from kdprune.scores.grand import grand_loop, grand_norms
 from kdprune.scores.kmeans import kmeans
 from kdprune.train import seeded
 
-NEW = ["el2n_proxy", "grand", "grand_last_layer", "aum", "entropy", "least_confidence", "margin",
+NEW = ["el2n_proxy", "grand", "grand_last_layer", "aum", "aum_prob", "entropy", "least_confidence", "margin",
        "dynamic_uncertainty", "prototypes", "prototypes_supervised", "moderate_ds", "memorization"]
 
 
@@ -34,8 +34,8 @@ def test_all_new_scores_are_registered_with_their_keep_direction():
     for n in NEW + ["el2n", "forgetting", "random"]:
         assert n in names
     keep = {n: SCORES.get(n).keep for n in NEW}
-    assert keep["aum"] == "low" and keep["margin"] == "low"
-    assert all(keep[n] == "high" for n in NEW if n not in ("aum", "margin"))
+    assert keep["aum"] == keep["aum_prob"] == keep["margin"] == "low"
+    assert all(keep[n] == "high" for n in NEW if n not in ("aum", "aum_prob", "margin"))
     for n in NEW:  # every score states a definition and a variant
         assert SCORES.get(n).definition and SCORES.get(n).variant
 
@@ -98,6 +98,7 @@ def test_aum_logit_and_prob_variants_by_hand():
             p = _softmax(dyn[e, n])
             want[n] += p[y] - max(v for c, v in enumerate(p) if c != y)  # summed, not averaged
     np.testing.assert_allclose(SCORES.get("aum")(ctx, variant="prob"), want, rtol=1e-12)
+    np.testing.assert_allclose(SCORES.get("aum_prob")(ctx), want, rtol=1e-12)  # the CCS code's AUM, by name
     with pytest.raises(ValueError, match="variant"):
         SCORES.get("aum")(ctx, variant="probs")
 

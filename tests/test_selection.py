@@ -36,7 +36,7 @@ def test_select_rejects_options_a_selector_does_not_take():
     ids = np.arange(10)
     with pytest.raises(ValueError, match="'keep_high' does not take option.*beta"):
         select("keep_high", ids, ids * 0, ids * 1.0, 0.5, beta=0.3)
-    with pytest.raises(ValueError, match="takes: beta, k, hard"):
+    with pytest.raises(ValueError, match="takes: beta, k, cut_scores"):
         select("ccs", ids, ids * 0, ids * 1.0, 0.5, strata=10)
 
 
@@ -157,8 +157,8 @@ def test_ccs_end_to_end_on_uniform_scores():
     # seeded and input-order free
     np.testing.assert_array_equal(kept, select("ccs", ids, labels, scores, 0.4, seed=1, beta=0.2, k=4))
     assert not np.array_equal(kept, select("ccs", ids, labels, scores, 0.4, seed=2, beta=0.2, k=4))
-    # the hard end can be the high one: the cut then removes the 20 highest
-    hi = select("ccs", ids, labels, scores, 0.4, seed=1, beta=0.2, k=4, hard="high")
+    # the cut reads its own score when given one: here the 20 highest-ranked (their cut score is lowest)
+    hi = select("ccs", ids, labels, scores, 0.4, seed=1, beta=0.2, k=4, cut_scores=-scores)
     assert hi.max() < 1080 and np.bincount((hi - 1000) // 20, minlength=4).tolist() == [10, 10, 10, 10]
     # the budget must fit in what the cut leaves
     with pytest.raises(ValueError, match="beta 0.7"):
@@ -185,6 +185,57 @@ def test_ccs_end_to_end_matches_the_hand_allocation():
         st = strata_of[np.searchsorted(ids, kept)]
         assert st.min() >= 0  # none of the hard ones
         assert np.bincount(st, minlength=4).tolist() == [1, 2, 4, 5]
+
+
+def reference_ccs_counts(stratified, aum, coreset_ratio, mis_ratio, stratas=50):
+    """The CCS repository's selection logic, re-implemented here from its definition
+    (train.py + core/data/Coreset.py): cut the int(mis_ratio * N) lowest accumulated margins,
+    then stratify what is left into ``stratas`` bins [min + i*step, min + (i+1)*step) with
+    step = (max * 1.0001 - min) / stratas, allocate int(coreset_ratio * N) smallest bin first,
+    each min(its size, remaining // bins left). Returns (kept positions' bin masks, per-bin budgets)."""
+    n = len(aum)
+    mis_num = int(mis_ratio * n)
+    easy = np.argsort(aum, kind="stable")[mis_num:]
+    score = stratified[easy]
+    lo, hi = score.min(), score.max() * 1.0001
+    step = (hi - lo) / stratas
+    masks = [(score >= lo + i * step) & (score < lo + (i + 1) * step) for i in range(stratas)]
+    sizes = np.array([m.sum() for m in masks])
+    order = np.argsort(sizes, kind="stable")
+    rest, budgets = int(coreset_ratio * n), np.zeros(stratas, dtype=int)
+    for i, b in enumerate(order):
+        budgets[b] = min(sizes[b], rest // (stratas - i))
+        rest -= budgets[b]
+    return easy, masks, budgets
+
+
+@pytest.mark.parametrize("kind", ["aum", "el2n", "forgetting"])
+@pytest.mark.parametrize("fraction,beta", [(0.1, 0.3), (0.2, 0.2), (0.3, 0.1), (0.5, 0.0), (0.7, 0.0)])
+def test_ccs_matches_the_reference_selection_logic(kind, fraction, beta):
+    rng = np.random.default_rng(7)
+    n = 1295  # 0.3 * 1295 = 388.5: the reference rounds the budget down
+    labels = rng.integers(0, 10, n)
+    aum = rng.normal(3.0, 2.0, n)  # the code's AUM (prob margins summed): the cut always reads it
+    stratified = {"aum": aum, "el2n": rng.beta(0.5, 3.0, n) * 1.4,
+                  "forgetting": rng.poisson(1.5, n).astype(float)}[kind]  # integer-valued: hits the bin edges
+    ids = np.arange(n, dtype=np.int64) * 3 + 11
+    kept = select("ccs", ids, labels, stratified, fraction, seed=5, beta=beta, k=50, cut_scores=aum)
+    easy, masks, budgets = reference_ccs_counts(stratified, aum, fraction, beta)
+    assert len(kept) == int(fraction * n) == budgets.sum()
+    pos = np.searchsorted(ids, kept)
+    assert set(pos) <= set(easy)  # nothing from the mislabel cut
+    in_easy = np.isin(easy, pos)
+    assert [int((m & in_easy).sum()) for m in masks] == budgets.tolist()  # identical per-stratum counts
+
+
+def test_ccs_beta_table_is_linear_between_points_and_flat_beyond():
+    from kdprune.selection import ccs_beta_at
+
+    table = [[0.1, 0.3], [0.2, 0.2], [0.5, 0.0]]
+    assert ccs_beta_at(table, 0.1) == pytest.approx(0.3) and ccs_beta_at(table, 0.2) == pytest.approx(0.2)
+    assert ccs_beta_at(table, 0.05) == pytest.approx(0.3) and ccs_beta_at(table, 1.0) == 0.0
+    assert ccs_beta_at(table, 0.15) == pytest.approx(0.25) and ccs_beta_at(table, 0.35) == pytest.approx(0.1)
+    assert ccs_beta_at(0.1, 0.9) == 0.1
 
 
 # -- RS2 -------------------------------------------------------------------------------------

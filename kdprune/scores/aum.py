@@ -36,3 +36,20 @@ def aum(ctx: ScoreContext, variant: str = "logit") -> np.ndarray:
     if variant == "logit":
         return margins(dyn, ctx.labels).mean(axis=0)
     return margins(softmax(dyn), ctx.labels).sum(axis=0)
+
+
+@register_score(
+    "aum_prob",
+    keep="low",
+    variant="the CCS code's AUM: softmax-probability margin summed over the teacher's training epochs "
+    "(= aum with variant 'prob'); CCS always cuts its lowest as the mislabel cut",
+    needs=("dynamics",),
+)
+def aum_prob(ctx: ScoreContext) -> np.ndarray:
+    """AUM as the coverage-centric coreset selection code computes it: assigned-class probability
+    minus the largest other probability, summed over epochs.
+
+    Zheng et al. (2023), reference code ``accumulated_margin`` (from Pleiss et al. 2020). Registered
+    under its own name because CCS needs it for its mislabel cut whatever score it stratifies.
+    """
+    return aum(ctx, variant="prob")

@@ -1,16 +1,17 @@
 """Coverage-centric coreset selection (CCS; Zheng et al., "Coverage-centric Coreset Selection for
 High Pruning Rates", ICLR 2023; reference code github.com/haizhongzheng/Coverage-centric-coreset-selection,
-``stratified_sampling`` / ``bin_allocate``).
+``mislabel_mask`` / ``stratified_sampling`` / ``bin_allocate``), as the reference code runs it:
 
-Recipe, on a difficulty score such as AUM where the LOW end is hard (and flags mislabels):
-
-1. Drop the ``floor(beta * N)`` hardest examples (the mislabel cut; ties in a seeded random order).
-   Their README uses beta = 0.3 at 90% pruning on CIFAR-10; the default here is beta = 0
-   (no cut), so pass ``beta`` explicitly to follow that recipe.
-2. Split the remaining examples' score range [min, max] into ``k`` (default 50) equal-width
-   strata: stratum ``i`` holds scores in [min + i*w, min + (i+1)*w) with w = (max - min) / k, and
-   the maximum goes to the last stratum. When all remaining scores are equal, all are stratum 0.
-3. Allocate the budget with ``ccs_allocation`` (smallest stratum first, each gets
+1. The mislabel cut: drop the ``int(beta * N)`` examples with the LOWEST AUM -- the code's AUM,
+   softmax-probability margins summed over epochs (score ``aum_prob``) -- whatever score is
+   stratified (``cut_scores``; ties in a seeded random order). ``beta`` follows the kept fraction
+   (``ccs_beta_at``): the paper uses beta = 0.3 at 90 % pruning (CIFAR-10, ImageNet) and 0.2 at 80 %.
+2. Split the remaining examples' stratified score into ``k`` (default 50) strata of equal width over
+   [min, max * 1.0001]: stratum ``i`` holds scores in [min + i*w, min + (i+1)*w), w = (max*1.0001 - min) / k
+   (the reference's top edge; where max <= 0 that edge would leave the maximum out of every
+   stratum, and the last stratum takes it instead).
+3. The budget is ``int(fraction * N)`` (the reference's rounding: down, unlike the other selectors'
+   round-half-up ``budget``), allocated with ``ccs_allocation`` (smallest stratum first, each gets
    min(size, remaining budget // remaining strata)).
 4. Sample uniformly at random inside each stratum with ``np.random.default_rng(seed)``.
 """
@@ -53,40 +54,58 @@ def ccs_allocation(stratum_sizes, total: int) -> np.ndarray:
 
 
 def ccs_strata(scores: np.ndarray, k: int) -> np.ndarray:
-    """Stratum index in [0, k) of each score: k equal-width bins over [min, max], max in the last."""
+    """Stratum index in [0, k) of each score: k equal-width bins [min + i*w, min + (i+1)*w) over
+    [min, max * 1.0001] (the reference's edges); a score at or beyond the top edge goes to the last."""
     scores = np.asarray(scores, dtype=np.float64)
-    lo, hi = float(scores.min()), float(scores.max())
-    if hi <= lo:
+    lo, hi = float(scores.min()), float(scores.max()) * 1.0001
+    if hi <= lo:  # all equal (or all but equal, below zero): one stratum
         return np.zeros(len(scores), dtype=np.int64)
     width = (hi - lo) / k
     return np.clip(np.floor((scores - lo) / width).astype(np.int64), 0, k - 1)
 
 
+def ccs_beta_at(beta, fraction: float) -> float:
+    """The mislabel-cut share at a kept ``fraction``: ``beta`` itself when it is a number; from a table
+    ``[[fraction, beta], ...]`` linearly interpolated between its points and constant beyond its
+    first and last point."""
+    if isinstance(beta, (int, float)):
+        return float(beta)
+    pts = sorted((float(f), float(b)) for f, b in beta)
+    xs, ys = [f for f, _ in pts], [b for _, b in pts]
+    return float(np.interp(fraction, xs, ys))
+
+
+def ccs_budget(n: int, fraction: float) -> int:
+    """The reference's coreset size: ``int(fraction * N)`` (at least 1)."""
+    return max(1, int(fraction * n + _EPS))
+
+
 @register_selector("ccs")
-def ccs(ids, labels, scores, fraction, seed, beta: float = 0.0, k: int = 50, hard: str = "low"):
+def ccs(ids, labels, scores, fraction, seed, beta: float = 0.0, k: int = 50, cut_scores=None):
     """Coverage-centric coreset selection (see the module docstring for the recipe).
 
-    ``beta`` in [0, 1): share of N dropped as hardest before stratifying. ``k``: number of
-    equal-width strata. ``hard``: which score end is hard, ``"low"`` (AUM, default) or
-    ``"high"`` (EL2N, forgetting, ...). The budget ``budget(N, fraction)`` must fit in what the
-    cut leaves; otherwise a ValueError names beta and fraction. Returns sorted ids.
+    ``scores``: the stratified score. ``cut_scores``: the score whose LOWEST ``int(beta * N)``
+    examples are cut first (the code's AUM, ``aum_prob``; None: ``scores`` themselves, low end).
+    ``beta`` in [0, 1): the share cut. ``k``: number of strata. The budget ``int(fraction * N)``
+    must fit in what the cut leaves; otherwise a ValueError names beta and fraction. Returns sorted ids.
     """
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"ccs beta (share dropped as hardest) must be in [0, 1), got {beta}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"ccs k (number of strata) must be a positive integer, got {k!r}")
-    if hard not in ("low", "high"):
-        raise ValueError(f"ccs hard must be 'low' or 'high', got {hard!r}")
     ids = np.asarray(ids)
     scores = np.asarray(scores, dtype=np.float64)
+    cut_scores = scores if cut_scores is None else np.asarray(cut_scores, dtype=np.float64)
+    if cut_scores.shape != scores.shape or not np.isfinite(cut_scores).all():
+        raise ValueError("ccs cut_scores must be finite, one per example")
     n = len(ids)
-    want = budget(n, fraction)
+    want = ccs_budget(n, fraction)
     cut = int(np.floor(beta * n + _EPS))
     if want > n - cut:
         raise ValueError(f"ccs: budget {want} (fraction {fraction} of {n}) exceeds the {n - cut} examples left "
                          f"after dropping floor(beta * N) = {cut} hardest (beta {beta}); lower beta or fraction")
-    # hardest first, ties in the seeded random order; keep the rest
-    order = np.lexsort((tie_ranks(ids, seed), scores if hard == "low" else -scores))
+    # lowest cut score first, ties in the seeded random order; keep the rest
+    order = np.lexsort((tie_ranks(ids, seed), cut_scores))
     rest = order[cut:]
     rest = rest[np.argsort(ids[rest], kind="stable")]  # id order, so the random draws are input-order free
     strata = ccs_strata(scores[rest], int(k))

@@ -6,7 +6,8 @@
     <score>:balanced   class-balanced at the recipe's end (per-class budgets proportional to
                        class sizes)
     ccs                coverage-centric selection (Zheng et al. 2023) on ``select.ccs_score``
-                       (AUM by default): beta hard cut, k equal-width strata
+                       (the CCS code's AUM, ``aum_prob``, by default): the beta lowest-``aum_prob``
+                       cut, k equal-width strata
     rs2                a fresh random subset each epoch, without replacement across epochs
                        (Okanovic et al. 2024); the kept fraction is the per-epoch share
     infobatch          drop a share of low-loss examples each epoch, rescale the rest, full data
@@ -33,6 +34,7 @@ class Method:
     score: Optional[str]  # score the selection reads (None for samplers)
     selector: Optional[str]  # static selector name, or None for samplers
     sampler: Optional[str]  # per-epoch sampler name, or None
+    cut_score: Optional[str] = None  # a second score the selection reads (CCS's mislabel cut), or None
 
     @property
     def stochastic(self) -> bool:
@@ -48,10 +50,13 @@ def valid_names() -> list[str]:
     return [*SCORES.names(), *(f"<score>:{m}" for m in MODES), *SPECIAL]
 
 
-def parse_method(label: str, ccs_score: str = "aum") -> Method:
+CCS_CUT_SCORE = "aum_prob"  # the CCS code cuts its lowest accumulated probability margin, whatever it stratifies
+
+
+def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE) -> Method:
     """Interpret one ``select.methods`` entry; unknown names raise ValueError listing the valid ones."""
     if label == "ccs":
-        return Method(label, ccs_score, "ccs", None)
+        return Method(label, ccs_score, "ccs", None, cut_score=CCS_CUT_SCORE)
     if label in SAMPLER_METHODS:
         return Method(label, None, None, label)
     score, _, mode = label.partition(":")
