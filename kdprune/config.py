@@ -41,8 +41,8 @@ def _registry(kind: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def parse_method(label: str, ccs_score: str = "aum_prob"):
-    return _registry("methods")(label, ccs_score)
+def parse_method(label: str, ccs_score: str = "aum_prob", balance: bool = True):
+    return _registry("methods")(label, ccs_score, balance)
 
 
 def _beta(v) -> Optional[str]:
@@ -206,6 +206,8 @@ SCHEMA: dict[str, Any] = {
     "select": {
         "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_method)),
         "fractions": Field("list", [0.1, 0.3, 0.5], item="float", check=_each(FRACTION)),
+        "balance": Field("bool", True, doc="class-balanced budgets for every method, random included (DeepCore's "
+                                           "default); ':global' / ':balanced' after a method name override it"),
         "ccs_score": Field("str", "aum_prob", check=_one_of("scores"), doc="score CCS stratifies"),
         "ccs_beta": Field("any", [[0.1, 0.3], [0.2, 0.2], [0.5, 0.0]], check=_beta,
                           doc="CCS mislabel cut (lowest aum_prob), share of N: a number, or a table by kept "
@@ -327,7 +329,7 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
     sp, sel = p["scores"], p["select"]
     methods = "methods" in _CHECKED.get()
     for label in (sel["methods"] if methods else []):
-        m = parse_method(label, sel["ccs_score"])
+        m = parse_method(label, sel["ccs_score"], sel["balance"])
         for score in dict.fromkeys(x for x in (m.score, m.cut_score) if x is not None):
             if score not in sp["methods"]:
                 errors.append(f"select.methods: {label!r} reads score {score!r}, which scores.methods "
@@ -355,7 +357,8 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
     if p["teacher"]["arch"] in st["teachers"]:
         errors.append(f"student.teachers: {p['teacher']['arch']!r} is already the teacher (teacher.arch); list only "
                       "the extra architectures")
-    stochastic = [label for label in sel["methods"] if parse_method(label, sel["ccs_score"]).stochastic] if methods else []
+    stochastic = [label for label in sel["methods"]
+                  if parse_method(label, sel["ccs_score"], sel["balance"]).stochastic] if methods else []
     if stochastic and sorted(p["scores"]["seeds"]) != sorted(p["student"]["seeds"]):
         errors.append(
             f"scores.seeds: {p['scores']['seeds']} differs from student.seeds {p['student']['seeds']}; seeded selection "

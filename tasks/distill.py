@@ -157,7 +157,7 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
         "dataset": meta["dataset"], "manifest_sha256": sha256_file(mpath),
         "teacher_sha256": sha256_file(tdir / "model.safetensors") if kd else None,
         "n_train": int(subset.numel()), "epochs": epochs, "budget": sp["budget"],
-        "sampler": (manifest.get("sampler") or {}).get("name"),
+        "sampler": (manifest.get("sampler") or {}).get("name"), "balanced": manifest.get("balanced"),
     }
     tr = Tracker.shared(root, parent_run_id)  # one per sweep run: the store is checked once
     tags = {**stage_tags(root, "distill", meta), "kdprune.role": "student", "method": manifest["method"],

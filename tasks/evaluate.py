@@ -31,7 +31,7 @@ from tasks.tracking import Tracker
 COLUMNS = [
     "dataset", "method", "fraction", "kd", "kd_weight", "kd_schedule", "kd_setting", "temperature", "seed",
     "teacher_arch", "teacher_params", "teacher_logits", "student_arch",
-    "test_acc", "val_acc", "n_train", "samples_seen", "seen_fraction", "steps", "epochs", "budget", "sampler",
+    "test_acc", "val_acc", "n_train", "samples_seen", "seen_fraction", "steps", "epochs", "budget", "sampler", "balanced",
     "wall_s", "selection_s", "selection_peak_mb", "selection_seed", "same_training_as", "name",
     "manifest", "manifest_sha256", "teacher_sha256", "mlflow_run_id",
 ]
@@ -46,7 +46,7 @@ def selection_costs(root: Path, params: dict) -> dict[str, dict]:
     recorded = read_record(root, "scores").get("costs", {})
     costs = {}
     for label in params["select"]["methods"]:
-        m = parse_method(label, params["select"]["ccs_score"])
+        m = parse_method(label, params["select"]["ccs_score"], params["select"]["balance"])
         if m.score is None:
             costs[label] = {"selection_s": 0.0, "selection_peak_mb": 0.0}
             continue
@@ -76,6 +76,18 @@ def plot_data(df: pd.DataFrame, main_teacher: str) -> pd.DataFrame:
     return g[["method", "arm", "fraction", "test_acc", "std", "seeds"]]
 
 
+def selection_line(df: pd.DataFrame) -> str:
+    """Which methods selected with class-balanced budgets and which over the whole pool (select.balance)."""
+    if "balanced" not in df or df["balanced"].isna().all():
+        return "Selection: class balance not recorded."
+    by = df.dropna(subset=["balanced"]).groupby("method")["balanced"].first()
+    bal = sorted(m for m, b in by.items() if bool(b))
+    glob = sorted(m for m, b in by.items() if not bool(b))
+    return ("Selection: class-balanced budgets (per class, proportional to class sizes) for "
+            + (", ".join(bal) or "none") + "; over the whole pool for " + (", ".join(glob) or "none")
+            + " (select.balance, or ':balanced' / ':global' after a method).")
+
+
 def _cell(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
 
@@ -99,6 +111,7 @@ def build_report(df: pd.DataFrame, teachers: pd.DataFrame, ctx: dict) -> str:
         + f"; {main_t} scores the examples and is the self-distilling teacher.",
         f"Students: {ctx['student_arch']} ({ctx['student_params']:,} parameters), {df['epochs'].max()} epochs on "
         f"each subset ({df['budget'].iloc[0]} budget); seeds {seeds}. Test accuracy (%), mean ± std over seeds.",
+        selection_line(df),
         "",
         f"## Accuracy by method and kept fraction (teacher {main_t})",
         "",

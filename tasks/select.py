@@ -39,7 +39,7 @@ def plan(params: dict) -> list[dict]:
     sel, sp = params["select"], params["scores"]
     out = []
     for label in sel["methods"]:
-        m = parse_method(label, sel["ccs_score"])
+        m = parse_method(label, sel["ccs_score"], sel["balance"])
         seeds = sp["seeds"] if m.stochastic else [None]
         fractions = [1.0] if m.sampler == "infobatch" else sel["fractions"]
         for seed in seeds:
@@ -75,7 +75,7 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
             atomic_directory(out) as tmp:
         for job in plan(params):
             m, frac, seed = job["method"], job["fraction"], job["seed"]
-            base = {"method": m.label, "fraction": frac, "seed": seed, "dataset": meta["dataset"],
+            base = {"method": m.label, "fraction": frac, "seed": seed, "balanced": m.balanced, "dataset": meta["dataset"],
                     "dataset_sha256": meta["sha256"], "n_total": int(len(train.ids))}
             if m.sampler is not None:
                 opts = ({"ratio": frac} if m.sampler == "rs2" else

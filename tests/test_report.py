@@ -121,3 +121,11 @@ def test_scheduled_kd_arm_gets_its_own_column():
     lin["kd_weight"] = 0.9 + (0.1 - 0.9) * lin["fraction"]
     md = build_report(pd.concat([df, lin]), TEACHERS, CTX)
     assert "| no KD | KD a=0.5 | KD linear (kdlin0.9-0.1) |" in md
+
+
+def test_report_says_which_methods_selected_class_balanced():
+    df = table()
+    df["balanced"] = df["method"] != "el2n"
+    report = build_report(df, TEACHERS, CTX)
+    assert ("Selection: class-balanced budgets (per class, proportional to class sizes) for forgetting, random; "
+            "over the whole pool for el2n") in report

@@ -75,6 +75,33 @@ def test_class_balanced_keeps_exact_per_class_counts_and_the_right_ids():
     np.testing.assert_array_equal(select("class_balanced_high", ids[p], labels[p], scores[p], 0.3), [1, 3, 7])
 
 
+@pytest.mark.parametrize("balance", [True, False])
+def test_select_balance_makes_every_method_class_balanced_unless_a_method_says_otherwise(balance):
+    from kdprune.selection import parse_method
+
+    def selector(label):
+        return parse_method(label, balance=balance).selector
+
+    assert selector("random") == ("class_balanced_high" if balance else "keep_high")
+    assert selector("el2n") == ("class_balanced_high" if balance else "keep_high")
+    assert selector("aum") == ("class_balanced_low" if balance else "keep_low")
+    assert selector("el2n:low") == ("class_balanced_low" if balance else "keep_low")
+    assert selector("random:global") == "keep_high" and selector("el2n:global") == "keep_high"
+    assert selector("random:balanced") == "class_balanced_high" and selector("forgetting:balanced") == "class_balanced_high"
+    assert parse_method("random:global").balanced is False and parse_method("random").balanced is True
+    with pytest.raises(ValueError, match="random takes no ':high'"):
+        parse_method("random:high")
+
+
+def test_class_balanced_random_is_a_per_class_uniform_draw_with_exact_quotas():
+    ids, labels = np.arange(1000, dtype=np.int64), np.repeat([0, 1, 2, 3], [400, 300, 200, 100])
+    scores = np.random.default_rng(3).random(1000)  # what the random score is: uniform draws
+    kept = select("class_balanced_high", ids, labels, scores, 0.15, seed=0)
+    assert np.bincount(labels[kept]).tolist() == class_quotas([400, 300, 200, 100], 150).tolist() == [60, 45, 30, 15]
+    whole = select("keep_high", ids, labels, scores, 0.15, seed=0)
+    assert np.bincount(labels[whole], minlength=4).tolist() != [60, 45, 30, 15]  # the whole-pool draw is not
+
+
 # -- ties ------------------------------------------------------------------------------------
 
 def _class_ordered(sizes):

@@ -1,10 +1,12 @@
 """What a name in ``select.methods`` means: which score, which selector or per-epoch sampler.
 
-    <score>            keep the end the score's recipe keeps (``keep`` of its registration);
-                       ``random`` keeps a uniform random subset
-    <score>:high|low   keep that end explicitly
-    <score>:balanced   class-balanced at the recipe's end (per-class budgets proportional to
-                       class sizes)
+    <score>            keep the end the score's recipe keeps (``keep`` of its registration),
+                       class-balanced when ``select.balance`` is true (the default, as DeepCore:
+                       per-class budgets proportional to class sizes), else over the whole pool;
+                       ``random`` keeps a uniform random subset (per class when balanced)
+    <score>:high|low   keep that end explicitly (balanced as ``select.balance`` says)
+    <score>:balanced   class-balanced at the recipe's end, whatever ``select.balance`` says
+    <score>:global     over the whole pool at the recipe's end, whatever ``select.balance`` says
     ccs                coverage-centric selection (Zheng et al. 2023) on ``select.ccs_score``
                        (the CCS code's AUM, ``aum_prob``, by default): the beta lowest-``aum_prob``
                        cut, k equal-width strata
@@ -25,7 +27,7 @@ from kdprune.scores import SCORES
 
 SAMPLER_METHODS = ("rs2", "infobatch")
 SPECIAL = ("ccs", *SAMPLER_METHODS)
-MODES = ("high", "low", "balanced")
+MODES = ("high", "low", "balanced", "global")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class Method:
         return self.score == "random" or self.selector == "ccs" or self.sampler is not None
 
     @property
+    def balanced(self) -> bool:
+        """Whether the budget is split across classes in proportion to their sizes."""
+        return bool(self.selector and self.selector.startswith("class_balanced"))
+
+    @property
     def file_stem(self) -> str:
         return self.label.replace(":", ".")
 
@@ -53,8 +60,9 @@ def valid_names() -> list[str]:
 CCS_CUT_SCORE = "aum_prob"  # the CCS code cuts its lowest accumulated probability margin, whatever it stratifies
 
 
-def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE) -> Method:
-    """Interpret one ``select.methods`` entry; unknown names raise ValueError listing the valid ones."""
+def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE, balance: bool = True) -> Method:
+    """Interpret one ``select.methods`` entry (``balance``: ``select.balance``); unknown names raise
+    ValueError listing the valid ones."""
     if label == "ccs":
         return Method(label, ccs_score, "ccs", None, cut_score=CCS_CUT_SCORE)
     if label in SAMPLER_METHODS:
@@ -63,11 +71,12 @@ def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE) -> Method:
     if score not in SCORES or (mode and mode not in MODES):
         raise ValueError(f"unknown selection method {label!r}; valid: {', '.join(valid_names())}")
     keep = SCORES.get(score).keep
+    balanced = mode == "balanced" or (mode != "global" and balance)
     if score == "random":
-        if mode:
-            raise ValueError("random takes no ':high', ':low' or ':balanced' (it keeps a uniform subset)")
-        return Method(label, score, "keep_high", None)  # top-k of uniform draws = uniform subset
+        if mode in ("high", "low"):
+            raise ValueError("random takes no ':high' or ':low' (it keeps a uniform subset); "
+                             "':balanced' or ':global' choose a per-class or a whole-pool draw")
+        # the top-k of uniform draws is a uniform subset; per class, a class-stratified uniform subset
+        return Method(label, score, "class_balanced_high" if balanced else "keep_high", None)
     end = mode if mode in ("high", "low") else (keep or "high")
-    if mode == "balanced":
-        return Method(label, score, f"class_balanced_{end}", None)
-    return Method(label, score, f"keep_{end}", None)
+    return Method(label, score, f"class_balanced_{end}" if balanced else f"keep_{end}", None)
