@@ -45,6 +45,9 @@ def parse_method(label: str, ccs_score: str = "aum_prob", balance: bool = True):
     return _registry("methods")(label, ccs_score, balance)
 
 
+PROXIES = {"el2n_proxy", "grand", "grand_last_layer"}  # scores computed from proxy runs (tasks/scores.py)
+
+
 def _beta(v) -> Optional[str]:
     """select.ccs_beta: a share in [0, 1), or a table [[kept fraction, beta], ...]."""
     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -187,9 +190,10 @@ SCHEMA: dict[str, Any] = {
         "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_one_of("scores"))),
         "seeds": Field("list", [0], item="int", check=_each(SEED), doc="seeds of stochastic scores (random)"),
         "el2n_epoch": Field("int", 5, check=POSITIVE_INT, doc="teacher epoch (1-based) EL2N is read at"),
-        "proxy_seeds": Field("list", [0, 1, 2], item="int", check=_each(SEED),
-                             doc="independent short proxy runs for el2n_proxy / grand / grand_last_layer"),
-        "proxy_epochs": Field("int", 5, check=POSITIVE_INT),
+        "proxy_seeds": Field("list", list(range(10)), item="int", check=_each(SEED),
+                             doc="independent proxy runs for el2n_proxy / grand / grand_last_layer (paper: ~10)"),
+        "proxy_epochs": Field("int", 5, check=POSITIVE_INT,
+                              doc="epochs each proxy runs of the teacher's schedule (teacher.epochs long): read early"),
         "proxy_arch": Field("str", None, nullable=True, check=_one_of("models"), doc="null: teacher.arch"),
         "el2n_proxy_epoch": Field("int", 3, check=POSITIVE_INT, doc="proxy epoch (1-based) EL2N is read at"),
         "grand_epoch": Field("int", 0, check=_range(0), doc="proxy epoch GraNd is computed at (0: at init)"),
@@ -342,6 +346,9 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
                 if f + b > 1.0 + 1e-9:
                     errors.append(f"select.ccs_beta: {b:g} at kept fraction {f:g} cuts more than the subset leaves "
                                   f"(fraction + beta must be <= 1); lower beta there")
+    if PROXIES & set(sp["methods"]) and sp["proxy_epochs"] > p["teacher"]["epochs"]:
+        errors.append(f"scores.proxy_epochs: {sp['proxy_epochs']} is more than the teacher's schedule; proxies run "
+                      f"the first epochs of it: allowed 1..teacher.epochs ({p['teacher']['epochs']})")
     if "el2n_proxy" in sp["methods"] and sp["el2n_proxy_epoch"] > sp["proxy_epochs"]:
         errors.append(f"scores.el2n_proxy_epoch: {sp['el2n_proxy_epoch']} is after the proxies' last epoch; "
                       f"allowed: 1..scores.proxy_epochs ({sp['proxy_epochs']})")

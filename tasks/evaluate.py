@@ -56,6 +56,30 @@ def selection_costs(root: Path, params: dict) -> dict[str, dict]:
     return costs
 
 
+def score_recipes(root: Path, params: dict) -> dict[str, str]:
+    """Per selection method: the score it read and the recipe that made it (from the score files)."""
+    from kdprune.selection import parse_method
+
+    out = {}
+    sel = params["select"]
+    for label in sel["methods"]:
+        m = parse_method(label, sel["ccs_score"], sel["balance"])
+        if m.score is None:
+            out[label] = f"per-epoch sampler {m.sampler}"
+            continue
+        f = Path(root) / "data" / "scores" / (f"{m.score}-{params['scores']['seeds'][0]}.json" if m.score == "random"
+                                              else f"{m.score}.json")
+        info = json.loads(f.read_text()) if f.exists() else {}
+        text = f"score {m.score}: {info.get('variant', 'unknown variant')}"
+        pt = info.get("proxy_training")
+        if pt:
+            text += "; proxies: " + ", ".join(f"{k} {v}" for k, v in pt.items())
+        if m.cut_score:
+            text += f"; cut on {m.cut_score}"
+        out[label] = text
+    return out
+
+
 def dvc_metrics(df: pd.DataFrame, teachers: pd.DataFrame, main_teacher: str) -> dict:
     """The DVC metrics file: test accuracy per method, kept fraction and KD arm (mean over seeds) for
     the main teacher's students, and each teacher's; what `dvc exp show` / `dvc metrics diff` compare."""
@@ -161,6 +185,9 @@ def build_report(df: pd.DataFrame, teachers: pd.DataFrame, ctx: dict) -> str:
     else:
         lines.append("One teacher architecture in this sweep; list others in student.teachers to ask this question.")
 
+    if ctx.get("recipes"):
+        lines += ["", "## How each method selected", ""]
+        lines += [f"- `{label}`: {text}" for label, text in ctx["recipes"].items()]
     lines += ["", "## Selection cost beside accuracy", "",
               "Seconds to score and select (proxy training included) and peak extra memory, as measured on the "
               "machine that ran the scores stage (— where this machine has no record of it); accuracy of the best "
@@ -339,7 +366,7 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     main_t = params["teacher"]["arch"]
     ctx = {"dataset": meta["dataset"], "main_teacher": main_t, "student_arch": params["student"]["arch"],
            "student_params": student_params, "teachers_max_fraction": params["student"]["teachers_max_fraction"],
-           "n_pool": meta["sizes"]["train"]}
+           "n_pool": meta["sizes"]["train"], "recipes": score_recipes(root, params)}
     teacher_acc = float(teachers.set_index("arch").loc[main_t, "test_acc"])
     report = build_report(df, teachers, ctx)
     out = root / "reports"

@@ -44,7 +44,6 @@ UNCERTAINTY = {"entropy", "least_confidence", "margin"}
 def score_options(method: str, sp: dict) -> dict:
     return {
         "el2n": {"epoch": sp["el2n_epoch"]},
-        "el2n_proxy": {"epoch": sp["el2n_proxy_epoch"]},
         "aum": {"variant": sp["aum_variant"]},
         "dynamic_uncertainty": {"window": sp["uncertainty_window"]},
     }.get(method, {})
@@ -130,12 +129,16 @@ def train_proxy(root: str, params: dict, kind: str, seed: int, workdir: str) -> 
 
         if sp["grand_epoch"] == 0:
             keep_weights("grand")
-        cfg = train_config(tp, epochs=sp["proxy_epochs"], order_seed=1000 + seed, aug_seed=1000 + seed,
-                           record_dynamics=True)
+        def at_epoch(e: int, _m: dict) -> None:
+            if e == sp["grand_epoch"]:
+                keep_weights("grand")
+            if e == sp["el2n_proxy_epoch"]:  # EL2N's read point: a clean eval-mode pass over the train split
+                atomic_save_npy(out / "el2n_logits.npy", predict_logits(model, train_d).cpu().numpy())
+
+        # the teacher's full schedule (its LR curve), stopped after proxy_epochs: read early in a full run
+        cfg = train_config(tp, order_seed=1000 + seed, aug_seed=1000 + seed, stop_after=sp["proxy_epochs"])
         ckpt = FileCheckpoint(root_p, "scores", f"proxy-{seed}", fingerprint(cfg.__dict__, arch, meta["sha256"]), log)
-        res = train(model, train_d, cfg, checkpoint=ckpt,
-                    on_epoch=lambda e, m: keep_weights("grand") if e == sp["grand_epoch"] else None)
-        atomic_save_npy(out / "logits.npy", res.dynamics)
+        train(model, train_d, cfg, checkpoint=ckpt, on_epoch=at_epoch)
     else:
         rng = np.random.default_rng([seed, 7])
         n = len(train_d)
@@ -186,8 +189,8 @@ def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: l
     if "inputs" in needs:
         ctx.inputs = train_d.normalise(train_d.x)
     pdirs = [Path(p["path"]) for p in proxies if p["kind"] == "proxy"]
-    if "proxy_dynamics" in needs:
-        ctx.proxy_dynamics = [np.load(d / "logits.npy").astype(np.float32) for d in pdirs]
+    if "proxy_logits" in needs:
+        ctx.proxy_logits = [np.load(d / "el2n_logits.npy") for d in pdirs]
     if "proxy_models" in needs:
         ctx.proxy_models = [_proxy_model(d, device) for d in pdirs]
     mdirs = [Path(p["path"]) for p in proxies if p["kind"] == "memo"]
@@ -229,7 +232,10 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
                 info = {
                     "method": method, "seed": seed, "keep": spec.keep, "definition": spec.definition,
                     "variant": spec.variant, "options": opts, "n": int(len(values)),
-                    "proxy_training": ({"runs": len(sp["proxy_seeds"]), "epochs": sp["proxy_epochs"]}
+                    "proxy_training": ({"runs": len(sp["proxy_seeds"]), "epochs": sp["proxy_epochs"],
+                                        "schedule_epochs": params["teacher"]["epochs"],
+                                        **({"read_at_epoch": sp["el2n_proxy_epoch"], "pass": "eval mode, clean inputs"}
+                                           if method == "el2n_proxy" else {"at_epoch": sp["grand_epoch"]})}
                                        if method in PROXY_SCORES else
                                        {"runs": sp["memorization_models"], "epochs": sp["memorization_epochs"]}
                                        if method == "memorization" else None),

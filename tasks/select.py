@@ -92,6 +92,7 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                 kept = select(m.selector, train.ids, train.y, scores, frac, seed=seed or 0, **call)
                 extra = {"selector": m.selector, "selector_options": opts, "sampler": None, "keep": info["keep"],
                          "score": m.score, "score_sha256": score_sha, "score_variant": info["variant"],
+                         "score_recipe": info.get("proxy_training"),
                          # equal scores: kdprune.selection.static.tie_ranks(ids, seed), class-proportional at the cut
                          "ties": {"order": "seeded random", "seed": seed or 0}}
             labels = train.y[train.positions(kept)]

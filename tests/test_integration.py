@@ -189,6 +189,9 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
         assert costs[stem]["seconds"] >= 0 and costs[stem]["peak_mem_mb"] >= 0  # ... and go to the run record
         if s in ("el2n_proxy", "grand", "grand_last_layer", "memorization"):
             assert costs[stem]["proxy_train_s"] > 0 and info["proxy_training"]["runs"] >= 2
+    # EL2N's recipe: proxies on the teacher's 4-epoch schedule, stopped after 2, read at epoch 2, eval mode, clean
+    assert json.loads((sdir / "el2n_proxy.json").read_text())["proxy_training"] == {
+        "runs": 2, "epochs": 2, "schedule_epochs": 4, "read_at_epoch": 2, "pass": "eval mode, clean inputs"}
     assert not list((proj.path / ".kdprune" / "proxies").glob("*"))  # proxy files removed after the stage
     df = pd.read_csv(proj.path / "reports" / "results.csv")
     assert set(df.method) == set(ALL_METHODS) and len(df) == 2 * len(ALL_METHODS)
@@ -210,6 +213,7 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
     assert opts["beta"] == pytest.approx(0.2 - 0.2 / 3) and opts["k"] == 50 and opts["cut_score"] == "aum_prob"
     assert len(opts["cut_score_sha256"]) == 64 and ccs["n"] == int(0.3 * n_train)  # the reference's rounding
     report = (proj.path / "reports" / "report.md").read_text()
+    assert "- `el2n_proxy`: score el2n_proxy:" in report and "read_at_epoch 2" in report  # which recipe made it
     assert "| method | selection s | peak MiB | acc 0.3 KD / no KD |" in report
     assert "| grand |" in report
     client, runs = _mlflow_runs(proj)

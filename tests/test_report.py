@@ -129,3 +129,9 @@ def test_report_says_which_methods_selected_class_balanced():
     report = build_report(df, TEACHERS, CTX)
     assert ("Selection: class-balanced budgets (per class, proportional to class sizes) for forgetting, random; "
             "over the whole pool for el2n") in report
+
+
+def test_report_states_the_recipe_behind_each_method():
+    ctx = {**CTX, "recipes": {"el2n": "score el2n_proxy: ...; proxies: runs 10, epochs 5, read_at_epoch 3"}}
+    report = build_report(table(), TEACHERS, ctx)
+    assert "## How each method selected" in report and "- `el2n`: score el2n_proxy: ...; proxies: runs 10" in report

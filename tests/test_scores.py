@@ -41,12 +41,12 @@ def test_all_new_scores_are_registered_with_their_keep_direction():
 
 
 @pytest.mark.parametrize("name, field", [
-    ("el2n_proxy", "proxy_dynamics"), ("grand", "proxy_models"), ("grand_last_layer", "inputs"),
+    ("el2n_proxy", "proxy_logits"), ("grand", "proxy_models"), ("grand_last_layer", "inputs"),
     ("aum", "dynamics"), ("dynamic_uncertainty", "dynamics"), ("prototypes", "embeddings"),
     ("prototypes_supervised", "embeddings"), ("moderate_ds", "embeddings"), ("memorization", "memo_correct"),
 ])
 def test_missing_context_field_is_a_clear_error(name, field):
-    fields = {"proxy_dynamics": [np.zeros((2, 3, 2))], "proxy_models": [torch.nn.Linear(2, 2)],
+    fields = {"proxy_logits": [np.zeros((3, 2))], "proxy_models": [torch.nn.Linear(2, 2)],
               "inputs": torch.zeros(3, 2), "dynamics": np.zeros((2, 3, 2)), "embeddings": np.zeros((3, 2)),
               "memo_masks": np.zeros((2, 3), bool), "memo_correct": np.zeros((2, 3), bool)}
     fields[field] = None
@@ -63,22 +63,41 @@ def test_uncertainty_scores_need_final_logits_or_dynamics():
 # ---------------------------------------------------------------- dynamics-based scores
 
 def test_el2n_proxy_averages_the_per_proxy_error_norms():
-    # 2 proxies, 2 epochs, 2 examples, 2 classes; labels (0, 1)
-    a = np.array([[[0.0, 0.0], [0.0, 0.0]], [[math.log(3.0), 0.0], [0.0, 0.0]]])
-    b = np.array([[[9.0, 9.0], [9.0, 9.0]], [[0.0, 0.0], [0.0, math.log(3.0)]]])
-    ctx = _ctx([0, 1], 2, proxy_dynamics=[a, b])
-    # epoch 2: proxy a: ex0 p=(3/4,1/4) -> sqrt(2)/4; ex1 p=(1/2,1/2) -> sqrt(2)/2
-    #          proxy b: ex0 p=(1/2,1/2) -> sqrt(2)/2; ex1 p=(1/4,3/4) -> sqrt(2)/4
+    # 2 proxies' logits at the read epoch, 2 examples, 2 classes; labels (0, 1)
+    a = np.array([[math.log(3.0), 0.0], [0.0, 0.0]])
+    b = np.array([[0.0, 0.0], [0.0, math.log(3.0)]])
+    ctx = _ctx([0, 1], 2, proxy_logits=[a, b])
+    # proxy a: ex0 p=(3/4,1/4) -> sqrt(2)/4; ex1 p=(1/2,1/2) -> sqrt(2)/2
+    # proxy b: ex0 p=(1/2,1/2) -> sqrt(2)/2; ex1 p=(1/4,3/4) -> sqrt(2)/4
     s2 = math.sqrt(2.0)
-    want = [(s2 / 4 + s2 / 2) / 2, (s2 / 2 + s2 / 4) / 2]
-    np.testing.assert_allclose(SCORES.get("el2n_proxy")(ctx, epoch=2), want, rtol=1e-12)
-    # epoch 1: everything uniform -> sqrt(2)/2 for both
-    np.testing.assert_allclose(SCORES.get("el2n_proxy")(ctx, epoch=1), [s2 / 2, s2 / 2], rtol=1e-12)
-    # one proxy only reproduces the single-run el2n on the same logits
-    single = _ctx([0, 1], 2, proxy_dynamics=[a], dynamics=a)
-    np.testing.assert_allclose(SCORES.get("el2n_proxy")(single, epoch=2), SCORES.get("el2n")(single, epoch=2))
-    with pytest.raises(ValueError, match="epoch"):
-        SCORES.get("el2n_proxy")(ctx, epoch=3)
+    np.testing.assert_allclose(SCORES.get("el2n_proxy")(ctx), [(s2 / 4 + s2 / 2) / 2, (s2 / 2 + s2 / 4) / 2], rtol=1e-12)
+    # one proxy reproduces the single-run el2n on the same logits
+    single = _ctx([0, 1], 2, proxy_logits=[a], dynamics=a[None])
+    np.testing.assert_allclose(SCORES.get("el2n_proxy")(single), SCORES.get("el2n")(single, epoch=1))
+    with pytest.raises(ValueError, match="shape"):
+        SCORES.get("el2n_proxy")(_ctx([0, 1, 1], 2, proxy_logits=[a]))
+
+
+def test_a_proxy_stopped_early_follows_the_full_runs_schedule_and_weights():
+    """The EL2N recipe: a proxy is the first epochs of a run on the full schedule, so up to where it
+    stops it is that run, step for step (same LR curve, same weights), not a short run of its own."""
+    from kdprune.train import DeviceData, TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    data = DeviceData.from_numpy(rng.integers(0, 255, (64, 1, 8, 8), dtype=np.uint8), rng.integers(0, 10, 64),
+                                 [0.5], [0.25], torch.device("cpu"))
+    cfg = dict(epochs=6, batch_size=16, lr=0.1, warmup_epochs=1.0)
+    runs = {}
+    for name, extra in (("full", {}), ("proxy", {"stop_after": 2}), ("short", {"epochs": 2})):
+        with seeded(0):
+            model = build_model("small_cnn", 1, 10, 8)
+        res = train(model, data, TrainConfig(**{**cfg, **extra}))
+        runs[name] = res
+    full, proxy, short = runs["full"], runs["proxy"], runs["short"]
+    assert len(proxy.history) == 2 and len(full.history) == 6
+    assert [h["lr"] for h in proxy.history] == [h["lr"] for h in full.history[:2]]  # the full run's LR curve
+    assert [h["lr"] for h in short.history] != [h["lr"] for h in full.history[:2]]  # not a squeezed cosine
+    assert [h["train_loss"] for h in proxy.history] == [h["train_loss"] for h in full.history[:2]]
 
 
 def test_aum_logit_and_prob_variants_by_hand():

@@ -28,8 +28,9 @@ class ScoreContext:
     # teacher training dynamics: logits of every example at every epoch, [E, N, C]
     dynamics: Optional[np.ndarray] = None
     # Optional inputs of the other scores; every array/tensor is in the order of ``ids``.
-    # el2n_proxy: one [E, N, C] logit array per independently initialised short proxy run
-    proxy_dynamics: Optional[Sequence[np.ndarray]] = None
+    # el2n_proxy: one [N, C] logit array per independently initialised proxy run: a clean eval-mode
+    # pass at the read epoch
+    proxy_logits: Optional[Sequence[np.ndarray]] = None
     # grand, grand_last_layer: proxy models at/near initialisation (one per seed, torch nn.Module,
     # each with a linear ``head``), and the float inputs [N, C, H, W], already normalised
     proxy_models: Optional[Sequence[Any]] = None

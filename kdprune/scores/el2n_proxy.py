@@ -6,26 +6,28 @@ from kdprune.scores.base import ScoreContext, register_score, softmax
 @register_score(
     "el2n_proxy",
     keep="high",
-    variant="paper: mean over independently initialised short proxy runs of their training-pass logits "
-    "at epoch `epoch` (1-based)",
-    needs=("proxy_dynamics",),
+    variant="paper / data_diet code: mean over independently initialised proxies of the error norm of a clean "
+    "(no augmentation) eval-mode pass, read early (epoch `el2n_proxy_epoch`) in a run on the teacher's full "
+    "schedule (`teacher.epochs`), stopped at `proxy_epochs`",
+    needs=("proxy_logits",),
 )
-def el2n_proxy(ctx: ScoreContext, epoch: int) -> np.ndarray:
+def el2n_proxy(ctx: ScoreContext) -> np.ndarray:
     """EL2N averaged over proxies: mean over runs of ||softmax(logits) - onehot(label)||_2.
 
-    Paul et al. (2021), "Deep Learning on a Data Diet": the error L2 norm early in training
-    (their CIFAR recipe: epoch ~20), averaged over ~10 independently initialised models. Reads
-    ``ctx.proxy_dynamics``, one [E, N, C] logit array per proxy run, at epoch ``epoch`` (1-based).
-    High = hard; the usual recipe keeps high. ``el2n`` is the single-teacher variant.
+    Paul et al. (2021), "Deep Learning on a Data Diet", and their data_diet code: a fixed early
+    checkpoint of a run on the full training schedule (their CIFAR recipe: epoch ~10-20 of 200),
+    scored in eval mode on clean data, averaged over ~10 independently initialised models. Reads
+    ``ctx.proxy_logits``: one [N, C] array per proxy, its logits at the read epoch. High = hard;
+    the usual recipe keeps high. ``el2n`` is the single-teacher, training-pass variant.
     """
-    runs = list(ctx.proxy_dynamics)
+    runs = list(ctx.proxy_logits)
     if not runs:
-        raise ValueError("el2n_proxy needs at least one proxy run in proxy_dynamics")
+        raise ValueError("el2n_proxy needs at least one proxy run in proxy_logits")
     onehot = np.eye(ctx.num_classes)[ctx.labels]
     total = np.zeros(len(ctx.ids))
-    for i, dyn in enumerate(runs):
-        if not 1 <= epoch <= dyn.shape[0]:
-            raise ValueError(f"el2n_proxy epoch must be in [1, {dyn.shape[0]}] (epochs of proxy run {i}), got {epoch}")
-        p = softmax(np.asarray(dyn[epoch - 1], dtype=np.float64))
-        total += np.linalg.norm(p - onehot, axis=1)
+    for i, logits in enumerate(runs):
+        logits = np.asarray(logits, dtype=np.float64)
+        if logits.shape != onehot.shape:
+            raise ValueError(f"proxy run {i}: logits of shape {logits.shape}, expected {onehot.shape}")
+        total += np.linalg.norm(softmax(logits) - onehot, axis=1)
     return total / len(runs)

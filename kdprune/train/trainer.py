@@ -76,6 +76,7 @@ class TrainConfig:
     record_dynamics: bool = False
     eval_batch_size: int = 256
     max_steps: Optional[int] = None  # equal-steps budget: stop after this many optimizer steps
+    stop_after: Optional[int] = None  # train only the first epochs of the `epochs`-long schedule (proxies read early)
     compile: bool = False  # torch.compile the training forward passes (student and KD teacher)
 
 
@@ -159,7 +160,8 @@ def train(
     kdprune.selection.samplers) picks, each epoch, which positions of the subset to train on and
     their loss weights (RS2, InfoBatch); without one every epoch uses the whole subset.
     ``cfg.max_steps`` stops after that many optimizer steps (the equal-steps budget); the LR
-    schedule follows the share of the run done. ``on_epoch(epoch, metrics)`` is called after each
+    schedule follows the share of the run done. ``cfg.stop_after`` stops after that many epochs of
+    a schedule sized for ``cfg.epochs`` (a proxy read early in a full-length run). ``on_epoch(epoch, metrics)`` is called after each
     epoch (1-based) with train loss/acc, val acc/loss, lr and samples seen.
 
     For KD, ``teacher`` runs under no_grad on each augmented batch. With augmentation off
@@ -211,7 +213,8 @@ def train(
     if cfg.record_dynamics:
         if num_classes is None:
             raise ValueError("record_dynamics needs a model with a linear `head`")
-        dyn = torch.full((cfg.epochs, n, num_classes), float("nan"), dtype=torch.float16, device=device)
+        dyn = torch.full((cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after), n, num_classes),
+                         float("nan"), dtype=torch.float16, device=device)
 
     result = TrainResult(best_state={}, best_epoch=0, best_val_acc=-1.0)
     fingerprint = {**asdict(cfg), "n": n, "subset_sum": int(subset.sum()),
@@ -240,7 +243,8 @@ def train(
     t0 = time.perf_counter() - elapsed
     order_gen = torch.Generator(device="cpu")
     all_local = torch.arange(n, device=device)
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
+    for epoch in range(start_epoch, last_epoch + 1):
         if cfg.max_steps is not None and result.steps >= cfg.max_steps:
             break
         model.train()
