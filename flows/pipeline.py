@@ -22,7 +22,7 @@ from flows.select import select_flow
 from flows.teacher import teacher_flow
 from flows.teachers import teachers_flow
 from flows.validate import validate_stage
-from tasks.evaluate import FIGURES
+from kdprune.report import FIGURES
 from tasks.common import git_commit, load_params
 from tasks.runtime import project_root
 from tasks.tracking import Tracker

@@ -339,8 +339,7 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
                 errors.append(f"select.methods: {label!r} reads score {score!r}, which scores.methods "
                               f"{sp['methods']} does not compute; add it there")
         if m.selector == "ccs":
-            from kdprune.selection.ccs import ccs_beta_at
-
+            ccs_beta_at = importlib.import_module("kdprune.selection").ccs_beta_at  # in scope with "methods"
             for f in sel["fractions"]:
                 b = ccs_beta_at(sel["ccs_beta"], f)
                 if f + b > 1.0 + 1e-9:

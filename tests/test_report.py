@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from kdprune import analysis as A
-from tasks.evaluate import build_report, plot_accuracy, plot_teacher_size, plot_weight_heatmap
+from kdprune.report import build_report, plot_accuracy, plot_teacher_size, plot_weight_heatmap
 
 FRACTIONS = [0.1, 0.3, 0.5, 1.0]
 METHODS = ["random", "el2n", "forgetting"]
