@@ -1,6 +1,7 @@
 """teacher: full train split -> models/teacher/ (weights, history, per-epoch per-sample dynamics)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +17,7 @@ from tasks.common import (
     FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_json, device_data, fault_point, fingerprint,
     load_prepared, save_model, stage_tags,
 )
+from tasks.progress import progress
 from tasks.tracking import Tracker
 
 
@@ -39,6 +41,8 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Tracker, ru
     cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=record_dynamics)
 
     def on_epoch(epoch: int, m: dict) -> None:
+        bar.update(epoch - bar.n)  # a resumed run starts past epoch 1
+        bar.set_postfix_str(f"val_acc {m['val_acc']:.4f}")
         log.info(f"{stage} {arch} epoch {epoch}/{tp['epochs']}: loss {m['train_loss']:.4f} "
                  f"train_acc {m['train_acc']:.4f} val_acc {m['val_acc']:.4f} ({m['seconds']:.1f}s)")
         tr.log_metrics(run_id, m, step=epoch)
@@ -47,7 +51,8 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Tracker, ru
     ckpt = FileCheckpoint(root, stage, arch if stage != "teacher" else "teacher",
                           fingerprint(tp, arch, meta["sha256"], str(device)), log)
     log.info(f"training {stage} {arch} on {len(train_d)} examples for {tp['epochs']} epochs on {device}")
-    res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)
+    with progress(f"{stage} {arch}", tp["epochs"], "epoch") as bar:
+        res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)
     if ckpt.resumed_from:  # epochs before the crash were logged to the failed attempt's run
         tr.log_history(run_id, res.history[: ckpt.resumed_from])
     model.load_state_dict(res.best_state)
@@ -60,6 +65,26 @@ def model_info(arch: str, model, meta: dict) -> dict:
     return {"arch": arch, "in_channels": c, "num_classes": meta["num_classes"], "image_size": h,
             "dataset": meta["dataset"], "dataset_sha256": meta["sha256"],
             "n_params": int(sum(p.numel() for p in model.parameters()))}
+
+
+def register_teacher(root: Path, tr: Tracker, run_id: str, model_dir: Path, meta: dict) -> None:
+    """The teacher as an MLflow model in the Model Registry (``kdprune-teacher-<dataset>``, one version
+    per retrain): a pyfunc model from code (tasks/teacher_model.py) with the safetensors weights as an
+    artifact, so nothing is pickled; the core package travels as its code."""
+    import importlib.metadata as md
+
+    import kdprune
+
+    norm = root / ".kdprune" / "mlflow" / run_id / "input.json"  # read by the writer process, later
+    atomic_write_json(norm, {"mean": list(map(float, meta["mean"])), "std": list(map(float, meta["std"]))})
+    c, h, w = meta["shape"]
+    signature = {"inputs": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, c, h, w]}}]),
+                 "outputs": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "float32",
+                                                                           "shape": [-1, meta["num_classes"]]}}])}
+    tr.log_model(run_id, "teacher", f"kdprune-teacher-{meta['dataset']}", Path(__file__).with_name("teacher_model.py"),
+                 {"weights": model_dir / "model.safetensors", "model_json": model_dir / "model.json", "input": norm},
+                 [Path(kdprune.__file__).parent],
+                 [f"{p}=={md.version(p)}" for p in ("mlflow", "torch", "safetensors", "numpy")], signature)
 
 
 @task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1)
@@ -89,6 +114,7 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
                                 "steps": res.steps})
         tr.log_artifact(run_id, out / "model.safetensors", "model")
         tr.log_artifact(run_id, out / "model.json", "model")
+        register_teacher(root, tr, run_id, out, meta)
     ckpt.clear()
     if tr.summary():
         log.warning(f"teacher: {tr.summary()}; the model and metrics are on disk in {out}")
