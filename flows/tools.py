@@ -176,6 +176,8 @@ def data(args) -> int:
             if not ok:  # stale package lists are the usual reason
                 ok = (subprocess.run(["apt-get", "update"], env=env).returncode == 0
                       and subprocess.run(["apt-get", "install", "-y", package], env=env).returncode == 0)
+            if ok and missing_data(dataset, data_root) is not None:  # installed, but its files were removed
+                ok = subprocess.run(["apt-get", "install", "-y", "--reinstall", package], env=env).returncode == 0
             if ok and (why := missing_data(dataset, data_root)) is None:
                 print(f"[kdprune] {dataset} is installed; `make study NAME={args.name}` runs the study", flush=True)
                 return 0

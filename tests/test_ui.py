@@ -180,3 +180,27 @@ def test_prefect_shows_the_pipeline_run_its_stages_artifacts_and_the_paused_nigh
     deps = _prefect_api(base, "/deployments/filter", {})
     assert [(d["name"], d["paused"]) for d in deps] == [("nightly", True)]  # registered by `make setup`, paused
     page.context.close()
+
+
+def test_the_teacher_is_in_the_model_registry_as_a_model_without_pickle(project):
+    """One registered version per retrain: a pyfunc model from code, safetensors weights, no pickle."""
+    code = (
+        "import json, sys, numpy as np, mlflow, pathlib\n"
+        "from mlflow.tracking import MlflowClient\n"
+        "c = MlflowClient()\n"
+        "vs = c.search_model_versions(\"name='kdprune-teacher-digits'\")\n"
+        "m = mlflow.pyfunc.load_model('models:/kdprune-teacher-digits/latest')\n"
+        "x = np.load('data/prepared/digits/test_x.npy'); y = np.load('data/prepared/digits/test_y.npy')\n"
+        "acc = float((m.predict(x).argmax(1) == y).mean())\n"
+        "files = [p.name for p in pathlib.Path('mlartifacts').rglob('*') if p.is_file()]\n"
+        "exp = c.get_experiment_by_name('kdprune').experiment_id\n"
+        "ev = c.search_runs([exp], \"tags.`kdprune.stage` = 'evaluate'\")[0].data.metrics['teacher_test_acc']\n"
+        "print(json.dumps({'versions': len(vs), 'acc': acc, 'evaluate': ev, 'files': files}))\n"
+    )
+    out = json.loads(project.run(sys.executable, "-c", code, env={
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project.path / 'mlflow.db'}"}).stdout.strip().splitlines()[-1])
+    assert out["versions"] == 1  # one retrain so far
+    # the very teacher the evaluate stage tested (MLflow keeps metrics as float32)
+    assert out["acc"] == pytest.approx(out["evaluate"], abs=1e-6)
+    assert "model.safetensors" in out["files"] and "teacher_model.py" in out["files"]
+    assert not [f for f in out["files"] if f.endswith((".pkl", ".pickle", ".cloudpickle", ".pt", ".pth"))]
