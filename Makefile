@@ -20,7 +20,7 @@ setup: $(BIN)/.installed
 	@$(BIN)/dvc config core.analytics false
 	@test -f mlflow.db || $(BIN)/python -m flows init
 	@# the nightly deployment, registered once and paused: visible in the Prefect UI, `make serve` turns it on
-	@test -f .prefect/kdprune-deployed || { $(BIN)/python -m flows deploy --paused && touch .prefect/kdprune-deployed; }
+	@test -f .prefect/kdprune-deployed || { $(BIN)/python -m flows deploy --paused && mkdir -p .prefect && touch .prefect/kdprune-deployed; }
 
 run: setup  ## the whole pipeline on params.yaml (stale stages only), then the report
 	$(BIN)/python -m flows pipeline

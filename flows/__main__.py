@@ -188,6 +188,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         flow_fn = getattr(importlib.import_module(f"flows.{args.command}"), f"{args.command}_flow")
         flow_fn(root=str(root), parent_run_id=os.environ.get("KDPRUNE_PARENT_RUN_ID") or None)
+        # a stage's runs may end without waiting for their logging (the teacher's registered model):
+        # the stage is done when its tracking is
+        from tasks.tracking import not_logged_total
+
+        if lost := not_logged_total():
+            print("kdprune: not logged to MLflow: " + ", ".join(f"{v} {k}" for k, v in sorted(lost.items())),
+                  file=sys.stderr)
     _DONE.append(0)
 
 

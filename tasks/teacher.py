@@ -95,8 +95,10 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
     tp = params["teacher"]
     tr = Tracker(root)
     meta, _ = load_prepared(root, params["data"]["dataset"])
+    # the run ends without waiting for its logging (the registered model takes the writer a second or
+    # two): the next stage starts meanwhile; a process's later flush, or its end, waits for it
     with tr.run("teacher", parent_run_id, tags=stage_tags(root, "teacher", meta),
-                params={"teacher": tp, "device": params["device"]}) as run_id:
+                params={"teacher": tp, "device": params["device"]}, wait=False) as run_id:
         model, res, val, meta, splits, ckpt = fit_teacher(root, params, tp["arch"], "teacher", tr, run_id, log,
                                                            record_dynamics=True)
         out = root / "models" / "teacher"
@@ -116,7 +118,7 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
         tr.log_artifact(run_id, out / "model.json", "model")
         register_teacher(root, tr, run_id, out, meta)
     ckpt.clear()
-    if tr.summary():
-        log.warning(f"teacher: {tr.summary()}; the model and metrics are on disk in {out}")
+    if tr.summary(wait=False):
+        log.warning(f"teacher: {tr.summary(wait=False)}; the model and metrics are on disk in {out}")
     log.info(f"teacher done: best epoch {res.best_epoch}, val_acc {val['acc']:.4f}, {res.seconds:.1f}s -> {out}")
     return {"path": str(out), "val_acc": val["acc"], "best_epoch": res.best_epoch}
