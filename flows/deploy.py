@@ -63,7 +63,7 @@ def deploy(cron: str | None = None, timezone: str = "UTC", serve: bool = False, 
     name = f"sweep/{profile}" if profile else f"pipeline/{DEPLOYMENT_NAME}"
     if paused and (dep := existing(name)) is not None:
         print(f"deployment '{name}' is registered ({'paused' if dep.paused else 'active'}); "
-              "`make serve` resumes it and runs its schedule")
+              "`make serve` resumes it and runs its schedule while it serves")
         return
     dep = build(cron or DEFAULT_CRON, timezone, profile, overrides, paused=paused or None)
     if serve:
@@ -73,5 +73,5 @@ def deploy(cron: str | None = None, timezone: str = "UTC", serve: bool = False, 
     else:
         dep_id = dep.apply()
         print(f"deployment '{name}' ({dep_id}) with cron {cron or DEFAULT_CRON!r} {timezone}"
-              + (", paused; `make serve` resumes it and runs its schedule (or switch it on in the Prefect UI's "
-                 "Deployments page and serve it)" if paused else "; serve it with `kdprune serve` (same options)"))
+              + (", paused; `make serve` resumes it and runs its schedule while it serves" if paused
+               else "; serve it with `kdprune serve` (same options)"))

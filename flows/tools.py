@@ -22,7 +22,7 @@ BENCHMARKS = ("trainer_bench", "grand_bench", "pipeline_bench")
 
 # ---------------------------------------------------------------- kdprune ui
 
-def _wait_healthy(url: str, proc: subprocess.Popen | None, timeout_s: float = 90.0) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen | None, timeout_s: float = 300.0) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         if proc is not None and proc.poll() is not None:
@@ -71,8 +71,9 @@ def ui(args) -> int:
         if not args.no_serve:
             mlflow = shutil.which("mlflow", path=os.pathsep.join([str(Path(sys.executable).parent),
                                                                   os.environ.get("PATH", "")]))
+            # one worker: a local UI for one researcher (MLflow's default, 4, quadruples start-up and memory)
             proc = subprocess.Popen([mlflow or "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                                     "--port", str(args.port)])
+                                     "--port", str(args.port), "--workers", "1"])
     try:
         _wait_healthy(base, proc)
         for what, url in links(uri, base):

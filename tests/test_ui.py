@@ -70,7 +70,7 @@ def mlflow_link(project):
 
     threading.Thread(target=read, daemon=True).start()
     try:
-        assert link.wait(120), "kdprune ui printed no link to the students:\n" + "".join(lines[-40:])
+        assert link.wait(360), "kdprune ui printed no link to the students:\n" + "".join(lines[-40:])
         yield found[0]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
