@@ -139,11 +139,20 @@ def main() -> None:
     ap.add_argument("--profile", default=str(REPO / "profiles" / "fashion_mnist.yaml"))
     ap.add_argument("--out", default="reports/bench.json")
     args = ap.parse_args()
+    rows, failed = [], []
+    parts = [("pipeline", pipeline_overhead)]
+    if not args.skip_memory:
+        parts.append(("memory", lambda tmp: teacher_peak_rss(tmp, Path(args.profile), args.memory_epochs)))
     with tempfile.TemporaryDirectory(prefix="kdprune-bench-") as d:
-        rows = pipeline_overhead(Path(d))
-        if not args.skip_memory:
-            rows += teacher_peak_rss(Path(d), Path(args.profile), args.memory_epochs)
+        for name, part in parts:  # one failing part does not lose the other's row
+            try:
+                rows += part(Path(d))
+            except Exception as e:  # noqa: BLE001  (reported, and the exit code says so)
+                print(f"{name} benchmark failed: {type(e).__name__}: {str(e)[-2000:]}", file=sys.stderr)
+                failed.append(name)
     write_rows(rows, Path(args.out))
+    if failed:
+        raise SystemExit(f"pipeline_bench: {', '.join(failed)} failed (above); the other rows are in {args.out}")
 
 
 if __name__ == "__main__":

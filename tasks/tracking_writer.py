@@ -123,9 +123,12 @@ class Writer:
         import mlflow.pyfunc
         from mlflow.models import Model, ModelSignature
 
-        with self.client_lock:  # the fluent URIs are process-wide
+        experiment_id = self.client(uri).get_run(run_id).info.experiment_id
+        with self.client_lock:  # the fluent URIs and experiment are process-wide
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
+            # the logged model's experiment (and so its artifact location) is the fluent one, not its run's
+            mlflow.set_experiment(experiment_id=experiment_id)
         Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
                   registered_model_name=registered_name, python_model=model_code, artifacts=artifacts,
                   code_paths=code_paths, pip_requirements=pip_requirements,
