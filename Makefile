@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run repro test bench deploy serve ui prefect-ui stop clean profile study
+.PHONY: setup run repro test bench deploy serve ui prefect-ui stop clean profile study data
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,8 @@ setup: $(BIN)/.installed
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	@$(BIN)/dvc config core.analytics false
 	@test -f mlflow.db || $(BIN)/python -m flows init
+	@# the nightly deployment, registered once and paused: visible in the Prefect UI, `make serve` turns it on
+	@test -f .prefect/kdprune-deployed || { $(BIN)/python -m flows deploy --paused && mkdir -p .prefect && touch .prefect/kdprune-deployed; }
 
 run: setup  ## the whole pipeline on params.yaml (stale stages only), then the report
 	$(BIN)/python -m flows pipeline
@@ -35,20 +37,20 @@ repro: setup  ## the same through DVC: each stage runs its Prefect flow
 test: setup
 	$(BIN)/python -m pytest -q
 
-bench: setup  ## benchmarks -> reports/bench.json (see bench/)
-	$(BIN)/python -m bench.trainer_bench
-	$(BIN)/python -m bench.grand_bench
-	$(BIN)/python -m bench.pipeline_bench
-	@$(BIN)/python -c "import json; [print(f\"{r['name']:38s} {r['value']:>10} {r['unit']:9s} target {r['target']}\") for r in json.load(open('reports/bench.json'))]"
+bench: setup  ## every benchmark that can run here -> reports/bench.json (see bench/); missing data: a skipped row
+	$(BIN)/python -m flows bench
+
+data: setup  ## fetch the data profile $(NAME) needs (Debian package when apt is usable), e.g. make data NAME=fashion_mnist
+	$(BIN)/python -m flows data $(NAME)
 
 deploy: setup  ## create the pipeline's deployment with its cron schedule on the local Prefect server
 	$(BIN)/python -m flows deploy
 
-serve: setup  ## serve the deployment: scheduled runs execute in this process
-	$(BIN)/python -m flows deploy --serve
+serve: setup  ## resume and serve the deployment: scheduled runs execute in this process
+	$(BIN)/python -m flows serve
 
-ui: setup  ## the MLflow UI on http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+ui: setup  ## the MLflow UI on http://127.0.0.1:5000; prints the link to the students of the latest sweep
+	$(BIN)/python -m flows ui --port 5000
 
 prefect-ui: setup  ## print where the Prefect UI is (the local server starts on demand)
 	@$(BIN)/python -c "from tasks.runtime import ensure_prefect_server as e; print('Prefect UI:', e().removesuffix('/api'))"

@@ -1,8 +1,9 @@
-"""Command line: ``python -m flows <stage|pipeline|sweep|profile|deploy|stop> [options]``.
+"""Command line: ``kdprune <command> [options]`` (the console script), or ``python -m flows <command>``.
 
-``sweep --profile NAME [-S key=value ...]`` writes params.yaml from profiles/NAME.yaml and the
-overrides (validated first) and runs the stale stages: e.g. the Fashion-MNIST study is
-``python -m flows sweep --profile fashion_mnist``. ``profile NAME`` only writes params.yaml.
+Both are this module's ``main``: one parser, one subcommand per entry of COMMANDS, each with its
+own ``--help``. ``sweep --profile NAME [-S key=value ...]`` writes params.yaml from
+profiles/NAME.yaml and the overrides (validated first) and runs the stale stages: e.g. the
+Fashion-MNIST study is ``kdprune sweep --profile fashion_mnist``. ``profile NAME`` only writes params.yaml.
 
 Params are validated before Prefect is imported, so a bad params.yaml stops with one clear message
 and leaves nothing behind. Commands that track start their MLflow writer process first (see
@@ -42,28 +43,85 @@ def _fast_exit() -> None:
 
 STAGES = ("prepare", "teacher", "teachers", "scores", "select", "distill", "evaluate")  # Prefect flows
 
+# Options, each defined once: (flags, argparse keywords, the commands that take it)
+_SWEEPING = ("pipeline", "sweep", "deploy", "serve")
+OPTIONS = [
+    (("--profile",), dict(default=None, help="sweep: start from profiles/PROFILE.yaml instead of params.yaml; "
+                                             "deploy/serve: a sweep of this profile instead of the pipeline"),
+     ("sweep", "deploy", "serve")),
+    (("-S", "--set"), dict(dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override one param, e.g. -S student.kd_weights=[0.3,0.9] (repeatable)"),
+     ("sweep", "profile", "deploy", "serve")),
+    (("--force",), dict(action="store_true", help="re-run every stage even if DVC finds it up to date"),
+     ("pipeline", "sweep")),
+    (("--cron",), dict(default=None, help="the schedule (default '0 2 * * *': 02:00 every day)"), ("deploy", "serve")),
+    (("--timezone",), dict(default="UTC", help="the schedule's time zone"), ("deploy", "serve")),
+    (("--paused",), dict(action="store_true", help="create it paused, and leave one that exists as it is (what "
+                                                   "`make setup` does); `kdprune serve` resumes it"), ("deploy",)),
+    (("--port",), dict(type=int, default=5000, help="the MLflow UI's port"), ("ui",)),
+    (("--no-serve",), dict(action="store_true", help="only print the links (a server already runs)"), ("ui",)),
+    (("--only",), dict(action="append", default=[], metavar="BENCH",
+                       help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench; "
+                            "repeatable)"), ("bench",)),
+    (("--host",), dict(default=None, help="stores client: the host name colleagues reach the servers at"),
+     ("stores",)),
+]
+
+# command -> (help, positional `name` (its help, or None for none), aliases)
+COMMANDS = {
+    "validate": ("check all of params.yaml: DVC's first stage (writes .kdprune/params-ok), before any output is "
+                 "touched", None, ()),
+    **{s: (f"run the {s} stage's flow alone (what `dvc repro {s}` runs)", None, ()) for s in STAGES},
+    "pipeline": ("run the whole pipeline: the stale stages in order, then the report", None, ("run",)),
+    "sweep": ("write params.yaml from a profile and -S overrides, then run its stale stages", None, ()),
+    "profile": ("write params.yaml from profiles/NAME.yaml (and -S overrides); runs nothing",
+                "the profile's name (profiles/NAME.yaml)", ()),
+    "deploy": ("create the pipeline's deployment pipeline/nightly (or a profile's sweep) with a cron schedule",
+               None, ()),
+    "serve": ("create the deployment and serve it: scheduled and UI-triggered runs execute in this process",
+              None, ()),
+    "ui": ("serve MLflow's UI on the project's store and print the links: the students of the latest sweep "
+           "side by side, and the Prefect UI", None, ()),
+    "bench": ("run every benchmark in bench/ that can run here -> reports/bench.json; a benchmark whose data "
+              "is missing is reported as skipped, with the command that gets the data", None, ()),
+    "data": ("fetch the data a profile needs (Fashion-MNIST: the Debian package when apt is usable), or print "
+             "exactly how to", "the profile's name (profiles/NAME.yaml)", ()),
+    "init": ("create the MLflow store (part of `make setup`)", None, ()),
+    "stop": ("stop the local Prefect server", None, ()),
+    "stores": ("the lab's shared stores (tasks/stores.py): up, down, status, import, client",
+               "up, down, status, import or client", ()),
+    "push": ("dvc push to the DVC remote", None, ()),
+    "pull": ("dvc pull from the DVC remote", None, ()),
+}
+
+
+def parser(prog: str = "kdprune") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd, (help_, name_help, aliases) in COMMANDS.items():
+        p = sub.add_parser(cmd, aliases=list(aliases), help=help_, description=help_)
+        p.set_defaults(command=cmd, name=None, profile=None, overrides=[], force=False, cron=None, timezone="UTC",
+                       serve=cmd == "serve", paused=False, host=None)
+        if name_help:
+            p.add_argument("name", nargs="?" if cmd == "stores" else None, default=None, help=name_help)
+        for flags, kw, cmds in OPTIONS:
+            if cmd in cmds:
+                p.add_argument(*flags, **kw)
+    return ap
+
 
 def main(argv: list[str] | None = None) -> None:
     if argv is None:  # the command line, not a caller in this process
         atexit.register(_fast_exit)
-    ap = argparse.ArgumentParser(prog="python -m flows", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["validate", *STAGES, "pipeline", "sweep", "profile", "deploy", "init", "stop"],
-                    help="a stage (validate: check params.yaml, DVC's first stage), the whole pipeline, a sweep, "
-                         "profile (write params.yaml from a profile), "
-                         "the deployment, init (create the MLflow store: part of `make setup`), or stop (the "
-                         "local Prefect server)")
-    ap.add_argument("name", nargs="?", default=None, help="profile: the profile's name (profiles/NAME.yaml)")
-    ap.add_argument("--profile", default=None, help="sweep: start from profiles/PROFILE.yaml instead of params.yaml; "
-                                                    "deploy: deploy a sweep of this profile instead of the pipeline")
-    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="sweep/profile: override one param, e.g. -S student.kd_weights=[0.3,0.9] (repeatable)")
-    ap.add_argument("--force", action="store_true", help="pipeline: re-run every stage even if DVC finds it up to date")
-    ap.add_argument("--cron", default=None, help="deploy: cron schedule (default '0 2 * * *')")
-    ap.add_argument("--timezone", default="UTC", help="deploy: the schedule's time zone")
-    ap.add_argument("--serve", action="store_true", help="deploy: serve the deployment in this process")
-    args = ap.parse_args(argv)
-    if args.command in (*STAGES, "pipeline", "sweep", "deploy"):
+    prog = "kdprune" if os.path.basename(sys.argv[0]) == "kdprune" else "python -m flows"
+    args = parser(prog).parse_args(argv)
+    if args.command in ("stores", "push", "pull"):
+        sys.exit(_stores(args))
+    if args.command in ("bench", "data", "ui"):
+        from flows import tools
+
+        sys.exit(getattr(tools, args.command)(args))
+    if args.command in (*STAGES, "pipeline", "sweep", "deploy", "serve"):
         # MLflow's imports (1.5-2 s) run in the writer process while this one imports torch and Prefect;
         # the writer touches no store until a stage opens it, so bad params below still leave nothing behind
         start_writer()
@@ -100,14 +158,14 @@ def main(argv: list[str] | None = None) -> None:
             from tasks.common import write_params
 
             if not args.name:
-                raise ParamsError("profile: name one, e.g. `python -m flows profile fashion_mnist`; available: "
+                raise ParamsError("profile: name one, e.g. `kdprune profile fashion_mnist`; available: "
                                   + ", ".join(profile_names(root)))
             raw = sweep_params(root, args.name, args.overrides)
-            changed = write_params(root, raw, f"python -m flows profile {args.name}", args.name, args.overrides)
+            changed = write_params(root, raw, f"kdprune profile {args.name}", args.name, args.overrides)
             print(f"[kdprune] params.yaml {'written from' if changed else 'already matches'} profile {args.name}",
                   flush=True)
             return
-        if args.command == "sweep" or (args.command == "deploy" and args.profile):
+        if args.command == "sweep" or (args.command in ("deploy", "serve") and args.profile):
             sweep_params(root, args.profile, args.overrides)  # all of it validated before anything runs
         else:
             load_params(root, args.command if args.command in STAGES else None)
@@ -120,11 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     except RuntimeError as e:
         print(f"kdprune: {e}", file=sys.stderr)
         sys.exit(3)
-    if args.command == "deploy":
+    if args.command in ("deploy", "serve"):
         from flows.deploy import deploy
 
         deploy(cron=args.cron, timezone=args.timezone, serve=args.serve, profile=args.profile,
-               overrides=args.overrides)
+               overrides=args.overrides, paused=args.paused)
     elif args.command in ("pipeline", "sweep"):
         t0 = time.perf_counter()
         if args.command == "pipeline":
@@ -138,10 +196,29 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[kdprune] {args.command} finished in {time.perf_counter() - t0:.1f}s; stages run: "
               f"{', '.join(out['stages_run']) or 'none (all up to date)'}; MLflow parent run {out['mlflow_run_id']}",
               flush=True)
+        print("[kdprune] compare the students: `kdprune ui` (or `make ui`), then open the link it prints",
+              flush=True)
     else:
         flow_fn = getattr(importlib.import_module(f"flows.{args.command}"), f"{args.command}_flow")
         flow_fn(root=str(root), parent_run_id=os.environ.get("KDPRUNE_PARENT_RUN_ID") or None)
+        # a stage's runs may end without waiting for their logging (the teacher's registered model):
+        # the stage is done when its tracking is
+        from tasks.tracking import not_logged_total
+
+        if lost := not_logged_total():
+            print("kdprune: not logged to MLflow: " + ", ".join(f"{v} {k}" for k, v in sorted(lost.items())),
+                  file=sys.stderr)
     _DONE.append(0)
+
+
+def _stores(args) -> int:
+    """The lab's stores and the DVC remote: tasks/stores.py."""
+    try:
+        from tasks import stores
+    except ImportError:
+        print("kdprune: this checkout has no tasks/stores.py (the lab's stores come with it)", file=sys.stderr)
+        return 2
+    return stores.main(args)
 
 
 if __name__ == "__main__":

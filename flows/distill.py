@@ -2,6 +2,7 @@ from pathlib import Path
 from typing import Optional
 
 from prefect import flow, get_run_logger
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from kdprune.device import device_count, resolve_device
@@ -9,8 +10,9 @@ from tasks.common import (
     atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds, write_task_index,
 )
 from tasks.distill import clear_teacher_logits, group_variants, student_variants, train_student
+from tasks.progress import progress
 from tasks.runlog import write_record
-from tasks.tracking import Tracker, not_logged_total
+from tasks.tracking import Tracker, not_logged_total, publish_students_view
 
 
 @flow(name="distill", task_runner=ThreadPoolTaskRunner(max_workers=device_count("auto")))
@@ -35,21 +37,26 @@ def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
             "kd_schedule": sp["kd_schedule"], "kd_weights": ",".join(f"{w:g}" for w in sp["kd_weights"]),
             "seeds": ",".join(map(str, sp["seeds"])),
             "teachers": ",".join([params["teacher"]["arch"], *sp["teachers"]]), "students": len(variants)}
-    # the sweep's MLflow parent: one child run per student, comparable by method, fraction, kd_weight, teacher, seed
+    # the sweep's MLflow run; each student is a top-level run tagged kdprune.sweep_run_id = this run's id,
+    # comparable by method, fraction, kd_weight, teacher, seed in the shared view STUDENTS_VIEW
     with tr.run("distill", parent_run_id, tags={**stage_tags(root_p, "distill", meta), "kdprune.sweep": "true"},
                 params={"student": sp, "sweep": grid}) as run_id, \
             atomic_directory(root_p / "models" / "students") as tmp:
         try:
-            futures = [
-                train_student.submit(root, params, g[0], str(tmp), devices[i % len(devices)], run_id,
-                                     f"{i + 1}/{len(groups)}", tuple(g[1:]))
-                for i, g in enumerate(groups)
-            ]
-            results = [f.result() for f in futures]
+            with progress("distill", len(groups), "student") as bar:
+                futures = [
+                    train_student.submit(root, params, g[0], str(tmp), devices[i % len(devices)], run_id,
+                                         f"{i + 1}/{len(groups)}", tuple(g[1:]))
+                    for i, g in enumerate(groups)
+                ]
+                for _ in as_completed(futures):
+                    bar.update(1)
+                results = [f.result() for f in futures]
         finally:  # students' queued artifact uploads read from the temp dir: finish them before it goes
             tr.flush()
         write_task_index(tmp / "index.json", results)
         tr.log_metrics(run_id, {"students": len(variants), "trainings": len(results)})
+        publish_students_view(tr, run_id)  # MLflow's shared view "students": this sweep's students side by side
     lost = not_logged_total()
     if lost:
         log.warning("not logged to MLflow: " + ", ".join(f"{v} {k}" for k, v in sorted(lost.items()))

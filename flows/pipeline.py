@@ -100,6 +100,24 @@ class Lineage:
             self.repo.close()
 
 
+def publish_report(reports: Path, label: str) -> None:
+    """The report as a markdown artifact and the results as a table artifact of this flow run
+    (Prefect UI: the flow run's Artifacts tab; keys ``kdprune-report`` and ``kdprune-results`` keep
+    every run's version)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    if (reports / "report.md").exists():
+        create_markdown_artifact(markdown=(reports / "report.md").read_text(), key="kdprune-report",
+                                 description=f"kdprune report ({label}): reports/report.md")
+    if (reports / "results.csv").exists():
+        import pandas as pd
+
+        df = pd.read_csv(reports / "results.csv")
+        rows = df.astype(object).where(df.notna(), None).to_dict(orient="records")
+        create_table_artifact(table=rows, key="kdprune-results",
+                              description=f"one row per student ({label}): reports/results.csv")
+
+
 def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
     """Run the stale stages in order under one MLflow parent run named ``label``; print the time breakdown."""
     log = get_run_logger()
@@ -150,9 +168,10 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
                                 "overhead_s": total - sum(compute.values())})
         tr.set_tags(run_id, {"stages_run": ",".join(ran) or "none"})
         reports = root_p / "reports"
-        for f in REPORT_FILES:
+        for f in REPORT_FILES:  # the report on the parent run, beside its stage runs
             if (reports / f).exists():
                 tr.log_artifact(run_id, reports / f, "report")
+        publish_report(reports, label)
     if "evaluate" not in ran and (root_p / "reports" / "report.md").exists():
         print("\n" + (root_p / "reports" / "report.md").read_text(), flush=True)
     total = time.perf_counter() - t_start

@@ -23,10 +23,11 @@ from tasks.common import (
     md5_file, sha256_file, stage_tags,
 )
 from tasks.model_io import device_data, load_model, save_model
+from tasks.progress import note
 from tasks.runlog import stable_history
 from tasks.teacher import train_config
 from tasks.teachers import teacher_dir
-from tasks.tracking import Tracker
+from tasks.tracking import Tracker, method_color
 
 
 def student_variants(root: Path, params: dict) -> list[dict]:
@@ -161,13 +162,19 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
     }
     tr = Tracker.shared(root, parent_run_id)  # one per sweep run: the store is checked once
     tags = {**stage_tags(root, "distill", meta), "kdprune.role": "student", "method": manifest["method"],
-            "manifest_sha256": record["manifest_sha256"], "dvc.manifest_md5": md5_file(mpath)}
+            "manifest_sha256": record["manifest_sha256"], "dvc.manifest_md5": md5_file(mpath),
+            **({"kdprune.sweep_run_id": parent_run_id} if parent_run_id else {}),
+            **method_color(manifest["method"], params["select"]["methods"])}
     run_params = {**{k: v for k, v in record.items() if k != "name"}, "student": sp}
-    with tr.run(variant["name"], parent_run_id, tags=tags, params=run_params, wait=False) as run_id:
+    # a top-level run, not a child of the sweep's run: MLflow's runs table and charts show children only
+    # under an expanded parent, so nested students cannot be compared side by side (see STUDENTS_VIEW)
+    with tr.run(variant["name"], None, tags=tags, params=run_params, wait=False) as run_id:
+        log_manifest_dataset(tr, run_id, mpath, manifest, tags, meta)
         ckpt = student_checkpoint(root, params, variant, meta["sha256"], tags["manifest_sha256"], log)
         res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher if kd and not cached else None,
                     teacher_logits=t_logits, checkpoint=ckpt, sampler=sampler,
-                    on_epoch=lambda epoch, m: fault_point(root, "distill", epoch))
+                    on_epoch=lambda epoch, m: (note(f"{variant['name']} epoch {epoch}/{epochs}"),
+                                               fault_point(root, "distill", epoch)))
         model.load_state_dict(res.best_state)
         val = evaluate(model, val_d)
         record.update(steps=res.steps, best_epoch=res.best_epoch, val_acc=val["acc"], val_loss=val["loss"],
@@ -184,8 +191,8 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
         tr.log_artifact(run_id, mpath, "manifest")
         tr.log_artifact(run_id, sdir / "model.safetensors", "model")
     for alias in aliases:
-        runs[alias["name"]] = {"mlflow_run_id": record_alias(root, tr, parent_run_id, alias, record, run_params,
-                                                             res.history, sdir, Path(out_dir), tags, meta),
+        runs[alias["name"]] = {"mlflow_run_id": record_alias(root, tr, params["select"]["methods"], alias, record,
+                                                             run_params, res.history, sdir, Path(out_dir), tags, meta),
                                "wall_s": 0.0}
     if tr.summary(wait=False):  # the distill stage's own run end waits for every student's logging
         log.warning(f"student {variant['name']}: {tr.summary(wait=False)}; the model and metrics are on disk in {sdir}")
@@ -195,7 +202,19 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
             "checkpoint": str(ckpt.path)}
 
 
-def record_alias(root: Path, tr: Tracker, parent_run_id, alias: dict, record: dict, run_params: dict, history: list,
+def log_manifest_dataset(tr: Tracker, run_id: str, mpath: Path, manifest: dict, tags: dict, meta: dict) -> None:
+    """The student's training data as an MLflow dataset input (the runs table's Dataset column): the
+    manifest's name, its DVC hash as the digest, and where it lives (path in the DVC repo, hashes)."""
+    tr.log_dataset(
+        run_id, name=mpath.stem, digest=tags["dvc.manifest_md5"][:8], source_type="dvc",
+        source={"path": f"data/manifests/{mpath.name}", "md5": tags["dvc.manifest_md5"],
+                "sha256": tags["manifest_sha256"], "git_commit": tags["git_commit"],
+                "dataset": meta["dataset"], "dataset_sha256": meta["sha256"]},
+        profile={"num_rows": len(manifest["ids"]), "method": manifest["method"], "fraction": manifest["fraction"],
+                 "seed": manifest["seed"], "sampler": (manifest.get("sampler") or {}).get("name")})
+
+
+def record_alias(root: Path, tr: Tracker, methods: list[str], alias: dict, record: dict, run_params: dict, history: list,
                  sdir: Path, out_dir: Path, tags: dict, meta: dict) -> str:
     """Record a student that trains exactly like ``record``'s under its own name, manifest and method;
     returns its MLflow run id."""
@@ -208,9 +227,10 @@ def record_alias(root: Path, tr: Tracker, parent_run_id, alias: dict, record: di
     for f in ("model.safetensors", "model.json"):
         shutil.copyfile(sdir / f, adir / f)
     atags = {**tags, "method": m["method"], "manifest_sha256": rec["manifest_sha256"], "dvc.manifest_md5": md5_file(mpath),
-             "kdprune.same_training_as": record["name"]}
+             "kdprune.same_training_as": record["name"], **method_color(m["method"], methods)}
     same = {k: rec[k] for k in ("manifest", "method", "selection_seed", "same_training_as")}
-    with tr.run(alias["name"], parent_run_id, tags=atags, params={**run_params, **same}, wait=False) as run_id:
+    with tr.run(alias["name"], None, tags=atags, params={**run_params, **same}, wait=False) as run_id:
+        log_manifest_dataset(tr, run_id, mpath, m, atags, meta)
         atomic_write_json(adir / "metrics.json", {**rec, "history": stable_history(history)})
         tr.log_history(run_id, history)
         tr.log_metrics(run_id, {"best_val_acc": rec["val_acc"], "steps": rec["steps"], "wall_s": 0.0,

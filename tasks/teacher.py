@@ -1,6 +1,7 @@
 """teacher: full train split -> models/teacher/ (weights, history, per-epoch per-sample dynamics)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +17,7 @@ from tasks.common import (
     load_prepared, stage_tags,
 )
 from tasks.model_io import device_data, save_model
+from tasks.progress import progress
 from tasks.runlog import stable_history, write_record
 from tasks.tracking import Tracker
 
@@ -40,6 +42,8 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Tracker, ru
     cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=record_dynamics)
 
     def on_epoch(epoch: int, m: dict) -> None:
+        bar.update(epoch - bar.n)  # a resumed run starts past epoch 1
+        bar.set_postfix_str(f"val_acc {m['val_acc']:.4f}")
         log.info(f"{stage} {arch} epoch {epoch}/{tp['epochs']}: loss {m['train_loss']:.4f} "
                  f"train_acc {m['train_acc']:.4f} val_acc {m['val_acc']:.4f} ({m['seconds']:.1f}s)")
         tr.log_metrics(run_id, m, step=epoch)
@@ -48,7 +52,8 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Tracker, ru
     ckpt = FileCheckpoint(root, stage, arch if stage != "teacher" else "teacher",
                           fingerprint(tp, arch, meta["sha256"], str(device)), log)
     log.info(f"training {stage} {arch} on {len(train_d)} examples for {tp['epochs']} epochs on {device}")
-    res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)
+    with progress(f"{stage} {arch}", tp["epochs"], "epoch") as bar:
+        res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)
     if ckpt.resumed_from:  # epochs before the crash were logged to the failed attempt's run
         tr.log_history(run_id, res.history[: ckpt.resumed_from])
     model.load_state_dict(res.best_state)
@@ -63,6 +68,26 @@ def model_info(arch: str, model, meta: dict) -> dict:
             "n_params": int(sum(p.numel() for p in model.parameters()))}
 
 
+def register_teacher(root: Path, tr: Tracker, run_id: str, model_dir: Path, meta: dict) -> None:
+    """The teacher as an MLflow model in the Model Registry (``kdprune-teacher-<dataset>``, one version
+    per retrain): a pyfunc model from code (tasks/teacher_model.py) with the safetensors weights as an
+    artifact, so nothing is pickled; the core package travels as its code."""
+    import importlib.metadata as md
+
+    import kdprune
+
+    norm = root / ".kdprune" / "mlflow" / run_id / "input.json"  # read by the writer process, later
+    atomic_write_json(norm, {"mean": list(map(float, meta["mean"])), "std": list(map(float, meta["std"]))})
+    c, h, w = meta["shape"]
+    signature = {"inputs": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, c, h, w]}}]),
+                 "outputs": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "float32",
+                                                                           "shape": [-1, meta["num_classes"]]}}])}
+    tr.log_model(run_id, "teacher", f"kdprune-teacher-{meta['dataset']}", Path(__file__).with_name("teacher_model.py"),
+                 {"weights": model_dir / "model.safetensors", "model_json": model_dir / "model.json", "input": norm},
+                 [Path(kdprune.__file__).parent],
+                 [f"{p}=={md.version(p)}" for p in ("mlflow", "torch", "safetensors", "numpy")], signature)
+
+
 @task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1)
 @timed_work
 def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
@@ -71,8 +96,10 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
     tp = params["teacher"]
     tr = Tracker(root)
     meta, _ = load_prepared(root, params["data"]["dataset"])
+    # the run ends without waiting for its logging (the registered model takes the writer a second or
+    # two): the next stage starts meanwhile; a process's later flush, or its end, waits for it
     with tr.run("teacher", parent_run_id, tags=stage_tags(root, "teacher", meta),
-                params={"teacher": tp, "device": params["device"]}) as run_id:
+                params={"teacher": tp, "device": params["device"]}, wait=False) as run_id:
         model, res, val, meta, splits, ckpt = fit_teacher(root, params, tp["arch"], "teacher", tr, run_id, log,
                                                            record_dynamics=True)
         out = root / "models" / "teacher"
@@ -89,9 +116,10 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
                                 "steps": res.steps})
         tr.log_artifact(run_id, out / "model.safetensors", "model")
         tr.log_artifact(run_id, out / "model.json", "model")
+        register_teacher(root, tr, run_id, out, meta)
     write_record(root, "teacher", {"mlflow_run_id": run_id, "wall_s": res.seconds})
     ckpt.clear()
-    if tr.summary():
-        log.warning(f"teacher: {tr.summary()}; the model and metrics are on disk in {out}")
+    if tr.summary(wait=False):
+        log.warning(f"teacher: {tr.summary(wait=False)}; the model and metrics are on disk in {out}")
     log.info(f"teacher done: best epoch {res.best_epoch}, val_acc {val['acc']:.4f}, {res.seconds:.1f}s -> {out}")
     return {"path": str(out), "val_acc": val["acc"], "best_epoch": res.best_epoch}

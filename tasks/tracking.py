@@ -21,6 +21,7 @@ last one's metrics and artifacts are written; the stage's own run end waits for 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import subprocess
@@ -34,6 +35,9 @@ from typing import Any, Iterator, Optional
 from tasks.tracking_writer import read_frame, write_frame
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "kdprune")
+# MLflow's experiment kind: model training, not GenAI (its UI's runs table, not traces)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+STUDENTS_VIEW = "students"  # the shared view of the latest sweep's students: mlflow.sharedViewState.<this>
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -286,7 +290,7 @@ class Tracker:
         self.key = uuid.uuid4().hex  # the writer keeps this tracker's offline state under it
         art = (Path(root) / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite:") else None
         try:
-            self.experiment_id = _WRITER.call("open", self.uri, EXPERIMENT, art)
+            self.experiment_id = _WRITER.call("open", self.uri, EXPERIMENT, art, EXPERIMENT_TAGS)
         except RuntimeError as e:  # connection refused, bad URI, the writer could not start, ...
             raise TrackingUnavailable(
                 f"cannot reach the MLflow tracking store at MLFLOW_TRACKING_URI={self.uri}: {e}; "
@@ -361,6 +365,25 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, artifact_path: Optional[str] = None) -> None:
         self._best_effort("artifacts", 1, "artifact", run_id, str(Path(path).resolve()), artifact_path)
 
+    def log_dataset(self, run_id: str, name: str, digest: str, source_type: str, source: dict,
+                    profile: Optional[dict] = None, context: str = "training") -> None:
+        """A dataset input of the run (MLflow's Dataset column): name, digest and where it comes from."""
+        import json
+
+        d = {"name": name, "digest": digest, "source_type": source_type, "source": json.dumps(source),
+             "profile": json.dumps(profile) if profile else None, "context": context}
+        self._best_effort("datasets", 1, "inputs", run_id, [d])
+
+    def set_experiment_tag(self, key: str, value: str) -> None:
+        self._best_effort("experiment tags", 1, "experiment_tag", self.experiment_id, key, value)
+
+    def log_model(self, run_id: str, name: str, registered_name: str, model_code: Path, artifacts: dict[str, Path],
+                  code_paths: list[Path], pip_requirements: list[str], signature: dict) -> None:
+        """A pyfunc model from code (no pickle), registered as a new version of ``registered_name``."""
+        self._best_effort("models", 1, "model", run_id, name, registered_name, str(Path(model_code).resolve()),
+                          {k: str(Path(v).resolve()) for k, v in artifacts.items()},
+                          [str(Path(c).resolve()) for c in code_paths], pip_requirements, signature)
+
     def end(self, run_id: str, status: str = "FINISHED", wait: bool = True) -> None:
         self._best_effort("run endings", 1, "terminate", run_id, status)
         if wait:
@@ -376,3 +399,77 @@ class Tracker:
             self.end(run_id, "FAILED")
             raise
         self.end(run_id, "FINISHED", wait=wait)
+
+
+# ---------------------------------------------------------------- what a user opens in MLflow's UI
+
+STUDENT_COLUMNS = [("attributes", "Dataset"), ("metrics", "test_acc"), ("params", "method"), ("params", "fraction"),
+                   ("params", "kd_weight"), ("params", "seed"), ("params", "teacher_arch")]
+
+
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf")
+
+
+def method_color(method: str, methods: list[str]) -> dict[str, str]:
+    """The run-colour tag MLflow's UI reads (``mlflow.runColor``): one colour per selection method, so
+    the students chart's points say which method each is."""
+    names = sorted(methods)
+    i = names.index(method) if method in names else int(hashlib.md5(method.encode()).hexdigest(), 16)
+    return {"mlflow.runColor": _PALETTE[i % len(_PALETTE)]}
+
+
+def students_view_state(sweep_run_id: str) -> dict:
+    """MLflow UI state (the format its "share view" stores in the experiment tag
+    ``mlflow.sharedViewState.<key>``) for one sweep's students: every student as a row with method,
+    fraction, KD weight, seed and test accuracy as columns, and a chart of test accuracy against the
+    kept fraction, one colour per method (runs grouped by method)."""
+    section = "kdprune-students"
+    return {
+        "searchFilter": f"tags.`kdprune.sweep_run_id` = '{sweep_run_id}'",
+        "orderByKey": "params.`method`", "orderByAsc": True, "startTime": "ALL", "lifecycleFilter": "Active",
+        "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "selectedColumns": [f"{kind}.`{key}`" for kind, key in STUDENT_COLUMNS],
+        "columnOrder": [], "columnWidths": {}, "runsExpanded": {}, "runsPinned": [], "runsHidden": [],
+        "runsVisibilityMap": {}, "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": [
+            {"uuid": "kdprune-acc-vs-fraction", "type": "SCATTER", "runsCountToCompare": 10000,
+             "metricSectionId": section, "deleted": False, "isGenerated": False,
+             "displayName": "test accuracy vs kept fraction",
+             "xaxis": {"key": "fraction", "type": "PARAM"}, "yaxis": {"key": "test_acc", "type": "METRIC"}},
+        ],
+        "compareRunSections": [{"uuid": section, "name": "Students", "display": True, "isReordered": False,
+                                "deleted": False, "isGenerated": False}],
+        "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False,
+        "useGroupedValuesInCharts": False, "hideEmptyCharts": True,
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": "method"}]},
+        "groupsExpanded": {}, "autoRefreshEnabled": True,
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }
+
+
+def publish_students_view(tracker: "Tracker", sweep_run_id: str) -> None:
+    """Point the experiment's shared view STUDENTS_VIEW at this sweep's students."""
+    import json
+
+    tracker.set_experiment_tag(f"mlflow.sharedViewState.{STUDENTS_VIEW}", json.dumps(students_view_state(sweep_run_id)))
+
+
+# MLflow's experiment kinds of model training (its UI's "Model training" workflow)
+_TRAINING_KINDS = {"custom_model_development", "custom_model_development_inferred", "finetuning", "forecasting",
+                   "classification", "regression", "automl"}
+
+
+def ui_url(base: str, experiment_id: str, experiment_tags: dict, view: Optional[str] = STUDENTS_VIEW) -> str:
+    """The link to open an experiment in MLflow's UI. MLflow 3.17's UI picks GenAI or model-training
+    pages from the browser's workflow switch (GenAI until the user flips it), so the link carries the
+    workflow that the experiment's kind tag says; a model-training experiment opens on its runs, with
+    ``view`` (a shared view) applied when the experiment has it."""
+    base = base.rstrip("/")
+    kind = experiment_tags.get("mlflow.experimentKind")
+    if kind not in _TRAINING_KINDS:
+        return f"{base}/#/experiments/{experiment_id}" + ("?workflowType=genai" if kind else "")
+    query = "workflowType=machine_learning"
+    if view and f"mlflow.sharedViewState.{view}" in experiment_tags:
+        query += f"&viewStateShareKey={view}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"

@@ -71,15 +71,20 @@ class Writer:
                     for k, h in self.handled.items()}
 
     # ------------------------------------------------------------------ requests with an answer
-    def open(self, uri: str, experiment: str, artifact_location: Optional[str]) -> str:
+    def open(self, uri: str, experiment: str, artifact_location: Optional[str], tags: Optional[dict] = None) -> str:
+        """The experiment's id, created with ``tags`` if it does not exist; ``tags`` it lacks are set
+        (e.g. the experiment kind, so MLflow's UI treats it as model training)."""
         c = self.client(uri)
         exp = c.get_experiment_by_name(experiment)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return c.create_experiment(experiment, artifact_location=artifact_location)
-        except Exception:  # created concurrently by another process
-            return c.get_experiment_by_name(experiment).experiment_id
+        if exp is None:
+            try:
+                return c.create_experiment(experiment, artifact_location=artifact_location, tags=tags)
+            except Exception:  # created concurrently by another process
+                exp = c.get_experiment_by_name(experiment)
+        for k, v in (tags or {}).items():
+            if k not in exp.tags:
+                c.set_experiment_tag(exp.experiment_id, k, v)
+        return exp.experiment_id
 
     def create_run(self, uri: str, experiment_id: str, tags: dict, name: str) -> str:
         return self.client(uri).create_run(experiment_id, tags=tags, run_name=name).info.run_id
@@ -96,6 +101,38 @@ class Writer:
 
     def artifact(self, uri: str, run_id: str, path: str, artifact_path: Optional[str]) -> None:
         self.client(uri).log_artifact(run_id, path, artifact_path)
+
+    def inputs(self, uri: str, run_id: str, datasets: list) -> None:
+        """Dataset inputs of a run: dicts of name, digest, source_type, source, schema, profile (JSON
+        strings, as MLflow's Dataset entity holds them) and context (training, validation, ...)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        self.client(uri).log_inputs(run_id, [
+            DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], d["source"], d.get("schema"), d.get("profile")),
+                         tags=[InputTag("mlflow.data.context", d["context"])])
+            for d in datasets])
+
+    def experiment_tag(self, uri: str, experiment_id: str, key: str, value: str) -> None:
+        self.client(uri).set_experiment_tag(experiment_id, key, value)
+
+    def model(self, uri: str, run_id: str, name: str, registered_name: str, model_code: str, artifacts: dict,
+              code_paths: list, pip_requirements: list, signature: dict) -> None:
+        """Log a pyfunc model from code (``model_code``, a Python file: nothing is pickled) with its
+        ``artifacts`` under ``run_id`` and register it as a new version of ``registered_name``."""
+        import mlflow
+        import mlflow.pyfunc
+        from mlflow.models import Model, ModelSignature
+
+        experiment_id = self.client(uri).get_run(run_id).info.experiment_id
+        with self.client_lock:  # the fluent URIs and experiment are process-wide
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            # the logged model's experiment (and so its artifact location) is the fluent one, not its run's
+            mlflow.set_experiment(experiment_id=experiment_id)
+        Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                  registered_model_name=registered_name, python_model=model_code, artifacts=artifacts,
+                  code_paths=code_paths, pip_requirements=pip_requirements,
+                  signature=ModelSignature.from_dict(signature), await_registration_for=0)
 
     def terminate(self, uri: str, run_id: str, status: str) -> None:
         self.client(uri).set_terminated(run_id, status)
@@ -126,7 +163,7 @@ def _say(text: str) -> None:
 
 
 IMMEDIATE = ("open", "create_run")  # answered at once, beside the logging queue
-ORDERED = ("batch", "artifact", "terminate", "flush")  # in the order sent; a flush is answered when reached
+ORDERED = ("batch", "artifact", "inputs", "experiment_tag", "model", "terminate", "flush")  # in the order sent; a flush is answered when reached
 
 
 def serve(inp: BinaryIO, out: BinaryIO) -> int:

@@ -155,11 +155,11 @@ def test_sweep_flow_on_the_tiny_profile(tmp_path, prefect_port):
     assert all(v in ("HOLDS", "PARTLY HOLDS", "DOES NOT HOLD") for k, v in verdicts.items() if k != "5")
     for f in ("accuracy_vs_fraction.png", "kd_weight_heatmap.png", "teacher_size.png"):
         assert (proj.path / "reports" / f).read_bytes()[:4] == b"\x89PNG"
-    # one MLflow parent for the sweep's students, one child per student, comparable by the sweep's axes
+    # one MLflow run for the sweep, one top-level run per student tagged with it, comparable by the sweep's axes
     client, runs = _mlflow_runs(proj)
     sweep_runs = [r for r in runs if r.data.tags.get("kdprune.sweep") == "true"]
     assert len(sweep_runs) == 1
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep_runs[0].info.run_id]
+    children = [r for r in runs if r.data.tags.get("kdprune.sweep_run_id") == sweep_runs[0].info.run_id]
     assert len(children) == len(df) and all(r.data.tags.get("kdprune.role") == "student" for r in children)
     for r in children:
         assert {"method", "fraction", "kd_weight", "teacher_arch", "seed"} <= set(r.data.params)

@@ -193,6 +193,10 @@ def load_fashion_mnist(root: str | None = None) -> RawDataset:
     )
 
 
+# what `kdprune data` installs when data.root is null and apt-get is usable
+load_fashion_mnist.debian_package = "dataset-fashion-mnist"
+
+
 @register_dataset("mnist")
 def load_mnist(root: str | None = None) -> RawDataset:
     """MNIST (LeCun et al. 1998): 60,000 + 10,000 28x28 grey handwritten digits.

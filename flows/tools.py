@@ -1,0 +1,191 @@
+"""The commands around the pipeline: ``kdprune ui``, ``kdprune bench``, ``kdprune data NAME``.
+
+Each takes the parsed command line (flows/__main__.py) and returns the exit code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from tasks.runtime import project_root
+
+BENCHMARKS = ("trainer_bench", "grand_bench", "pipeline_bench")
+
+
+# ---------------------------------------------------------------- kdprune ui
+
+def _wait_healthy(url: str, proc: subprocess.Popen | None, timeout_s: float = 300.0) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the MLflow server exited with code {proc.returncode} (its log is above)")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the MLflow server at {url} did not answer within {timeout_s:.0f}s")
+
+
+def links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
+    """(what, URL) for each thing worth opening: the students of the latest sweep, the experiment, the
+    registered teacher, the Prefect UI."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import EXPERIMENT, STUDENTS_VIEW, ui_url
+
+    out = []
+    exp = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        out.append(("MLflow (no kdprune experiment yet: `make run` first)", base + "/"))
+    else:
+        if f"mlflow.sharedViewState.{STUDENTS_VIEW}" in exp.tags:
+            out.append(("students of the latest sweep, side by side (Chart: test_acc vs fraction)",
+                        ui_url(base, exp.experiment_id, exp.tags)))
+        out.append(("every run of the experiment", ui_url(base, exp.experiment_id, exp.tags, view=None)))
+        out.append(("the teacher in the Model Registry", base + "/#/models?workflowType=machine_learning"))
+    prefect = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
+    if prefect:
+        out.append(("Prefect: flow runs, the report and results artifacts, the nightly deployment", prefect))
+    return out
+
+
+def ui(args) -> int:
+    """Serve MLflow's UI on the project's store (127.0.0.1:--port) and print the links."""
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    proc = None
+    if uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")  # a tracking server: its UI is already served
+    else:
+        base = f"http://127.0.0.1:{args.port}"
+        if not args.no_serve:
+            mlflow = shutil.which("mlflow", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                                  os.environ.get("PATH", "")]))
+            # one worker: a local UI for one researcher (MLflow's default, 4, quadruples start-up and memory)
+            proc = subprocess.Popen([mlflow or "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                                     "--port", str(args.port), "--workers", "1"])
+    try:
+        _wait_healthy(base, proc)
+        for what, url in links(uri, base):
+            print(f"[kdprune] {what}:\n    {url}", flush=True)
+        if proc is None:
+            return 0
+        print("[kdprune] MLflow UI serving; Ctrl-C stops it", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    except RuntimeError as e:
+        print(f"kdprune: {e}", file=sys.stderr)
+        return 3
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# ---------------------------------------------------------------- kdprune bench
+
+def print_bench_table(path: Path) -> None:
+    for r in json.loads(path.read_text()):
+        if r.get("skipped"):
+            print(f"{r['name']:38s} {'skipped':>10} {r['unit']:9s} {r['skipped']}")
+        else:
+            print(f"{r['name']:38s} {r['value']:>10} {r['unit']:9s} target {r['target']}")
+
+
+def bench(args) -> int:
+    """Each benchmark module in its own process, so one that fails does not stop the others."""
+    root = project_root()
+    failed = []
+    for name in args.only or BENCHMARKS:
+        if name not in BENCHMARKS:
+            print(f"kdprune: unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}", file=sys.stderr)
+            return 2
+        print(f"[kdprune] bench: {name}", flush=True)
+        if subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=root).returncode != 0:
+            failed.append(name)
+    out = root / "reports" / "bench.json"
+    if out.exists():
+        print_bench_table(out)
+    if failed:
+        print(f"kdprune: bench: {', '.join(failed)} failed (output above); the other rows are in {out}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- kdprune data NAME
+
+def missing_data(dataset: str, root: str | None) -> str | None:
+    """None when ``dataset`` loads from ``root``; otherwise why not and how to get it."""
+    from kdprune.data import DATASETS, DatasetUnavailable
+
+    try:
+        DATASETS.get(dataset)(root=root)
+    except DatasetUnavailable as e:
+        return str(e)
+    return None
+
+
+def _apt_usable() -> str | None:
+    """Why apt-get cannot install here, or None when it can (root, apt-get present)."""
+    if shutil.which("apt-get") is None:
+        return "this machine has no apt-get"
+    if os.geteuid() != 0:
+        return "installing a Debian package needs root (run it with sudo)"
+    return None
+
+
+def data(args) -> int:
+    """Get the data profile ``args.name`` needs: the Debian package where the dataset has one and
+    apt-get is usable, otherwise print exactly what to do."""
+    from kdprune.data import DATASETS
+
+    root = project_root()
+    prof = root / "profiles" / f"{args.name}.yaml"
+    if not args.name or not prof.exists():
+        names = ", ".join(sorted(p.stem for p in (root / "profiles").glob("*.yaml")))
+        print(f"kdprune: data: name a profile, e.g. `make data NAME=fashion_mnist`; available: {names}",
+              file=sys.stderr)
+        return 2
+    d = yaml.safe_load(prof.read_text())["data"]
+    dataset, data_root = d["dataset"], d.get("root")
+    why = missing_data(dataset, data_root)
+    if why is None:
+        print(f"[kdprune] {dataset} (profile {args.name}) is already here", flush=True)
+        return 0
+    package = getattr(DATASETS.get(dataset), "debian_package", None) if data_root is None else None
+    if package:
+        blocked = _apt_usable()
+        if blocked is None:
+            print(f"[kdprune] installing {package} (apt-get) for {dataset}", flush=True)
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            ok = subprocess.run(["apt-get", "install", "-y", package], env=env).returncode == 0
+            if not ok:  # stale package lists are the usual reason
+                ok = (subprocess.run(["apt-get", "update"], env=env).returncode == 0
+                      and subprocess.run(["apt-get", "install", "-y", package], env=env).returncode == 0)
+            if ok and missing_data(dataset, data_root) is not None:  # installed, but its files were removed
+                ok = subprocess.run(["apt-get", "install", "-y", "--reinstall", package], env=env).returncode == 0
+            if ok and (why := missing_data(dataset, data_root)) is None:
+                print(f"[kdprune] {dataset} is installed; `make study NAME={args.name}` runs the study", flush=True)
+                return 0
+            print(f"kdprune: apt-get install {package} did not make {dataset} available; {why}", file=sys.stderr)
+            return 1
+        print(f"kdprune: {dataset} is not on this machine and cannot be installed from here ({blocked}). "
+              f"Run: sudo apt-get install -y {package}   (then `make study NAME={args.name}`)", file=sys.stderr)
+        return 1
+    print(f"kdprune: {dataset} (profile {args.name}) is not on this machine. {why}", file=sys.stderr)
+    return 1
