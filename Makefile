@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run repro test bench deploy serve ui prefect-ui stop clean profile study
+.PHONY: setup run repro test bench deploy serve ui prefect-ui stop clean profile study stores-up stores-down push pull
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,18 @@ prefect-ui: setup  ## print where the Prefect UI is (the local server starts on 
 
 stop:  ## stop the local Prefect server
 	-$(BIN)/python -m flows stop
+
+stores-up: setup  ## the lab's stores: PostgreSQL, MLflow and Prefect servers on it (KDPRUNE_BIND + KDPRUNE_AUTH=1 to share)
+	$(BIN)/python -m flows stores up
+
+stores-down:  ## stop the lab's servers and PostgreSQL (data kept)
+	$(BIN)/python -m flows stores down
+
+push: setup  ## dvc push to the default remote (KDPRUNE_DVC_REMOTE=<dir> if none is configured)
+	$(BIN)/python -m flows push
+
+pull: setup  ## dvc pull from the default remote (KDPRUNE_DVC_REMOTE=<dir> if none is configured)
+	$(BIN)/python -m flows pull
 
 clean:  ## remove pipeline outputs and local stores (keeps the virtualenv)
 	rm -rf data/prepared data/scores data/manifests models/teacher models/students reports/*.csv reports/*.md reports/*.png \

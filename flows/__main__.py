@@ -1,4 +1,4 @@
-"""Command line: ``python -m flows <stage|pipeline|sweep|profile|deploy|stop> [options]``.
+"""Command line: ``python -m flows <stage|pipeline|sweep|profile|deploy|stop|stores|push|pull> [options]``.
 
 ``sweep --profile NAME [-S key=value ...]`` writes params.yaml from profiles/NAME.yaml and the
 overrides (validated first) and runs the stale stages: e.g. the Fashion-MNIST study is
@@ -9,12 +9,18 @@ and leaves nothing behind. Commands that track start their MLflow writer process
 tasks/tracking.py), so that MLflow's imports overlap this process's. Then the local Prefect server is made to
 answer (started on 127.0.0.1 on first use, reused after) and the flow runs.
 ``KDPRUNE_PARENT_RUN_ID`` nests a stage's MLflow run under an existing parent run.
+
+``stores up|down|status|import|client`` manages the lab's stores (tasks/stores.py): PostgreSQL, the
+MLflow and Prefect servers on it, the client file every entrypoint reads; ``import`` copies the local
+SQLite store's runs into the server; ``client --host NAME`` prints a colleague's client file.
+``push`` / ``pull`` run ``dvc push`` / ``dvc pull`` against the DVC remote (KDPRUNE_DVC_REMOTE by default).
 """
 from __future__ import annotations
 
 import argparse
 import atexit
 import importlib
+import json
 import logging
 import os
 import sys
@@ -48,11 +54,14 @@ def main(argv: list[str] | None = None) -> None:
         atexit.register(_fast_exit)
     ap = argparse.ArgumentParser(prog="python -m flows", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=[*STAGES, "pipeline", "sweep", "profile", "deploy", "init", "stop"],
+    ap.add_argument("command", choices=[*STAGES, "pipeline", "sweep", "profile", "deploy", "init", "stop", "stores",
+                                        "push", "pull"],
                     help="a stage, the whole pipeline, a sweep, profile (write params.yaml from a profile), "
-                         "the deployment, init (create the MLflow store: part of `make setup`), or stop (the "
-                         "local Prefect server)")
-    ap.add_argument("name", nargs="?", default=None, help="profile: the profile's name (profiles/NAME.yaml)")
+                         "the deployment, init (create the MLflow store: part of `make setup`), stop (the "
+                         "local Prefect server), stores (the lab's servers), push/pull (the DVC remote)")
+    ap.add_argument("name", nargs="?", default=None, help="profile: the profile's name (profiles/NAME.yaml); "
+                                                          "stores: up, down, status, import or client")
+    ap.add_argument("--host", default=None, help="stores client: the host name colleagues reach the servers at")
     ap.add_argument("--profile", default=None, help="sweep: start from profiles/PROFILE.yaml instead of params.yaml; "
                                                     "deploy: deploy a sweep of this profile instead of the pipeline")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -62,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timezone", default="UTC", help="deploy: the schedule's time zone")
     ap.add_argument("--serve", action="store_true", help="deploy: serve the deployment in this process")
     args = ap.parse_args(argv)
+    if args.command in ("stores", "push", "pull"):
+        sys.exit(_stores(args))
     if args.command in (*STAGES, "pipeline", "sweep", "deploy"):
         # MLflow's imports (1.5-2 s) run in the writer process while this one imports torch and Prefect;
         # the writer touches no store until a stage opens it, so bad params below still leave nothing behind
@@ -130,6 +141,42 @@ def main(argv: list[str] | None = None) -> None:
         flow_fn = getattr(importlib.import_module(f"flows.{args.command}"), f"{args.command}_flow")
         flow_fn(root=str(root), parent_run_id=os.environ.get("KDPRUNE_PARENT_RUN_ID") or None)
     _DONE.append(0)
+
+
+def _stores(args) -> int:
+    from tasks import stores
+
+    root = project_root()
+    try:
+        if args.command in ("push", "pull"):
+            return stores.dvc_transfer(root, args.command)
+        if args.name == "up":
+            settings = stores.up(root)
+            print(f"[kdprune] stores up: MLflow {settings['MLFLOW_TRACKING_URI']}, Prefect {settings['PREFECT_API_URL']}"
+                  f"{', authentication on' if 'PREFECT_API_AUTH_STRING' in settings else ''}; every entrypoint of "
+                  f"this project now uses them (settings in {stores.Paths(root).client})", flush=True)
+        elif args.name == "down":
+            stopped = stores.down(root)
+            print(f"[kdprune] stopped: {', '.join(stopped) or 'nothing was running'}; data kept, "
+                  "`make stores-up` starts them again", flush=True)
+        elif args.name == "status":
+            print(json.dumps(stores.status(root), indent=2))
+        elif args.name == "import":
+            counts = stores.import_local_runs(root)
+            print(f"[kdprune] imported {counts['runs']} runs ({counts['metric points']} metric points, "
+                  f"{counts['artifacts']} artifact files); {counts['skipped']} were already there", flush=True)
+        elif args.name == "client":
+            if not args.host:
+                raise stores.StoresError("stores client: name the host colleagues reach the servers at, "
+                                         "e.g. --host labserver.example.org")
+            sys.stdout.write(stores.colleague_file(root, args.host))
+        else:
+            print("kdprune: stores: say up, down, status, import or client", file=sys.stderr)
+            return 2
+    except RuntimeError as e:  # StoresError, or a server that would not start
+        print(f"kdprune: {e}", file=sys.stderr)
+        return 3
+    return 0
 
 
 if __name__ == "__main__":
