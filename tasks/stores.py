@@ -104,6 +104,9 @@ def _server_config(p: Paths) -> dict:
                "mlflow_user": "kdprune", "mlflow_password": secrets.token_urlsafe(24),
                "prefect_auth": f"kdprune:{secrets.token_urlsafe(24)}"}
         _write_private(p.server, json.dumps(cfg, indent=2) + "\n")
+    if "flask_secret" not in cfg:  # the auth app's CSRF key: the same across its workers and restarts
+        cfg["flask_secret"] = secrets.token_urlsafe(32)
+        _write_private(p.server, json.dumps(cfg, indent=2) + "\n")
     os.chmod(p.server.parent, 0o700)
     return cfg
 
@@ -306,9 +309,10 @@ def _start(cmd: list[str], log: Path, pid_file: Path, url: str, env: dict, what:
     """``start_detached``, and a server that did not come up is stopped again (no stray process)."""
     try:
         start_detached(cmd, log, pid_file, url, _server_env(env), 180, what)
-    except RuntimeError:
+    except RuntimeError as e:
         stop_detached(pid_file)
-        raise
+        last = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip() and not ln.startswith(" ")]
+        raise StoresError(f"{e}; its last lines:\n  " + "\n  ".join(last[-4:])) from None
 
 
 def _server_env(extra: dict) -> dict:
@@ -349,9 +353,12 @@ def _start_mlflow(p: Paths, cfg: dict, bind: str, auth: bool) -> None:
         _write_private(ini, "[mlflow]\ndefault_permission = READ\n"
                             f"database_uri = {_pg_url(cfg, 'mlflow_auth')}\n"
                             f"admin_username = {cfg['mlflow_user']}\nadmin_password = {cfg['mlflow_password']}\n"
-                            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                            # a password hash per request is the server's main cost under many writers:
+                            # check a user's password once a minute per worker instead
+                            "auth_cache_ttl_seconds = 60\n")
         cmd += ["--app-name", "basic-auth"]
-        env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_FLASK_SERVER_SECRET_KEY=cfg["flask_secret"])
     print(f"[kdprune] starting the MLflow server on {bind}:{port}{' with basic auth' if auth else ''} "
           f"(log {p.mlflow / 'server.log'})", flush=True)
     _start(cmd, p.mlflow / "server.log", pid_file, _mlflow_url(cfg), env, "the MLflow server")
@@ -379,11 +386,13 @@ def _start_prefect(p: Paths, cfg: dict, bind: str, auth: bool) -> None:
 def _check_auth(url: str, what: str, creds: Optional[tuple[str, str]]) -> None:
     """With auth on, a request without credentials must get 401 and one with them must not."""
     def status(headers: dict) -> int:
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+        try:  # a fresh server's first requests (workers connecting, password hashing) can be slow
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=90) as r:
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code
+        except OSError as e:
+            raise StoresError(f"{what} did not answer {url} ({e})") from None
     if creds is None:
         return
     anon = status({})
