@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run repro test bench deploy serve ui prefect-ui stop clean profile study data
+.PHONY: setup run repro test bench deploy serve ui prefect-ui stop clean profile study data stores-up stores-down push pull
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,19 @@ prefect-ui: setup  ## print where the Prefect UI is (the local server starts on 
 stop:  ## stop the local Prefect server
 	-$(BIN)/python -m flows stop
 
-clean:  ## remove pipeline outputs and local stores (keeps the virtualenv and the committed dvc.lock: `make run` re-creates what it records)
+stores-up: setup  ## the lab's stores: PostgreSQL, MLflow and Prefect servers on it (KDPRUNE_BIND + KDPRUNE_AUTH=1 to share)
+	$(BIN)/python -m flows stores up
+
+stores-down:  ## stop the lab's servers and PostgreSQL (data kept)
+	$(BIN)/python -m flows stores down
+
+push: setup  ## dvc push to the default remote (KDPRUNE_DVC_REMOTE=<dir> if none is configured)
+	$(BIN)/python -m flows push
+
+pull: setup  ## dvc pull from the default remote (KDPRUNE_DVC_REMOTE=<dir> if none is configured)
+	$(BIN)/python -m flows pull
+
+clean:  ## remove pipeline outputs and the local stores (keeps the virtualenv, the lab's stores under .kdprune/postgres and the committed dvc.lock: `make run` re-creates what it records)
 	rm -rf data/prepared data/scores data/manifests models/teacher models/teachers models/students reports/*.csv \
-	    reports/*.md reports/*.png mlflow.db mlartifacts .prefect .kdprune
+	    reports/*.md reports/*.png mlflow.db mlartifacts .prefect .kdprune/checkpoints .kdprune/proxies .kdprune/runs \
+	    .kdprune/params-ok

@@ -10,12 +10,18 @@ and leaves nothing behind. Commands that track start their MLflow writer process
 tasks/tracking.py), so that MLflow's imports overlap this process's. Then the local Prefect server is made to
 answer (started on 127.0.0.1 on first use, reused after) and the flow runs.
 ``KDPRUNE_PARENT_RUN_ID`` nests a stage's MLflow run under an existing parent run.
+
+``stores up|down|status|import|client`` manages the lab's stores (tasks/stores.py): PostgreSQL, the
+MLflow and Prefect servers on it, the client file every entrypoint reads; ``import`` copies the local
+SQLite store's runs into the server; ``client --host NAME`` prints a colleague's client file.
+``push`` / ``pull`` run ``dvc push`` / ``dvc pull`` against the DVC remote (KDPRUNE_DVC_REMOTE by default).
 """
 from __future__ import annotations
 
 import argparse
 import atexit
 import importlib
+import json
 import logging
 import os
 import sys
@@ -212,13 +218,39 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _stores(args) -> int:
-    """The lab's stores and the DVC remote: tasks/stores.py."""
+    from tasks import stores
+
+    root = project_root()
     try:
-        from tasks import stores
-    except ImportError:
-        print("kdprune: this checkout has no tasks/stores.py (the lab's stores come with it)", file=sys.stderr)
-        return 2
-    return stores.main(args)
+        if args.command in ("push", "pull"):
+            return stores.dvc_transfer(root, args.command)
+        if args.name == "up":
+            settings = stores.up(root)
+            print(f"[kdprune] stores up: MLflow {settings['MLFLOW_TRACKING_URI']}, Prefect {settings['PREFECT_API_URL']}"
+                  f"{', authentication on' if 'PREFECT_API_AUTH_STRING' in settings else ''}; every entrypoint of "
+                  f"this project now uses them (settings in {stores.Paths(root).client})", flush=True)
+        elif args.name == "down":
+            stopped = stores.down(root)
+            print(f"[kdprune] stopped: {', '.join(stopped) or 'nothing was running'}; data kept, "
+                  "`make stores-up` starts them again", flush=True)
+        elif args.name == "status":
+            print(json.dumps(stores.status(root), indent=2))
+        elif args.name == "import":
+            counts = stores.import_local_runs(root)
+            print(f"[kdprune] imported {counts['runs']} runs ({counts['metric points']} metric points, "
+                  f"{counts['artifacts']} artifact files); {counts['skipped']} were already there", flush=True)
+        elif args.name == "client":
+            if not args.host:
+                raise stores.StoresError("stores client: name the host colleagues reach the servers at, "
+                                         "e.g. --host labserver.example.org")
+            sys.stdout.write(stores.colleague_file(root, args.host))
+        else:
+            print("kdprune: stores: say up, down, status, import or client", file=sys.stderr)
+            return 2
+    except RuntimeError as e:  # StoresError, or a server that would not start
+        print(f"kdprune: {e}", file=sys.stderr)
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

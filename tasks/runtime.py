@@ -7,6 +7,7 @@ environment: ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` point at remote ser
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -33,9 +34,14 @@ def project_root() -> Path:
     return here
 
 
+STORES_FILE = ".kdprune/stores.json"  # the lab's stores (tasks/stores.py): URIs and client credentials
+_STORES_LOADED = "KDPRUNE_STORES_LOADED"
+
+
 def configure_env() -> None:
     root = project_root()
     env = os.environ
+    _load_stores_file(root, env)
     env.setdefault("PREFECT_HOME", str(root / ".prefect"))
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
@@ -51,6 +57,29 @@ def configure_env() -> None:
         port = int(env.get("KDPRUNE_PREFECT_PORT", DEFAULT_PREFECT_PORT))
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         env[_STARTS_LOCAL_PREFECT] = "1"
+
+
+def _load_stores_file(root: Path, env) -> None:
+    """The client settings `make stores-up` wrote (or a colleague's copy; ``KDPRUNE_STORES`` names
+    another file): each one a default, so a variable already set still wins."""
+    path = Path(env.get("KDPRUNE_STORES") or root / STORES_FILE)
+    if not path.is_file():
+        return
+    try:
+        settings = json.loads(path.read_text())["env"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"kdprune: cannot read the stores file {path} ({e}); run `make stores-up` to rewrite it, "
+                         "or remove it to use the project's local stores") from None
+    for k, v in settings.items():
+        env.setdefault(k, str(v))
+    env[_STORES_LOADED] = str(path)
+
+
+def stores_hint() -> str:
+    """How to bring back a server named in the stores file, or '' when no stores file is in use."""
+    path = os.environ.get(_STORES_LOADED)
+    return (f" (set by {path}: bring the lab's stores up with `make stores-up`, or remove that file to use "
+            "the project's local stores)") if path else ""
 
 
 def _healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -72,7 +101,7 @@ def ensure_prefect_server(timeout_s: float = 90.0) -> str:
         return url
     if os.environ.get(_STARTS_LOCAL_PREFECT) != "1":
         raise RuntimeError(
-            f"the Prefect API at PREFECT_API_URL={url} does not answer; start that server, "
+            f"the Prefect API at PREFECT_API_URL={url} does not answer{stores_hint()}; start that server, "
             "or unset PREFECT_API_URL to let kdprune start a local one on 127.0.0.1"
         )
     home = Path(os.environ["PREFECT_HOME"])
@@ -94,25 +123,30 @@ def ensure_prefect_server(timeout_s: float = 90.0) -> str:
         prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
         print(f"[kdprune] starting a local Prefect server on 127.0.0.1:{port} (PREFECT_HOME={home}, "
               f"log {home / 'server.log'})", flush=True)
-        # Prefect's own --background mode pipes the server's output to a parent that exits at once;
-        # run it in the foreground in its own session instead, logging to a file.
-        with open(home / "server.log", "ab") as log:
-            proc = subprocess.Popen(
-                [prefect, "server", "start", "--host", "127.0.0.1", "--port", port],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
-                start_new_session=True,
-            )
-        pid_file.write_text(str(proc.pid))
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if _healthy(url):
-                return url
-            if proc.poll() is not None:
-                pid_file.unlink(missing_ok=True)
-                raise RuntimeError(f"the local Prefect server exited with code {proc.returncode} while starting; "
-                                   f"see {home / 'server.log'}")
-            time.sleep(0.5)
-    raise RuntimeError(f"the local Prefect server did not answer at {url} within {timeout_s:.0f}s; see {home / 'server.log'}")
+        start_detached([prefect, "server", "start", "--host", "127.0.0.1", "--port", port], home / "server.log",
+                       pid_file, url, os.environ.copy(), timeout_s, "the local Prefect server")
+        return url
+
+
+def start_detached(cmd: list[str], log_path: Path, pid_file: Path, health_url: str, env: dict,
+                   timeout_s: float, what: str) -> None:
+    """Start a server in its own session, logging to ``log_path``, its pid in ``pid_file``, and wait
+    until ``health_url`` answers 200; raises RuntimeError naming the log if it exits or stays silent."""
+    # Prefect's own --background mode pipes the server's output to a parent that exits at once;
+    # run it in the foreground in its own session instead, logging to a file.
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    pid_file.write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _healthy(health_url):
+            return
+        if proc.poll() is not None:
+            pid_file.unlink(missing_ok=True)
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting; see {log_path}")
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} did not answer at {health_url} within {timeout_s:.0f}s; see {log_path}")
 
 
 def _pid_alive(pid_file: Path) -> bool:
@@ -140,7 +174,11 @@ def _wait_healthy(url: str, timeout_s: float) -> bool:
 
 def stop_prefect_server(timeout_s: float = 20.0) -> bool:
     """Stop the local server this project started (its process group); True if one was running."""
-    pid_file = Path(os.environ["PREFECT_HOME"]) / SERVER_PID_FILE
+    return stop_detached(Path(os.environ["PREFECT_HOME"]) / SERVER_PID_FILE, timeout_s)
+
+
+def stop_detached(pid_file: Path, timeout_s: float = 20.0) -> bool:
+    """Stop a server started by ``start_detached`` (its process group); True if one was running."""
     if not _pid_alive(pid_file):
         pid_file.unlink(missing_ok=True)
         return False
@@ -156,4 +194,3 @@ def stop_prefect_server(timeout_s: float = 20.0) -> bool:
         pass
     pid_file.unlink(missing_ok=True)
     return True
-

@@ -12,6 +12,9 @@ Failure policy: reaching the store is checked when a Tracker is made and when a 
 unreachable store stops a stage *before* training. Once a run has started, logging is best
 effort: a failure (connection lost mid-run) never stops training or loses a result, which is
 already on disk; the tracker goes offline, counts what it could not log and says so at the end.
+The same once this process has reached the store: a store lost mid-sweep (a tracking server or
+its database killed) does not stop the next student or stage either; its run is counted as not
+logged ("runs"), with everything logged to it, under the run's name.
 
 Latency: after a run has started, every logging call is sent to the writer process and handled
 there in order, so training never waits on the store. A run's end waits until everything sent is
@@ -251,6 +254,8 @@ def check_tracking_store(timeout_s: float = 5.0) -> str:
     """Cheap reachability check of MLFLOW_TRACKING_URI, without importing MLflow; raises TrackingUnavailable."""
     import urllib.request
 
+    from tasks.runtime import stores_hint
+
     uri = os.environ["MLFLOW_TRACKING_URI"]
     if uri.startswith(("http://", "https://")):
         try:
@@ -260,7 +265,7 @@ def check_tracking_store(timeout_s: float = 5.0) -> str:
                 raise OSError(f"HTTP {r.status}")
         except OSError as e:
             raise TrackingUnavailable(
-                f"the MLflow tracking server at MLFLOW_TRACKING_URI={uri} does not answer ({e}); start it, or "
+                f"the MLflow tracking server at MLFLOW_TRACKING_URI={uri} does not answer ({e}){stores_hint()}; start it, or "
                 "unset MLFLOW_TRACKING_URI to use the project's SQLite store"
             ) from None
     if uri.startswith("sqlite:///"):
@@ -268,6 +273,10 @@ def check_tracking_store(timeout_s: float = 5.0) -> str:
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise TrackingUnavailable(f"MLFLOW_TRACKING_URI={uri}: directory {parent} does not exist or is not writable")
     return uri
+
+
+_REACHED: set[str] = set()  # stores this process has opened: losing one later is "mid-run"
+OFFLINE = "offline-"  # run ids handed out while the store is unreachable mid-run: counted, never sent
 
 
 _SHARED: dict[tuple, "Tracker"] = {}
@@ -289,14 +298,19 @@ class Tracker:
         self.uri = os.environ["MLFLOW_TRACKING_URI"]
         self.key = uuid.uuid4().hex  # the writer keeps this tracker's offline state under it
         art = (Path(root) / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite:") else None
+        self._client = None
+        self.lost_reason: Optional[str] = None  # set when the store was lost mid-run
         try:
             self.experiment_id = _WRITER.call("open", self.uri, EXPERIMENT, art, EXPERIMENT_TAGS)
         except RuntimeError as e:  # connection refused, bad URI, the writer could not start, ...
+            if self.uri in _REACHED:
+                self.experiment_id, self.lost_reason = None, str(e)
+                return
             raise TrackingUnavailable(
                 f"cannot reach the MLflow tracking store at MLFLOW_TRACKING_URI={self.uri}: {e}; "
                 "start that server or unset MLFLOW_TRACKING_URI to use the project's SQLite store"
             ) from None
-        self._client = None
+        _REACHED.add(self.uri)
 
     @property
     def client(self):
@@ -309,6 +323,9 @@ class Tracker:
 
     def _best_effort(self, what: str, n: int, op: str, *args) -> None:
         """Send one logging call to the writer; if the writer is gone, count it as not logged."""
+        if args and str(args[0]).startswith(OFFLINE):  # a run that could not be created
+            _WRITER.count_lost(self.key, what, n, self.lost_reason or "the store was lost")
+            return
         try:
             _WRITER.post((op, self.key, what, n, self.uri, *args), self.key, what, n)
         except _WriterGone as e:
@@ -334,9 +351,16 @@ class Tracker:
         if parent:
             t["mlflow.parentRunId"] = parent
         try:
+            if self.lost_reason:
+                raise RuntimeError(self.lost_reason)
             run_id = _WRITER.call("create_run", self.uri, self.experiment_id, t, name)
         except RuntimeError as e:
-            raise TrackingUnavailable(f"cannot create an MLflow run at MLFLOW_TRACKING_URI={self.uri}: {e}") from None
+            if self.uri not in _REACHED:
+                raise TrackingUnavailable(f"cannot create an MLflow run at MLFLOW_TRACKING_URI={self.uri}: {e}") from None
+            # the store was lost mid-run: train anyway, count this run and what is logged to it
+            self.lost_reason = self.lost_reason or f"{e}"
+            _WRITER.count_lost(self.key, f"runs ({name})" if parent else "runs", 1, self.lost_reason)
+            run_id = OFFLINE + uuid.uuid4().hex
         if params:
             self.log_params(run_id, params)
         return run_id
