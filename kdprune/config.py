@@ -14,7 +14,7 @@ from kdprune.data import DATASETS
 from kdprune.distill import LOSSES, SCHEDULES
 from kdprune.models import MODELS
 from kdprune.scores import SCORES
-from kdprune.selection import parse_method
+from kdprune.selection import JOINT, parse_method
 
 
 class ParamsError(ValueError):
@@ -23,7 +23,7 @@ class ParamsError(ValueError):
 
 @dataclass
 class Field:
-    kind: str  # "int", "float", "bool", "str", "list"
+    kind: str  # "int", "float", "bool", "str", "list", "dict"
     default: Any = None
     required: bool = False
     check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error text or None
@@ -79,6 +79,27 @@ def _method(v) -> Optional[str]:
     except ValueError as e:
         return f"is not a selection method: {e}"
     return None
+
+
+def _joint_options(name: str) -> Callable[[Any], Optional[str]]:
+    def check(v):
+        try:
+            JOINT.get(name).resolve(v)
+        except ValueError as e:
+            return f"has bad options: {e}"
+        return None
+
+    return check
+
+
+def _joint_fields() -> dict[str, Field]:
+    """``select.<joint selector>``: that selector's options, checked against its registration."""
+    out = {}
+    for name in JOINT.names():
+        spec = JOINT.get(name)
+        opts = ", ".join(f"{k} ({o.kind.__name__}, default {o.default!r})" for k, o in spec.options.items())
+        out[name] = Field("dict", {}, check=_joint_options(name), doc=f"options of joint selector {name}: {opts}")
+    return out
 
 
 def _device(v) -> Optional[str]:
@@ -164,6 +185,7 @@ SCHEMA: dict[str, Any] = {
         "ccs_strata": Field("int", 50, check=POSITIVE_INT),
         "infobatch_prune_ratio": Field("float", 0.5, check=_range(0.0, 1.0, hi_open=True)),
         "infobatch_delta": Field("float", 0.875, check=_range(0.0, 1.0, lo_open=True)),
+        **_joint_fields(),
     },
     "student": {
         **_train_fields("small_cnn", 30),
@@ -202,6 +224,8 @@ def _kind_ok(kind: str, v: Any) -> bool:
         return isinstance(v, str)
     if kind == "list":
         return isinstance(v, list)
+    if kind == "dict":
+        return isinstance(v, dict)
     raise AssertionError(kind)
 
 
@@ -232,7 +256,7 @@ def _walk(schema: dict, given: Any, prefix: str, errors: list[str]) -> dict:
             out[key] = None
             continue
         if not _kind_ok(spec.kind, v):
-            errors.append(f"{name}: got {v!r}, expected {'a list' if spec.kind == 'list' else 'a ' + spec.kind}")
+            errors.append(f"{name}: got {v!r}, expected {'a list' if spec.kind == 'list' else 'a mapping' if spec.kind == 'dict' else 'a ' + spec.kind}")
             continue
         if spec.kind == "list" and spec.item and not all(_kind_ok(spec.item, x) for x in v):
             errors.append(f"{name}: got {v!r}, expected a list of {spec.item}s")

@@ -11,6 +11,10 @@
                        (Okanovic et al. 2024); the kept fraction is the per-epoch share
     infobatch          drop a share of low-loss examples each epoch, rescale the rest, full data
                        at the end (Qin et al. 2024); ignores the fraction (uses all examples)
+    <joint selector>   a subset chosen as a whole on the teacher's features or gradients
+                       (herding, kcenter, facility_location, graph_cut, craig, gradmatch, glister,
+                       cal, deepfool; see kdprune/selection/joint); options under
+                       ``select.<name>``
 
 Static methods write manifests with the kept ids; per-epoch methods write manifests with every
 id of the pool plus the sampler and its seed, and the trainer draws the epochs.
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kdprune.scores import SCORES
+from kdprune.selection.joint import JOINT
 
 SAMPLER_METHODS = ("rs2", "infobatch")
 SPECIAL = ("ccs", *SAMPLER_METHODS)
@@ -33,10 +38,13 @@ class Method:
     score: Optional[str]  # score the selection reads (None for samplers)
     selector: Optional[str]  # static selector name, or None for samplers
     sampler: Optional[str]  # per-epoch sampler name, or None
+    joint: Optional[str] = None  # joint selector name (kdprune.selection.joint), or None
 
     @property
     def stochastic(self) -> bool:
         """Whether the subset depends on a seed (one manifest per seed)."""
+        if self.joint is not None:
+            return JOINT.get(self.joint).seeded
         return self.score == "random" or self.selector == "ccs" or self.sampler is not None
 
     @property
@@ -45,7 +53,7 @@ class Method:
 
 
 def valid_names() -> list[str]:
-    return [*SCORES.names(), *(f"<score>:{m}" for m in MODES), *SPECIAL]
+    return [*SCORES.names(), *(f"<score>:{m}" for m in MODES), *SPECIAL, *JOINT.names()]
 
 
 def parse_method(label: str, ccs_score: str = "aum") -> Method:
@@ -54,6 +62,8 @@ def parse_method(label: str, ccs_score: str = "aum") -> Method:
         return Method(label, ccs_score, "ccs", None)
     if label in SAMPLER_METHODS:
         return Method(label, None, None, label)
+    if label in JOINT and label not in SCORES:
+        return Method(label, None, None, None, joint=label)
     score, _, mode = label.partition(":")
     if score not in SCORES or (mode and mode not in MODES):
         raise ValueError(f"unknown selection method {label!r}; valid: {', '.join(valid_names())}")
