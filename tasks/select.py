@@ -102,11 +102,11 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                   for j in jobs if j["method"].joint}
     inputs, teacher_sha, inputs_cost = None, None, {"seconds": 0.0, "peak_mem_mb": 0.0}
     costs = {}
+    if needs:
+        from tasks.scores import measure_cost  # torch and psutil: only when a joint selector runs
     with tr.run("select", parent_run_id, tags=stage_tags(root, "select", meta), params={"select": sel}) as run_id, \
             atomic_directory(out) as tmp:
         if needs:
-            from tasks.scores import measure_cost
-
             with measure_cost() as inputs_cost:
                 inputs, teacher_sha = joint_inputs(root, params, meta, splits, needs)
             log.info(f"joint selector inputs ({', '.join(sorted(needs))}) from the teacher: "
@@ -116,8 +116,6 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
             base = {"method": m.label, "fraction": frac, "seed": seed, "dataset": meta["dataset"],
                     "dataset_sha256": meta["sha256"], "n_total": int(len(train.ids))}
             if m.joint is not None:
-                from tasks.scores import measure_cost
-
                 spec, opts = JOINT.get(m.joint), joint_opts[m.joint]
                 with measure_cost() as cost:
                     kept, weights = run_joint(m.joint, train.ids, inputs, frac, seed=seed or 0, options=opts)
@@ -126,7 +124,8 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                          "joint": {"definition": spec.definition, "variant": spec.variant, "inputs": list(spec.needs),
                                    "model": "teacher", "model_sha256": teacher_sha}}
                 if weights is not None:
-                    extra.update(weights=weights.tolist(), weights_sha256=hashlib.sha256(weights.astype("<f8").tobytes()).hexdigest())
+                    extra.update(weights=weights.tolist(),
+                                 weights_sha256=hashlib.sha256(weights.astype("<f8").tobytes()).hexdigest())
                 costs[manifest_name(m.file_stem, frac, seed)] = {
                     "method": m.label, "fraction": frac, "seed": seed, "seconds": cost["seconds"],
                     "peak_mem_mb": cost["peak_mem_mb"], "inputs_s": inputs_cost["seconds"],
