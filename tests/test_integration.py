@@ -161,8 +161,7 @@ def test_a_killed_local_prefect_server_is_restarted_by_the_next_stage(tiny_proje
 ALL_SCORES = ["random", "el2n", "el2n_proxy", "grand", "grand_last_layer", "forgetting", "aum", "entropy",
               "least_confidence", "margin", "dynamic_uncertainty", "prototypes", "prototypes_supervised",
               "moderate_ds", "memorization"]
-JOINT = ["herding", "kcenter", "facility_location", "graph_cut", "craig", "gradmatch", "glister", "cal", "deepfool"]
-ALL_METHODS = ALL_SCORES + ["el2n:balanced", "aum:high", "ccs", "rs2", "infobatch"] + JOINT
+ALL_METHODS = ALL_SCORES + ["el2n:balanced", "aum:high", "ccs", "rs2", "infobatch"]
 
 
 def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, prefect_port):
@@ -173,12 +172,11 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
         "teacher": {"epochs": 4, "batch_size": 64},
         "scores": {"methods": ALL_SCORES, "seeds": [0], "el2n_epoch": 2, "proxy_seeds": [0, 1], "proxy_epochs": 2,
                    "el2n_proxy_epoch": 2, "grand_epoch": 1, "memorization_models": 3, "memorization_epochs": 2},
-        "select": {"methods": ALL_METHODS, "fractions": [0.3],
-                   "glister": {"eta": 0.05}, "herding": {"balance": True}, "deepfool": {"max_iter": 10}},
+        "select": {"methods": ALL_METHODS, "fractions": [0.3]},
         "student": {"epochs": 3, "batch_size": 64, "seeds": [0], "kd_weights": [0.5]},
     })
     proj.env["PREFECT_HOME"] = str(home)
-    proj.run("dvc", "repro", timeout=1500)  # every scheme: minutes on a busy 2-core machine
+    proj.run("dvc", "repro")
     sdir = proj.path / "data" / "scores"
     for s in ALL_SCORES:
         info = json.loads((sdir / (f"{s}-0.json" if s == "random" else f"{s}.json")).read_text())
@@ -207,34 +205,3 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
     client, runs = _mlflow_runs(proj)
     scores_run = next(r for r in runs if r.info.run_name == "scores")
     assert {"grand.seconds", "grand.peak_mem_mb", "memorization.total_s"} <= set(scores_run.data.metrics)
-    check_joint_selectors(proj, runs, n_train)
-
-
-def check_joint_selectors(proj, runs, n_train):
-    """Every joint selector's manifest (CRAIG/GradMatch weights), its costs in MLflow and outside the DVC
-    outputs, the weighted student, and manifests byte-identical when the select stage runs again."""
-    from kdprune.selection import budget
-
-    mdir = proj.path / "data" / "manifests"
-    before = {}
-    for name in JOINT:
-        stem = f"{name}-0.3-0" if name in ("kcenter", "gradmatch") else f"{name}-0.3"
-        before[stem] = raw = (mdir / f"{stem}.json").read_bytes()
-        m = json.loads(raw)
-        assert m["selector"] == name and m["n"] == budget(n_train, 0.3) and m["joint"]["model_sha256"]
-        assert not {"seconds", "peak_mem_mb", "total_s"} & set(m)  # volatile figures stay out of DVC outputs
-        assert ("weights" in m) == (name in ("craig", "gradmatch"))
-        if "weights" in m:
-            assert len(m["weights"]) == m["n"] and sum(m["weights"]) == pytest.approx(m["n"])
-        cost = json.loads((proj.path / ".kdprune" / "costs" / "select" / f"{stem}.json").read_text())
-        assert cost["seconds"] >= 0 and cost["peak_mem_mb"] >= 0 and cost["inputs_s"] > 0
-    assert json.loads((mdir / "glister-0.3.json").read_text())["selector_options"] == {
-        "balance": True, "eta": 0.05, "greedy": "naive"}
-    assert json.loads((mdir / "herding-0.3.json").read_text())["selector_options"] == {"balance": True}
-    craig = json.loads(next((proj.path / "models" / "students").glob("craig-0.3__nokd*/metrics.json")).read_text())
-    assert craig["weighted"] is True
-    select_run = next(r for r in runs if r.info.run_name == "select")
-    assert {"craig-0.3.seconds", "craig-0.3.peak_mem_mb", "kcenter-0.3-0.total_s"} <= set(select_run.data.metrics)
-    proj.run("dvc", "repro", "-f", "-s", "select")
-    for stem, raw in before.items():
-        assert (mdir / f"{stem}.json").read_bytes() == raw, f"{stem} differs when selected again"
