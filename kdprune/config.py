@@ -23,13 +23,14 @@ REGISTRIES = {
     "losses": ("kdprune.distill", "LOSSES"),
     "schedules": ("kdprune.distill", "SCHEDULES"),
     "methods": ("kdprune.selection", "parse_method"),
+    "joint": ("kdprune.selection", "JOINT"),
 }
 STAGE_NAMES: dict[str, tuple[str, ...]] = {
     "prepare": ("datasets",),
     "teacher": ("datasets", "models"),
     "teachers": ("datasets", "models"),
     "scores": ("datasets", "models", "scores"),
-    "select": ("datasets", "scores", "methods"),
+    "select": ("datasets", "scores", "methods", "joint"),
     "distill": tuple(REGISTRIES),
     "evaluate": tuple(REGISTRIES),
 }
@@ -68,7 +69,7 @@ class ParamsError(ValueError):
 
 @dataclass
 class Field:
-    kind: str  # "int", "float", "bool", "str", "list"
+    kind: str  # "int", "float", "bool", "str", "list", "dict"
     default: Any = None
     required: bool = False
     check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error text or None
@@ -129,6 +130,33 @@ def _method(v) -> Optional[str]:
     except ValueError as e:
         return f"is not a selection method: {e}"
     return None
+
+
+def _joint_options(key: str, v: Any, errors: list[str]) -> None:
+    """``select.<joint selector>``: that selector's options, checked against its registration (in
+    scope "joint"); out of scope only its shape is checked (the full check, DVC's validate stage,
+    runs first)."""
+    if "joint" not in _CHECKED.get():
+        if not isinstance(v, dict):
+            errors.append(f"select.{key}: unknown key, or the options of a joint selector, which must be a mapping")
+        return
+    joint = _registry("joint")
+    if key not in joint:
+        known = [*SCHEMA["select"], *joint.names()]
+        hint = difflib.get_close_matches(str(key), known, n=1)
+        did = f"did you mean 'select.{hint[0]}'? " if hint else ""
+        errors.append(f"select.{key}: unknown key; {did}allowed keys here: {', '.join(SCHEMA['select'])}, or a joint "
+                      f"selector's options: {', '.join(joint.names())}")
+        return
+    if not isinstance(v, dict):
+        errors.append(f"select.{key}: got {v!r}, expected a mapping of joint selector {key}'s options")
+        return
+    try:
+        joint.get(key).resolve(v)
+    except ValueError as e:
+        spec = joint.get(key)
+        opts = ", ".join(f"{k} ({o.kind.__name__}, default {o.default!r})" for k, o in spec.options.items())
+        errors.append(f"select.{key}: {v!r} has bad options: {e}; {key} takes: {opts}")
 
 
 def _device(v) -> Optional[str]:
@@ -219,7 +247,7 @@ SCHEMA: dict[str, Any] = {
         "ccs_strata": Field("int", 50, check=POSITIVE_INT),
         "infobatch_prune_ratio": Field("float", 0.5, check=_range(0.0, 1.0, hi_open=True)),
         "infobatch_delta": Field("float", 0.875, check=_range(0.0, 1.0, lo_open=True)),
-    },
+    },  # plus one key per joint selector: its options (``_joint_options``)
     "student": {
         **_train_fields("small_cnn", 30),
         "seeds": Field("list", [0], item="int", check=_each(SEED)),
@@ -259,6 +287,8 @@ def _kind_ok(kind: str, v: Any) -> bool:
         return isinstance(v, list)
     if kind == "any":
         return True
+    if kind == "dict":
+        return isinstance(v, dict)
     raise AssertionError(kind)
 
 
@@ -289,7 +319,7 @@ def _walk(schema: dict, given: Any, prefix: str, errors: list[str]) -> dict:
             out[key] = None
             continue
         if not _kind_ok(spec.kind, v):
-            errors.append(f"{name}: got {v!r}, expected {'a list' if spec.kind == 'list' else 'a ' + spec.kind}")
+            errors.append(f"{name}: got {v!r}, expected {'a list' if spec.kind == 'list' else 'a mapping' if spec.kind == 'dict' else 'a ' + spec.kind}")
             continue
         if spec.kind == "list" and spec.item and not all(_kind_ok(spec.item, x) for x in v):
             errors.append(f"{name}: got {v!r}, expected a list of {spec.item}s")
@@ -314,7 +344,15 @@ def validate(params: Any, stage: Optional[str] = None) -> dict:
     token = _CHECKED.set(names)
     try:
         errors: list[str] = []
+        joint_opts = {}
+        if isinstance(params, dict) and isinstance(params.get("select"), dict):  # select.<joint selector>: options
+            joint_opts = {k: v for k, v in params["select"].items() if k not in SCHEMA["select"]}
+            params = {**params, "select": {k: v for k, v in params["select"].items() if k in SCHEMA["select"]}}
         out = _walk(SCHEMA, params, "", errors)
+        for key, v in joint_opts.items():
+            _joint_options(key, v, errors)
+        if "select" in out:
+            out["select"].update({k: v for k, v in joint_opts.items() if isinstance(v, dict)})
         if not errors:
             _cross_checks(out, errors)
     finally:

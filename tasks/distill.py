@@ -50,6 +50,8 @@ def student_variants(root: Path, params: dict) -> list[dict]:
         # a seeded manifest (random) is paired with the student of the same seed
         seeds = [m["seed"]] if m["seed"] is not None else sp["seeds"]
         same = {"ids": m["ids_sha256"], "sampler": m.get("sampler")}
+        if m.get("weights") is not None:  # a weighted coreset trains differently from the same ids unweighted
+            same["weights"] = fingerprint(m["weights"])
         for seed in seeds:
             arms = [(None, None, main)] + [(st, st.weight(frac), t) for st in settings for t in teachers]
             for st, w, t in arms:
@@ -144,6 +146,8 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
     cfg = train_config(sp, epochs=epochs, order_seed=variant["seed"], aug_seed=variant["seed"],
                        loss=sp["loss"] if kd else "ce", kd_weight=variant["kd_weight"] or 0.0,
                        temperature=sp["temperature"], max_steps=max_steps)
+    weights = manifest.get("weights")
+    weights = None if weights is None else torch.tensor(weights, dtype=torch.float32)
     sampler = None
     if manifest.get("sampler"):
         s = manifest["sampler"]
@@ -159,6 +163,7 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
         "teacher_sha256": sha256_file(tdir / "model.safetensors") if kd else None,
         "n_train": int(subset.numel()), "epochs": epochs, "budget": sp["budget"],
         "sampler": (manifest.get("sampler") or {}).get("name"), "balanced": manifest.get("balanced"),
+        "weighted": weights is not None,
     }
     tr = Tracker.shared(root, parent_run_id)  # one per sweep run: the store is checked once
     tags = {**stage_tags(root, "distill", meta), "kdprune.role": "student", "method": manifest["method"],
@@ -172,7 +177,7 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
         log_manifest_dataset(tr, run_id, mpath, manifest, tags, meta)
         ckpt = student_checkpoint(root, params, variant, meta["sha256"], tags["manifest_sha256"], log)
         res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher if kd and not cached else None,
-                    teacher_logits=t_logits, checkpoint=ckpt, sampler=sampler,
+                    teacher_logits=t_logits, checkpoint=ckpt, sampler=sampler, sample_weights=weights,
                     on_epoch=lambda epoch, m: (note(f"{variant['name']} epoch {epoch}/{epochs}"),
                                                fault_point(root, "distill", epoch)))
         model.load_state_dict(res.best_state)

@@ -42,9 +42,15 @@ def selection_costs(root: Path, params: dict) -> dict[str, dict]:
     from kdprune.selection import parse_method
 
     recorded = read_record(root, "scores").get("costs", {})
+    selected = read_record(root, "select").get("costs", {})  # joint selectors: their cost is the selection
     costs = {}
     for label in params["select"]["methods"]:
         m = parse_method(label, params["select"]["ccs_score"], params["select"]["balance"])
+        if m.joint is not None:
+            runs = [c for c in selected.values() if c.get("method") == label]
+            costs[label] = {"selection_s": max(c["total_s"] for c in runs) if runs else float("nan"),
+                            "selection_peak_mb": max(c["peak_mem_mb"] for c in runs) if runs else float("nan")}
+            continue
         if m.score is None:
             costs[label] = {"selection_s": 0.0, "selection_peak_mb": 0.0}
             continue
@@ -62,6 +68,9 @@ def score_recipes(root: Path, params: dict) -> dict[str, str]:
     sel = params["select"]
     for label in sel["methods"]:
         m = parse_method(label, sel["ccs_score"], sel["balance"])
+        if m.joint is not None:
+            out[label] = f"joint selector {m.joint} on the teacher's outputs (options under select.{m.joint})"
+            continue
         if m.score is None:
             out[label] = f"per-epoch sampler {m.sampler}"
             continue

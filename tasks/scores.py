@@ -9,12 +9,9 @@ states its definition, variant, keep direction, options and the proxy training i
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import threading
 import time
-import tracemalloc
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +29,7 @@ from tasks.common import (
     fingerprint, inside, load_prepared, sha256_file, stage_tags,
 )
 from tasks.model_io import device_data, load_model
+from tasks.cost import measure_cost
 from tasks.runlog import write_record
 from tasks.teacher import train_config
 from tasks.tracking import Tracker
@@ -63,40 +61,6 @@ def proxy_jobs(params: dict) -> list[tuple[str, int]]:
     if "memorization" in sp["methods"]:
         jobs += [("memo", m) for m in range(sp["memorization_models"])]
     return jobs
-
-
-@contextlib.contextmanager
-def measure_cost():
-    """Wall seconds and peak extra memory (max of process RSS growth, traced Python/NumPy peak, CUDA peak)."""
-    import psutil
-
-    proc = psutil.Process()
-    base = proc.memory_info().rss
-    peak = [base]
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.wait(0.005):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    th = threading.Thread(target=poll, daemon=True)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    tracemalloc.start()
-    th.start()
-    out: dict = {}
-    t0 = time.perf_counter()
-    try:
-        yield out
-    finally:
-        out["seconds"] = time.perf_counter() - t0
-        stop.set()
-        th.join()
-        traced = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        peak[0] = max(peak[0], proc.memory_info().rss)
-        cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-        out["peak_mem_mb"] = max(peak[0] - base, traced, cuda) / 2**20
 
 
 @task(name="train-proxy", cache_policy=NO_CACHE, persist_result=False, retries=1,

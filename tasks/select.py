@@ -2,9 +2,15 @@
 
 Static methods keep a subset chosen once; per-epoch methods (rs2, infobatch) keep every id and
 record the sampler, its options and seed, which the distill stage uses to draw each epoch.
+Joint selectors (kdprune.selection.joint) read the teacher's features, last-layer gradients,
+validation data or the model itself, computed once per stage for all of them; weighted ones
+(CRAIG, GradMatch) put per-element loss weights in the manifest. Their cost (seconds, peak
+memory, the shared teacher forward) goes to MLflow and to the run record ``.kdprune/runs/select.json`` (not a DVC
+output: manifests stay byte-reproducible).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -13,11 +19,13 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from kdprune.selection import ccs_beta_at, parse_method, select
+from kdprune.device import resolve_device
+from kdprune.selection import JOINT, ccs_beta_at, parse_method, run_joint, select
 from tasks.common import (
     timed_work,
     IntegrityError, atomic_directory, atomic_write_json, ids_sha256, load_prepared, sha256_file, stage_tags,
 )
+from tasks.runlog import write_record
 from tasks.tracking import Tracker
 
 
@@ -49,6 +57,20 @@ def plan(params: dict) -> list[dict]:
     return out
 
 
+def joint_inputs(root: Path, params: dict, meta: dict, splits: dict, needs: set[str]):
+    """The teacher's features / gradients / validation data / model for the joint selectors, once."""
+    from kdprune.selection.joint.inputs import model_inputs
+    from tasks.model_io import device_data, load_model
+
+    device = resolve_device(params["device"])
+    tdir = Path(root) / "models" / "teacher"
+    model, _ = load_model(tdir, device)
+    train_d = device_data(meta, splits["train"], device)
+    val_d = device_data(meta, splits["val"], device) if "validation" in needs else None
+    inputs = model_inputs(model, train_d, val_d, needs, meta["num_classes"])
+    return inputs, sha256_file(tdir / "model.safetensors")
+
+
 def _options(m, params: dict, fraction: float) -> dict:
     """The selector's options as the manifest records them (JSON)."""
     sel = params["select"]
@@ -71,13 +93,43 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
     tr = Tracker(root)
     names = []
     sel = params["select"]
+    jobs = plan(params)
+    needs = set().union(*(JOINT.get(j["method"].joint).needs for j in jobs if j["method"].joint))
+    joint_opts = {j["method"].joint: JOINT.get(j["method"].joint).resolve(sel.get(j["method"].joint))
+                  for j in jobs if j["method"].joint}
+    inputs, teacher_sha, inputs_cost = None, None, {"seconds": 0.0, "peak_mem_mb": 0.0}
+    costs = {}
+    if needs:
+        from tasks.cost import measure_cost  # torch and psutil: only when a joint selector runs
     with tr.run("select", parent_run_id, tags=stage_tags(root, "select", meta), params={"select": sel}) as run_id, \
             atomic_directory(out) as tmp:
-        for job in plan(params):
+        if needs:
+            with measure_cost() as inputs_cost:
+                inputs, teacher_sha = joint_inputs(root, params, meta, splits, needs)
+            log.info(f"joint selector inputs ({', '.join(sorted(needs))}) from the teacher: "
+                     f"{inputs_cost['seconds']:.2f}s, peak {inputs_cost['peak_mem_mb']:.1f} MiB")
+        for job in jobs:
             m, frac, seed = job["method"], job["fraction"], job["seed"]
             base = {"method": m.label, "fraction": frac, "seed": seed, "balanced": m.balanced, "dataset": meta["dataset"],
                     "dataset_sha256": meta["sha256"], "n_total": int(len(train.ids))}
-            if m.sampler is not None:
+            if m.joint is not None:
+                spec, opts = JOINT.get(m.joint), joint_opts[m.joint]
+                base["balanced"] = bool(opts.get("balance"))
+                with measure_cost() as cost:
+                    kept, weights = run_joint(m.joint, train.ids, inputs, frac, seed=seed or 0, options=opts)
+                extra = {"selector": m.joint, "selector_options": opts, "sampler": None, "keep": None,
+                         "score": None, "score_sha256": None, "score_variant": None,
+                         "joint": {"definition": spec.definition, "variant": spec.variant, "inputs": list(spec.needs),
+                                   "model": "teacher", "model_sha256": teacher_sha}}
+                if weights is not None:
+                    extra.update(weights=weights.tolist(),
+                                 weights_sha256=hashlib.sha256(weights.astype("<f8").tobytes()).hexdigest())
+                costs[manifest_name(m.file_stem, frac, seed)] = {
+                    "method": m.label, "fraction": frac, "seed": seed, "seconds": cost["seconds"],
+                    "peak_mem_mb": cost["peak_mem_mb"], "inputs_s": inputs_cost["seconds"],
+                    "inputs_peak_mem_mb": inputs_cost["peak_mem_mb"], "proxy_train_s": 0.0,
+                    "total_s": cost["seconds"] + inputs_cost["seconds"], "cost": spec.cost}
+            elif m.sampler is not None:
                 opts = ({"ratio": frac} if m.sampler == "rs2" else
                         {"prune_ratio": sel["infobatch_prune_ratio"], "delta": sel["infobatch_delta"]})
                 kept = train.ids
@@ -104,5 +156,14 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
             names.append(name)
             what = f"sampler {m.sampler} {opts}" if m.sampler else f"{len(kept)}/{len(train.ids)} kept"
             log.info(f"manifest {name}: {what}, class counts {manifest['class_counts']}")
-        tr.log_metrics(run_id, {"manifests": len(names)})
+        metrics = {"manifests": len(names)}
+        for name, c in costs.items():
+            stem = name[: -len(".json")]
+            metrics.update({f"{stem}.seconds": c["seconds"], f"{stem}.peak_mem_mb": c["peak_mem_mb"],
+                            f"{stem}.total_s": c["total_s"]})
+            log.info(f"joint selection {stem}: {c['seconds']:.2f}s (+{c['inputs_s']:.2f}s teacher forward), "
+                     f"peak {c['peak_mem_mb']:.1f} MiB")
+        tr.log_metrics(run_id, metrics)
+    # volatile figures: beside, never inside, the DVC output (tasks/runlog.py)
+    write_record(root, "select", {"mlflow_run_id": run_id, "costs": costs})
     return {"path": str(out), "manifests": names}

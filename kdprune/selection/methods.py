@@ -14,6 +14,10 @@
                        (Okanovic et al. 2024); the kept fraction is the per-epoch share
     infobatch          drop a share of low-loss examples each epoch, rescale the rest, full data
                        at the end (Qin et al. 2024); ignores the fraction (uses all examples)
+    <joint selector>   a subset chosen as a whole on the teacher's features or gradients
+                       (herding, kcenter, facility_location, graph_cut, craig, gradmatch, glister,
+                       cal, deepfool; see kdprune/selection/joint); options under
+                       ``select.<name>``
 
 Static methods write manifests with the kept ids; per-epoch methods write manifests with every
 id of the pool plus the sampler and its seed, and the trainer draws the epochs.
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kdprune.scores import SCORES
+from kdprune.selection.joint import JOINT
 
 SAMPLER_METHODS = ("rs2", "infobatch")
 SPECIAL = ("ccs", *SAMPLER_METHODS)
@@ -37,10 +42,13 @@ class Method:
     selector: Optional[str]  # static selector name, or None for samplers
     sampler: Optional[str]  # per-epoch sampler name, or None
     cut_score: Optional[str] = None  # a second score the selection reads (CCS's mislabel cut), or None
+    joint: Optional[str] = None  # joint selector name (kdprune.selection.joint), or None
 
     @property
     def stochastic(self) -> bool:
         """Whether the subset depends on a seed (one manifest per seed)."""
+        if self.joint is not None:
+            return JOINT.get(self.joint).seeded
         return self.score == "random" or self.selector == "ccs" or self.sampler is not None
 
     @property
@@ -54,7 +62,7 @@ class Method:
 
 
 def valid_names() -> list[str]:
-    return [*SCORES.names(), *(f"<score>:{m}" for m in MODES), *SPECIAL]
+    return [*SCORES.names(), *(f"<score>:{m}" for m in MODES), *SPECIAL, *JOINT.names()]
 
 
 CCS_CUT_SCORE = "aum_prob"  # the CCS code cuts its lowest accumulated probability margin, whatever it stratifies
@@ -67,6 +75,8 @@ def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE, balance: bool = Tru
         return Method(label, ccs_score, "ccs", None, cut_score=CCS_CUT_SCORE)
     if label in SAMPLER_METHODS:
         return Method(label, None, None, label)
+    if label in JOINT and label not in SCORES:
+        return Method(label, None, None, None, joint=label)
     score, _, mode = label.partition(":")
     if score not in SCORES or (mode and mode not in MODES):
         raise ValueError(f"unknown selection method {label!r}; valid: {', '.join(valid_names())}")

@@ -153,12 +153,16 @@ def train(
     checkpoint: Optional[CheckpointStore] = None,
     sampler=None,
     teacher_logits: Optional[torch.Tensor] = None,
+    sample_weights: Optional[torch.Tensor] = None,
 ) -> TrainResult:
     """Train ``model`` on ``data[subset]`` (all of ``data`` when subset is None).
 
     ``subset`` holds row positions into ``data`` (int64, on any device). ``sampler`` (see
     kdprune.selection.samplers) picks, each epoch, which positions of the subset to train on and
     their loss weights (RS2, InfoBatch); without one every epoch uses the whole subset.
+    ``sample_weights`` (float [len(subset)], aligned with ``subset``) multiply each example's loss
+    in every epoch (per-element weights of a weighted coreset such as CRAIG's), on top of any
+    sampler weights; the batch loss is the mean of the weighted per-example losses.
     ``cfg.max_steps`` stops after that many optimizer steps (the equal-steps budget); the LR
     schedule follows the share of the run done. ``cfg.stop_after`` stops after that many epochs of
     a schedule sized for ``cfg.epochs`` (a proxy read early in a full-length run). ``on_epoch(epoch, metrics)`` is called after each
@@ -190,6 +194,11 @@ def train(
     n = subset.numel()
     if n == 0:
         raise ValueError("cannot train on an empty subset")
+    if sample_weights is not None:
+        sample_weights = sample_weights.to(device=device, dtype=torch.float32).reshape(-1)
+        if sample_weights.numel() != n or not bool(torch.isfinite(sample_weights).all()) or bool((sample_weights < 0).any()):
+            raise ValueError(f"sample_weights must be {n} finite non-negative numbers (one per subset example), "
+                             f"got {sample_weights.numel()}")
     if sampler is not None and (sampler.n != n or sampler.epochs != cfg.epochs):
         raise ValueError(f"sampler built for n={sampler.n}, epochs={sampler.epochs}; training has n={n}, "
                          f"epochs={cfg.epochs}")
@@ -220,6 +229,8 @@ def train(
     fingerprint = {**asdict(cfg), "n": n, "subset_sum": int(subset.sum()),
                    "teacher": teacher is not None or teacher_logits is not None,
                    "sampler": None if sampler is None else type(sampler).__name__}
+    if sample_weights is not None:
+        fingerprint["sample_weights_sum"] = float(sample_weights.double().sum())
     start_epoch, elapsed = 1, 0.0
     state = checkpoint.load() if checkpoint is not None else None
     if state is not None:
@@ -254,6 +265,8 @@ def train(
             local_pool = torch.from_numpy(sampler.epoch_positions(epoch)).to(device)
             w = sampler.loss_weights(epoch)
             weights = None if w is None else torch.from_numpy(w).to(device)
+        if sample_weights is not None:  # aligned with local_pool, as the sampler's weights
+            weights = sample_weights[local_pool] if weights is None else weights * sample_weights[local_pool]
         m = local_pool.numel()
         aug = epoch_augmentation(len(data), epoch, cfg.aug_seed, cfg.pad, cfg.flip, device)
         order_gen.manual_seed(cfg.order_seed * 1_000_003 + epoch)
