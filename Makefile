@@ -72,5 +72,4 @@ pull: setup  ## dvc pull from the default remote (KDPRUNE_DVC_REMOTE=<dir> if no
 
 clean:  ## remove pipeline outputs and the local stores (keeps the virtualenv, the lab's stores under .kdprune/postgres and the committed dvc.lock: `make run` re-creates what it records)
 	rm -rf data/prepared data/scores data/manifests models/teacher models/teachers models/students reports/*.csv \
-	    reports/*.md reports/*.png mlflow.db mlartifacts .prefect .kdprune/checkpoints .kdprune/proxies .kdprune/runs \
-	    .kdprune/params-ok
+	    reports/*.md reports/*.png mlflow.db mlartifacts .prefect .kdprune/checkpoints .kdprune/proxies .kdprune/runs

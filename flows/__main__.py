@@ -75,7 +75,7 @@ OPTIONS = [
 
 # command -> (help, positional `name` (its help, or None for none), aliases)
 COMMANDS = {
-    "validate": ("check all of params.yaml: DVC's first stage (writes .kdprune/params-ok), before any output is "
+    "validate": ("check all of params.yaml: DVC's first stage (writes data/params-ok), before any output is "
                  "touched", None, ()),
     **{s: (f"run the {s} stage's flow alone (what `dvc repro {s}` runs)", None, ()) for s in STAGES},
     "pipeline": ("run the whole pipeline: the stale stages in order, then the report", None, ("run",)),
@@ -212,8 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         from tasks.tracking import not_logged_total
 
         if lost := not_logged_total():
-            print("kdprune: not logged to MLflow: " + ", ".join(f"{v} {k}" for k, v in sorted(lost.items())),
-                  file=sys.stderr)
+            print(f"kdprune: not logged to MLflow at {os.environ.get('MLFLOW_TRACKING_URI')}: "
+                  + ", ".join(f"{v} {k}" for k, v in sorted(lost.items()))
+                  + f"; the model and metrics are on disk (the {args.command} stage's outputs)", file=sys.stderr)
     _DONE.append(0)
 
 

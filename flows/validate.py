@@ -2,7 +2,7 @@
 
 ``dvc repro`` deletes a stage's outputs before it runs the stage's command, so a command that
 refuses bad params is too late to protect them. This stage runs first (every other stage depends
-on its output): it validates every key and, only if all are valid, writes ``.kdprune/params-ok``,
+on its output): it validates every key and, only if all are valid, writes ``data/params-ok``,
 whose content never changes -- so a param change re-runs this check and then only the stages that
 read that param. The output is ``persist``-ent (DVC does not delete it before the check), so a bad
 value stops ``dvc repro`` here with every output, this one included, still in place.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tasks.common import atomic_write_text, load_params
 
-MARKER = Path(".kdprune") / "params-ok"
+MARKER = Path("data") / "params-ok"  # git-tracked (cache: false): a fresh clone has it, so validate is up to date
 MARKER_TEXT = "params.yaml passed validation (kdprune/config.py); written by the validate stage\n"
 
 
