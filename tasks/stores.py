@@ -333,13 +333,20 @@ def _allowed_hosts(bind: str) -> str:
     return ",".join(out)
 
 
-def _start_mlflow(p: Paths, cfg: dict, bind: str, auth: bool) -> None:
-    pid_file = p.mlflow / "server.pid"
-    if _pid_alive(pid_file) and _healthy(_mlflow_url(cfg)):
-        return
+def _needs_start(pid_file: Path, url: str, bind: str, port: int, what: str, port_var: str) -> bool:
+    """False when the server of ``pid_file`` is alive and answers at ``url``; otherwise clear what is
+    left of it and check its port is free (or raise naming ``port_var``): it needs starting."""
+    if _pid_alive(pid_file) and _healthy(url):
+        return False
     stop_detached(pid_file)
-    port = cfg["ports"]["mlflow"]
-    _check_port_free(bind, port, "the MLflow server", "KDPRUNE_MLFLOW_PORT")
+    _check_port_free(bind, port, what, port_var)
+    return True
+
+
+def _start_mlflow(p: Paths, cfg: dict, bind: str, auth: bool) -> None:
+    pid_file, port = p.mlflow / "server.pid", cfg["ports"]["mlflow"]
+    if not _needs_start(pid_file, _mlflow_url(cfg), bind, port, "the MLflow server", "KDPRUNE_MLFLOW_PORT"):
+        return
     (p.mlflow / "artifacts").mkdir(parents=True, exist_ok=True)
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     cmd = [mlflow, "server", "--host", bind, "--port", str(port),
@@ -365,12 +372,9 @@ def _start_mlflow(p: Paths, cfg: dict, bind: str, auth: bool) -> None:
 
 
 def _start_prefect(p: Paths, cfg: dict, bind: str, auth: bool) -> None:
-    pid_file = p.prefect / "server.pid"
-    if _pid_alive(pid_file) and _healthy(_prefect_api(cfg)):
+    pid_file, port = p.prefect / "server.pid", cfg["ports"]["prefect"]
+    if not _needs_start(pid_file, _prefect_api(cfg), bind, port, "the Prefect server", "KDPRUNE_PREFECT_PORT"):
         return
-    stop_detached(pid_file)
-    port = cfg["ports"]["prefect"]
-    _check_port_free(bind, port, "the Prefect server", "KDPRUNE_PREFECT_PORT")
     p.prefect.mkdir(parents=True, exist_ok=True)
     prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
     env = {"PREFECT_HOME": str(p.prefect), "PREFECT_API_DATABASE_CONNECTION_URL": _pg_url(cfg, "prefect",
