@@ -7,11 +7,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from kdprune.device import device_count, resolve_device
 from tasks.common import (
-    atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds, write_task_index,
+    atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds,
 )
 from tasks.distill import clear_teacher_logits, group_variants, student_variants, train_student
 from tasks.progress import progress
-from tasks.runlog import write_record
+from tasks.runlog import write_record, write_task_index
 from tasks.tracking import Tracker, not_logged_total, publish_students_view
 
 

@@ -6,9 +6,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from kdprune.device import device_count
 from tasks.common import (
-    atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds, write_task_index,
+    atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds,
 )
-from tasks.runlog import write_record
+from tasks.runlog import write_record, write_task_index
 from tasks.teachers import train_extra_teacher
 from tasks.tracking import Tracker
 

@@ -42,13 +42,6 @@ def timed_work(fn):
     return wrapper
 
 
-def write_task_index(path: Path, results: list[dict]) -> None:
-    """A stage's index of its training tasks' results (a DVC out), without their bookkeeping (checkpoint
-    path, work clock) and without what changes from run to run (seconds, MLflow run ids: see tasks/runlog.py)."""
-    volatile = ("checkpoint", "work_s", "wall_s", "mlflow_run_id", "runs")
-    atomic_write_json(path, [{k: v for k, v in r.items() if k not in volatile} for r in results])
-
-
 def drop_checkpoints(results: list[dict]) -> None:
     """Once a stage's outputs are in place, its tasks' per-epoch states are no longer needed."""
     for r in results:

@@ -33,12 +33,19 @@ def read_record(root: Path | str, stage: str) -> dict[str, Any]:
         return {}
 
 
-VOLATILE = ("seconds", "wall_s", "mlflow_run_id")
+# what changes from one run to the next: figures, run ids, and the tasks' bookkeeping (checkpoint
+# path, work clock, per-student run records)
+VOLATILE = ("seconds", "wall_s", "mlflow_run_id", "runs", "checkpoint", "work_s")
 
 
 def without_volatile(d: dict) -> dict:
-    """``d`` without the figures that change from one run to the next (for DVC outputs)."""
+    """``d`` without what changes from one run to the next (for DVC outputs)."""
     return {k: v for k, v in d.items() if k not in VOLATILE}
+
+
+def write_task_index(path: Path, results: list[dict]) -> None:
+    """A stage's index of its training tasks' results, a DVC output: without what changes run to run."""
+    atomic_write_json(path, [without_volatile(r) for r in results])
 
 
 def stable_history(history: list[dict]) -> list[dict]:
