@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run repro test bench deploy serve ui prefect-ui stop clean profile study data stores-up stores-down push pull
+.PHONY: setup run repro test bench deploy serve ui prefect-ui stop clean profile study data stores-up stores-down push pull ray-up ray-down
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,15 @@ prefect-ui: setup  ## print where the Prefect UI is (the local server starts on 
 
 stop:  ## stop the local Prefect server
 	-$(BIN)/python -m flows stop
+
+RAY_PORT ?= 6379
+ray-up: setup  ## a local Ray head on 127.0.0.1:$(RAY_PORT) (dashboard off); then runner.kind: ray, runner.address: auto
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/ray start --head --node-ip-address=127.0.0.1 --port=$(RAY_PORT) \
+	    --include-dashboard=false --disable-usage-stats
+	@echo "[kdprune] Ray head on 127.0.0.1:$(RAY_PORT): set runner.kind: ray and runner.address: auto (or 127.0.0.1:$(RAY_PORT)) in params.yaml"
+
+ray-down:  ## stop the Ray processes `make ray-up` (or `ray start`) started on this machine
+	-$(BIN)/ray stop
 
 stores-up: setup  ## the lab's stores: PostgreSQL, MLflow and Prefect servers on it (KDPRUNE_BIND + KDPRUNE_AUTH=1 to share)
 	$(BIN)/python -m flows stores up

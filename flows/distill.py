@@ -3,21 +3,20 @@ from typing import Optional
 
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from kdprune.device import device_count, resolve_device
-from tasks.common import (
-    atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds,
-)
-from tasks.distill import clear_teacher_logits, group_variants, student_variants, train_student
+from tasks.common import atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds
+from tasks.distill import group_variants, record_student, student_inputs, student_variants, train_student
 from tasks.progress import progress
 from tasks.runlog import write_record, write_task_index
+from tasks.runner import fan_out, is_ray, resources, task_threads
 from tasks.tracking import Tracker, not_logged_total, publish_students_view
 
 
-@flow(name="distill", task_runner=ThreadPoolTaskRunner(max_workers=device_count("auto")))
-def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
-    """Stage 5: a student per (manifest, KD setting, seed), with KD and without; concurrent up to the devices present."""
+@flow(name="distill")
+def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
+    """Stage 5: a student per (manifest, KD setting, seed), with KD and without, on the runner of
+    params.yaml's ``runner`` (tasks/runner.py); this process writes every output and MLflow run."""
     log = get_run_logger()
     params = load_params(root, "distill")
     root_p = Path(root)
@@ -26,12 +25,13 @@ def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
         raise FileNotFoundError(f"no manifests under {root_p / 'data' / 'manifests'}; run `dvc repro select` first")
     dev = resolve_device(params["device"])
     n_dev = device_count(params["device"])
-    devices = [f"cuda:{i}" for i in range(n_dev)] if dev.type == "cuda" and dev.index is None else [str(dev)]
-    meta, _ = load_prepared(root_p, params["data"]["dataset"])
+    devices = ([f"cuda:{i}" for i in range(n_dev)] if dev.type == "cuda" and dev.index is None and not is_ray(params)
+               else [str(dev)])
     groups = group_variants(variants)
+    meta, _ = load_prepared(root_p, params["data"]["dataset"])
     tr = Tracker(root_p)
     log.info(f"sweep: {len(variants)} students ({len(groups)} distinct trainings; students on identical subsets "
-             f"with identical settings are trained once) on {', '.join(devices)}")
+             f"with identical settings are trained once) on {params['runner']['kind']} runner, {', '.join(devices)}")
     sel, sp = params["select"], params["student"]
     grid = {"methods": ",".join(sel["methods"]), "fractions": ",".join(f"{f:g}" for f in sel["fractions"]),
             "kd_schedule": sp["kd_schedule"], "kd_weights": ",".join(f"{w:g}" for w in sp["kd_weights"]),
@@ -39,19 +39,23 @@ def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
             "teachers": ",".join([params["teacher"]["arch"], *sp["teachers"]]), "students": len(variants)}
     # the sweep's MLflow run; each student is a top-level run tagged kdprune.sweep_run_id = this run's id,
     # comparable by method, fraction, kd_weight, teacher, seed in the shared view STUDENTS_VIEW
-    with tr.run("distill", parent_run_id, tags={**stage_tags(root_p, "distill", meta), "kdprune.sweep": "true"},
-                params={"student": sp, "sweep": grid}) as run_id, \
-            atomic_directory(root_p / "models" / "students") as tmp:
+    with tr.run("distill", parent_run_id, tags={**stage_tags(root_p, "distill", meta),
+                                                 "kdprune.sweep": "true"},
+                params={"student": sp, "sweep": grid, "runner": params["runner"]}) as run_id, \
+            atomic_directory(root_p / "models" / "students") as tmp, \
+            task_threads(params["runner"]["cpus_per_task"]):
         try:
-            with progress("distill", len(groups), "student") as bar:
-                futures = [
-                    train_student.submit(root, params, g[0], str(tmp), devices[i % len(devices)], run_id,
-                                         f"{i + 1}/{len(groups)}", tuple(g[1:]))
-                    for i, g in enumerate(groups)
-                ]
-                for _ in as_completed(futures):
+            inputs = student_inputs(root_p, params, variants, dev)
+            with progress("distill", len(groups), "student") as bar, resources(params, str(dev)):
+                futures = {train_student.submit(params, g[0], inputs, devices[i % len(devices)]): (i, g)
+                           for i, g in enumerate(groups)}
+                results = {}
+                for fut in as_completed(list(futures)):
+                    i, g = futures[fut]
+                    results[i] = record_student(root_p, params, g[0], tuple(g[1:]), fut.result(), tmp, run_id,
+                                                f"{len(results) + 1}/{len(groups)}")
                     bar.update(1)
-                results = [f.result() for f in futures]
+                results = [results[i] for i in sorted(results)]
         finally:  # students' queued artifact uploads read from the temp dir: finish them before it goes
             tr.flush()
         write_task_index(tmp / "index.json", results)
@@ -61,9 +65,11 @@ def distill_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     if lost:
         log.warning("not logged to MLflow: " + ", ".join(f"{v} {k}" for k, v in sorted(lost.items()))
                     + "; every student's model and metrics are on disk under models/students")
-    # per student: its MLflow run and training seconds, outside the DVC outs (tasks/runlog.py)
+    # per student: its MLflow run, training seconds and node, outside the DVC outs (tasks/runlog.py)
     write_record(root_p, "distill", {name: run for r in results for name, run in r["runs"].items()})
-    clear_teacher_logits()
     drop_checkpoints(results)
     return {"students": len(variants), "work_s": work_seconds(results)}
 
+
+
+distill_flow = fan_out(distill, "distill")

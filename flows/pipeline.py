@@ -7,6 +7,7 @@ and a following `dvc repro` re-runs nothing. MLflow gets one parent run per invo
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -24,9 +25,11 @@ from flows.teachers import teachers_flow
 from flows.validate import validate_stage
 from kdprune.report import FIGURES
 from tasks.common import git_commit, load_params
+from tasks.runner import ray_session
 from tasks.runtime import project_root
 from tasks.tracking import Tracker
 
+FAN_OUT = ("teachers", "scores", "distill")  # stages whose tasks run on the runner of params.yaml's `runner`
 REPORT_FILES = ("report.md", "results.csv", *FIGURES)
 
 STAGES = {
@@ -130,6 +133,7 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
                 params=params) as run_id:
         dvc = Lineage(root_p)
         unrecorded = None  # the stage that ran last, recorded once the next stage's staleness is known
+        ray_once, ray_started = contextlib.ExitStack(), False  # runner.kind ray: one Ray connection for all stages
         try:
             for name, stage_flow in STAGES.items():
                 t0 = time.perf_counter()
@@ -143,6 +147,9 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
                 if stage_flow is None:
                     out = validate_stage(root_p)
                 else:
+                    if name in FAN_OUT and not ray_started:
+                        ray_once.enter_context(ray_session(params))
+                        ray_started = True
                     with no_subflow_heartbeats():
                         out = stage_flow(root=str(root_p), parent_run_id=run_id)
                 timings[name] = time.perf_counter() - t0
@@ -152,6 +159,7 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
                 unrecorded = name
                 log.info(f"stage {name}: done in {timings[name]:.1f}s")
         finally:  # also when a stage failed: the ones before it are recorded
+            ray_once.close()
             try:
                 if unrecorded:
                     dvc.commit_soon(unrecorded)

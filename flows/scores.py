@@ -2,20 +2,35 @@ from pathlib import Path
 from typing import Optional
 
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.futures import as_completed
 
-from kdprune.device import device_count
-from tasks.common import load_params, work_seconds
-from tasks.scores import clear_proxies, compute_scores, proxy_jobs, proxy_workdir, train_proxy
+from kdprune.device import resolve_device
+from tasks.common import load_params, load_prepared, work_seconds
+from tasks.runner import fan_out, resources, share, task_threads
+from tasks.scores import clear_proxies, compute_scores, keep_proxy, proxy_jobs, proxy_workdir, train_proxy
 
 
-@flow(name="scores", task_runner=ThreadPoolTaskRunner(max_workers=device_count("auto")))
-def scores_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
-    """Stage 3: proxy runs (in parallel up to the devices present), then one score per example per method."""
+@flow(name="scores")
+def scores(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
+    """Stage 3: proxy runs on the runner of params.yaml's ``runner`` (their arrays come back to this
+    process, which writes them), then one score per example per method."""
     params = load_params(root, "scores")
-    workdir = proxy_workdir(Path(root), params)
-    futures = [train_proxy.submit(root, params, kind, seed, str(workdir)) for kind, seed in proxy_jobs(params)]
-    proxies = [f.result() for f in futures]
+    root_p = Path(root)
+    workdir = proxy_workdir(root_p, params)
+    jobs = proxy_jobs(params)
+    proxies = []
+    if jobs:
+        meta, splits = load_prepared(root_p, params["data"]["dataset"])
+        dev = str(resolve_device(params["device"]))
+        inputs = {"meta": meta, "train": share(splits["train"], params), "checkpoints": str(root_p)}
+        with task_threads(params["runner"]["cpus_per_task"]):
+            with resources(params, dev):
+                futures = {train_proxy.submit(params, kind, seed, inputs, dev): i for i, (kind, seed) in enumerate(jobs)}
+            done = {futures[f]: keep_proxy(workdir, f.result()) for f in as_completed(list(futures))}
+        proxies = [done[i] for i in sorted(done)]
     out = compute_scores(root, params, parent_run_id, proxies)
     clear_proxies(workdir, proxies)
     return {**out, "work_s": work_seconds([*proxies, out])}
+
+
+scores_flow = fan_out(scores, "scores", has_tasks=lambda p: bool(proxy_jobs(p)))

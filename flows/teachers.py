@@ -2,31 +2,43 @@ from pathlib import Path
 from typing import Optional
 
 from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.futures import as_completed
 
-from kdprune.device import device_count
+from kdprune.device import resolve_device
 from tasks.common import (
     atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds,
 )
 from tasks.runlog import write_record, write_task_index
-from tasks.teachers import train_extra_teacher
+from tasks.runner import fan_out, resources, share, task_threads
+from tasks.teachers import record_extra_teacher, train_extra_teacher
 from tasks.tracking import Tracker
 
 
-@flow(name="teachers", task_runner=ThreadPoolTaskRunner(max_workers=device_count("auto")))
-def teachers_flow(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
-    """Stage 2b: the extra teacher architectures of student.teachers (none by default), in parallel up to the devices."""
+@flow(name="teachers")
+def teachers(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
+    """Stage 2b: the extra teacher architectures of student.teachers (none by default), on the runner
+    of params.yaml's ``runner``; this process writes the outputs and MLflow runs."""
     params = load_params(root, "teachers")
     root_p = Path(root)
     archs = params["student"]["teachers"]
-    meta, _ = load_prepared(root_p, params["data"]["dataset"])
+    meta, splits = load_prepared(root_p, params["data"]["dataset"])
+    dev = str(resolve_device(params["device"]))
     tr = Tracker(root_p)
     with tr.run("teachers", parent_run_id, tags=stage_tags(root_p, "teachers", meta),
                 params={"archs": ",".join(archs) or "none"}) as run_id, \
-            atomic_directory(root_p / "models" / "teachers") as tmp:
-        results = [f.result() for f in [train_extra_teacher.submit(root, params, a, str(tmp), run_id) for a in archs]]
+            atomic_directory(root_p / "models" / "teachers") as tmp, task_threads(params["runner"]["cpus_per_task"]):
+        inputs = {"meta": meta, "train": share(splits["train"], params), "val": share(splits["val"], params),
+                  "checkpoints": str(root_p)}
+        with resources(params, dev):
+            futures = {train_extra_teacher.submit(params, a, inputs, dev): i for i, a in enumerate(archs)}
+        done = {futures[f]: record_extra_teacher(root_p, params, f.result(), tmp, run_id)
+                for f in as_completed(list(futures))}
+        results = [done[i] for i in sorted(done)]
         write_task_index(tmp / "index.json", results)
-    write_record(root_p, "teachers", {r["arch"]: {"mlflow_run_id": r["mlflow_run_id"], "wall_s": r["wall_s"]}
+    write_record(root_p, "teachers", {r["arch"]: {k: r[k] for k in ("mlflow_run_id", "wall_s", "host", "ray_node_id", "ray_node_ip")}
                                       for r in results})
     drop_checkpoints(results)
     return {"teachers": archs, "work_s": work_seconds(results)}
+
+
+teachers_flow = fan_out(teachers, "teachers", has_tasks=lambda p: bool(p["student"]["teachers"]))

@@ -165,6 +165,21 @@ def _device(v) -> Optional[str]:
     return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
+def _ray_address(v) -> Optional[str]:
+    if v == "auto":
+        return None
+    host, _, port = v.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit() and 0 < int(port) < 65536:
+        return None
+    return "must be null (a Ray instance of the run's own on 127.0.0.1), 'auto', 'HOST:PORT' or 'ray://HOST:PORT'"
+
+
+def _gpus(v) -> Optional[str]:
+    if 0.0 < v <= 1.0 or (v > 1.0 and float(v).is_integer()):
+        return None
+    return "must be a fraction in (0, 1] (several tasks share a GPU) or a whole number of GPUs"
+
+
 def _pair_of_weights(v) -> Optional[str]:
     if len(v) != 2 or not all(0.0 <= w <= 1.0 for w in v):
         return "must be two KD weights in [0, 1]: [weight at fraction 0, weight at fraction 1]"
@@ -204,6 +219,16 @@ def _train_fields(arch_default: str, epochs: int) -> dict[str, Field]:
 
 SCHEMA: dict[str, Any] = {
     "device": Field("str", "auto", check=_device),
+    "runner": {  # where the fan-out stages' tasks run (tasks/runner.py)
+        "kind": Field("str", "local", check=lambda v: None if v in ("local", "ray") else
+                      "must be 'local' (threads in the stage's process) or 'ray' (prefect-ray's RayTaskRunner)"),
+        "address": Field("str", None, nullable=True, check=_ray_address,
+                         doc="ray: null starts a Ray instance for the run on 127.0.0.1; else the cluster to join"),
+        "cpus_per_task": Field("int", 1, check=POSITIVE_INT,
+                               doc="CPUs a task asks for; torch runs that many threads in it (either runner)"),
+        "gpus_per_task": Field("float", None, nullable=True, check=_gpus,
+                               doc="ray on CUDA: GPUs a task asks for (null: 1); 0.25 packs four on one GPU"),
+    },
     "data": {
         "dataset": Field("str", "digits", check=_one_of("datasets")),
         "root": Field("str", None, nullable=True, doc="directory with the dataset's files, for datasets read from disk"),
@@ -395,6 +420,9 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
     if "infobatch" in sel["methods"] and p["student"]["budget"] == "steps":
         errors.append("student.budget: 'steps' cannot be used with select.methods 'infobatch' (its epochs have "
                       "varying sizes); allowed with infobatch: 'epochs'")
+    if p["runner"]["kind"] == "local" and p["runner"]["address"] is not None:
+        errors.append(f"runner.address: {p['runner']['address']!r} is only used with runner.kind 'ray'; set "
+                      "runner.kind: ray to run on that cluster, or address: null")
     st = p["student"]
     if st["kd_schedule"] == "table" and not st["kd_table"]:
         errors.append("student.kd_table: missing; kd_schedule 'table' needs [[fraction, weight], ...] pairs")

@@ -8,8 +8,11 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -337,6 +340,15 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def checkpoint_root(root: Path | str) -> Path:
+    """Where a task keeps checkpoints on the node it runs on: the project (``.kdprune/checkpoints``)
+    when this node has it, else the node's temp directory (a Ray task on another machine)."""
+    root = Path(root)
+    if root.is_dir() and os.access(root, os.W_OK):
+        return root
+    return Path(tempfile.gettempdir()) / "kdprune"
+
+
 class FileCheckpoint:
     """Per-epoch training state under ``.kdprune/checkpoints/`` (outside every DVC out).
 
@@ -376,17 +388,34 @@ class FileCheckpoint:
         self.path.unlink(missing_ok=True)
 
 
-def fault_point(root: Path, stage: str, epoch: int) -> None:
-    """Test hook: ``KDPRUNE_FAULT=<stage>:<epoch>`` makes the first attempt fail after that epoch.
+def fault_point(root: Path | str, stage: str, epoch: int) -> None:
+    """Test hook: ``KDPRUNE_FAULT=<stage>:<epoch>[:<how>]`` makes the first attempt fail after that epoch.
 
-    The fault fires once per project (a marker file records it), so a retry or re-run goes through.
+    ``how``: ``raise`` (default: an exception, which Prefect retries), ``kill`` (SIGKILL of the process
+    running the task: a Ray worker dies mid-student), ``pause`` (write the node's id to the marker file
+    and sleep, so that a test can remove that Ray node). ``KDPRUNE_FAULT_NODE=<Ray node id>`` limits it
+    to tasks on that node. The fault fires once per project (a marker file records it), so a retry or
+    re-run goes through.
     """
     spec = os.environ.get("KDPRUNE_FAULT")
-    if not spec or spec != f"{stage}:{epoch}":
+    if not spec or not (spec == f"{stage}:{epoch}" or spec.startswith(f"{stage}:{epoch}:")):
         return
+    node = os.environ.get("KDPRUNE_FAULT_NODE")
+    if node:
+        ray = sys.modules.get("ray")  # a Ray worker has it imported; elsewhere the fault does not fire
+        if ray is None or not ray.is_initialized() or ray.get_runtime_context().get_node_id() != node:
+            return
     marker = Path(root) / ".kdprune" / "faults" / spec.replace(":", "-")
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
+    how = spec.split(":")[2] if spec.count(":") >= 2 else "raise"
+    if how == "kill":
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    if how == "pause":
+        marker.write_text(node or "")
+        time.sleep(600)
+        return
     marker.touch()
     raise RuntimeError(f"injected fault after {stage} epoch {epoch} (KDPRUNE_FAULT)")

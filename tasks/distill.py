@@ -7,7 +7,7 @@ from typing import Optional
 import json
 import math
 import shutil
-import threading
+import time
 
 import numpy as np
 import torch
@@ -19,11 +19,12 @@ from kdprune.selection import budget, make_sampler
 from kdprune.distill import kd_settings
 from kdprune.train import evaluate, predict_logits, seeded, train
 from tasks.common import (
-    timed_work, FileCheckpoint, atomic_write_json, fault_point, fingerprint, load_manifest, load_prepared,
-    md5_file, sha256_file, stage_tags,
+    timed_work, FileCheckpoint, atomic_write_json, checkpoint_root, fault_point, fingerprint, load_manifest,
+    load_prepared, md5_file, sha256_file, stage_tags,
 )
-from tasks.model_io import device_data, load_model, save_model
+from tasks.model_io import device_data, load_model, model_from_state, save_model
 from tasks.progress import note
+from tasks.runner import node_tags, share, task_device, where
 from tasks.runlog import stable_history
 from tasks.teacher import train_config
 from tasks.teachers import teacher_dir
@@ -72,26 +73,6 @@ def group_variants(variants: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-_LOGITS: dict[tuple[str, str], "torch.Tensor"] = {}
-_LOGITS_LOCK = threading.Lock()
-
-
-def cached_teacher_logits(tdir: Path, teacher, data, device: torch.device) -> "torch.Tensor":
-    """The teacher's logits for every training example, computed once per (teacher, device) within a
-    distill stage; the stage clears them (:func:`clear_teacher_logits`), so a later stage in the same
-    process (a served deployment, ``--force``) never sees a retrained teacher's old logits."""
-    key = (str(tdir.resolve()), str(device))
-    with _LOGITS_LOCK:
-        if key not in _LOGITS:
-            _LOGITS[key] = predict_logits(teacher, data, batch_size=512)
-        return _LOGITS[key]
-
-
-def clear_teacher_logits() -> None:
-    with _LOGITS_LOCK:
-        _LOGITS.clear()
-
-
 def student_budget(sp: dict, n_total: int, manifest: dict, n_pool: int) -> tuple[int, int | None]:
     """(epochs, max_steps) of a student. ``epochs``: student.epochs over its subset (fewer steps on
     smaller subsets). ``steps``: the steps the full train split takes in student.epochs epochs,
@@ -107,40 +88,67 @@ def student_budget(sp: dict, n_total: int, manifest: dict, n_pool: int) -> tuple
 
 
 def student_checkpoint(root: Path, params: dict, variant: dict, dataset_sha: str, manifest_sha: str, log=None):
-    """Where a student's per-epoch state lives; kept until the whole distill stage has finished."""
-    key = fingerprint(params["student"], variant, dataset_sha, manifest_sha, params["device"])
-    return FileCheckpoint(root, "distill", variant["name"], key, log)
+    """Where a student's per-epoch state lives, on the node that trains it (kept until the whole
+    distill stage has finished): the project's .kdprune/checkpoints where that directory can be
+    written, else the node's temp directory; a retried task on the same node resumes from it."""
+    key = fingerprint(params["student"], params["runner"]["cpus_per_task"], variant, dataset_sha, manifest_sha,
+                      params["device"])
+    return FileCheckpoint(checkpoint_root(root), "distill", variant["name"], key, log)
+
+
+def student_inputs(root: Path, params: dict, variants: list[dict], device: torch.device) -> dict:
+    """What every student task reads, loaded once by the stage: the prepared train and val splits,
+    the manifests (ids, weights, sampler), each teacher's weights, and each teacher's logits on the
+    training split when students use cached logits. Under Ray each goes into the object store once
+    (:func:`tasks.runner.share`), so a task on another node needs no shared filesystem."""
+    sp = params["student"]
+    meta, splits = load_prepared(root, params["data"]["dataset"])
+    manifests = {v["manifest"]: load_manifest(root / "data" / "manifests" / v["manifest"], meta) for v in variants}
+    teachers, logits = {}, {}
+    cached = sp["cached_logits"] and sp["pad"] == 0 and not sp["flip"]
+    for arch in dict.fromkeys(v["teacher"] for v in variants if v["teacher"]):
+        tdir = teacher_dir(root, params, arch)
+        model, info = load_model(tdir, device)
+        teachers[arch] = share({"state": {k: t.cpu().numpy() for k, t in model.state_dict().items()}, "info": info},
+                               params)
+        if cached:  # computed once here, for every student of this teacher
+            logits[arch] = share(predict_logits(model, device_data(meta, splits["train"], device), batch_size=512)
+                                 .cpu().numpy(), params)
+    return {"meta": meta, "train": share(splits["train"], params), "val": share(splits["val"], params),
+            "manifests": {k: share(m, params) for k, m in manifests.items()}, "teachers": teachers, "logits": logits,
+            "checkpoints": str(root)}
 
 
 @task(name="train-student", cache_policy=NO_CACHE, persist_result=False, retries=1,
       task_run_name="student-{variant[name]}")
 @timed_work
-def train_student(root: str, params: dict, variant: dict, out_dir: str, device: str,
-                  parent_run_id: Optional[str] = None, position: str = "", aliases: tuple = ()) -> dict:
-    """Train one student; ``aliases`` are variants with identical training (same ids, settings and
-    seed), recorded under their own names and MLflow runs from this one training."""
+def train_student(params: dict, variant: dict, inputs: dict, device: str) -> dict:
+    """Train one student wherever the runner placed this task; returns its weights, best-epoch
+    metrics and history with the node it ran on. Writes nothing but its per-epoch checkpoint:
+    the stage's process records the result (:func:`record_student`)."""
     log = get_run_logger()
-    root = Path(root)
+    started = time.time()
     sp = params["student"]
-    dev = torch.device(device)
-    meta, splits = load_prepared(root, params["data"]["dataset"])
-    mpath = root / "data" / "manifests" / variant["manifest"]
-    manifest = load_manifest(mpath, meta)
-    train_split = splits["train"]
+    dev = torch.device(task_device(params, device))
+    meta = inputs["meta"]
+    manifest = inputs["manifests"][variant["manifest"]]
+    train_split = inputs["train"]
     subset = torch.from_numpy(train_split.positions(np.asarray(manifest["ids"], dtype=np.int64)))
-    train_d, val_d = device_data(meta, train_split, dev), device_data(meta, splits["val"], dev)
     kd = variant["kd_weight"] is not None
-    tdir = teacher_dir(root, params, variant["teacher"] or params["teacher"]["arch"])
-    if kd:
-        teacher, tinfo = load_model(tdir, dev)
-    else:  # no teacher needed; its architecture and size still go into the record
-        teacher, tinfo = None, json.loads((tdir / "model.json").read_text())
-    cached = kd and sp["cached_logits"] and sp["pad"] == 0 and not sp["flip"]
-    t_logits = cached_teacher_logits(tdir, teacher, train_d, dev) if cached else None
     c, h, _ = meta["shape"]
+    torch.set_num_threads(params["runner"]["cpus_per_task"])  # the stage's process restores its own (local runner)
+    train_d, val_d = device_data(meta, train_split, dev), device_data(meta, inputs["val"], dev)
+    teacher, t_logits = None, None
+    if kd and variant["teacher"] in inputs["logits"]:
+        t_logits = torch.from_numpy(inputs["logits"][variant["teacher"]])
+    elif kd:
+        t = inputs["teachers"][variant["teacher"]]
+        teacher = model_from_state(t["info"]["arch"], t["info"]["in_channels"], t["info"]["num_classes"],
+                                   t["info"]["image_size"], t["state"]).to(dev).eval()
     with seeded(variant["seed"]):
         model = build_model(sp["arch"], c, meta["num_classes"], h)
-    epochs, max_steps = student_budget(sp, n_total=len(train_split), manifest=manifest, n_pool=int(subset.numel()))
+    epochs, max_steps = student_budget(sp, n_total=len(train_split), manifest=manifest,
+                                       n_pool=int(subset.numel()))
     # order/augmentation seeds are the student seed: every subset of one seed sees the same
     # per-example augmentations as the full run of that seed would
     cfg = train_config(sp, epochs=epochs, order_seed=variant["seed"], aug_seed=variant["seed"],
@@ -152,59 +160,90 @@ def train_student(root: str, params: dict, variant: dict, out_dir: str, device: 
     if manifest.get("sampler"):
         s = manifest["sampler"]
         sampler = make_sampler(s["name"], int(subset.numel()), epochs, seed=s["seed"] or 0, **s["options"])
+    ckpt = student_checkpoint(Path(inputs["checkpoints"]), params, variant, meta["sha256"],
+                              manifest["ids_sha256"], log)
+    res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher, teacher_logits=t_logits,
+                checkpoint=ckpt, sampler=sampler, sample_weights=weights,
+                on_epoch=lambda epoch, m: (note(f"{variant['name']} epoch {epoch}/{epochs}"),
+                                           fault_point(inputs["checkpoints"], "distill", epoch)))
+    model.load_state_dict(res.best_state)
+    val = evaluate(model, val_d)
+    return {"name": variant["name"], "state": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+            "history": res.history, "val_acc": val["acc"], "val_loss": val["loss"], "steps": res.steps,
+            "best_epoch": res.best_epoch, "samples_seen": res.samples_seen, "epochs": epochs,
+            "teacher_logits": "cached" if t_logits is not None else "live" if kd else "none", "loss": cfg.loss,
+            "weighted": weights is not None, "n_train": int(subset.numel()), "wall_s": res.seconds,
+            "started": started, "ended": time.time(), "node": where(), "checkpoint": str(ckpt.path)}
+
+
+def record_student(root: Path, params: dict, variant: dict, aliases: tuple, res: dict, out_dir: Path,
+                   parent_run_id: Optional[str], position: str = "") -> dict:
+    """In the stage's process: write a trained student's model and metrics under ``out_dir`` and its
+    MLflow run (one per student, created here, so a retried or killed task never leaves a second
+    one), plus the runs of its ``aliases`` (variants with identical training). Returns the task
+    index entry."""
+    log = get_run_logger()
+    sp = params["student"]
+    meta, splits = load_prepared(root, params["data"]["dataset"])
+    mpath = root / "data" / "manifests" / variant["manifest"]
+    manifest = load_manifest(mpath, meta)
+    kd = variant["kd_weight"] is not None
+    tdir = teacher_dir(root, params, variant["teacher"] or params["teacher"]["arch"])
+    tinfo = json.loads((tdir / "model.json").read_text())
     record = {
         "name": variant["name"], "manifest": variant["manifest"], "method": manifest["method"],
         "fraction": manifest["fraction"], "selection_seed": manifest["seed"], "seed": variant["seed"],
-        "kd": kd, "loss": cfg.loss, "kd_weight": variant["kd_weight"] if kd else 0.0,
+        "kd": kd, "loss": res["loss"], "kd_weight": variant["kd_weight"] if kd else 0.0,
         "kd_schedule": variant["kd_schedule"] or "none", "kd_setting": variant["kd_setting"],
-        "temperature": sp["temperature"] if kd else None, "teacher_logits": "cached" if cached else "live" if kd else "none",
+        "temperature": sp["temperature"] if kd else None, "teacher_logits": res["teacher_logits"],
         "teacher_arch": tinfo["arch"], "teacher_params": tinfo.get("n_params"), "student_arch": sp["arch"],
         "dataset": meta["dataset"], "manifest_sha256": sha256_file(mpath),
         "teacher_sha256": sha256_file(tdir / "model.safetensors") if kd else None,
-        "n_train": int(subset.numel()), "epochs": epochs, "budget": sp["budget"],
+        "n_train": res["n_train"], "epochs": res["epochs"], "budget": sp["budget"],
         "sampler": (manifest.get("sampler") or {}).get("name"), "balanced": manifest.get("balanced"),
-        "weighted": weights is not None,
+        "weighted": res["weighted"], "steps": res["steps"], "best_epoch": res["best_epoch"],
+        "val_acc": res["val_acc"], "val_loss": res["val_loss"], "samples_seen": res["samples_seen"],
+        "seen_fraction": res["samples_seen"] / (sp["epochs"] * len(splits["train"])),
     }
     tr = Tracker.shared(root, parent_run_id)  # one per sweep run: the store is checked once
     tags = {**stage_tags(root, "distill", meta), "kdprune.role": "student", "method": manifest["method"],
             "manifest_sha256": record["manifest_sha256"], "dvc.manifest_md5": md5_file(mpath),
             **({"kdprune.sweep_run_id": parent_run_id} if parent_run_id else {}),
-            **method_color(manifest["method"], params["select"]["methods"])}
-    run_params = {**{k: v for k, v in record.items() if k != "name"}, "student": sp}
+            **method_color(manifest["method"], params["select"]["methods"]), **node_tags(res["node"])}
+    run_params = {**{k: v for k, v in record.items() if k not in RESULT_KEYS}, "student": sp}
+    sdir = Path(out_dir) / variant["name"]
+    c, h, _ = meta["shape"]
+    model = model_from_state(sp["arch"], c, meta["num_classes"], h, res["state"])
+    save_model(sdir, model, {"arch": sp["arch"], "in_channels": c, "num_classes": meta["num_classes"],
+                             "image_size": h, "dataset": meta["dataset"], "dataset_sha256": meta["sha256"]})
+    # no timings or run ids: a DVC out is byte-reproducible (those go to MLflow and the run record)
+    atomic_write_json(sdir / "metrics.json", {**record, "history": stable_history(res["history"])})
     # a top-level run, not a child of the sweep's run: MLflow's runs table and charts show children only
     # under an expanded parent, so nested students cannot be compared side by side (see STUDENTS_VIEW)
-    with tr.run(variant["name"], None, tags=tags, params=run_params, wait=False) as run_id:
+    with tr.run(variant["name"], None, tags=tags, params=run_params, wait=False,
+                start_ms=int(res["started"] * 1000), end_ms=int(res["ended"] * 1000)) as run_id:
         log_manifest_dataset(tr, run_id, mpath, manifest, tags, meta)
-        ckpt = student_checkpoint(root, params, variant, meta["sha256"], tags["manifest_sha256"], log)
-        res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher if kd and not cached else None,
-                    teacher_logits=t_logits, checkpoint=ckpt, sampler=sampler, sample_weights=weights,
-                    on_epoch=lambda epoch, m: (note(f"{variant['name']} epoch {epoch}/{epochs}"),
-                                               fault_point(root, "distill", epoch)))
-        model.load_state_dict(res.best_state)
-        val = evaluate(model, val_d)
-        record.update(steps=res.steps, best_epoch=res.best_epoch, val_acc=val["acc"], val_loss=val["loss"],
-                      samples_seen=res.samples_seen, seen_fraction=res.samples_seen / (sp["epochs"] * len(train_split)))
-        runs = {variant["name"]: {"mlflow_run_id": run_id, "wall_s": res.seconds}}
-        sdir = Path(out_dir) / variant["name"]
-        save_model(sdir, model, {"arch": sp["arch"], "in_channels": c, "num_classes": meta["num_classes"],
-                                 "image_size": h, "dataset": meta["dataset"], "dataset_sha256": meta["sha256"]})
-        # no timings or run ids: a DVC out is byte-reproducible (those go to MLflow and the run record)
-        atomic_write_json(sdir / "metrics.json", {**record, "history": stable_history(res.history)})
-        tr.log_history(run_id, res.history)
-        tr.log_metrics(run_id, {"best_val_acc": val["acc"], "steps": res.steps, "wall_s": res.seconds,
-                                "n_train": record["n_train"], "samples_seen": res.samples_seen})
+        tr.log_history(run_id, res["history"])
+        tr.log_metrics(run_id, {"best_val_acc": record["val_acc"], "steps": res["steps"], "wall_s": res["wall_s"],
+                                "n_train": record["n_train"], "samples_seen": res["samples_seen"]})
         tr.log_artifact(run_id, mpath, "manifest")
         tr.log_artifact(run_id, sdir / "model.safetensors", "model")
+    runs = {variant["name"]: {"mlflow_run_id": run_id, "wall_s": res["wall_s"], **res["node"]}}
     for alias in aliases:
         runs[alias["name"]] = {"mlflow_run_id": record_alias(root, tr, params["select"]["methods"], alias, record,
-                                                             run_params, res.history, sdir, Path(out_dir), tags, meta),
+                                                             run_params, res["history"], sdir, Path(out_dir), tags,
+                                                             meta),
                                "wall_s": 0.0}
     if tr.summary(wait=False):  # the distill stage's own run end waits for every student's logging
         log.warning(f"student {variant['name']}: {tr.summary(wait=False)}; the model and metrics are on disk in {sdir}")
-    log.info(f"student {position} {variant['name']}: n={record['n_train']} steps={res.steps} "
-             f"val_acc {val['acc']:.4f} ({res.seconds:.1f}s)")
-    return {**{k: record[k] for k in ("name", "val_acc", "steps")}, "wall_s": res.seconds, "runs": runs,
-            "checkpoint": str(ckpt.path)}
+    log.info(f"student {position} {variant['name']}: n={record['n_train']} steps={res['steps']} "
+             f"val_acc {res['val_acc']:.4f} ({res['wall_s']:.1f}s on {res['node']['host']})")
+    return {"name": variant["name"], "val_acc": res["val_acc"], "steps": res["steps"], "wall_s": res["wall_s"],
+            "runs": runs, "checkpoint": res["checkpoint"], "work_s": res["work_s"]}
+
+
+# a student's results, logged as metrics rather than params
+RESULT_KEYS = ("name", "steps", "best_epoch", "val_acc", "val_loss", "samples_seen", "seen_fraction")
 
 
 def log_manifest_dataset(tr: Tracker, run_id: str, mpath: Path, manifest: dict, tags: dict, meta: dict) -> None:

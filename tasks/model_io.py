@@ -9,7 +9,7 @@ from safetensors.torch import load, save
 
 from kdprune.data import PreparedSplit
 from kdprune.models import build_model
-from kdprune.train import DeviceData
+from kdprune.train import DeviceData, seeded
 from tasks.common import atomic_write_bytes, atomic_write_json
 
 
@@ -20,15 +20,31 @@ def save_model(directory: Path, model, info: dict) -> None:
     atomic_write_json(Path(directory) / "model.json", info)
 
 
+def model_from_state(arch: str, in_channels: int, num_classes: int, image_size: int, state: dict):
+    """A model of ``arch`` holding ``state`` (tensors or numpy arrays). Built under a fixed seed:
+    its throw-away initialisation never draws from torch's global RNG, which a training in another
+    thread (the local runner) may be using."""
+    import numpy as np
+    import torch
+
+    with seeded(0):
+        model = build_model(arch, in_channels, num_classes, image_size)
+    model.load_state_dict({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
+                           for k, v in state.items()})
+    return model
+
+
 def load_model(directory: Path, device):
     """Rebuild a model saved by :func:`save_model` (no pickle involved)."""
     directory = Path(directory)
     info = json.loads((directory / "model.json").read_text())
-    model = build_model(info["arch"], info["in_channels"], info["num_classes"], info["image_size"])
-    model.load_state_dict(load((directory / "model.safetensors").read_bytes()))
+    model = model_from_state(info["arch"], info["in_channels"], info["num_classes"], info["image_size"],
+                             load((directory / "model.safetensors").read_bytes()))
     return model.to(device).eval(), info
 
 
 def device_data(meta: dict, split: PreparedSplit, device) -> DeviceData:
-    """A prepared split on ``device``, normalised with the training split's mean and std."""
-    return DeviceData.from_numpy(split.x, split.y, meta["mean"], meta["std"], device)
+    """A prepared split on ``device``, normalised with the training split's mean and std. Arrays
+    read from Ray's object store are read-only; torch gets its own copy of those."""
+    x, y = (a if a.flags.writeable else a.copy() for a in (split.x, split.y))
+    return DeviceData.from_numpy(x, y, meta["mean"], meta["std"], device)

@@ -33,9 +33,9 @@ def read_record(root: Path | str, stage: str) -> dict[str, Any]:
         return {}
 
 
-# what changes from one run to the next: figures, run ids, and the tasks' bookkeeping (checkpoint
-# path, work clock, per-student run records)
-VOLATILE = ("seconds", "wall_s", "mlflow_run_id", "runs", "checkpoint", "work_s")
+# what changes from one run to the next: figures, run ids, where a task ran, and the tasks'
+# bookkeeping (checkpoint path, work clock, per-student run records)
+VOLATILE = ("seconds", "wall_s", "mlflow_run_id", "runs", "checkpoint", "work_s", "host", "ray_node_id", "ray_node_ip")
 
 
 def without_volatile(d: dict) -> dict:

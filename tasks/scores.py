@@ -26,11 +26,12 @@ from kdprune.scores import SCORES, ScoreContext
 from kdprune.train import predict_logits, seeded, train
 from tasks.common import (
     timed_work, FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json,
-    fingerprint, inside, load_prepared, sha256_file, stage_tags,
+    checkpoint_root, fingerprint, inside, load_prepared, sha256_file, stage_tags,
 )
-from tasks.model_io import device_data, load_model
+from tasks.model_io import device_data, load_model, model_from_state
 from tasks.cost import measure_cost
 from tasks.runlog import write_record
+from tasks.runner import task_device, where
 from tasks.teacher import train_config
 from tasks.tracking import Tracker
 
@@ -66,66 +67,87 @@ def proxy_jobs(params: dict) -> list[tuple[str, int]]:
 @task(name="train-proxy", cache_policy=NO_CACHE, persist_result=False, retries=1,
       task_run_name="{kind}-{seed}")
 @timed_work
-def train_proxy(root: str, params: dict, kind: str, seed: int, workdir: str) -> dict:
-    """One proxy training. ``proxy``: full train split for scores.proxy_epochs, recording dynamics and
-    the weights at scores.grand_epoch. ``memo``: a random scores.memorization_fraction subset, then
-    which training examples the final model classifies correctly."""
+def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -> dict:
+    """One proxy training, wherever the runner placed it; returns what the scores read (the stage's
+    process writes it: :func:`keep_proxy`). ``proxy``: full train split for scores.proxy_epochs,
+    recording the weights at scores.grand_epoch and EL2N's logits. ``memo``: a random
+    scores.memorization_fraction subset, then which training examples the final model classifies correctly."""
     log = get_run_logger()
-    root_p = Path(root)
+    torch.set_num_threads(params["runner"]["cpus_per_task"])  # the stage's process restores its own (local runner)
     sp, tp = params["scores"], params["teacher"]
-    device = resolve_device(params["device"])
-    meta, splits = load_prepared(root_p, params["data"]["dataset"])
-    train_d = device_data(meta, splits["train"], device)
+    dev = torch.device(task_device(params, device))
+    meta = inputs["meta"]
+    train_d = device_data(meta, inputs["train"], dev)
     c, h, _ = meta["shape"]
     arch = sp["proxy_arch"] or tp["arch"]
     with seeded(1000 + seed):
         model = build_model(arch, c, meta["num_classes"], h)
-    out = Path(workdir) / f"{kind}-{seed}"
-    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, np.ndarray | dict] = {}
     info = {"arch": arch, "in_channels": c, "num_classes": meta["num_classes"], "image_size": h}
+    ckpt_root = checkpoint_root(inputs["checkpoints"])
     t0 = time.perf_counter()
     if kind == "proxy":
-        from safetensors.torch import save
-
         def keep_weights(tag: str) -> None:
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            atomic_write_bytes(out / f"{tag}.safetensors", save(state))
+            files[tag] = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
         if sp["grand_epoch"] == 0:
             keep_weights("grand")
+
         def at_epoch(e: int, _m: dict) -> None:
             if e == sp["grand_epoch"]:
                 keep_weights("grand")
             if e == sp["el2n_proxy_epoch"]:  # EL2N's read point: a clean eval-mode pass over the train split
-                atomic_save_npy(out / "el2n_logits.npy", predict_logits(model, train_d).cpu().numpy())
+                files["el2n_logits"] = predict_logits(model, train_d).cpu().numpy()
 
         # the teacher's full schedule (its LR curve), stopped after proxy_epochs: read early in a full run
         cfg = train_config(tp, order_seed=1000 + seed, aug_seed=1000 + seed, stop_after=sp["proxy_epochs"])
-        ckpt = FileCheckpoint(root_p, "scores", f"proxy-{seed}", fingerprint(cfg.__dict__, arch, meta["sha256"]), log)
+        ckpt = FileCheckpoint(ckpt_root, "scores", f"proxy-{seed}",
+                              fingerprint(cfg.__dict__, arch, meta["sha256"], params["runner"]["cpus_per_task"]), log)
         train(model, train_d, cfg, checkpoint=ckpt, on_epoch=at_epoch)
+        if ckpt.resumed_from and not ({"grand", "el2n_logits"} <= set(files)):
+            # resumed past a read point: its arrays were in the killed attempt's memory; train afresh
+            ckpt.clear()
+            return train_proxy.fn(params, kind, seed, inputs, device)
     else:
         rng = np.random.default_rng([seed, 7])
         n = len(train_d)
         mask = np.zeros(n, dtype=bool)
         mask[rng.permutation(n)[: int(round(sp["memorization_fraction"] * n))]] = True
         cfg = train_config(tp, epochs=sp["memorization_epochs"], order_seed=2000 + seed, aug_seed=2000 + seed)
-        ckpt = FileCheckpoint(root_p, "scores", f"memo-{seed}", fingerprint(cfg.__dict__, arch, meta["sha256"]), log)
+        ckpt = FileCheckpoint(ckpt_root, "scores", f"memo-{seed}",
+                              fingerprint(cfg.__dict__, arch, meta["sha256"], params["runner"]["cpus_per_task"]), log)
         train(model, train_d, cfg, subset=torch.from_numpy(np.flatnonzero(mask)), checkpoint=ckpt)
-        correct = (predict_logits(model, train_d).argmax(1) == train_d.y).cpu().numpy()
-        atomic_save_npy(out / "mask.npy", mask)
-        atomic_save_npy(out / "correct.npy", correct)
+        files["mask"] = mask
+        files["correct"] = (predict_logits(model, train_d).argmax(1) == train_d.y).cpu().numpy()
     secs = time.perf_counter() - t0
-    atomic_write_json(out / "info.json", {**info, "seconds": secs, "checkpoint": str(ckpt.path)})
     log.info(f"{kind} run {seed}: {arch}, {cfg.epochs} epochs, {secs:.1f}s")
-    return {"path": str(out), "seconds": secs, "kind": kind}
+    return {"kind": kind, "seed": seed, "files": files, "info": info, "seconds": secs, "checkpoint": str(ckpt.path),
+            "node": where()}
+
+
+def keep_proxy(workdir: Path, res: dict) -> dict:
+    """In the stage's process: a proxy's arrays under ``workdir/<kind>-<seed>/``, where the scores read them."""
+    from safetensors.torch import save
+
+    out = Path(workdir) / f"{res['kind']}-{res['seed']}"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, value in res["files"].items():
+        if isinstance(value, dict):  # weights
+            atomic_write_bytes(out / f"{name}.safetensors",
+                               save({k: torch.from_numpy(np.array(v)) for k, v in value.items()}))
+        else:
+            atomic_save_npy(out / f"{name}.npy", value)
+    atomic_write_json(out / "info.json", {**res["info"], "seconds": res["seconds"], "checkpoint": res["checkpoint"]})
+    return {"path": str(out), "seconds": res["seconds"], "kind": res["kind"], "checkpoint": res["checkpoint"],
+            "work_s": res["work_s"], **res["node"]}
 
 
 def _proxy_model(d: Path, device):
     from safetensors.torch import load
 
     info = json.loads((d / "info.json").read_text())
-    model = build_model(info["arch"], info["in_channels"], info["num_classes"], info["image_size"])
-    model.load_state_dict(load((d / "grand.safetensors").read_bytes()))
+    model = model_from_state(info["arch"], info["in_channels"], info["num_classes"], info["image_size"],
+                             load((d / "grand.safetensors").read_bytes()))
     return model.to(device).eval()
 
 
@@ -223,7 +245,5 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
 def clear_proxies(workdir: Path, proxies: list[dict]) -> None:
     """After the stage's outputs are in place: drop proxy files and their checkpoints."""
     for p in proxies:
-        info = Path(p["path"]) / "info.json"
-        if info.exists():
-            Path(json.loads(info.read_text())["checkpoint"]).unlink(missing_ok=True)
+        Path(p["checkpoint"]).unlink(missing_ok=True)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -13,8 +14,8 @@ from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.train import TrainConfig, evaluate, seeded, train
 from tasks.common import (
-    timed_work, FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_json, fault_point, fingerprint,
-    load_prepared, stage_tags,
+    timed_work, FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_json, checkpoint_root, fault_point,
+    fingerprint, load_prepared, stage_tags,
 )
 from tasks.model_io import device_data, save_model
 from tasks.progress import progress
@@ -28,13 +29,15 @@ def train_config(section: dict, **extra) -> TrainConfig:
     return TrainConfig(**{**{k: section[k] for k in keys}, **extra})
 
 
-def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Tracker, run_id: Optional[str], log,
-                record_dynamics: bool):
+def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Optional[Tracker], run_id: Optional[str], log,
+                record_dynamics: bool, data: Optional[tuple] = None, device=None):
     """Train a teacher of ``arch`` on the full train split with the teacher params (seed, schedule,
-    augmentation); per-epoch metrics go to ``run_id``. Returns (model, TrainResult, val metrics, meta, splits)."""
+    augmentation); per-epoch metrics go to ``run_id`` (none without ``tr``: a task on the runner
+    returns its history instead). ``data``: (meta, splits) when the caller has them, else read from
+    the project. Returns (model, TrainResult, val metrics, meta, splits, checkpoint)."""
     tp = params["teacher"]
-    device = resolve_device(params["device"])
-    meta, splits = load_prepared(root, params["data"]["dataset"])
+    device = torch.device(device) if device else resolve_device(params["device"])
+    meta, splits = data or load_prepared(root, params["data"]["dataset"])
     train_d, val_d = device_data(meta, splits["train"], device), device_data(meta, splits["val"], device)
     c, h, _ = meta["shape"]
     with seeded(tp["seed"]):
@@ -46,15 +49,16 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Tracker, ru
         bar.set_postfix_str(f"val_acc {m['val_acc']:.4f}")
         log.info(f"{stage} {arch} epoch {epoch}/{tp['epochs']}: loss {m['train_loss']:.4f} "
                  f"train_acc {m['train_acc']:.4f} val_acc {m['val_acc']:.4f} ({m['seconds']:.1f}s)")
-        tr.log_metrics(run_id, m, step=epoch)
+        if tr is not None:
+            tr.log_metrics(run_id, m, step=epoch)
         fault_point(root, stage, epoch)
 
-    ckpt = FileCheckpoint(root, stage, arch if stage != "teacher" else "teacher",
+    ckpt = FileCheckpoint(checkpoint_root(root), stage, arch if stage != "teacher" else "teacher",
                           fingerprint(tp, arch, meta["sha256"], str(device)), log)
     log.info(f"training {stage} {arch} on {len(train_d)} examples for {tp['epochs']} epochs on {device}")
     with progress(f"{stage} {arch}", tp["epochs"], "epoch") as bar:
         res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)
-    if ckpt.resumed_from:  # epochs before the crash were logged to the failed attempt's run
+    if ckpt.resumed_from and tr is not None:  # epochs before the crash were logged to the failed attempt's run
         tr.log_history(run_id, res.history[: ckpt.resumed_from])
     model.load_state_dict(res.best_state)
     val = evaluate(model, val_d)

@@ -7,14 +7,17 @@ main teacher only).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import timed_work, atomic_write_json, load_prepared, stage_tags
-from tasks.model_io import save_model
+from tasks.model_io import model_from_state, save_model
+from tasks.runner import node_tags, task_device, where
 from tasks.teacher import fit_teacher, model_info
 from tasks.runlog import stable_history
 from tasks.tracking import Tracker
@@ -32,26 +35,47 @@ def teacher_dir(root: Path, params: dict, arch: str) -> Path:
 @task(name="train-extra-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1,
       task_run_name="teacher-{arch}")
 @timed_work
-def train_extra_teacher(root: str, params: dict, arch: str, out_dir: str, parent_run_id: Optional[str] = None) -> dict:
+def train_extra_teacher(params: dict, arch: str, inputs: dict, device: str) -> dict:
+    """Train the extra teacher ``arch`` wherever the runner placed this task; returns its weights,
+    history and the node it ran on (the stage's process records them: :func:`record_extra_teacher`)."""
     log = get_run_logger()
-    root = Path(root)
+    started = time.time()
+    torch.set_num_threads(params["runner"]["cpus_per_task"])  # the stage's process restores its own (local runner)
+    meta = inputs["meta"]
+    model, res, val, meta, splits, ckpt = fit_teacher(
+        Path(inputs["checkpoints"]), params, arch, "teachers", None, None, log, record_dynamics=False,
+        data=(meta, {"train": inputs["train"], "val": inputs["val"]}), device=task_device(params, device))
+    return {"arch": arch, "state": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+            "history": res.history, "best_epoch": res.best_epoch, "val_acc": val["acc"], "val_loss": val["loss"],
+            "steps": res.steps, "n_train": len(splits["train"]), "wall_s": res.seconds, "started": started,
+            "ended": time.time(), "node": where(), "checkpoint": str(ckpt.path)}
+
+
+def record_extra_teacher(root: Path, params: dict, res: dict, out_dir: Path, parent_run_id: Optional[str]) -> dict:
+    """In the stage's process: the extra teacher's model, metrics and MLflow run (created here, so a
+    retried task never leaves a second one)."""
+    log = get_run_logger()
+    arch = res["arch"]
     meta, _ = load_prepared(root, params["data"]["dataset"])
-    tr = Tracker(root)
-    with tr.run(f"teacher {arch}", parent_run_id, tags={**stage_tags(root, "teachers", meta),
-                                                         "kdprune.role": "teacher", "teacher_arch": arch},
-                params={"teacher": {**params["teacher"], "arch": arch}}) as run_id:
-        model, res, val, meta, splits, ckpt = fit_teacher(root, params, arch, "teachers", tr, run_id, log,
-                                                           record_dynamics=False)
-        out = Path(out_dir) / arch
-        info = model_info(arch, model, meta)
-        save_model(out, model, info)
-        atomic_write_json(out / "metrics.json", {
-            "arch": arch, "best_epoch": res.best_epoch, "val_acc": val["acc"], "val_loss": val["loss"],
-            "steps": res.steps, "n_train": len(splits["train"]),
-            "n_params": info["n_params"], "history": stable_history(res.history)})
-        tr.log_metrics(run_id, {"best_val_acc": val["acc"], "best_epoch": res.best_epoch, "wall_s": res.seconds,
-                                "n_params": info["n_params"]})
+    c, h, _ = meta["shape"]
+    model = model_from_state(arch, c, meta["num_classes"], h, res["state"])
+    out = Path(out_dir) / arch
+    info = model_info(arch, model, meta)
+    save_model(out, model, info)
+    atomic_write_json(out / "metrics.json", {
+        "arch": arch, "best_epoch": res["best_epoch"], "val_acc": res["val_acc"], "val_loss": res["val_loss"],
+        "steps": res["steps"], "n_train": res["n_train"], "n_params": info["n_params"],
+        "history": stable_history(res["history"])})
+    tr = Tracker.shared(root, parent_run_id)
+    with tr.run(f"teacher {arch}", parent_run_id, tags={**stage_tags(root, "teachers", meta), "kdprune.role": "teacher",
+                                                         "teacher_arch": arch, **node_tags(res["node"])},
+                params={"teacher": {**params["teacher"], "arch": arch}, "runner": params["runner"]},
+                start_ms=int(res["started"] * 1000), end_ms=int(res["ended"] * 1000)) as run_id:
+        tr.log_history(run_id, res["history"])
+        tr.log_metrics(run_id, {"best_val_acc": res["val_acc"], "best_epoch": res["best_epoch"],
+                                "wall_s": res["wall_s"], "n_params": info["n_params"]})
         tr.log_artifact(run_id, out / "model.safetensors", "model")
-    log.info(f"extra teacher {arch} ({info['n_params']} parameters): val_acc {val['acc']:.4f} ({res.seconds:.1f}s)")
-    return {"arch": arch, "val_acc": val["acc"], "n_params": info["n_params"], "wall_s": res.seconds,
-            "mlflow_run_id": run_id, "checkpoint": str(ckpt.path)}
+    log.info(f"extra teacher {arch} ({info['n_params']} parameters): val_acc {res['val_acc']:.4f} "
+             f"({res['wall_s']:.1f}s on {res['node']['host']})")
+    return {"arch": arch, "val_acc": res["val_acc"], "n_params": info["n_params"], "wall_s": res["wall_s"],
+            "mlflow_run_id": run_id, "checkpoint": res["checkpoint"], "work_s": res["work_s"], **res["node"]}

@@ -346,14 +346,16 @@ class Tracker:
         return f"not logged to MLflow at {self.uri} ({reason}): {items}"
 
     def start(self, name: str, parent: Optional[str] = None, tags: Optional[dict] = None,
-              params: Optional[dict] = None) -> str:
+              params: Optional[dict] = None, start_ms: Optional[int] = None) -> str:
+        """A new run; ``start_ms`` (epoch milliseconds) dates it, e.g. when a task that trained
+        elsewhere began, so MLflow's duration is the training's."""
         t = {"mlflow.runName": name, **{k: str(v) for k, v in (tags or {}).items()}}
         if parent:
             t["mlflow.parentRunId"] = parent
         try:
             if self.lost_reason:
                 raise RuntimeError(self.lost_reason)
-            run_id = _WRITER.call("create_run", self.uri, self.experiment_id, t, name)
+            run_id = _WRITER.call("create_run", self.uri, self.experiment_id, t, name, start_ms)
         except RuntimeError as e:
             if self.uri not in _REACHED:
                 raise TrackingUnavailable(f"cannot create an MLflow run at MLFLOW_TRACKING_URI={self.uri}: {e}") from None
@@ -408,21 +410,22 @@ class Tracker:
                           {k: str(Path(v).resolve()) for k, v in artifacts.items()},
                           [str(Path(c).resolve()) for c in code_paths], pip_requirements, signature)
 
-    def end(self, run_id: str, status: str = "FINISHED", wait: bool = True) -> None:
-        self._best_effort("run endings", 1, "terminate", run_id, status)
+    def end(self, run_id: str, status: str = "FINISHED", wait: bool = True, end_ms: Optional[int] = None) -> None:
+        self._best_effort("run endings", 1, "terminate", run_id, status, end_ms)
         if wait:
             self.flush()
 
     @contextlib.contextmanager
     def run(self, name: str, parent: Optional[str] = None, tags: Optional[dict] = None,
-            params: Optional[dict] = None, wait: bool = True) -> Iterator[str]:
-        run_id = self.start(name, parent, tags, params)
+            params: Optional[dict] = None, wait: bool = True, start_ms: Optional[int] = None,
+            end_ms: Optional[int] = None) -> Iterator[str]:
+        run_id = self.start(name, parent, tags, params, start_ms)
         try:
             yield run_id
         except BaseException:
             self.end(run_id, "FAILED")
             raise
-        self.end(run_id, "FINISHED", wait=wait)
+        self.end(run_id, "FINISHED", wait=wait, end_ms=end_ms)
 
 
 # ---------------------------------------------------------------- what a user opens in MLflow's UI

@@ -86,8 +86,8 @@ class Writer:
                 c.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
 
-    def create_run(self, uri: str, experiment_id: str, tags: dict, name: str) -> str:
-        return self.client(uri).create_run(experiment_id, tags=tags, run_name=name).info.run_id
+    def create_run(self, uri: str, experiment_id: str, tags: dict, name: str, start_ms: Optional[int] = None) -> str:
+        return self.client(uri).create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name).info.run_id
 
     def flush(self) -> None:
         return None
@@ -134,8 +134,8 @@ class Writer:
                   code_paths=code_paths, pip_requirements=pip_requirements,
                   signature=ModelSignature.from_dict(signature), await_registration_for=0)
 
-    def terminate(self, uri: str, run_id: str, status: str) -> None:
-        self.client(uri).set_terminated(run_id, status)
+    def terminate(self, uri: str, run_id: str, status: str, end_ms: Optional[int] = None) -> None:
+        self.client(uri).set_terminated(run_id, status, end_time=end_ms)
 
     def best_effort(self, key: str, what: str, n: int, uri: str, op: str, args: tuple) -> None:
         logged = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from dataclasses import asdict
@@ -23,11 +24,17 @@ from kdprune.distill import LOSSES
 from kdprune.train.augment import augment_batch, epoch_augmentation
 
 
+_SEEDED = threading.RLock()
+
+
 @contextlib.contextmanager
 def seeded(seed: int):
-    """Run a block (e.g. model construction) under a fixed torch seed without touching global RNG state."""
+    """Run a block (e.g. model construction) under a fixed torch seed without touching global RNG state.
+
+    torch's RNG is one per process: blocks in concurrent threads (tasks of the local runner) take
+    turns, or one thread's draws would land in another's model."""
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
+    with _SEEDED, torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
 

@@ -1,0 +1,190 @@
+"""Where a fan-out stage's tasks run: ``runner.kind`` in params.yaml.
+
+- ``local``: Prefect's ThreadPoolTaskRunner in the stage's process, one task per CUDA device at a
+  time, or one at a time on CPU (two CPU trainings in one process are not reproducible: measured,
+  the same student came out different from run to run, as BLAS threading reacts to the other
+  training; separate processes, Ray's, are).
+- ``ray``: prefect-ray's RayTaskRunner. ``runner.address`` null starts a Ray instance for the run on
+  127.0.0.1 (dashboard and usage stats off); ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` joins a
+  running cluster (``make ray-up`` starts one on loopback).
+
+The same flow code serves both: a task gets everything it needs as arguments (under Ray the large
+ones go through the object store once, :func:`share`), trains, and returns its result (weights,
+history, the node it ran on) to the stage's process, which alone writes the stage's outputs and logs
+to MLflow. Nothing is assumed about a shared filesystem, and the tracking store has one writer.
+
+Each task runs torch with ``runner.cpus_per_task`` threads, under both runners: the thread count
+changes floating-point reduction order, so it is part of what determines a result (a stage param),
+while which runner ran the task is not.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import socket
+from typing import Any, Callable, Iterator, Optional
+
+# passed to Ray workers: the servers they report to (a worker without PREFECT_API_URL starts a
+# temporary Prefect server of its own) and the project's test hooks
+_WORKER_ENV = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_ANALYTICS_ENABLED",
+               "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def is_ray(params: dict) -> bool:
+    return params["runner"]["kind"] == "ray"
+
+
+def concurrency(params: dict) -> int:
+    """How many tasks the local runner runs at once: one per CUDA device, else one."""
+    from kdprune.device import device_count
+
+    return device_count(params["device"])
+
+
+def worker_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in _WORKER_ENV or k.startswith("KDPRUNE_")}
+
+
+def ray_init_kwargs(params: dict) -> dict[str, Any]:
+    """ray.init's arguments: the project's code shipped to every node (no install of kdprune needed
+    there, and never a stale one), the servers' settings in every worker's environment; a Ray
+    instance of our own binds to loopback with the dashboard off."""
+    import flows
+    import kdprune
+    import tasks
+
+    kw: dict[str, Any] = {
+        "runtime_env": {"py_modules": [kdprune, tasks, flows], "env_vars": worker_env(),
+                        "excludes": ["__pycache__", "*.pyc"]},
+        "logging_level": "WARNING",
+    }
+    address = params["runner"]["address"]
+    if address is None:  # "local": a new instance even where a cluster runs on this machine
+        kw.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                  num_cpus=os.cpu_count() or 1)
+    elif address == "auto":
+        kw["address"] = "auto"
+    return kw
+
+
+def task_runner(params: dict):
+    """The Prefect task runner ``params['runner']`` asks for."""
+    if not is_ray(params):
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=concurrency(params))
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from prefect_ray import RayTaskRunner
+
+    address = params["runner"]["address"]
+    return RayTaskRunner(address=None if address == "auto" else address, init_kwargs=ray_init_kwargs(params))
+
+
+def fan_out(stage_flow, stage: str, has_tasks: Callable[[dict], bool] = lambda p: True):
+    """The entrypoint of a fan-out stage: runs ``stage_flow`` with the task runner params.yaml's
+    ``runner`` asks for (a Prefect flow's task runner is fixed when it is called, so it is chosen
+    here, per call). A stage with nothing to fan out (``has_tasks`` false) runs locally and starts
+    no Ray instance."""
+    from tasks.common import load_params
+
+    @functools.wraps(stage_flow)
+    def run(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
+        params = load_params(root, stage)
+        if not has_tasks(params):
+            params = {**params, "runner": {**params["runner"], "kind": "local", "address": None}}
+        return stage_flow.with_options(task_runner=task_runner(params))(root=root, parent_run_id=parent_run_id)
+
+    return run
+
+
+@contextlib.contextmanager
+def ray_session(params: dict) -> Iterator[None]:
+    """One Ray connection for several stages in this process (the pipeline): each stage's
+    RayTaskRunner finds Ray initialised and uses it, instead of starting and stopping its own."""
+    if not is_ray(params):
+        yield
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    owned = not ray.is_initialized()
+    if owned:
+        kw = ray_init_kwargs(params)
+        address = params["runner"]["address"]
+        ray.init(*(() if address in (None, "auto") else (address,)), **kw)
+    try:
+        yield
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def share(value: Any, params: dict) -> Any:
+    """``value`` as a task argument: under Ray, put in the object store once (every task on a node
+    reads that node's copy; prefect-ray resolves the reference before the task runs); else itself."""
+    if not is_ray(params):
+        return value
+    import ray
+
+    return ray.put(value)
+
+
+@contextlib.contextmanager
+def resources(params: dict, device: str) -> Iterator[None]:
+    """Submissions inside ask Ray for ``cpus_per_task`` CPUs (and ``gpus_per_task`` GPUs on CUDA)."""
+    if not is_ray(params):
+        yield
+        return
+    from prefect_ray.context import remote_options
+
+    r = params["runner"]
+    opts: dict[str, Any] = {"num_cpus": r["cpus_per_task"]}
+    if device.startswith("cuda"):
+        opts["num_gpus"] = 1 if r["gpus_per_task"] is None else r["gpus_per_task"]
+    with remote_options(**opts):
+        yield
+
+
+def task_device(params: dict, device: str) -> str:
+    """The device a task trains on: under Ray, the GPU Ray assigned it (CUDA_VISIBLE_DEVICES is set
+    to it, so ``cuda``), else the one the stage gave it."""
+    return "cuda" if is_ray(params) and device.startswith("cuda") else device
+
+
+@contextlib.contextmanager
+def task_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for a task (restored after: the local runner's tasks
+    share one process with the stage)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def where() -> dict[str, Optional[str]]:
+    """The node a task runs on: host name, and under Ray the node's id and IP address."""
+    out = {"host": socket.gethostname(), "ray_node_id": None, "ray_node_ip": None}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            if ctx.worker.mode == ray.WORKER_MODE:
+                out["ray_node_id"] = ctx.get_node_id()
+                out["ray_node_ip"] = ray.util.get_node_ip_address()
+    except ImportError:
+        pass
+    return out
+
+
+def node_tags(node: dict) -> dict[str, str]:
+    """MLflow tags saying where a task ran."""
+    tags = {"kdprune.host": node["host"]}
+    if node.get("ray_node_id"):
+        tags.update({"kdprune.ray_node_id": node["ray_node_id"], "kdprune.ray_node_ip": node["ray_node_ip"]})
+    return tags
