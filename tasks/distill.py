@@ -228,7 +228,9 @@ def record_student(root: Path, params: dict, variant: dict, aliases: tuple, res:
                                 "n_train": record["n_train"], "samples_seen": res["samples_seen"]})
         tr.log_artifact(run_id, mpath, "manifest")
         tr.log_artifact(run_id, sdir / "model.safetensors", "model")
-    runs = {variant["name"]: {"mlflow_run_id": run_id, "wall_s": res["wall_s"], **res["node"]}}
+    # where and when it trained: the bench's per-task overhead (task body minus training, gaps between tasks)
+    runs = {variant["name"]: {"mlflow_run_id": run_id, "wall_s": res["wall_s"], "task_start": res["started"],
+                              "task_end": res["ended"], **res["node"]}}
     for alias in aliases:
         runs[alias["name"]] = {"mlflow_run_id": record_alias(root, tr, params["select"]["methods"], alias, record,
                                                              run_params, res["history"], sdir, Path(out_dir), tags,

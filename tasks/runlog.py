@@ -35,7 +35,8 @@ def read_record(root: Path | str, stage: str) -> dict[str, Any]:
 
 # what changes from one run to the next: figures, run ids, where a task ran, and the tasks'
 # bookkeeping (checkpoint path, work clock, per-student run records)
-VOLATILE = ("seconds", "wall_s", "mlflow_run_id", "runs", "checkpoint", "work_s", "host", "ray_node_id", "ray_node_ip")
+VOLATILE = ("seconds", "wall_s", "mlflow_run_id", "runs", "checkpoint", "work_s", "host", "pid", "ray_node_id",
+            "ray_node_ip")
 
 
 def without_volatile(d: dict) -> dict:

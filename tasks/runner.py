@@ -167,8 +167,8 @@ def task_threads(n: int) -> Iterator[None]:
 
 
 def where() -> dict[str, Optional[str]]:
-    """The node a task runs on: host name, and under Ray the node's id and IP address."""
-    out = {"host": socket.gethostname(), "ray_node_id": None, "ray_node_ip": None}
+    """Where a task runs: host name and process id, and under Ray the node's id and IP address."""
+    out = {"host": socket.gethostname(), "pid": os.getpid(), "ray_node_id": None, "ray_node_ip": None}
     try:
         import ray
 
