@@ -137,9 +137,9 @@ def test_writer_answers_in_order_and_stops_at_end_of_input(tmp_path, monkeypatch
             raise ValueError("no such run")
 
     monkeypatch.setattr(Writer, "batch", fake_batch)
-    monkeypatch.setattr(Writer, "create_run", lambda self, uri, exp, tags, name: f"id-{name}")
+    monkeypatch.setattr(Writer, "create_run", lambda self, key, uri, exp, tags, name: f"id-{name}")
     inp = io.BytesIO()
-    write_frame(inp, ("create_run", 1, "u", "0", {}, "a"))
+    write_frame(inp, ("create_run", 1, "k1", "u", "0", {}, "a"))
     write_frame(inp, ("batch", "k1", "metric points", 1, "u", "r1", [("m", 1.0, 0, 1)], [], []))
     write_frame(inp, ("batch", "k1", "metric points", 2, "u", "bad", [], [], []))
     write_frame(inp, ("batch", "k1", "metric points", 1, "u", "r1", [("m", 2.0, 0, 2)], [], []))
