@@ -323,7 +323,7 @@ def _check_a_kill_mid_sweep(lab, rc: int, log: str, student: str, started_ms: in
     what = "postgres_kill" if store_back else "mlflow_kill"
     _figure(f"{what}_runs_named_not_logged", sorted(named_all))
     _figure(f"{what}_not_logged", last[0].split(": ", 2)[-1][:400])
-    # every earlier run intact: status, params, tags, latest metrics, and each student's whole history
+    # every earlier run intact: status, params, tags, latest metrics; each earlier student's metric histories there
     assert set(before) <= set(after)
     c = lab.mlflow()
     histories = 0
