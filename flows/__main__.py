@@ -207,14 +207,16 @@ def main(argv: list[str] | None = None) -> None:
     else:
         flow_fn = getattr(importlib.import_module(f"flows.{args.command}"), f"{args.command}_flow")
         flow_fn(root=str(root), parent_run_id=os.environ.get("KDPRUNE_PARENT_RUN_ID") or None)
+    if args.command not in ("deploy", "serve"):
         # a stage's runs may end without waiting for their logging (the teacher's registered model):
-        # the stage is done when its tracking is
-        from tasks.tracking import not_logged_total
+        # the command is done when its tracking is; what it could not log, over all its stages, is said last
+        from tasks.tracking import describe_not_logged, not_logged_total
 
         if lost := not_logged_total():
+            on_disk = ("every stage's models and metrics are on disk (its outputs)" if args.command in ("pipeline", "sweep")
+                       else f"the model and metrics are on disk (the {args.command} stage's outputs)")
             print(f"kdprune: not logged to MLflow at {os.environ.get('MLFLOW_TRACKING_URI')}: "
-                  + ", ".join(f"{v} {k}" for k, v in sorted(lost.items()))
-                  + f"; the model and metrics are on disk (the {args.command} stage's outputs)", file=sys.stderr)
+                  f"{describe_not_logged(lost)}; {on_disk}", file=sys.stderr)
     _DONE.append(0)
 
 

@@ -10,7 +10,7 @@ from tasks.distill import group_variants, record_student, student_inputs, studen
 from tasks.progress import progress
 from tasks.runlog import write_record, write_task_index
 from tasks.runner import fan_out, is_ray, resources, task_threads
-from tasks.tracking import Tracker, not_logged_total, publish_students_view
+from tasks.tracking import Tracker, describe_not_logged, not_logged_total, publish_students_view
 
 
 @flow(name="distill")
@@ -63,7 +63,7 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
         publish_students_view(tr, run_id)  # MLflow's shared view "students": this sweep's students side by side
     lost = not_logged_total()
     if lost:
-        log.warning("not logged to MLflow: " + ", ".join(f"{v} {k}" for k, v in sorted(lost.items()))
+        log.warning("not logged to MLflow: " + describe_not_logged(lost)
                     + "; every student's model and metrics are on disk under models/students")
     # per student: its MLflow run, training seconds and node, outside the DVC outs (tasks/runlog.py)
     write_record(root_p, "distill", {name: run for r in results for name, run in r["runs"].items()})

@@ -14,7 +14,8 @@ effort: a failure (connection lost mid-run) never stops training or loses a resu
 already on disk; the tracker goes offline, counts what it could not log and says so at the end.
 The same once this process has reached the store: a store lost mid-sweep (a tracking server or
 its database killed) does not stop the next student or stage either; its run is counted as not
-logged ("runs"), with everything logged to it, under the run's name.
+logged ("runs (<name>)"), with everything logged to it. A tracker that went offline creates no
+more runs even if the store comes back (they would stay empty): those are counted the same way.
 
 Latency: after a run has started, every logging call is sent to the writer process and handled
 there in order, so training never waits on the store. A run's end waits until everything sent is
@@ -245,6 +246,17 @@ def not_logged_total() -> dict[str, int]:
     return total
 
 
+LOST_RUN = "runs ("  # the kind a run that could not be created is counted under: "runs (<its name>)"
+
+
+def describe_not_logged(counts: dict[str, int]) -> str:
+    """What was not logged, for a warning: the runs that could not be created by name, then the
+    other kinds, e.g. ``2 runs (a, b), 40 metric points, 3 run endings``."""
+    names = sorted(k[len(LOST_RUN):-1] for k in counts if k.startswith(LOST_RUN))
+    items = [f"{sum(v for k, v in counts.items() if k.startswith(LOST_RUN))} runs ({', '.join(names)})"] if names else []
+    return ", ".join(items + [f"{v} {k}" for k, v in sorted(counts.items()) if not k.startswith(LOST_RUN)])
+
+
 def blocked_seconds() -> float:
     """Total seconds this process has waited on MLflow so far (the stage-work clock subtracts it)."""
     return _BLOCKED[0]
@@ -342,8 +354,7 @@ class Tracker:
         reason, counts = _WRITER.state(self.key)
         if not counts:
             return None
-        items = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        return f"not logged to MLflow at {self.uri} ({reason}): {items}"
+        return f"not logged to MLflow at {self.uri} ({reason}): {describe_not_logged(counts)}"
 
     def start(self, name: str, parent: Optional[str] = None, tags: Optional[dict] = None,
               params: Optional[dict] = None, start_ms: Optional[int] = None) -> str:
@@ -355,13 +366,13 @@ class Tracker:
         try:
             if self.lost_reason:
                 raise RuntimeError(self.lost_reason)
-            run_id = _WRITER.call("create_run", self.uri, self.experiment_id, t, name, start_ms)
+            run_id = _WRITER.call("create_run", self.key, self.uri, self.experiment_id, t, name, start_ms)
         except RuntimeError as e:
             if self.uri not in _REACHED:
                 raise TrackingUnavailable(f"cannot create an MLflow run at MLFLOW_TRACKING_URI={self.uri}: {e}") from None
             # the store was lost mid-run: train anyway, count this run and what is logged to it
             self.lost_reason = self.lost_reason or f"{e}"
-            _WRITER.count_lost(self.key, f"runs ({name})" if parent else "runs", 1, self.lost_reason)
+            _WRITER.count_lost(self.key, f"{LOST_RUN}{name})", 1, self.lost_reason)
             run_id = OFFLINE + uuid.uuid4().hex
         if params:
             self.log_params(run_id, params)

@@ -86,7 +86,13 @@ class Writer:
                 c.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
 
-    def create_run(self, uri: str, experiment_id: str, tags: dict, name: str, start_ms: Optional[int] = None) -> str:
+    def create_run(self, key: str, uri: str, experiment_id: str, tags: dict, name: str,
+                   start_ms: Optional[int] = None) -> str:
+        """A new run of tracker ``key`` (dated ``start_ms`` when given); refused once that tracker is
+        offline, so that a store back after an outage gets no run whose logging would all be skipped
+        (the caller counts the run instead)."""
+        if key in self.offline:
+            raise RuntimeError(f"logging went offline earlier in this process ({self.offline[key]})")
         return self.client(uri).create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name).info.run_id
 
     def flush(self) -> None:

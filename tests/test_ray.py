@@ -107,6 +107,35 @@ def test_tiny_sweep_on_two_nodes_equals_the_local_runner_bit_for_bit(ray_project
     assert json.loads(status.stdout or "{}") == {}, status.stdout
 
 
+def tree_hashes(root: Path, *dirs: str) -> dict[str, str]:
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for d in dirs for f in sorted((root / d).rglob("*")) if f.is_file()}
+
+
+def test_proxies_and_extra_teachers_on_two_nodes_equal_the_local_runner(ray_project, cluster):
+    """scores' proxy and memorization runs and teachers' extra architectures: the same outputs under
+    both runners, their runs on both nodes."""
+    proj, _ = ray_project
+    c, _ = cluster
+    more = {**TINY, "scores": {**TINY["scores"], "methods": [*TINY["scores"]["methods"], "el2n_proxy", "memorization"],
+                               "proxy_seeds": [0, 1], "proxy_epochs": 2, "el2n_proxy_epoch": 2,
+                               "memorization_models": 2, "memorization_epochs": 2},
+            "student": {**TINY["student"], "teachers": ["small_cnn_narrow", "small_cnn_wide"]}}
+    outs = {}
+    for kind, address in (("local", None), ("ray", c.address)):
+        proj.write_params({**more, "runner": {"kind": kind, "address": address}})
+        for stage in ("teachers", "scores"):
+            proj.run(sys.executable, "-m", "flows", stage, timeout=900)
+        outs[kind] = tree_hashes(proj.path, "models/teachers", "data/scores")
+        record = json.loads((proj.path / ".kdprune" / "runs" / "teachers.json").read_text())
+        nodes = {r["ray_node_id"] for r in record.values()}
+        assert nodes == ({None} if kind == "local" else {n.node_id for n in c.list_all_nodes()}), nodes
+    assert outs["ray"] == outs["local"]
+    assert any(k.startswith("data/scores/el2n_proxy") for k in outs["ray"])
+    assert "models/teachers/small_cnn_wide/model.safetensors" in outs["ray"]
+    proj.write_params({**TINY, "runner": {"kind": "ray", "address": c.address}})
+
+
 def test_a_worker_killed_mid_student_is_retried_once(ray_project):
     proj, local = ray_project
     out = proj.run(sys.executable, "-m", "flows", "distill", timeout=900, env={"KDPRUNE_FAULT": "distill:3:kill"})

@@ -137,9 +137,9 @@ def test_writer_answers_in_order_and_stops_at_end_of_input(tmp_path, monkeypatch
             raise ValueError("no such run")
 
     monkeypatch.setattr(Writer, "batch", fake_batch)
-    monkeypatch.setattr(Writer, "create_run", lambda self, uri, exp, tags, name: f"id-{name}")
+    monkeypatch.setattr(Writer, "create_run", lambda self, key, uri, exp, tags, name: f"id-{name}")
     inp = io.BytesIO()
-    write_frame(inp, ("create_run", 1, "u", "0", {}, "a"))
+    write_frame(inp, ("create_run", 1, "k1", "u", "0", {}, "a"))
     write_frame(inp, ("batch", "k1", "metric points", 1, "u", "r1", [("m", 1.0, 0, 1)], [], []))
     write_frame(inp, ("batch", "k1", "metric points", 2, "u", "bad", [], [], []))
     write_frame(inp, ("batch", "k1", "metric points", 1, "u", "r1", [("m", 2.0, 0, 2)], [], []))
@@ -159,6 +159,35 @@ def test_writer_answers_in_order_and_stops_at_end_of_input(tmp_path, monkeypatch
     assert handled == {"metric points": 4}
     assert answers[2][3]["k2"] == (None, {}, {"metric points": 1})
     assert [c[0] for c in calls] == ["r1", "bad", "r2"]  # k1's third call was not tried
+
+
+def test_an_offline_tracker_creates_no_more_runs_even_when_the_store_answers_again(monkeypatch):
+    """A store back after an outage (PostgreSQL restarted under the tracking server) gets no run from a
+    tracker whose logging went offline: its logging would all be skipped, leaving an empty run. The
+    run is refused instead (the Tracker counts and names it); another tracker is not affected."""
+    from types import SimpleNamespace
+
+    down = [True]
+
+    class Store:
+        def create_run(self, experiment_id, tags, run_name, start_time=None):
+            return SimpleNamespace(info=SimpleNamespace(run_id=f"id-{run_name}"))
+
+        def log_batch(self, run_id, metrics, params, tags):
+            if down[0]:
+                raise ConnectionError("the store went away")
+
+    monkeypatch.setattr(Writer, "client", lambda self, uri: Store())
+    w = Writer()
+    assert w.create_run("k1", "u", "0", {}, "a") == "id-a"
+    w.best_effort("k1", "metric points", 1, "u", "batch", ("id-a", [("m", 1.0, 0, 1)], [], []))
+    down[0] = False  # the store is back
+    try:
+        w.create_run("k1", "u", "0", {}, "b")
+        raise AssertionError("an offline tracker created a run")
+    except RuntimeError as e:
+        assert "offline" in str(e) and "the store went away" in str(e)
+    assert w.create_run("k2", "u", "0", {}, "c") == "id-c"
 
 
 def test_an_unusable_store_stops_tracker_creation_with_the_uri(tmp_path):
