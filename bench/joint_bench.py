@@ -158,9 +158,10 @@ def main() -> None:
     for item in a.option:
         cell, _, value = item.partition("=")
         sel, mode, key = (cell.split(":") + ["", ""])[:3]
-        if sel not in JOINT.names() or mode not in ("per-class", "global") or key not in JOINT.get(sel).options:
+        if (sel not in JOINT.names() or mode not in ("per-class", "global") or key == "balance"
+                or key not in JOINT.get(sel).options):
             raise SystemExit(f"--option {item!r}: expected NAME:MODE:KEY=VALUE with NAME a selector, MODE per-class "
-                             "or global, KEY one of the selector's options")
+                             "or global (--both-modes runs both), KEY one of the selector's options other than balance")
         extra.setdefault((sel, mode == "per-class"), {})[key] = json.loads(value)
     build(a.teacher_epochs)
     load_before = load_average()

@@ -433,3 +433,20 @@ def test_sample_weights_scale_each_examples_loss():
     assert any(not torch.allclose(b[k], c[k]) for k in b if b[k].is_floating_point())
     with pytest.raises(ValueError, match="sample_weights must be 32"):
         run(torch.ones(5), 0.01)
+
+
+def test_selectors_run_with_one_blas_thread(monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    spec = JOINT.get("herding")
+    real = spec.fn
+
+    def probe(inputs, k, rng, **opts):
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return real(inputs, k, rng, **opts)
+
+    monkeypatch.setattr(spec, "fn", probe)
+    with threadpool_limits(limits=2, user_api="blas"):  # two outside, whatever the machine
+        run_joint("herding", np.arange(60), _pool(), 0.2, options={"balance": True})
+    assert seen and set(seen) == {1}
