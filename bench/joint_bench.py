@@ -2,18 +2,26 @@
 kept fraction (the figures README's scheme table quotes).
 
     python -m bench.joint_bench [--teacher-epochs 12] [--fractions 0.1 0.5] [--only craig ...]
+        [--both-modes] [--subsample gradmatch:global=5000 ...] [--option craig:global:max_matrix_mb=1024 ...]
+        [--timeout 900]
 
 Builds the pool exactly as profiles/fashion_mnist.yaml's prepare stage does (val_fraction 0.05,
 max_train 15000, split_seed 0), trains the teacher with that profile's teacher settings (cached
 under .kdprune/bench/joint/), computes the selectors' inputs once, then runs each (selector,
-fraction) in a fresh subprocess so the peak resident-memory growth it reports is its own. Times
-are wall clock on whatever else the machine is running; results go to
-.kdprune/bench/joint/results.json and a markdown table on stdout.
+mode, fraction) in a fresh subprocess so the peak resident-memory growth it reports is its own.
+``--both-modes`` runs every selector per class and over the whole pool (not only its default
+mode); ``--subsample name:mode=N`` runs that cell on a stratified N-example subsample of the pool
+(for cells too slow for the full pool; the table says so), ``--option name:mode:key=value`` sets
+one of the selector's options in that mode (value as JSON); a run over ``--timeout`` seconds is
+stopped and reported as such. Times are wall clock on whatever else the machine is running (the
+load average before and after is recorded); results go to .kdprune/bench/joint/results.json and
+a markdown table on stdout.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -66,16 +74,22 @@ def build(teacher_epochs: int) -> None:
              inputs_s=time.perf_counter() - t0)
 
 
-def measure(name: str, fraction: float, options: dict) -> dict:
-    """One selector at one fraction in this (fresh) process: seconds and peak RSS growth."""
+def measure(name: str, fraction: float, options: dict, pool: int = 0) -> dict:
+    """One selector at one fraction in this (fresh) process: seconds and peak RSS growth; with
+    ``pool``, on a stratified subsample of that many examples (seed 0)."""
     import psutil
     import torch
 
+    from kdprune.data.base import stratified_subsample
     from kdprune.models import build_model
     from kdprune.selection import JOINT, JointInputs, run_joint
     from kdprune.train import DeviceData
 
-    z = np.load(WORK / "inputs.npz")
+    z = dict(np.load(WORK / "inputs.npz"))
+    if pool:
+        rows = stratified_subsample(z["labels"], pool, 0)
+        for key in ("ids", "labels", "features", "logits", "probs", "gradients", "x"):
+            z[key] = z[key][rows]
     inp = JointInputs(labels=z["labels"], num_classes=10, features=z["features"], logits=z["logits"],
                       probs=z["probs"], gradients=z["gradients"], val_features=z["val_features"],
                       val_logits=z["val_logits"], val_labels=z["val_labels"])
@@ -108,44 +122,92 @@ def measure(name: str, fraction: float, options: dict) -> dict:
             "inputs_s": float(z["inputs_s"])}
 
 
+def load_average() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher-epochs", type=int, default=12)
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5])
     ap.add_argument("--only", nargs="*")
-    ap.add_argument("--global-too", action="store_true", help="also run the per-class selectors over the whole pool")
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: name|fraction|options json
+    ap.add_argument("--both-modes", action="store_true",
+                    help="run every selector per class and over the whole pool (default: its default mode only)")
+    ap.add_argument("--subsample", nargs="*", default=[], metavar="NAME:MODE=N",
+                    help="run NAME in MODE (per-class or global) on a stratified N-example subsample of the pool")
+    ap.add_argument("--option", nargs="*", default=[], metavar="NAME:MODE:KEY=VALUE",
+                    help="set a selector option in one mode (VALUE as JSON), e.g. craig:global:max_matrix_mb=1024")
+    ap.add_argument("--timeout", type=float, default=900.0, help="stop a run after this many seconds")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: name|fraction|options json|pool
     a = ap.parse_args()
     if a.one:
-        name, frac, opts = a.one.split("|", 2)
-        print(json.dumps(measure(name, float(frac), json.loads(opts))))
+        name, frac, opts, pool = a.one.split("|", 3)
+        print(json.dumps(measure(name, float(frac), json.loads(opts), int(pool))))
         return
     from kdprune.selection import JOINT
 
+    sub = {}
+    for item in a.subsample:
+        cell, _, n = item.partition("=")
+        sel, _, mode = cell.partition(":")
+        if sel not in JOINT.names() or mode not in ("per-class", "global") or not n.isdigit():
+            raise SystemExit(f"--subsample {item!r}: expected NAME:MODE=N with NAME one of {', '.join(JOINT.names())}, "
+                             "MODE per-class or global, N a number of examples")
+        sub[(sel, mode == "per-class")] = int(n)
+    extra: dict = {}
+    for item in a.option:
+        cell, _, value = item.partition("=")
+        sel, mode, key = (cell.split(":") + ["", ""])[:3]
+        if (sel not in JOINT.names() or mode not in ("per-class", "global") or key == "balance"
+                or key not in JOINT.get(sel).options):
+            raise SystemExit(f"--option {item!r}: expected NAME:MODE:KEY=VALUE with NAME a selector, MODE per-class "
+                             "or global (--both-modes runs both), KEY one of the selector's options other than balance")
+        extra.setdefault((sel, mode == "per-class"), {})[key] = json.loads(value)
     build(a.teacher_epochs)
+    load_before = load_average()
+    print(load_before, flush=True)
+    t_all = time.perf_counter()
     runs = []
     for name in a.only or JOINT.names():
-        variants = [{}]
-        if a.global_too and JOINT.get(name).options["balance"].default:
-            variants.append({"balance": False})
-        for opts in variants:
+        default = JOINT.get(name).options["balance"].default
+        for bal in ([default, not default] if a.both_modes else [default]):
+            opts = ({} if bal == default else {"balance": bal}) | extra.get((name, bal), {})
+            pool = sub.get((name, bal), 0)
             for frac in a.fractions:
-                p = subprocess.run([sys.executable, "-m", "bench.joint_bench", "--one",
-                                    f"{name}|{frac}|{json.dumps(opts)}"], cwd=REPO, capture_output=True, text=True)
-                if p.returncode:
-                    raise SystemExit(f"{name} {frac} {opts} failed:\n{p.stderr[-3000:]}")
-                r = json.loads(p.stdout.strip().splitlines()[-1])
+                cmd = [sys.executable, "-m", "bench.joint_bench", "--one", f"{name}|{frac}|{json.dumps(opts)}|{pool}"]
+                try:
+                    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=a.timeout)
+                except subprocess.TimeoutExpired:
+                    r = {"selector": name, "options": opts, "fraction": frac, "n_pool": pool or None,
+                         "timed_out_s": a.timeout}
+                else:
+                    if p.returncode:
+                        raise SystemExit(f"{name} {frac} {opts} failed:\n{p.stderr[-3000:]}")
+                    r = json.loads(p.stdout.strip().splitlines()[-1])
+                r["per_class"] = bal
                 runs.append(r)
-                print(f"{name:18s} {json.dumps(opts):20s} {frac:4g} {r['seconds']:8.2f}s {r['peak_mem_mb']:8.1f} MiB",
-                      flush=True)
-    (WORK / "results.json").write_text(json.dumps(runs, indent=1))
-    print("\n| selector | per class | kept 0.1: s / peak MiB | kept 0.5: s / peak MiB |\n| --- | --- | --- | --- |")
+                print(f"{name:18s} {'per class' if bal else 'global':9s} {frac:4g} {_cell(r):>22s}", flush=True)
+    load_after = load_average()
+    total = time.perf_counter() - t_all
+    print(f"{load_after}; all runs {total:.0f}s", flush=True)
+    (WORK / "results.json").write_text(json.dumps({"load_before": load_before, "load_after": load_after,
+                                                    "total_s": total, "runs": runs}, indent=1))
+    print("\n| selector | mode | " + " | ".join(f"kept {f:g}: s / peak MiB" for f in a.fractions) + " |\n| --- | --- | "
+          + " | ".join("---" for _ in a.fractions) + " |")
     for name in dict.fromkeys(r["selector"] for r in runs):
-        for opts in dict.fromkeys(json.dumps(r["options"]) for r in runs if r["selector"] == name):
-            rs = {r["fraction"]: r for r in runs if r["selector"] == name and json.dumps(r["options"]) == opts}
-            bal = json.loads(opts).get("balance", JOINT.get(name).options["balance"].default)
-            cells = [f"{rs[f]['seconds']:.1f} / {rs[f]['peak_mem_mb']:.0f}" if f in rs else "—" for f in a.fractions]
-            print(f"| {name} | {'yes' if bal else 'no'} | " + " | ".join(cells) + " |")
+        for bal in dict.fromkeys(r["per_class"] for r in runs if r["selector"] == name):
+            rs = {r["fraction"]: r for r in runs if r["selector"] == name and r["per_class"] == bal}
+            cells = [_cell(rs[f]) if f in rs else "—" for f in a.fractions]
+            set_ = {k: v for r in rs.values() for k, v in r["options"].items() if k != "balance"}
+            mode = ("per class" if bal else "global") + "".join(f", {k} {v}" for k, v in set_.items())
+            print(f"| {name} | {mode} | " + " | ".join(cells) + " |")
+
+
+def _cell(r: dict) -> str:
+    if "timed_out_s" in r:
+        return f"> {r['timed_out_s']:.0f} s (stopped)"
+    sub = f" (on {r['n_pool']:,})" if r["n_pool"] != 15000 else ""
+    return f"{r['seconds']:.1f} / {r['peak_mem_mb']:.0f}{sub}"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Joint selectors against independent computations on small cases with known answers."""
+import copy
 import itertools
 
 import numpy as np
@@ -295,6 +296,66 @@ def test_deepfool_equals_the_distance_to_the_nearest_boundary_of_a_linear_model(
     np.testing.assert_array_equal(sorted(pick("deepfool", inputs, 5).positions), sorted(np.argsort(want)[:5]))
 
 
+def _deepfool_reference(model, x, candidates, max_iter=50, overshoot=0.02):
+    """DeepFool one example at a time, full Jacobian by torch.autograd.functional.jacobian; the
+    candidate classes: the `candidates` highest other logits at the clean input (0: all others)."""
+    out, steps = [], []
+    for xi in x.double():
+        z0 = model(xi[None])[0]
+        o = int(z0.argmax())
+        others = [c for c in torch.argsort(z0, descending=True).tolist() if c != o]
+        cand = others[:candidates] if candidates else others
+        r = torch.zeros_like(xi)
+        n = 0
+        while n < max_iter:
+            xa = xi + (1 + overshoot) * r
+            z = model(xa[None])[0].detach()
+            if int(z.argmax()) != o:
+                break
+            jac = torch.autograd.functional.jacobian(lambda v: model(v[None])[0], xa).reshape(len(z), -1)
+            best = min(((abs(z[c] - z[o]) / (jac[c] - jac[o]).norm(), c) for c in cand), key=lambda t: float(t[0]))
+            w = jac[best[1]] - jac[o]
+            r = r + ((best[0] + 1e-4) * w / w.norm()).view_as(xi)
+            n += 1
+        out.append(float(((1 + overshoot) * r).norm()))
+        steps.append(n)
+    return np.array(out), np.array(steps)
+
+
+def test_deepfool_top_candidates_against_the_full_computation():
+    from kdprune.selection.joint.deepfool import deepfool_distances
+
+    # affine model, 6 classes: one step; with k candidates the distance is the nearest boundary
+    # among the k highest other logits (never nearer than the full one)
+    torch.manual_seed(1)
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 6)).double()
+    x = torch.randn(40, 1, 2, 3, dtype=torch.float64)
+    w, b = lin[1].weight.detach().numpy(), lin[1].bias.detach().numpy()
+    z = x.reshape(40, -1).numpy() @ w.T + b
+    o = z.argmax(1)
+    ratio = np.abs(z - z[np.arange(40), o][:, None]) / np.linalg.norm(w[None] - w[o][:, None], axis=2).clip(1e-300)
+    ratio[np.arange(40), o] = np.inf
+    order = np.argsort(-z, axis=1, kind="stable")
+    want_all = 1.02 * (ratio.min(1) + 1e-4)
+    for k in (1, 2):
+        want_k = 1.02 * (np.take_along_axis(ratio, order[:, 1:1 + k], 1).min(1) + 1e-4)
+        assert (want_k > want_all * 1.01).sum() >= (5 if k == 1 else 1)  # the restriction matters here
+        np.testing.assert_allclose(deepfool_distances(lin.float(), x.float(), candidates=k), want_k, rtol=1e-4)
+    for k in (0, 5, 7):
+        np.testing.assert_allclose(deepfool_distances(lin.float(), x.float(), candidates=k), want_all, rtol=1e-4)
+
+    # a network (several steps for some examples), batched vs one example at a time, any batch size
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16),
+                              torch.nn.Tanh(), torch.nn.Linear(16, 5)).double()
+    x = 2 * torch.randn(30, 1, 2, 3, dtype=torch.float64)
+    for k, bs in ((0, 64), (2, 7), (1, 5)):
+        want, steps = _deepfool_reference(net, x, k)
+        assert steps.max() >= 3
+        got = deepfool_distances(copy.deepcopy(net).float(), x.float(), candidates=k, batch_size=bs)
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-5)
+
+
 # -- the runner: budgets, balance, input order, options -------------------------------------------
 
 def _pool(n=60, c=3, seed=0):
@@ -372,3 +433,20 @@ def test_sample_weights_scale_each_examples_loss():
     assert any(not torch.allclose(b[k], c[k]) for k in b if b[k].is_floating_point())
     with pytest.raises(ValueError, match="sample_weights must be 32"):
         run(torch.ones(5), 0.01)
+
+
+def test_selectors_run_with_one_blas_thread(monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    spec = JOINT.get("herding")
+    real = spec.fn
+
+    def probe(inputs, k, rng, **opts):
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return real(inputs, k, rng, **opts)
+
+    monkeypatch.setattr(spec, "fn", probe)
+    with threadpool_limits(limits=2, user_api="blas"):  # two outside, whatever the machine
+        run_joint("herding", np.arange(60), _pool(), 0.2, options={"balance": True})
+    assert seen and set(seen) == {1}
