@@ -30,6 +30,7 @@ from tasks.runtime import project_root
 from tasks.tracking import Tracker
 
 FAN_OUT = ("teachers", "scores", "distill")  # stages whose tasks run on the runner of params.yaml's `runner`
+STARTS_RAY = ("prepare", "teacher", *FAN_OUT, "select")  # stale: a fan-out stage runs at or after it
 REPORT_FILES = ("report.md", "results.csv", *FIGURES)
 
 STAGES = {
@@ -147,8 +148,8 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
                 if stage_flow is None:
                     out = validate_stage(root_p)
                 else:
-                    if name in FAN_OUT and not ray_started:
-                        ray_once.enter_context(ray_session(params))
+                    if name in STARTS_RAY and not ray_started:  # a fan-out stage will follow: Ray starts
+                        ray_once.enter_context(ray_session(params))  # now, its workers warm up meanwhile
                         ray_started = True
                     with no_subflow_heartbeats():
                         out = stage_flow(root=str(root_p), parent_run_id=run_id)

@@ -309,9 +309,16 @@ def git_commit(root: Path) -> str:
 def dvc_out_hash(root: Path, out_path: str) -> str | None:
     """The md5 dvc.lock records for an output path (None before DVC has committed it)."""
     lock = Path(root) / "dvc.lock"
-    if not lock.exists():
-        return None
-    data = yaml.safe_load(lock.read_text()) or {}
+    for attempt in range(50):  # DVC rewrites dvc.lock in place: the pipeline's commit of the previous
+        if not lock.exists():  # stage may be writing it right now (seen under `pipeline --force`)
+            return None
+        try:
+            data = yaml.safe_load(lock.read_text()) or {}
+            break
+        except yaml.YAMLError:
+            if attempt == 49:
+                raise
+            time.sleep(0.05)
     for stage in (data.get("stages") or {}).values():
         for out in stage.get("outs", []) or []:
             if out.get("path") == out_path:

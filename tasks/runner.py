@@ -47,23 +47,25 @@ def worker_env() -> dict[str, str]:
 
 
 def ray_init_kwargs(params: dict) -> dict[str, Any]:
-    """ray.init's arguments: the project's code shipped to every node (no install of kdprune needed
-    there, and never a stale one), the servers' settings in every worker's environment; a Ray
-    instance of our own binds to loopback with the dashboard off."""
-    import flows
-    import kdprune
-    import tasks
-
-    kw: dict[str, Any] = {
-        "runtime_env": {"py_modules": [kdprune, tasks, flows], "env_vars": worker_env(),
-                        "excludes": ["__pycache__", "*.pyc"]},
-        "logging_level": "WARNING",
-    }
+    """ray.init's arguments. Joining a cluster: the project's code shipped to every node
+    (``runtime_env`` ``py_modules``: no install of kdprune needed there, and never a stale one) and
+    the servers' settings in every worker's environment. A Ray instance of the run's own (address
+    null) binds to loopback with the dashboard off; its workers are started by it on this machine,
+    with this process's environment and import path, so they need no runtime environment, and
+    Ray's pre-started workers take the first tasks (a runtime environment would start new ones)."""
+    kw: dict[str, Any] = {"logging_level": "WARNING"}
     address = params["runner"]["address"]
     if address is None:  # "local": a new instance even where a cluster runs on this machine
         kw.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
                   num_cpus=os.cpu_count() or 1)
-    elif address == "auto":
+        return kw
+    import flows
+    import kdprune
+    import tasks
+
+    kw["runtime_env"] = {"py_modules": [kdprune, tasks, flows], "env_vars": worker_env(),
+                         "excludes": ["__pycache__", "*.pyc"]}
+    if address == "auto":
         kw["address"] = "auto"
     return kw
 
@@ -113,6 +115,11 @@ def ray_session(params: dict) -> Iterator[None]:
         kw = ray_init_kwargs(params)
         address = params["runner"]["address"]
         ray.init(*(() if address in (None, "auto") else (address,)), **kw)
+        # each worker imports torch, Prefect's task engine and the tasks now, while the stages before
+        # the fan-out run here (about 5 s per worker on this machine), not when the first student arrives
+        warm = ray.remote(num_cpus=params["runner"]["cpus_per_task"])(_import_task_modules)
+        for _ in range(int(ray.cluster_resources().get("CPU", 1) // params["runner"]["cpus_per_task"])):
+            warm.remote()
     try:
         yield
     finally:
@@ -144,6 +151,13 @@ def resources(params: dict, device: str) -> Iterator[None]:
         opts["num_gpus"] = 1 if r["gpus_per_task"] is None else r["gpus_per_task"]
     with remote_options(**opts):
         yield
+
+
+def _import_task_modules() -> None:
+    import importlib
+
+    for m in ("torch", "prefect.task_engine", "tasks.distill", "tasks.scores", "tasks.teachers"):
+        importlib.import_module(m)
 
 
 def task_device(params: dict, device: str) -> str:
