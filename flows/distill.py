@@ -6,7 +6,9 @@ from prefect.futures import as_completed
 
 from kdprune.device import device_count, resolve_device
 from tasks.common import atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds
-from tasks.distill import group_variants, record_student, student_inputs, student_variants, train_student
+from tasks.distill import (
+    group_variants, record_student, student_cost, student_inputs, student_variants, train_student,
+)
 from tasks.progress import progress
 from tasks.runlog import write_record, write_task_index
 from tasks.runner import fan_out, is_ray, resources, task_threads
@@ -47,8 +49,11 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
         try:
             inputs = student_inputs(root_p, params, variants, dev)
             with progress("distill", len(groups), "student") as bar, resources(params, str(dev)):
-                futures = {train_student.submit(params, g[0], inputs, devices[i % len(devices)]): (i, g)
-                           for i, g in enumerate(groups)}
+                # longest first (steps, live-teacher students a little longer): the last to finish are
+                # short ones, so parallel workers end together instead of one waiting on a long student
+                order = sorted(range(len(groups)), key=lambda i: -student_cost(params, groups[i][0], inputs))
+                futures = {train_student.submit(params, groups[i][0], inputs, devices[k % len(devices)]): (i, groups[i])
+                           for k, i in enumerate(order)}
                 results = {}
                 for fut in as_completed(list(futures)):
                     i, g = futures[fut]

@@ -87,6 +87,16 @@ def student_budget(sp: dict, n_total: int, manifest: dict, n_pool: int) -> tuple
     return math.ceil(full_steps / math.ceil(per_epoch / sp["batch_size"])), full_steps
 
 
+def student_cost(params: dict, variant: dict, inputs: dict) -> float:
+    """A student's expected training cost, for ordering submissions: its subset's size (steps under
+    the ``epochs`` budget; the ``steps`` budget gives every student the same), times 1.5 when a live
+    teacher runs on every batch."""
+    sp = params["student"]
+    n = inputs["sizes"][variant["manifest"]] if sp["budget"] == "epochs" else 1
+    live = variant["kd_weight"] is not None and not (sp["cached_logits"] and sp["pad"] == 0 and not sp["flip"])
+    return n * (1.5 if live else 1.0)
+
+
 def student_checkpoint(root: Path, params: dict, variant: dict, dataset_sha: str, manifest_sha: str, log=None):
     """Where a student's per-epoch state lives, on the node that trains it (kept until the whole
     distill stage has finished): the project's .kdprune/checkpoints where that directory can be
@@ -116,6 +126,7 @@ def student_inputs(root: Path, params: dict, variants: list[dict], device: torch
                                  .cpu().numpy(), params)
     return {"meta": meta, "train": share(splits["train"], params), "val": share(splits["val"], params),
             "manifests": {k: share(m, params) for k, m in manifests.items()}, "teachers": teachers, "logits": logits,
+            "sizes": {k: len(m["ids"]) for k, m in manifests.items()},
             "checkpoints": str(root)}
 
 
