@@ -2,16 +2,15 @@ from pathlib import Path
 from typing import Optional
 
 from prefect import flow, get_run_logger
-from prefect.futures import as_completed
 
 from kdprune.device import device_count, resolve_device
 from tasks.common import atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds
 from tasks.distill import (
-    group_variants, record_student, student_cost, student_inputs, student_variants, train_student,
+    group_variants, record_student, student_cost, student_inputs, student_variants, teacher_facts, train_student,
 )
 from tasks.progress import progress
 from tasks.runlog import write_record, write_task_index
-from tasks.runner import fan_out, is_ray, resources, task_threads
+from tasks.runner import fan_out, is_ray, run_tasks, task_threads
 from tasks.tracking import Tracker, describe_not_logged, not_logged_total, publish_students_view
 
 
@@ -45,22 +44,23 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
                                                  "kdprune.sweep": "true"},
                 params={"student": sp, "sweep": grid, "runner": params["runner"]}) as run_id, \
             atomic_directory(root_p / "models" / "students") as tmp, \
-            task_threads(params["runner"]["cpus_per_task"]):
+            task_threads(params["runner"]["cpus_per_task"]):  # teacher logits too: the same bits on any machine
         try:
             inputs = student_inputs(root_p, params, variants, dev)
-            with progress("distill", len(groups), "student") as bar, resources(params, str(dev)):
+            teachers = teacher_facts(root_p, params)
+            with progress("distill", len(groups), "student") as bar:
+                def record(i: int, res: dict) -> dict:
+                    bar.update(1)
+                    return record_student(root_p, params, groups[i][0], tuple(groups[i][1:]), res, tmp, run_id,
+                                          teachers, f"{bar.n}/{len(groups)}")
+
                 # longest first (steps, live-teacher students a little longer): the last to finish are
                 # short ones, so parallel workers end together instead of one waiting on a long student
                 order = sorted(range(len(groups)), key=lambda i: -student_cost(params, groups[i][0], inputs))
-                futures = {train_student.submit(params, groups[i][0], inputs, devices[k % len(devices)]): (i, groups[i])
-                           for k, i in enumerate(order)}
-                results = {}
-                for fut in as_completed(list(futures)):
-                    i, g = futures[fut]
-                    results[i] = record_student(root_p, params, g[0], tuple(g[1:]), fut.result(), tmp, run_id,
-                                                f"{len(results) + 1}/{len(groups)}")
-                    bar.update(1)
-                results = [results[i] for i in sorted(results)]
+                rank = {i: k for k, i in enumerate(order)}  # devices taken in turn, in submission order
+                results = run_tasks(params, str(dev), train_student,
+                                    [(params, g[0], inputs, devices[rank[i] % len(devices)])
+                                     for i, g in enumerate(groups)], record, order)
         finally:  # students' queued artifact uploads read from the temp dir: finish them before it goes
             tr.flush()
         write_task_index(tmp / "index.json", results)

@@ -2,11 +2,10 @@ from pathlib import Path
 from typing import Optional
 
 from prefect import flow
-from prefect.futures import as_completed
 
 from kdprune.device import resolve_device
 from tasks.common import load_params, load_prepared, work_seconds
-from tasks.runner import fan_out, resources, share, task_threads
+from tasks.runner import fan_out, run_tasks, share
 from tasks.scores import clear_proxies, compute_scores, keep_proxy, proxy_jobs, proxy_workdir, train_proxy
 
 
@@ -23,11 +22,8 @@ def scores(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
         meta, splits = load_prepared(root_p, params["data"]["dataset"])
         dev = str(resolve_device(params["device"]))
         inputs = {"meta": meta, "train": share(splits["train"], params), "checkpoints": str(root_p)}
-        with task_threads(params["runner"]["cpus_per_task"]):
-            with resources(params, dev):
-                futures = {train_proxy.submit(params, kind, seed, inputs, dev): i for i, (kind, seed) in enumerate(jobs)}
-            done = {futures[f]: keep_proxy(workdir, f.result()) for f in as_completed(list(futures))}
-        proxies = [done[i] for i in sorted(done)]
+        proxies = run_tasks(params, dev, train_proxy, [(params, kind, seed, inputs, dev) for kind, seed in jobs],
+                            lambda i, res: keep_proxy(workdir, res))
     out = compute_scores(root, params, parent_run_id, proxies)
     clear_proxies(workdir, proxies)
     return {**out, "work_s": work_seconds([*proxies, out])}

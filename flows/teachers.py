@@ -2,14 +2,13 @@ from pathlib import Path
 from typing import Optional
 
 from prefect import flow
-from prefect.futures import as_completed
 
 from kdprune.device import resolve_device
 from tasks.common import (
     atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds,
 )
 from tasks.runlog import write_record, write_task_index
-from tasks.runner import fan_out, resources, share, task_threads
+from tasks.runner import fan_out, run_tasks, share
 from tasks.teachers import record_extra_teacher, train_extra_teacher
 from tasks.tracking import Tracker
 
@@ -26,14 +25,11 @@ def teachers(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     tr = Tracker(root_p)
     with tr.run("teachers", parent_run_id, tags=stage_tags(root_p, "teachers", meta),
                 params={"archs": ",".join(archs) or "none"}) as run_id, \
-            atomic_directory(root_p / "models" / "teachers") as tmp, task_threads(params["runner"]["cpus_per_task"]):
+            atomic_directory(root_p / "models" / "teachers") as tmp:
         inputs = {"meta": meta, "train": share(splits["train"], params), "val": share(splits["val"], params),
                   "checkpoints": str(root_p)}
-        with resources(params, dev):
-            futures = {train_extra_teacher.submit(params, a, inputs, dev): i for i, a in enumerate(archs)}
-        done = {futures[f]: record_extra_teacher(root_p, params, f.result(), tmp, run_id)
-                for f in as_completed(list(futures))}
-        results = [done[i] for i in sorted(done)]
+        results = run_tasks(params, dev, train_extra_teacher, [(params, a, inputs, dev) for a in archs],
+                            lambda i, res: record_extra_teacher(root_p, params, res, tmp, run_id))
         write_task_index(tmp / "index.json", results)
     write_record(root_p, "teachers", {r["arch"]: {k: r[k] for k in ("mlflow_run_id", "wall_s", "host", "ray_node_id", "ray_node_ip")}
                                       for r in results})

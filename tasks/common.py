@@ -347,6 +347,16 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def ray_node_id() -> Optional[str]:
+    """The Ray node this process is a worker of, or None (not a Ray worker). Ray is looked up, not
+    imported: a worker has it loaded, and elsewhere importing it would only cost time."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    ctx = ray.get_runtime_context()
+    return ctx.get_node_id() if ctx.worker.mode == ray.WORKER_MODE else None
+
+
 def checkpoint_root(root: Path | str) -> Path:
     """Where a task keeps checkpoints on the node it runs on: the project (``.kdprune/checkpoints``)
     when this node has it, else the node's temp directory (a Ray task on another machine)."""
@@ -408,10 +418,8 @@ def fault_point(root: Path | str, stage: str, epoch: int) -> None:
     if not spec or not (spec == f"{stage}:{epoch}" or spec.startswith(f"{stage}:{epoch}:")):
         return
     node = os.environ.get("KDPRUNE_FAULT_NODE")
-    if node:
-        ray = sys.modules.get("ray")  # a Ray worker has it imported; elsewhere the fault does not fire
-        if ray is None or not ray.is_initialized() or ray.get_runtime_context().get_node_id() != node:
-            return
+    if node and ray_node_id() != node:
+        return
     marker = Path(root) / ".kdprune" / "faults" / spec.replace(":", "-")
     if marker.exists():
         return

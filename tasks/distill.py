@@ -22,7 +22,7 @@ from tasks.common import (
     timed_work, FileCheckpoint, atomic_write_json, checkpoint_root, fault_point, fingerprint, load_manifest,
     load_prepared, md5_file, sha256_file, stage_tags,
 )
-from tasks.model_io import device_data, load_model, model_from_state, save_model
+from tasks.model_io import device_data, load_model, model_from_state, save_model, state_arrays
 from tasks.progress import note
 from tasks.runner import node_tags, share, task_device, where
 from tasks.runlog import stable_history
@@ -93,8 +93,14 @@ def student_cost(params: dict, variant: dict, inputs: dict) -> float:
     teacher runs on every batch."""
     sp = params["student"]
     n = inputs["sizes"][variant["manifest"]] if sp["budget"] == "epochs" else 1
-    live = variant["kd_weight"] is not None and not (sp["cached_logits"] and sp["pad"] == 0 and not sp["flip"])
+    live = variant["kd_weight"] is not None and not cached_logits(sp)
     return n * (1.5 if live else 1.0)
+
+
+def cached_logits(sp: dict) -> bool:
+    """Students use each teacher's logits computed once: asked for, and the teacher's input never
+    changes (augmentation off)."""
+    return sp["cached_logits"] and sp["pad"] == 0 and not sp["flip"]
 
 
 def student_checkpoint(root: Path, params: dict, variant: dict, dataset_sha: str, manifest_sha: str, log=None):
@@ -115,13 +121,11 @@ def student_inputs(root: Path, params: dict, variants: list[dict], device: torch
     meta, splits = load_prepared(root, params["data"]["dataset"])
     manifests = {v["manifest"]: load_manifest(root / "data" / "manifests" / v["manifest"], meta) for v in variants}
     teachers, logits = {}, {}
-    cached = sp["cached_logits"] and sp["pad"] == 0 and not sp["flip"]
     for arch in dict.fromkeys(v["teacher"] for v in variants if v["teacher"]):
         tdir = teacher_dir(root, params, arch)
         model, info = load_model(tdir, device)
-        teachers[arch] = share({"state": {k: t.cpu().numpy() for k, t in model.state_dict().items()}, "info": info},
-                               params)
-        if cached:  # computed once here, for every student of this teacher
+        teachers[arch] = share({"state": state_arrays(model), "info": info}, params)
+        if cached_logits(sp):  # computed once here, for every student of this teacher
             logits[arch] = share(predict_logits(model, device_data(meta, splits["train"], device), batch_size=512)
                                  .cpu().numpy(), params)
     return {"meta": meta, "train": share(splits["train"], params), "val": share(splits["val"], params),
@@ -140,14 +144,13 @@ def train_student(params: dict, variant: dict, inputs: dict, device: str) -> dic
     log = get_run_logger()
     started = time.time()
     sp = params["student"]
-    dev = torch.device(task_device(params, device))
+    dev = task_device(params, device)
     meta = inputs["meta"]
     manifest = inputs["manifests"][variant["manifest"]]
     train_split = inputs["train"]
     subset = torch.from_numpy(train_split.positions(np.asarray(manifest["ids"], dtype=np.int64)))
     kd = variant["kd_weight"] is not None
     c, h, _ = meta["shape"]
-    torch.set_num_threads(params["runner"]["cpus_per_task"])  # the stage's process restores its own (local runner)
     train_d, val_d = device_data(meta, train_split, dev), device_data(meta, inputs["val"], dev)
     teacher, t_logits = None, None
     if kd and variant["teacher"] in inputs["logits"]:
@@ -179,7 +182,7 @@ def train_student(params: dict, variant: dict, inputs: dict, device: str) -> dic
                                            fault_point(inputs["checkpoints"], "distill", epoch)))
     model.load_state_dict(res.best_state)
     val = evaluate(model, val_d)
-    return {"name": variant["name"], "state": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+    return {"name": variant["name"], "state": state_arrays(model),
             "history": res.history, "val_acc": val["acc"], "val_loss": val["loss"], "steps": res.steps,
             "best_epoch": res.best_epoch, "samples_seen": res.samples_seen, "epochs": epochs,
             "teacher_logits": "cached" if t_logits is not None else "live" if kd else "none", "loss": cfg.loss,
@@ -187,20 +190,32 @@ def train_student(params: dict, variant: dict, inputs: dict, device: str) -> dic
             "started": started, "ended": time.time(), "node": where(), "checkpoint": str(ckpt.path)}
 
 
+def teacher_facts(root: Path, params: dict) -> dict[str, dict]:
+    """Per teacher architecture, what a student's record says of it: model.json and the weights'
+    sha256 (read once per stage, not once per student)."""
+    out = {}
+    for arch in [params["teacher"]["arch"], *params["student"]["teachers"]]:
+        tdir = teacher_dir(root, params, arch)
+        if (tdir / "model.json").exists():
+            out[arch] = {"info": json.loads((tdir / "model.json").read_text()),
+                         "sha256": sha256_file(tdir / "model.safetensors")}
+    return out
+
+
 def record_student(root: Path, params: dict, variant: dict, aliases: tuple, res: dict, out_dir: Path,
-                   parent_run_id: Optional[str], position: str = "") -> dict:
+                   parent_run_id: Optional[str], teachers: dict, position: str = "") -> dict:
     """In the stage's process: write a trained student's model and metrics under ``out_dir`` and its
     MLflow run (one per student, created here, so a retried or killed task never leaves a second
-    one), plus the runs of its ``aliases`` (variants with identical training). Returns the task
-    index entry."""
+    one), plus the runs of its ``aliases`` (variants with identical training); ``teachers``: from
+    :func:`teacher_facts`. Returns the task index entry."""
     log = get_run_logger()
     sp = params["student"]
     meta, splits = load_prepared(root, params["data"]["dataset"])
     mpath = root / "data" / "manifests" / variant["manifest"]
     manifest = load_manifest(mpath, meta)
     kd = variant["kd_weight"] is not None
-    tdir = teacher_dir(root, params, variant["teacher"] or params["teacher"]["arch"])
-    tinfo = json.loads((tdir / "model.json").read_text())
+    teacher = teachers[variant["teacher"] or params["teacher"]["arch"]]
+    tinfo = teacher["info"]
     record = {
         "name": variant["name"], "manifest": variant["manifest"], "method": manifest["method"],
         "fraction": manifest["fraction"], "selection_seed": manifest["seed"], "seed": variant["seed"],
@@ -209,7 +224,7 @@ def record_student(root: Path, params: dict, variant: dict, aliases: tuple, res:
         "temperature": sp["temperature"] if kd else None, "teacher_logits": res["teacher_logits"],
         "teacher_arch": tinfo["arch"], "teacher_params": tinfo.get("n_params"), "student_arch": sp["arch"],
         "dataset": meta["dataset"], "manifest_sha256": sha256_file(mpath),
-        "teacher_sha256": sha256_file(tdir / "model.safetensors") if kd else None,
+        "teacher_sha256": teacher["sha256"] if kd else None,
         "n_train": res["n_train"], "epochs": res["epochs"], "budget": sp["budget"],
         "sampler": (manifest.get("sampler") or {}).get("name"), "balanced": manifest.get("balanced"),
         "weighted": res["weighted"], "steps": res["steps"], "best_epoch": res["best_epoch"],

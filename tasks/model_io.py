@@ -20,17 +20,26 @@ def save_model(directory: Path, model, info: dict) -> None:
     atomic_write_json(Path(directory) / "model.json", info)
 
 
+def state_arrays(model) -> dict:
+    """A model's weights as numpy arrays of their own (a task's result: no tensor shares them)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def state_tensors(state: dict) -> dict:
+    """Weights as tensors, from :func:`state_arrays` (copied: arrays from Ray's object store are read-only)."""
+    import numpy as np
+    import torch
+
+    return {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v)) for k, v in state.items()}
+
+
 def model_from_state(arch: str, in_channels: int, num_classes: int, image_size: int, state: dict):
     """A model of ``arch`` holding ``state`` (tensors or numpy arrays). Built under a fixed seed:
     its throw-away initialisation never draws from torch's global RNG, which a training in another
     thread (the local runner) may be using."""
-    import numpy as np
-    import torch
-
     with seeded(0):
         model = build_model(arch, in_channels, num_classes, image_size)
-    model.load_state_dict({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
-                           for k, v in state.items()})
+    model.load_state_dict(state_tensors(state))
     return model
 
 

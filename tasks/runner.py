@@ -23,7 +23,12 @@ import contextlib
 import functools
 import os
 import socket
-from typing import Any, Callable, Iterator, Optional
+import sys
+from typing import Any, Callable, Iterator, Optional, TypeVar
+
+from tasks.common import ray_node_id
+
+T = TypeVar("T")
 
 # passed to Ray workers: the servers they report to (a worker without PREFECT_API_URL starts a
 # temporary Prefect server of its own) and the project's test hooks
@@ -33,13 +38,6 @@ _WORKER_ENV = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_ANA
 
 def is_ray(params: dict) -> bool:
     return params["runner"]["kind"] == "ray"
-
-
-def concurrency(params: dict) -> int:
-    """How many tasks the local runner runs at once: one per CUDA device, else one."""
-    from kdprune.device import device_count
-
-    return device_count(params["device"])
 
 
 def worker_env() -> dict[str, str]:
@@ -53,21 +51,17 @@ def ray_init_kwargs(params: dict) -> dict[str, Any]:
     null) binds to loopback with the dashboard off; its workers are started by it on this machine,
     with this process's environment and import path, so they need no runtime environment, and
     Ray's pre-started workers take the first tasks (a runtime environment would start new ones)."""
-    kw: dict[str, Any] = {"logging_level": "WARNING"}
     address = params["runner"]["address"]
     if address is None:  # "local": a new instance even where a cluster runs on this machine
-        kw.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                  num_cpus=os.cpu_count() or 1)
-        return kw
+        return {"address": "local", "logging_level": "WARNING", "include_dashboard": False,
+                "_node_ip_address": "127.0.0.1", "num_cpus": os.cpu_count() or 1}
     import flows
     import kdprune
     import tasks
 
-    kw["runtime_env"] = {"py_modules": [kdprune, tasks, flows], "env_vars": worker_env(),
-                         "excludes": ["__pycache__", "*.pyc"]}
-    if address == "auto":
-        kw["address"] = "auto"
-    return kw
+    return {"address": address, "logging_level": "WARNING",
+            "runtime_env": {"py_modules": [kdprune, tasks, flows], "env_vars": worker_env(),
+                            "excludes": ["__pycache__", "*.pyc"]}}
 
 
 def task_runner(params: dict):
@@ -75,12 +69,13 @@ def task_runner(params: dict):
     if not is_ray(params):
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        return ThreadPoolTaskRunner(max_workers=concurrency(params))
+        from kdprune.device import device_count
+
+        return ThreadPoolTaskRunner(max_workers=device_count(params["device"]))  # one per CUDA device, or one
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from prefect_ray import RayTaskRunner
 
-    address = params["runner"]["address"]
-    return RayTaskRunner(address=None if address == "auto" else address, init_kwargs=ray_init_kwargs(params))
+    return RayTaskRunner(init_kwargs=ray_init_kwargs(params))  # the address is one of ray.init's arguments
 
 
 def fan_out(stage_flow, stage: str, has_tasks: Callable[[dict], bool] = lambda p: True):
@@ -112,9 +107,7 @@ def ray_session(params: dict) -> Iterator[None]:
 
     owned = not ray.is_initialized()
     if owned:
-        kw = ray_init_kwargs(params)
-        address = params["runner"]["address"]
-        ray.init(*(() if address in (None, "auto") else (address,)), **kw)
+        ray.init(**ray_init_kwargs(params))
         # each worker imports torch, Prefect's task engine and the tasks now, while the stages before
         # the fan-out run here (about 5 s per worker on this machine), not when the first student arrives
         warm = ray.remote(num_cpus=params["runner"]["cpus_per_task"])(_import_task_modules)
@@ -153,6 +146,23 @@ def resources(params: dict, device: str) -> Iterator[None]:
         yield
 
 
+def run_tasks(params: dict, device: str, task, calls: list[tuple], handle: Callable[[int, Any], T],
+              order: Optional[list[int]] = None) -> list[T]:
+    """A fan-out: ``task.submit(*calls[i])`` for each call (in ``order``, default as given) on the
+    flow's runner with the runner's resources, each result handed to ``handle(i, result)`` in this
+    process as soon as it arrives; returns what ``handle`` returned, in call order. Torch runs
+    ``cpus_per_task`` threads in this process meanwhile (the local runner's tasks run here)."""
+    from prefect.futures import as_completed
+
+    with task_threads(params["runner"]["cpus_per_task"]):
+        with resources(params, device):
+            futures = {task.submit(*calls[i]): i for i in (range(len(calls)) if order is None else order)}
+        done = {}
+        for f in as_completed(list(futures)):
+            done[futures[f]] = handle(futures[f], f.result())
+    return [done[i] for i in range(len(calls))]
+
+
 def _import_task_modules() -> None:
     import importlib
 
@@ -160,10 +170,14 @@ def _import_task_modules() -> None:
         importlib.import_module(m)
 
 
-def task_device(params: dict, device: str) -> str:
-    """The device a task trains on: under Ray, the GPU Ray assigned it (CUDA_VISIBLE_DEVICES is set
-    to it, so ``cuda``), else the one the stage gave it."""
-    return "cuda" if is_ray(params) and device.startswith("cuda") else device
+def task_device(params: dict, device: str):
+    """Inside a task: torch set to ``cpus_per_task`` threads (the stage's process restores its own
+    after a local fan-out), and the device to train on: under Ray the GPU Ray assigned the task
+    (CUDA_VISIBLE_DEVICES is set to it, so ``cuda``), else the one the stage gave it."""
+    import torch
+
+    torch.set_num_threads(params["runner"]["cpus_per_task"])
+    return torch.device("cuda" if is_ray(params) and device.startswith("cuda") else device)
 
 
 @contextlib.contextmanager
@@ -182,18 +196,9 @@ def task_threads(n: int) -> Iterator[None]:
 
 def where() -> dict[str, Optional[str]]:
     """Where a task runs: host name and process id, and under Ray the node's id and IP address."""
-    out = {"host": socket.gethostname(), "pid": os.getpid(), "ray_node_id": None, "ray_node_ip": None}
-    try:
-        import ray
-
-        if ray.is_initialized():
-            ctx = ray.get_runtime_context()
-            if ctx.worker.mode == ray.WORKER_MODE:
-                out["ray_node_id"] = ctx.get_node_id()
-                out["ray_node_ip"] = ray.util.get_node_ip_address()
-    except ImportError:
-        pass
-    return out
+    node = ray_node_id()
+    ip = sys.modules["ray"].util.get_node_ip_address() if node else None
+    return {"host": socket.gethostname(), "pid": os.getpid(), "ray_node_id": node, "ray_node_ip": ip}
 
 
 def node_tags(node: dict) -> dict[str, str]:

@@ -28,7 +28,7 @@ from tasks.common import (
     timed_work, FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json,
     checkpoint_root, fingerprint, inside, load_prepared, sha256_file, stage_tags,
 )
-from tasks.model_io import device_data, load_model, model_from_state
+from tasks.model_io import device_data, load_model, model_from_state, state_arrays, state_tensors
 from tasks.cost import measure_cost
 from tasks.runlog import write_record
 from tasks.runner import task_device, where
@@ -73,9 +73,8 @@ def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -
     recording the weights at scores.grand_epoch and EL2N's logits. ``memo``: a random
     scores.memorization_fraction subset, then which training examples the final model classifies correctly."""
     log = get_run_logger()
-    torch.set_num_threads(params["runner"]["cpus_per_task"])  # the stage's process restores its own (local runner)
     sp, tp = params["scores"], params["teacher"]
-    dev = torch.device(task_device(params, device))
+    dev = task_device(params, device)
     meta = inputs["meta"]
     train_d = device_data(meta, inputs["train"], dev)
     c, h, _ = meta["shape"]
@@ -88,7 +87,7 @@ def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -
     t0 = time.perf_counter()
     if kind == "proxy":
         def keep_weights(tag: str) -> None:
-            files[tag] = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+            files[tag] = state_arrays(model)
 
         if sp["grand_epoch"] == 0:
             keep_weights("grand")
@@ -133,8 +132,7 @@ def keep_proxy(workdir: Path, res: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for name, value in res["files"].items():
         if isinstance(value, dict):  # weights
-            atomic_write_bytes(out / f"{name}.safetensors",
-                               save({k: torch.from_numpy(np.array(v)) for k, v in value.items()}))
+            atomic_write_bytes(out / f"{name}.safetensors", save(state_tensors(value)))
         else:
             atomic_save_npy(out / f"{name}.npy", value)
     atomic_write_json(out / "info.json", {**res["info"], "seconds": res["seconds"], "checkpoint": res["checkpoint"]})

@@ -54,7 +54,7 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Optional[Tr
         fault_point(root, stage, epoch)
 
     ckpt = FileCheckpoint(checkpoint_root(root), stage, arch if stage != "teacher" else "teacher",
-                          fingerprint(tp, arch, meta["sha256"], str(device)), log)
+                          fingerprint(tp, arch, meta["sha256"], str(device), torch.get_num_threads()), log)
     log.info(f"training {stage} {arch} on {len(train_d)} examples for {tp['epochs']} epochs on {device}")
     with progress(f"{stage} {arch}", tp["epochs"], "epoch") as bar:
         res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)

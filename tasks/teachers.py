@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import timed_work, atomic_write_json, load_prepared, stage_tags
-from tasks.model_io import model_from_state, save_model
+from tasks.model_io import model_from_state, save_model, state_arrays
 from tasks.runner import node_tags, task_device, where
 from tasks.teacher import fit_teacher, model_info
 from tasks.runlog import stable_history
@@ -40,12 +39,11 @@ def train_extra_teacher(params: dict, arch: str, inputs: dict, device: str) -> d
     history and the node it ran on (the stage's process records them: :func:`record_extra_teacher`)."""
     log = get_run_logger()
     started = time.time()
-    torch.set_num_threads(params["runner"]["cpus_per_task"])  # the stage's process restores its own (local runner)
     meta = inputs["meta"]
     model, res, val, meta, splits, ckpt = fit_teacher(
         Path(inputs["checkpoints"]), params, arch, "teachers", None, None, log, record_dynamics=False,
         data=(meta, {"train": inputs["train"], "val": inputs["val"]}), device=task_device(params, device))
-    return {"arch": arch, "state": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+    return {"arch": arch, "state": state_arrays(model),
             "history": res.history, "best_epoch": res.best_epoch, "val_acc": val["acc"], "val_loss": val["loss"],
             "steps": res.steps, "n_train": len(splits["train"]), "wall_s": res.seconds, "started": started,
             "ended": time.time(), "node": where(), "checkpoint": str(ckpt.path)}
