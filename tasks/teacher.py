@@ -25,7 +25,7 @@ from tasks.tracking import Tracker
 
 def train_config(section: dict, **extra) -> TrainConfig:
     """TrainConfig from a teacher/student params section."""
-    keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "pad", "flip", "compile")
+    keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "pad", "flip", "compile", "channels_last")
     return TrainConfig(**{**{k: section[k] for k in keys}, **extra})
 
 

@@ -119,6 +119,13 @@ def test_exact_parameter_counts():
     assert _n_params(build_model("resnet18", 3, 10, 32)) == 11_173_962
     assert _n_params(build_model("resnet20", 3, 10, 32)) == 272_474
     assert _n_params(build_model("wrn28_10", 3, 10, 32)) == 36_479_194
+    # conv 1->16 (144) + BN, conv 16->32 (4,608) + BN, FC 32*7*7->128 (200,704) + BN, head 128->10
+    assert _n_params(build_model("pool_cnn", 1, 10, 28)) == 144 + 32 + 4_608 + 64 + 200_704 + 256 + 1_290
+
+
+def test_pool_cnn_refuses_images_it_cannot_pool_twice():
+    with pytest.raises(ValueError, match="too small"):
+        build_model("pool_cnn", 1, 10, 3)
 
 
 def test_wrn_dropout_is_off_by_default_and_optional():

@@ -124,3 +124,26 @@ def test_torch_compile_trains_like_eager():
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
     for k, v in runs[0].best_state.items():
         torch.testing.assert_close(v.float(), runs[1].best_state[k].float(), rtol=1e-3, atol=1e-4)
+
+
+def test_channels_last_on_cpu_trains_like_contiguous_in_nhwc():
+    """``channels_last: true`` trains in NHWC on CPU (the Fashion study's speed-up): the weights are kept
+    NHWC and the run matches the contiguous one up to rounding; null keeps CPU runs contiguous."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (96, 1, 28, 28), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (96,), generator=g)
+    data = DeviceData.from_numpy(x.numpy(), y.numpy(), [0.5], [0.25], torch.device("cpu"))
+    runs, models = [], []
+    for cl in (None, True):
+        with seeded(0):
+            model = build_model("pool_cnn", 1, 10, 28)
+        runs.append(train(model, data, TrainConfig(epochs=2, batch_size=32, lr=0.05, pad=0, channels_last=cl)))
+        models.append(model)
+    conv = [m for m in models[1].modules() if isinstance(m, torch.nn.Conv2d)][1].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    conv0 = [m for m in models[0].modules() if isinstance(m, torch.nn.Conv2d)][1].weight
+    assert conv0.is_contiguous()
+    for a, b in zip(runs[0].history, runs[1].history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    for k, v in runs[0].best_state.items():
+        torch.testing.assert_close(v.float(), runs[1].best_state[k].float(), rtol=1e-3, atol=1e-4)

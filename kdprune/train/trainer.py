@@ -85,6 +85,7 @@ class TrainConfig:
     max_steps: Optional[int] = None  # equal-steps budget: stop after this many optimizer steps
     stop_after: Optional[int] = None  # train only the first epochs of the `epochs`-long schedule (proxies read early)
     compile: bool = False  # torch.compile the training forward passes (student and KD teacher)
+    channels_last: Optional[bool] = None  # NHWC activations (None: on CUDA only); on CPU 1.4-1.8x faster convs
 
 
 class CheckpointStore(Protocol):
@@ -209,7 +210,8 @@ def train(
     if sampler is not None and (sampler.n != n or sampler.epochs != cfg.epochs):
         raise ValueError(f"sampler built for n={sampler.n}, epochs={sampler.epochs}; training has n={n}, "
                          f"epochs={cfg.epochs}")
-    if device.type == "cuda":
+    channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.to(device)
     if teacher is not None:
@@ -297,7 +299,7 @@ def train(
             rows = subset[local]
             xb = augment_batch(data.x[rows], aug.dy[rows], aug.dx[rows], None if aug.flip is None else aug.flip[rows], cfg.pad)
             xb = data.normalise(xb)
-            if device.type == "cuda":
+            if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yb = data.y[rows]
             with _autocast(device):
