@@ -64,11 +64,40 @@ def load_params(root: Path | str, stage: Optional[str] = None) -> dict:
     path = Path(root) / "params.yaml"
     if not path.exists():
         raise ParamsError(f"{path} not found: run from the project directory (the one with params.yaml)")
+    return validate(parse_params_text(path, path.read_text()), stage)
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if a.get(k, "<missing>") != b.get(k, "<missing>"):
+                return _first_difference(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{where}.{k}" if where else str(k))
+    return f"{where or 'the file'}: {a!r} here, {b!r} for DVC"
+
+
+def parse_params_text(path: Path, text: str) -> dict:
+    """A params file's YAML, read as kdprune reads it (PyYAML) and checked to read the same under the
+    parser DVC uses (ruamel, YAML 1.2): an unquoted ``random:global`` inside ``[...]`` or a bare ``yes``
+    parses under one and not (or differently) under the other, and DVC would then fail or track
+    other values than the ones validated."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml import YAMLError as RuamelError
+
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ParamsError(f"{path} is not valid YAML: {e}") from None
-    return validate(raw, stage)
+    try:
+        theirs = YAML(typ="safe").load(text)
+    except RuamelError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ParamsError(f"{path}: DVC's YAML parser cannot read it{at}: {getattr(e, 'problem', None) or e}. "
+                          "A value holding ':' inside [...] must be quoted, e.g. ['random', 'random:global']") from None
+    if theirs != raw:
+        raise ParamsError(f"{path} reads differently under DVC's YAML parser (YAML 1.2) at "
+                          f"{_first_difference(raw, theirs)}; quote the value or write true/false") from None
+    return raw
 
 
 def inside(root: Path, rel: str | Path) -> Path:
@@ -110,7 +139,7 @@ def sweep_params(root: Path, profile: Optional[str], overrides: list[str]) -> di
                               f"{', '.join(profile_names(root))}")
     else:
         src = root / "params.yaml"
-    raw = yaml.safe_load(src.read_text()) or {}
+    raw = parse_params_text(src, src.read_text()) or {}
     for text in overrides:
         path, value = parse_override(text)
         node = raw

@@ -14,7 +14,7 @@ from kdprune.data import stratified_subsample
 from kdprune.distill import SCHEDULES, kd_settings
 from kdprune.models import build_model
 from kdprune.train import DeviceData, TrainConfig, predict_logits, seeded, train
-from tasks.common import sweep_params, write_params
+from tasks.common import parse_params_text, sweep_params, write_params
 
 
 def test_schedules_give_the_weight_of_each_fraction():
@@ -114,6 +114,29 @@ def test_profile_plus_overrides_is_validated_before_params_yaml_is_written(tmp_p
     with pytest.raises(ParamsError, match="not KEY=VALUE"):
         sweep_params(tmp_path, "p", ["student.kd_weights"])
     assert (tmp_path / "params.yaml").read_text() == before
+
+
+def test_a_profile_dvc_cannot_read_as_validated_is_refused_before_anything_is_written(tmp_path):
+    """PyYAML reads `[random, random:global]` and a bare `yes`; DVC's parser (ruamel, YAML 1.2) fails on the
+    first and reads the second as a string, so `dvc repro` would die (or track other values) after validation
+    said yes. Every profile in the repo reads the same under both."""
+    from bench.project import REPO
+
+    (tmp_path / "profiles").mkdir()
+    text = (REPO / "profiles" / "fashion_mnist.yaml").read_text()
+    assert "'random:global'" in text
+    (tmp_path / "profiles" / "colon.yaml").write_text(text.replace("'random:global'", "random:global"))
+    (tmp_path / "profiles" / "yes.yaml").write_text(text.replace("flip: false", "flip: no", 1))
+    (tmp_path / "params.yaml").write_text("device: cpu\n")
+    with pytest.raises(ParamsError, match=r"colon.yaml: DVC's YAML parser cannot read it \(line \d+, column \d+\).*"
+                                          r"must be quoted, e.g. \['random', 'random:global'\]"):
+        sweep_params(tmp_path, "colon", [])
+    with pytest.raises(ParamsError, match=r"yes.yaml reads differently under DVC's YAML parser .* at teacher.flip: "
+                                          r"False here, 'no' for DVC"):
+        sweep_params(tmp_path, "yes", [])
+    assert (tmp_path / "params.yaml").read_text() == "device: cpu\n"
+    for profile in sorted((REPO / "profiles").glob("*.yaml")):
+        parse_params_text(profile, profile.read_text())
 
 
 def test_default_profile_is_params_yaml():
