@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         # the writer touches no store until a stage opens it, so bad params below still leave nothing behind
         start_writer()
     from kdprune.config import ParamsError  # torch and the registries: after the writer has started
-    from tasks.common import load_params, profile_names, sweep_params
+    from tasks.params import load_params, profile_names, sweep_params
 
     if args.command == "stop":
         print("stopped the local Prefect server" if stop_prefect_server() else "no local Prefect server was running")
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         if args.command == "profile":
-            from tasks.common import write_params
+            from tasks.params import write_params
 
             if not args.name:
                 raise ParamsError("profile: name one, e.g. `kdprune profile fashion_mnist`; available: "

@@ -4,7 +4,12 @@ from typing import Optional
 from prefect import flow, get_run_logger
 
 from kdprune.device import device_count, resolve_device
-from tasks.common import atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds
+from tasks.artifacts import load_prepared
+from tasks.checkpoints import drop_checkpoints
+from tasks.files import atomic_directory
+from tasks.params import load_params
+from tasks.provenance import stage_tags
+from tasks.workclock import work_seconds
 from tasks.distill import (
     group_variants, record_student, student_cost, student_inputs, student_variants, teacher_facts, train_student,
 )

@@ -24,7 +24,8 @@ from flows.teacher import teacher_flow
 from flows.teachers import teachers_flow
 from flows.validate import validate_stage
 from kdprune.report import FIGURES
-from tasks.common import git_commit, load_params
+from tasks.params import load_params
+from tasks.provenance import git_commit
 from tasks.runner import ray_session
 from tasks.runtime import project_root
 from tasks.tracking import Tracker

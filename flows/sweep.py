@@ -16,7 +16,7 @@ from typing import Optional
 from prefect import flow, get_run_logger
 
 from flows.pipeline import run_stages
-from tasks.common import sweep_params, write_params
+from tasks.params import sweep_params, write_params
 from tasks.runtime import project_root
 
 def apply_profile(root: Path, profile: Optional[str], overrides: list[str]) -> bool:

@@ -4,9 +4,12 @@ from typing import Optional
 from prefect import flow
 
 from kdprune.device import resolve_device
-from tasks.common import (
-    atomic_directory, drop_checkpoints, load_params, load_prepared, stage_tags, work_seconds,
-)
+from tasks.artifacts import load_prepared
+from tasks.checkpoints import drop_checkpoints
+from tasks.files import atomic_directory
+from tasks.params import load_params
+from tasks.provenance import stage_tags
+from tasks.workclock import work_seconds
 from tasks.runlog import write_record, write_task_index
 from tasks.runner import fan_out, run_tasks, share
 from tasks.teachers import record_extra_teacher, train_extra_teacher

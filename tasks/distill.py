@@ -18,10 +18,11 @@ from kdprune.models import build_model
 from kdprune.selection import budget, make_sampler
 from kdprune.distill import kd_settings
 from kdprune.train import evaluate, predict_logits, seeded, train
-from tasks.common import (
-    timed_work, FileCheckpoint, atomic_write_json, checkpoint_root, fault_point, fingerprint, load_manifest,
-    load_prepared, md5_file, sha256_file, stage_tags,
-)
+from tasks.artifacts import load_manifest, load_prepared
+from tasks.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
+from tasks.files import atomic_write_json, md5_file, sha256_file
+from tasks.provenance import stage_tags
+from tasks.workclock import timed_work
 from tasks.model_io import device_data, load_model, model_from_state, save_model, state_arrays
 from tasks.progress import note
 from tasks.runner import node_tags, share, task_device, where

@@ -19,9 +19,10 @@ from prefect.cache_policies import NO_CACHE
 from kdprune.report import FIGURES, build_report, dvc_metrics, plot_accuracy, plot_data, plot_teacher_size, plot_weight_heatmap
 from kdprune.device import resolve_device
 from kdprune.train import evaluate
-from tasks.common import (
-    timed_work, atomic_write_bytes, atomic_write_json, atomic_write_text, load_prepared, stage_tags,
-)
+from tasks.artifacts import load_prepared
+from tasks.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from tasks.provenance import stage_tags
+from tasks.workclock import timed_work
 from tasks.model_io import device_data, load_model
 from tasks.runlog import read_record
 from tasks.teachers import teacher_dir

@@ -10,9 +10,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from kdprune.data import DATASETS, stratified_split, stratified_subsample
-from tasks.common import timed_work, atomic_directory, atomic_save_npy, atomic_write_json, combined_sha256, prepared_dir, sha256_file
+from tasks.artifacts import prepared_dir
+from tasks.files import atomic_directory, atomic_save_npy, atomic_write_json, combined_sha256, sha256_file
+from tasks.workclock import timed_work
 from tasks.tracking import Tracker
-from tasks.common import git_commit
+from tasks.provenance import git_commit
 
 
 @task(name="prepare-dataset", cache_policy=NO_CACHE, persist_result=False)

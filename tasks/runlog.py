@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tasks.common import atomic_write_json
+from tasks.files import atomic_write_json
 
 
 def record_path(root: Path | str, stage: str) -> Path:

@@ -26,7 +26,7 @@ import socket
 import sys
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
-from tasks.common import ray_node_id
+from tasks.checkpoints import ray_node_id
 
 T = TypeVar("T")
 
@@ -83,7 +83,7 @@ def fan_out(stage_flow, stage: str, has_tasks: Callable[[dict], bool] = lambda p
     ``runner`` asks for (a Prefect flow's task runner is fixed when it is called, so it is chosen
     here, per call). A stage with nothing to fan out (``has_tasks`` false) runs locally and starts
     no Ray instance."""
-    from tasks.common import load_params
+    from tasks.params import load_params
 
     @functools.wraps(stage_flow)
     def run(root: str = ".", parent_run_id: Optional[str] = None) -> dict:

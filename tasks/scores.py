@@ -24,10 +24,12 @@ from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.scores import SCORES, ScoreContext
 from kdprune.train import predict_logits, seeded, train
-from tasks.common import (
-    timed_work, FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json,
-    checkpoint_root, fingerprint, inside, load_prepared, sha256_file, stage_tags,
-)
+from tasks.artifacts import load_prepared
+from tasks.checkpoints import checkpoint_root, FileCheckpoint, fingerprint
+from tasks.files import atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json, sha256_file
+from tasks.params import inside
+from tasks.provenance import stage_tags
+from tasks.workclock import timed_work
 from tasks.model_io import device_data, load_model, model_from_state, state_arrays, state_tensors
 from tasks.cost import measure_cost
 from tasks.runlog import write_record

@@ -21,10 +21,10 @@ from prefect.cache_policies import NO_CACHE
 
 from kdprune.device import resolve_device
 from kdprune.selection import JOINT, ccs_beta_at, parse_method, run_joint, select
-from tasks.common import (
-    timed_work,
-    IntegrityError, atomic_directory, atomic_write_json, ids_sha256, load_prepared, sha256_file, stage_tags,
-)
+from tasks.artifacts import ids_sha256, load_prepared
+from tasks.files import atomic_directory, atomic_write_json, IntegrityError, sha256_file
+from tasks.provenance import stage_tags
+from tasks.workclock import timed_work
 from tasks.runlog import write_record
 from tasks.tracking import Tracker
 

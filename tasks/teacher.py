@@ -13,10 +13,11 @@ from prefect.cache_policies import NO_CACHE
 from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.train import TrainConfig, evaluate, seeded, train
-from tasks.common import (
-    timed_work, FileCheckpoint, atomic_directory, atomic_save_npy, atomic_write_json, checkpoint_root, fault_point,
-    fingerprint, load_prepared, stage_tags,
-)
+from tasks.artifacts import load_prepared
+from tasks.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
+from tasks.files import atomic_directory, atomic_save_npy, atomic_write_json
+from tasks.provenance import stage_tags
+from tasks.workclock import timed_work
 from tasks.model_io import device_data, save_model
 from tasks.progress import progress
 from tasks.runlog import stable_history, write_record

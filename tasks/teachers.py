@@ -14,7 +14,10 @@ from typing import Optional
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import timed_work, atomic_write_json, load_prepared, stage_tags
+from tasks.artifacts import load_prepared
+from tasks.files import atomic_write_json
+from tasks.provenance import stage_tags
+from tasks.workclock import timed_work
 from tasks.model_io import model_from_state, save_model, state_arrays
 from tasks.runner import node_tags, task_device, where
 from tasks.teacher import fit_teacher, model_info

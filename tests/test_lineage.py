@@ -71,7 +71,7 @@ def stage_imports(stage: str) -> set[str]:
         "import importlib, json, sys\n"
         "import flows.__main__\n"
         f"importlib.import_module('flows.{stage}')\n"
-        "from tasks.common import load_params\n"
+        "from tasks.params import load_params\n"
         f"load_params('.', {None if stage == 'validate' else repr(stage)})\n"
         "print(json.dumps([getattr(m, '__file__', None) for m in list(sys.modules.values())]))\n"
     )

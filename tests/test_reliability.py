@@ -101,7 +101,8 @@ def test_prefect_retry_of_a_failed_student_resumes_from_its_checkpoint(proj):
 
 def _check_outs_complete(root: Path) -> list[str]:
     """Every stage output that exists is whole; returns the outputs found."""
-    from tasks.common import load_manifest, sha256_file
+    from tasks.artifacts import load_manifest
+    from tasks.files import sha256_file
 
     found = []
     prepared = root / "data" / "prepared" / "digits"
@@ -192,7 +193,8 @@ def test_a_failing_stage_leaves_the_stages_before_it_recorded_in_dvc_lock(tmp_pa
 def test_corrupt_or_truncated_prepared_data_is_refused(proj, tmp_path):
     import shutil
 
-    from tasks.common import IntegrityError, load_prepared
+    from tasks.artifacts import load_prepared
+    from tasks.files import IntegrityError
 
     for damage in ("flip", "truncate"):
         root = tmp_path / damage
@@ -324,7 +326,7 @@ def test_tracking_server_lost_mid_run_keeps_the_model_and_says_what_was_not_logg
 # ---------------------------------------------------------------- safety
 
 def test_checkpoints_load_weights_only(tmp_path):
-    from tasks.common import FileCheckpoint
+    from tasks.checkpoints import FileCheckpoint
 
     class Evil:
         def __reduce__(self):
@@ -349,7 +351,7 @@ def test_local_servers_bind_loopback_only(proj):
 
 def test_paths_from_params_cannot_escape_the_project(tmp_path):
     from kdprune.config import ParamsError, validate
-    from tasks.common import inside
+    from tasks.params import inside
 
     assert inside(tmp_path, "data/x") == (tmp_path / "data" / "x").resolve()
     for bad in ("../outside", "/etc/passwd", "data/../../x"):

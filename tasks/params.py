@@ -1,0 +1,119 @@
+"""params.yaml and the profiles: read (checked to read the same under DVC's parser), validated, written."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from kdprune.config import ParamsError, validate
+from tasks.files import atomic_write_text
+
+
+def load_params(root: Path | str, stage: Optional[str] = None) -> dict:
+    """Read and validate ``params.yaml``; raise ParamsError naming every bad key. With ``stage``, names
+    are checked only against the registries that stage uses (kdprune.config.STAGE_NAMES)."""
+    path = Path(root) / "params.yaml"
+    if not path.exists():
+        raise ParamsError(f"{path} not found: run from the project directory (the one with params.yaml)")
+    return validate(parse_params_text(path, path.read_text()), stage)
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if a.get(k, "<missing>") != b.get(k, "<missing>"):
+                return _first_difference(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{where}.{k}" if where else str(k))
+    return f"{where or 'the file'}: {a!r} here, {b!r} for DVC"
+
+
+def parse_params_text(path: Path, text: str) -> dict:
+    """A params file's YAML, read as kdprune reads it (PyYAML) and checked to read the same under the
+    parser DVC uses (ruamel, YAML 1.2): an unquoted ``random:global`` inside ``[...]`` or a bare ``yes``
+    parses under one and not (or differently) under the other, and DVC would then fail or track
+    other values than the ones validated."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml import YAMLError as RuamelError
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {e}") from None
+    try:
+        theirs = YAML(typ="safe").load(text)
+    except RuamelError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ParamsError(f"{path}: DVC's YAML parser cannot read it{at}: {getattr(e, 'problem', None) or e}. "
+                          "A value holding ':' inside [...] must be quoted, e.g. ['random', 'random:global']") from None
+    if theirs != raw:
+        raise ParamsError(f"{path} reads differently under DVC's YAML parser (YAML 1.2) at "
+                          f"{_first_difference(raw, theirs)}; quote the value or write true/false") from None
+    return raw
+
+
+def inside(root: Path, rel: str | Path) -> Path:
+    """Resolve an output path from params, refusing anything that escapes the project."""
+    root = Path(root).resolve()
+    p = (root / rel).resolve()
+    if p != root and root not in p.parents:
+        raise ParamsError(f"path {str(rel)!r} leaves the project directory {root}; use a path inside it")
+    return p
+
+
+PROFILES = "profiles"
+
+
+def profile_names(root: Path) -> list[str]:
+    return sorted(p.stem for p in (Path(root) / PROFILES).glob("*.yaml"))
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``student.kd_weights=[0.3,0.9]`` -> (["student", "kd_weights"], [0.3, 0.9]); the value is YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {text!r} is not KEY=VALUE (e.g. student.seeds=[0,1,2])")
+    try:
+        return key.strip().split("."), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"override {text!r}: the value is not valid YAML: {e}") from None
+
+
+def sweep_params(root: Path, profile: Optional[str], overrides: list[str]) -> dict:
+    """The params a sweep runs with: the profile (or the current params.yaml) plus the overrides, validated."""
+    root = Path(root)
+    if profile:
+        src = root / PROFILES / f"{profile}.yaml"
+        if not src.exists():
+            raise ParamsError(f"no profile {profile!r} in {root / PROFILES}; available: "
+                              f"{', '.join(profile_names(root))}")
+    else:
+        src = root / "params.yaml"
+    raw = parse_params_text(src, src.read_text()) or {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for k in path[:-1]:
+            if not isinstance(node.setdefault(k, {}), dict):
+                raise ParamsError(f"override {text!r}: {k} is not a section")
+            node = node[k]
+        node[path[-1]] = value
+    validate(raw)  # every problem named before anything is written
+    return raw
+
+
+def write_params(root: Path, raw: dict, origin: str, profile: Optional[str] = None, overrides=()) -> bool:
+    """Write params.yaml (atomically) if it differs; True when it changed. A profile without
+    overrides is copied verbatim (its comments too)."""
+    path = Path(root) / "params.yaml"
+    if profile and not overrides:
+        text = (Path(root) / PROFILES / f"{profile}.yaml").read_text()
+    else:
+        text = (f"# kdprune params written by `{origin}`; every key is validated before any compute\n"
+                "# (kdprune/config.py). Restore the default profile with `make profile NAME=digits`.\n"
+                + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None))
+    old = yaml.safe_load(path.read_text()) if path.exists() else None
+    if old == raw:
+        return False
+    atomic_write_text(path, text)
+    return True
