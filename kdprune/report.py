@@ -13,6 +13,19 @@ from kdprune import analysis as A
 
 FIGURES = ("accuracy_vs_fraction.png", "kd_weight_heatmap.png", "teacher_size.png")
 
+# Published test accuracies of models of the size these studies train, per dataset, so a reader can tell
+# whether a sweep's no-KD full-data baseline is healthy: (model, parameters, training, accuracy, source).
+PUBLISHED = {
+    "fashion_mnist": [
+        ("2 conv + pooling (TensorFlow's tutorial CNN)", "3.3 M", "no augmentation", 0.916,
+         "zalandoresearch/fashion-mnist benchmark table"),
+        ("2 conv, under 100 K parameters", "< 100 K", "no augmentation", 0.925,
+         "zalandoresearch/fashion-mnist benchmark table"),
+    ],
+    "mnist": [("LeNet-5", "60 K", "no augmentation", 0.9905, "LeCun et al. 1998 (0.95% error)")],
+    "cifar10": [("ResNet-20", "0.27 M", "flip + 4 px translation, 164 epochs", 0.9125, "He et al. 2016, table 6")],
+}
+
 
 def dvc_metrics(df: pd.DataFrame, teachers: pd.DataFrame, main_teacher: str) -> dict:
     """The DVC metrics file: test accuracy per method, kept fraction and KD arm (mean over seeds) for
@@ -119,6 +132,7 @@ def build_report(df: pd.DataFrame, teachers: pd.DataFrame, ctx: dict) -> str:
     else:
         lines.append("One teacher architecture in this sweep; list others in student.teachers to ask this question.")
 
+    lines += baseline_section(main, ctx)
     if ctx.get("recipes"):
         lines += ["", "## How each method selected", ""]
         lines += [f"- `{label}`: {text}" for label, text in ctx["recipes"].items()]
@@ -150,6 +164,26 @@ def build_report(df: pd.DataFrame, teachers: pd.DataFrame, ctx: dict) -> str:
         lines.append(f"{c.number}. **{c.verdict.upper()}** — {c.claim} {c.evidence}.")
     lines += ["", f"{len(df)} students; per-student rows in `reports/results.csv`.", ""]
     return "\n".join(lines)
+
+
+def baseline_section(main: pd.DataFrame, ctx: dict) -> list[str]:
+    """The no-KD student on the full pool beside published figures for a model of similar size."""
+    full = main[(main["fraction"] >= 1.0 - 1e-9) & ~main["kd"].astype(bool)]
+    refs = PUBLISHED.get(ctx["dataset"], [])
+    if full.empty:
+        return []
+    acc = full.groupby("seed")["test_acc"].mean()
+    ours = (f"No-KD {ctx['student_arch']} ({ctx['student_params']:,} parameters) on the full pool of "
+            f"{ctx['n_pool']:,}: {_cell(acc.mean(), acc.std(ddof=1) if len(acc) > 1 else 0.0, len(acc))}% test "
+            f"({int(full['epochs'].max())} epochs).")
+    lines = ["", "## Is the baseline healthy?", "", ours]
+    if not refs:
+        return lines + [f"No published figure for {ctx['dataset']} is recorded in kdprune.report.PUBLISHED."]
+    lines += ["", "| published model | parameters | training | test acc | source |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {m} | {n} | {t} | {100 * a:.2f} | {src} |" for m, n, t, a, src in refs]
+    gap = 100 * (acc.mean() - max(a for *_, a, _src in refs))
+    lines += ["", f"Ours is {abs(gap):.2f} points {'above' if gap >= 0 else 'below'} the best published figure listed."]
+    return lines
 
 
 def _png(fig) -> bytes:

@@ -135,3 +135,20 @@ def test_report_states_the_recipe_behind_each_method():
     ctx = {**CTX, "recipes": {"el2n": "score el2n_proxy: ...; proxies: runs 10, epochs 5, read_at_epoch 3"}}
     report = build_report(table(), TEACHERS, ctx)
     assert "## How each method selected" in report and "- `el2n`: score el2n_proxy: ...; proxies: runs 10" in report
+
+
+def test_report_puts_the_full_data_baseline_beside_published_figures():
+    df = table()
+    report = build_report(df, TEACHERS, CTX)
+    full = df[(df.fraction == 1.0) & (df.kd_weight == 0) & (df.teacher_arch == "small_cnn")]
+    per_seed = full.groupby("seed")["test_acc"].mean()
+    want = f"{100 * per_seed.mean():.2f} ± {100 * per_seed.std(ddof=1):.2f}% test (8 epochs)"
+    section = report.split("## Is the baseline healthy?")[1].split("\n## ")[0]
+    assert want in section, section
+    assert "| 2 conv + pooling (TensorFlow's tutorial CNN) | 3.3 M | no augmentation | 91.60 |" in section
+    assert "| 2 conv, under 100 K parameters | < 100 K | no augmentation | 92.50 |" in section
+    gap = 100 * per_seed.mean() - 92.5
+    assert f"Ours is {abs(gap):.2f} points {'above' if gap >= 0 else 'below'} the best published figure" in section
+    other = build_report(df, TEACHERS, {**CTX, "dataset": "digits"})
+    assert "No published figure for digits is recorded" in other
+    assert "Is the baseline healthy?" not in build_report(df[df.fraction < 1.0], TEACHERS, CTX)
