@@ -5,8 +5,9 @@ kept fraction (the figures README's scheme table quotes).
         [--both-modes] [--subsample gradmatch:global=5000 ...] [--option craig:global:max_matrix_mb=1024 ...]
         [--timeout 900]
 
-Builds the pool exactly as profiles/fashion_mnist.yaml's prepare stage does (val_fraction 0.05,
-max_train 15000, split_seed 0), trains the teacher with that profile's teacher settings (cached
+Builds the pool exactly as profiles/fashion_mnist.yaml's prepare stage does (its val_fraction,
+split_seed and max_train; ``--max-train N`` overrides the last, e.g. 15000 for the pool the README's
+figures were measured on; the inputs are cached per pool size), trains the teacher with that profile's teacher settings (cached
 under .kdprune/bench/joint/), computes the selectors' inputs once, then runs each (selector,
 mode, fraction) in a fresh subprocess so the peak resident-memory growth it reports is its own.
 ``--both-modes`` runs every selector per class and over the whole pool (not only its default
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".kdprune" / "bench" / "joint"
 
 
-def build(teacher_epochs: int) -> None:
+def build(teacher_epochs: int, max_train: int | None) -> None:
     import torch
     import yaml
 
@@ -51,7 +52,8 @@ def build(teacher_epochs: int) -> None:
     dp, tp = prof["data"], prof["teacher"]
     raw = DATASETS.get("fashion_mnist")(root=dp["root"])
     keep, held = stratified_split(raw.train_y, dp["val_fraction"], dp["split_seed"])
-    keep = keep[stratified_subsample(raw.train_y[keep], dp["max_train"], dp["split_seed"])]
+    if max_train is not None and max_train < len(keep):
+        keep = keep[stratified_subsample(raw.train_y[keep], max_train, dp["split_seed"])]
     x01 = raw.train_x[keep].astype(np.float64) / 255.0
     mean, std = x01.mean(axis=(0, 2, 3)), np.maximum(x01.std(axis=(0, 2, 3)), 1e-6)
     dev = torch.device("cpu")
@@ -129,6 +131,8 @@ def load_average() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher-epochs", type=int, default=12)
+    ap.add_argument("--max-train", type=int, default=None,
+                    help="training-pool size (default: the profile's data.max_train; null there: the whole pool)")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5])
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--both-modes", action="store_true",
@@ -140,6 +144,12 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900.0, help="stop a run after this many seconds")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: name|fraction|options json|pool
     a = ap.parse_args()
+    global WORK
+    import yaml
+
+    prof_max = yaml.safe_load((REPO / "profiles" / "fashion_mnist.yaml").read_text())["data"]["max_train"]
+    max_train = a.max_train if a.max_train is not None else prof_max
+    WORK = WORK / f"pool-{max_train or 'all'}"
     if a.one:
         name, frac, opts, pool = a.one.split("|", 3)
         print(json.dumps(measure(name, float(frac), json.loads(opts), int(pool))))
@@ -163,7 +173,7 @@ def main() -> None:
             raise SystemExit(f"--option {item!r}: expected NAME:MODE:KEY=VALUE with NAME a selector, MODE per-class "
                              "or global (--both-modes runs both), KEY one of the selector's options other than balance")
         extra.setdefault((sel, mode == "per-class"), {})[key] = json.loads(value)
-    build(a.teacher_epochs)
+    build(a.teacher_epochs, max_train)
     load_before = load_average()
     print(load_before, flush=True)
     t_all = time.perf_counter()
@@ -174,7 +184,8 @@ def main() -> None:
             opts = ({} if bal == default else {"balance": bal}) | extra.get((name, bal), {})
             pool = sub.get((name, bal), 0)
             for frac in a.fractions:
-                cmd = [sys.executable, "-m", "bench.joint_bench", "--one", f"{name}|{frac}|{json.dumps(opts)}|{pool}"]
+                cmd = [sys.executable, "-m", "bench.joint_bench", "--one", f"{name}|{frac}|{json.dumps(opts)}|{pool}",
+                       *(["--max-train", str(max_train)] if max_train else [])]
                 try:
                     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=a.timeout)
                 except subprocess.TimeoutExpired:
