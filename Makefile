@@ -60,7 +60,7 @@ stop:  ## stop the local Prefect server
 
 RAY_PORT ?= 6379
 ray-up: setup  ## a local Ray head on 127.0.0.1:$(RAY_PORT) (dashboard off); then runner.kind: ray, runner.address: auto
-	RAY_USAGE_STATS_ENABLED=0 $(BIN)/ray start --head --node-ip-address=127.0.0.1 --port=$(RAY_PORT) \
+	RAY_USAGE_STATS_ENABLED=0 RAY_worker_niceness=0 $(BIN)/ray start --head --node-ip-address=127.0.0.1 --port=$(RAY_PORT) \
 	    --include-dashboard=false --disable-usage-stats
 	@echo "[kdprune] Ray head on 127.0.0.1:$(RAY_PORT): set runner.kind: ray and runner.address: auto (or 127.0.0.1:$(RAY_PORT)) in params.yaml"
 
