@@ -64,7 +64,7 @@ def build(teacher_epochs: int, max_train: int | None) -> None:
     t0 = time.perf_counter()
     res = train(model, tr, train_config({**tp, "compile": False}, epochs=teacher_epochs), val=va)
     model.load_state_dict(res.best_state)
-    print(f"teacher: {teacher_epochs} epochs, {time.perf_counter() - t0:.0f}s, val acc {res.best_val_acc:.4f}",
+    print(f"teacher: {teacher_epochs} epochs, {time.perf_counter() - t0:.0f}s, val acc {res.best_score:.4f}",
           flush=True)
     WORK.mkdir(parents=True, exist_ok=True)
     torch.save({"state": model.state_dict(), "arch": tp["arch"]}, WORK / "teacher.pt")

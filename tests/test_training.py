@@ -147,3 +147,30 @@ def test_channels_last_on_cpu_trains_like_contiguous_in_nhwc():
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
     for k, v in runs[0].best_state.items():
         torch.testing.assert_close(v.float(), runs[1].best_state[k].float(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_val", [True, False])
+def test_best_model_is_selected_on_the_metric_it_names(data, with_val):
+    """The result says which history metric chose the model (val accuracy, or train accuracy when
+    there is no validation split) and holds that metric's best value, at the epoch whose weights it keeps.
+    The validation labels are shifted by one class, so its accuracy falls as the model learns and the
+    two metrics pick different epochs."""
+    train_d, val_d = data
+    wrong = DeviceData(val_d.x, (val_d.y + 1) % 10, val_d.mean, val_d.std)
+    with seeded(0):
+        model = build_model("small_cnn", 1, 10, 8)
+    weights = {}
+
+    def on_epoch(epoch, m):
+        weights[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    res = train(model, train_d, TrainConfig(epochs=4, batch_size=64, lr=0.2), val=wrong if with_val else None,
+                on_epoch=on_epoch)
+    metric = "val_acc" if with_val else "train_acc"
+    assert res.selected_on == metric and metric in res.history[0]
+    scores = [h[metric] for h in res.history]
+    assert res.best_score == max(scores)
+    assert res.best_epoch == len(scores) - scores[::-1].index(max(scores))  # the last epoch reaching it
+    assert res.best_epoch == (1 if with_val else 4)  # the metrics disagree: the test can tell them apart
+    for k, v in weights[res.best_epoch].items():
+        assert torch.equal(res.best_state[k], v), k

@@ -6,6 +6,7 @@ from kdprune.train.trainer import (  # noqa: F401
     TrainConfig,
     TrainResult,
     evaluate,
+    lr_factor,
     predict_logits,
     seeded,
     train,

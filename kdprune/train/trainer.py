@@ -1,27 +1,33 @@
-"""The trainer shared by teacher, proxies and students.
+"""The trainer shared by teacher, proxies and students: its configuration, its result, and the
+loop that wires the batch source (batches.py), the step (step.py), the checkpoint state
+(state.py) and the records (metrics.py).
 
 Data lives on the training device as one uint8 tensor; a subset is an index tensor into it.
 Each epoch walks a permutation of the subset drawn from (order_seed, epoch) and augments each
 batch on the device with parameters drawn per example from (aug_seed, epoch) (see augment.py).
 For KD the teacher runs under no_grad on the student's exact augmented batch. Metrics are
-accumulated on the device and read once per epoch; the model is selected on validation accuracy.
+accumulated on the device and read once per epoch; the model is selected on validation accuracy,
+or on train accuracy when there is no validation split (``TrainResult.selected_on`` says which).
 """
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import time
 from dataclasses import dataclass, field
-from dataclasses import asdict
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from kdprune.distill import LOSSES
-from kdprune.train.augment import augment_batch, epoch_augmentation
+from kdprune.train.batches import BatchSource
+from kdprune.train.metrics import Dynamics, EpochMeter
+from kdprune.train.state import CheckpointStore, TrainingState, fingerprint
+from kdprune.train.step import TrainStep, autocast, kd_inputs, lr_factor, progress
+
+__all__ = ["CheckpointStore", "DeviceData", "TrainConfig", "TrainResult", "evaluate", "lr_factor", "predict_logits",
+           "seeded", "train"]
 
 
 _SEEDED = threading.RLock()
@@ -88,30 +94,17 @@ class TrainConfig:
     channels_last: Optional[bool] = None  # NHWC activations (None: on CUDA only); on CPU 1.4-1.8x faster convs
 
 
-class CheckpointStore(Protocol):
-    """Where the trainer keeps its per-epoch state; the caller decides the storage (the core does no I/O)."""
-
-    def load(self) -> Optional[dict]: ...
-
-    def save(self, state: dict) -> None: ...
-
-
 @dataclass
 class TrainResult:
     best_state: dict[str, torch.Tensor]
     best_epoch: int
-    best_val_acc: float
+    best_score: float  # the selection metric's value at best_epoch
+    selected_on: str = "val_acc"  # the history metric the model was selected on: val_acc, or train_acc without val
     history: list[dict[str, float]] = field(default_factory=list)
     dynamics: Optional[np.ndarray] = None  # float16 [E, n_subset, C], rows in subset order
     steps: int = 0
     samples_seen: int = 0
     seconds: float = 0.0
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -121,7 +114,7 @@ def predict_logits(model: nn.Module, data: DeviceData, batch_size: int = 256, fe
     out = []
     fn = model.features if features else model
     for i in range(0, len(data), batch_size):
-        with _autocast(data.x.device):
+        with autocast(data.x.device):
             out.append(fn(data.normalise(data.x[i : i + batch_size])).float())
     return torch.cat(out)
 
@@ -132,22 +125,6 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 256) -> dict[
     loss = torch.nn.functional.cross_entropy(logits, data.y)
     acc = (logits.argmax(1) == data.y).float().mean()
     return {"acc": float(acc), "loss": float(loss)}
-
-
-def lr_factor(progress: float, warmup: float) -> float:
-    """LR multiplier at ``progress`` in [0, 1] of the run: linear warmup over the first ``warmup``
-    share, then cosine decay to 0. A pure function of progress, so a resumed run needs no scheduler state."""
-    if warmup > 0 and progress < warmup:
-        return max(progress / warmup, 1e-3)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-12, 1.0 - warmup))))
-
-
-def _np_to_torch(state: dict) -> dict:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
-
-
-def _torch_to_np(state: dict) -> dict:
-    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def train(
@@ -173,8 +150,8 @@ def train(
     sampler weights; the batch loss is the mean of the weighted per-example losses.
     ``cfg.max_steps`` stops after that many optimizer steps (the equal-steps budget); the LR
     schedule follows the share of the run done. ``cfg.stop_after`` stops after that many epochs of
-    a schedule sized for ``cfg.epochs`` (a proxy read early in a full-length run). ``on_epoch(epoch, metrics)`` is called after each
-    epoch (1-based) with train loss/acc, val acc/loss, lr and samples seen.
+    a schedule sized for ``cfg.epochs`` (a proxy read early in a full-length run). ``on_epoch(epoch,
+    metrics)`` is called after each epoch (1-based) with train loss/acc, val acc/loss, lr and samples seen.
 
     For KD, ``teacher`` runs under no_grad on each augmented batch. With augmentation off
     (``pad == 0`` and no flip) the teacher's input never changes, so ``teacher_logits`` (float
@@ -185,179 +162,50 @@ def train(
     recorded dynamics, sampler state, epoch) is saved after every epoch, and a run that finds a
     saved state continues after its epoch. Batch order and augmentation are pure functions of
     (seed, epoch), so no random stream needs restoring: a resumed run equals an uninterrupted one.
-    """
-    device = data.x.device
-    loss_fn = LOSSES.get(cfg.loss)
-    if cfg.loss != "ce" and teacher is None and teacher_logits is None:
-        raise ValueError(f"loss {cfg.loss!r} needs a teacher model or its cached logits")
-    if teacher_logits is not None:
-        if cfg.pad or cfg.flip:
-            raise ValueError("cached teacher logits need augmentation off (pad 0, flip false): with augmentation "
-                             "the teacher must see each augmented batch; pass the teacher model instead")
-        if teacher_logits.shape[0] != len(data):
-            raise ValueError(f"teacher_logits has {teacher_logits.shape[0]} rows, the data {len(data)}")
-        teacher_logits = teacher_logits.to(device=device, dtype=torch.float32)
-        teacher = None
-    subset = torch.arange(len(data), device=device) if subset is None else subset.to(device)
-    n = subset.numel()
-    if n == 0:
-        raise ValueError("cannot train on an empty subset")
-    if sample_weights is not None:
-        sample_weights = sample_weights.to(device=device, dtype=torch.float32).reshape(-1)
-        if sample_weights.numel() != n or not bool(torch.isfinite(sample_weights).all()) or bool((sample_weights < 0).any()):
-            raise ValueError(f"sample_weights must be {n} finite non-negative numbers (one per subset example), "
-                             f"got {sample_weights.numel()}")
-    if sampler is not None and (sampler.n != n or sampler.epochs != cfg.epochs):
-        raise ValueError(f"sampler built for n={sampler.n}, epochs={sampler.epochs}; training has n={n}, "
-                         f"epochs={cfg.epochs}")
-    channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.to(device)
-    if teacher is not None:
-        teacher.to(device).eval()
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-    )
-    warmup = min(1.0, cfg.warmup_epochs / cfg.epochs)
-    num_classes = model.head.out_features if hasattr(model, "head") else None
-    dyn = None
-    if cfg.record_dynamics:
-        if num_classes is None:
-            raise ValueError("record_dynamics needs a model with a linear `head`")
-        dyn = torch.full((cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after), n, num_classes),
-                         float("nan"), dtype=torch.float16, device=device)
 
-    result = TrainResult(best_state={}, best_epoch=0, best_val_acc=-1.0)
-    fingerprint = {**asdict(cfg), "n": n, "subset_sum": int(subset.sum()),
-                   "teacher": teacher is not None or teacher_logits is not None,
-                   "sampler": None if sampler is None else type(sampler).__name__}
-    if sample_weights is not None:
-        fingerprint["sample_weights_sum"] = float(sample_weights.double().sum())
-    start_epoch, elapsed = 1, 0.0
-    state = checkpoint.load() if checkpoint is not None else None
-    if state is not None:
-        if state["fingerprint"] != fingerprint:
-            raise ValueError("the checkpoint was written by a run with other settings; delete it to start afresh")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        result.best_state = {k: v.to(device) for k, v in state["best_state"].items()}
-        result.best_epoch, result.best_val_acc = state["best_epoch"], state["best_val_acc"]
-        result.history, result.steps = list(state["history"]), state["steps"]
-        result.samples_seen = state["samples_seen"]
-        if dyn is not None:
-            dyn[: state["epoch"]] = state["dynamics"].to(device)
-        if sampler is not None:
-            sampler.load_state_dict(_torch_to_np(state["sampler"]))
-        start_epoch, elapsed = state["epoch"] + 1, state["elapsed"]
-    # torch.compile wraps the same module: parameters, state_dict and checkpoints are shared with
-    # ``model``; evaluation runs the plain module (no recompilation for the eval batch size)
-    fwd = torch.compile(model) if cfg.compile else model
-    t_fwd = torch.compile(teacher) if cfg.compile and teacher is not None else teacher
-    t0 = time.perf_counter() - elapsed
-    order_gen = torch.Generator(device="cpu")
-    all_local = torch.arange(n, device=device)
+    The result keeps the weights of the epoch best on ``result.selected_on`` (``val_acc`` with
+    ``val``, else ``train_acc``; the later epoch on a tie) and that metric's value as ``best_score``.
+    """
+    teacher, teacher_logits = kd_inputs(cfg, data, teacher, teacher_logits)
+    batches = BatchSource(data, cfg, subset, sampler, sample_weights)
+    device = data.x.device
+    step = TrainStep(model, cfg, device, batches.channels_last, teacher, teacher_logits)
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
+    dynamics = Dynamics(model, last_epoch, batches.n, device) if cfg.record_dynamics else None
+    result = TrainResult(best_state={}, best_epoch=0, best_score=-1.0,
+                         selected_on="train_acc" if val is None else "val_acc")
+    state = TrainingState(checkpoint, fingerprint(cfg, batches, teacher is not None or teacher_logits is not None),
+                          model, step.optimizer, result, dynamics, sampler)
+    start_epoch, elapsed = state.restore(device)
+    t0 = time.perf_counter() - elapsed
     for epoch in range(start_epoch, last_epoch + 1):
-        if cfg.max_steps is not None and result.steps >= cfg.max_steps:
+        steps_left = None if cfg.max_steps is None else cfg.max_steps - result.steps
+        if steps_left is not None and steps_left <= 0:
             break
         model.train()
-        if sampler is None:
-            local_pool, weights = all_local, None
-        else:
-            local_pool = torch.from_numpy(sampler.epoch_positions(epoch)).to(device)
-            w = sampler.loss_weights(epoch)
-            weights = None if w is None else torch.from_numpy(w).to(device)
-        if sample_weights is not None:  # aligned with local_pool, as the sampler's weights
-            weights = sample_weights[local_pool] if weights is None else weights * sample_weights[local_pool]
-        m = local_pool.numel()
-        aug = epoch_augmentation(len(data), epoch, cfg.aug_seed, cfg.pad, cfg.flip, device)
-        order_gen.manual_seed(cfg.order_seed * 1_000_003 + epoch)
-        order = torch.randperm(m, generator=order_gen).to(device)  # indices into local_pool
-        steps_this_epoch = math.ceil(m / cfg.batch_size)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen_losses = torch.empty(m, device=device) if sampler is not None else None
-        seen = 0
-        for b, i in enumerate(range(0, m, cfg.batch_size)):
-            if cfg.max_steps is not None and result.steps >= cfg.max_steps:
-                break
-            if cfg.max_steps is not None:
-                progress = (result.steps + 1) / cfg.max_steps
-            else:
-                progress = (epoch - 1 + (b + 1) / steps_this_epoch) / cfg.epochs
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * lr_factor(progress, warmup)
-            idx = order[i : i + cfg.batch_size]
-            local = local_pool[idx]
-            rows = subset[local]
-            xb = augment_batch(data.x[rows], aug.dy[rows], aug.dx[rows], None if aug.flip is None else aug.flip[rows], cfg.pad)
-            xb = data.normalise(xb)
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = data.y[rows]
-            with _autocast(device):
-                t_logits = None
-                if teacher_logits is not None and cfg.loss != "ce":
-                    t_logits = teacher_logits[rows]
-                elif teacher is not None and cfg.loss != "ce":
-                    with torch.no_grad():
-                        t_logits = t_fwd(xb)
-                logits = fwd(xb)
-                per_example = loss_fn(logits.float(), yb, None if t_logits is None else t_logits.float(),
-                                      cfg.kd_weight, cfg.temperature)
-                loss = (per_example * weights[idx]).mean() if weights is not None else per_example.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += per_example.detach().sum()
-            correct += (logits.detach().argmax(1) == yb).sum()
-            if seen_losses is not None:
-                seen_losses[i : i + len(idx)] = per_example.detach()
-            if dyn is not None:
-                dyn[epoch - 1, local] = logits.detach().to(torch.float16)
+        ep = batches.epoch(epoch)
+        meter = EpochMeter(ep.size, device, keep_losses=sampler is not None)
+        for batch in ep.batches(limit=steps_left):
+            per_example, logits = step(batch, progress(cfg, epoch, batch.index, ep.num_batches, result.steps))
+            meter.add(batch, per_example, logits)
+            if dynamics is not None:
+                dynamics.record(epoch, batch.local, logits)
             result.steps += 1
-            seen += len(idx)
-        result.samples_seen += seen
-        if sampler is not None:
-            sampler.update(epoch, local_pool[order[:seen]].cpu().numpy(), seen_losses[:seen].cpu().numpy())
-        metrics = {
-            "train_loss": float(loss_sum) / max(1, seen),
-            "train_acc": float(correct) / max(1, seen),
-            "lr": opt.param_groups[0]["lr"],
-            "samples_seen": float(result.samples_seen),
-        }
+        result.samples_seen += meter.seen
+        ep.report(meter.seen, meter.losses)
+        metrics = {**meter.metrics(), "lr": step.lr, "samples_seen": float(result.samples_seen)}
         if val is not None:
             v = evaluate(model, val, cfg.eval_batch_size)
             metrics.update(val_acc=v["acc"], val_loss=v["loss"])
-            score = v["acc"]
-        else:
-            score = metrics["train_acc"]
-        if score >= result.best_val_acc:
-            result.best_val_acc = score
-            result.best_epoch = epoch
+        if metrics[result.selected_on] >= result.best_score:
+            result.best_score, result.best_epoch = metrics[result.selected_on], epoch
             result.best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
         metrics["seconds"] = time.perf_counter() - t0
         result.history.append(metrics)
-        if checkpoint is not None:
-            checkpoint.save({
-                "fingerprint": fingerprint, "epoch": epoch, "elapsed": metrics["seconds"],
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "best_state": result.best_state, "best_epoch": result.best_epoch,
-                "best_val_acc": result.best_val_acc, "history": result.history, "steps": result.steps,
-                "samples_seen": result.samples_seen,
-                "dynamics": None if dyn is None else dyn[:epoch].cpu(),
-                "sampler": None if sampler is None else _np_to_torch(sampler.state_dict()),
-            })
+        state.save(epoch, metrics["seconds"])
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     result.seconds = time.perf_counter() - t0
-    if dyn is not None:
-        result.dynamics = dyn.cpu().numpy()
+    if dynamics is not None:
+        result.dynamics = dynamics.numpy()
     return result
