@@ -28,7 +28,7 @@ from tasks.params import load_params
 from tasks.provenance import git_commit
 from tasks.runner import ray_session
 from tasks.runtime import project_root
-from tasks.tracking import Tracker
+from tasks.tracking import Tracker, blocked_seconds
 
 FAN_OUT = ("teachers", "scores", "distill")  # stages whose tasks run on the runner of params.yaml's `runner`
 STARTS_RAY = ("prepare", "teacher", *FAN_OUT, "select")  # stale: a fan-out stage runs at or after it
@@ -127,7 +127,7 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
     """Run the stale stages in order under one MLflow parent run named ``label``; print the time breakdown."""
     log = get_run_logger()
     params = load_params(root_p)  # validated before anything runs
-    t_start = time.perf_counter()
+    t_start, blocked0 = time.perf_counter(), blocked_seconds()
     tr = Tracker(root_p)
     ran, timings, compute = [], {}, {}
     with tr.run(f"{label} {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -175,7 +175,8 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
                                 **{f"{k}_compute_s": v for k, v in compute.items()},
                                 **{f"{k}_overhead_s": v for k, v in overhead.items()},
                                 "pipeline_s": total, "compute_s": sum(compute.values()),
-                                "overhead_s": total - sum(compute.values())})
+                                "overhead_s": total - sum(compute.values()),
+                                "tracking_blocked_s": blocked_seconds() - blocked0})  # waits on MLflow so far
         tr.set_tags(run_id, {"stages_run": ",".join(ran) or "none"})
         reports = root_p / "reports"
         for f in REPORT_FILES:  # the report on the parent run, beside its stage runs

@@ -7,6 +7,9 @@ MLflow itself runs in a separate writer process (``tasks.tracking_writer``), one
 process, started on first use or early by ``start_writer()``: importing MLflow and opening its
 store costs 1.5-2 s of CPU, which then overlaps this process's own start-up on another core. This
 module imports nothing from MLflow (``Tracker.client``, for reading runs back, does).
+``KDPRUNE_TRACKING=inprocess`` runs MLflow in this process instead (``_InProcess``: imported on a
+background thread, logging on another), with the same API and failure policy, so that the two can
+be timed against each other from one commit (bench/tracking_bench.py); one of them is to go.
 
 Failure policy: reaching the store is checked when a Tracker is made and when a run starts, so an
 unreachable store stops a stage *before* training. Once a run has started, logging is best
@@ -17,17 +20,19 @@ its database killed) does not stop the next student or stage either; its run is 
 logged ("runs (<name>)"), with everything logged to it. A tracker that went offline creates no
 more runs even if the store comes back (they would stay empty): those are counted the same way.
 
-Latency: after a run has started, every logging call is sent to the writer process and handled
-there in order, so training never waits on the store. A run's end waits until everything sent is
+Latency: after a run has started, every logging call is sent to the writer process (in process:
+the logging thread) and handled there in order, so training never waits on the store. A run's end waits until everything sent is
 written, unless it is ended with ``wait=False`` (students: the next one starts training while the
 last one's metrics and artifacts are written; the stage's own run end waits for all).
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import itertools
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -36,7 +41,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from tasks.tracking_writer import read_frame, write_frame
+from tasks.tracking_writer import Writer, read_frame, write_frame
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "kdprune")
 # MLflow's experiment kind: model training, not GenAI (its UI's runs table, not traces)
@@ -227,12 +232,116 @@ class _Writer:
             return {*self.child, *self.lost}
 
 
-_WRITER = _Writer()
+class _InProcess:
+    """MLflow in this process (``KDPRUNE_TRACKING=inprocess``), with the writer backend's interface
+    (start, call, post, flush, count_lost, state, keys) and the same MLflow calls and best-effort
+    accounting (``tasks.tracking_writer.Writer``). ``start`` imports MLflow on a background thread;
+    opening the store and creating a run are made on the caller's thread (it needs their answer);
+    every logging call goes to one background thread that makes them in the order sent, so training
+    never waits on the store. What is still queued when the process exits is written first (atexit).
+
+    Not MLflow's ``synchronous=False`` logging: its ``set_terminated`` shuts down and drains the
+    store's whole async queue (a student's run end would wait for every queued batch; another thread's
+    ``log_batch`` racing that shutdown fails), its 10-thread pool reorders batches and keeps trying
+    after a failure, and artifacts, dataset inputs, experiment tags and models have no async form."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.importing: Optional[threading.Thread] = None
+        self.writer: Optional[Writer] = None
+        self.queue: "queue.Queue[Optional[tuple]]" = queue.Queue()
+        self.lost: dict[str, tuple[Optional[str], dict[str, int]]] = {}  # runs that could not be created
+
+    def start(self) -> None:
+        with self.lock:
+            if self.importing is None:
+                self.importing = threading.Thread(target=_import_mlflow, name="mlflow-import", daemon=True)
+                self.importing.start()
+
+    def _mlflow(self) -> Writer:
+        """The MLflow caller, once MLflow is imported; starts the logging thread on first use."""
+        self.start()
+        self.importing.join()
+        with self.lock:
+            if self.writer is None:
+                self.writer = Writer()
+                threading.Thread(target=self._log, name="mlflow-log", daemon=True).start()
+                atexit.register(self.flush)  # what is queued when the process exits is written first
+            return self.writer
+
+    def _log(self) -> None:
+        while (msg := self.queue.get()) is not None:
+            try:
+                if msg[0] == "flush":
+                    msg[1].set()
+                else:
+                    key, what, n, uri = msg[1:5]
+                    self.writer.best_effort(key, what, n, uri, msg[0], msg[5:])
+            except Exception as e:  # a malformed call: say so, go on with the next
+                print(f"[kdprune] MLflow logging: {msg[0]!r} failed: {type(e).__name__}: {e}", file=sys.stderr)
+
+    def call(self, op: str, *args) -> Any:
+        """Open the store or create a run, here and now; raises RuntimeError with MLflow's error."""
+        with _blocking():
+            w = self._mlflow()
+            try:
+                return getattr(w, op)(*args)
+            except Exception as e:
+                raise RuntimeError(f"{type(e).__name__}: {str(e)[:500]}") from None
+
+    def post(self, msg: tuple, key: Optional[str] = None, what: str = "", n: int = 0) -> None:
+        self._mlflow()
+        self.queue.put(msg)
+
+    def flush(self) -> None:
+        """Wait until the logging thread has made every call queued before this one."""
+        if self.writer is None:
+            return
+        with _blocking():
+            done = threading.Event()
+            self.queue.put(("flush", done))
+            done.wait()
+
+    def count_lost(self, key: str, what: str, n: int, reason: str) -> None:
+        with self.lock:
+            _add(self.lost.setdefault(key, (reason, {}))[1], {what: n})
+
+    def state(self, key: str) -> tuple[Optional[str], dict[str, int]]:
+        why, not_logged, _ = self.writer.state().get(key, (None, {}, {})) if self.writer else (None, {}, {})
+        with self.lock:
+            why2, lost = self.lost.get(key, (None, {}))
+            merged = dict(not_logged)
+            _add(merged, lost)
+        return why or why2, {k: v for k, v in merged.items() if v > 0}
+
+    def keys(self) -> set[str]:
+        with self.lock:
+            return {*(self.writer.state() if self.writer else {}), *self.lost}
+
+
+def _import_mlflow() -> None:
+    """MLflow's imports (what the writer process imports first); a failure here is raised again, with
+    its message, by the first MLflow call that needs the module."""
+    with contextlib.suppress(Exception):
+        import mlflow  # noqa: F401
+        from mlflow.entities import Metric  # noqa: F401
+        from mlflow.tracking import MlflowClient  # noqa: F401
+
+        if os.environ.get("MLFLOW_TRACKING_URI", "").startswith("sqlite:"):
+            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
+BACKENDS = {"writer": _Writer, "inprocess": _InProcess}  # KDPRUNE_TRACKING; the writer process by default
+_BACKEND = os.environ.get("KDPRUNE_TRACKING") or "writer"
+if _BACKEND not in BACKENDS:
+    raise SystemExit(f"kdprune: KDPRUNE_TRACKING={_BACKEND!r} is not a tracking backend; valid: "
+                     f"{', '.join(BACKENDS)} (unset: writer)")
+_WRITER = BACKENDS[_BACKEND]()
 
 
 def start_writer() -> None:
-    """Start this process's MLflow writer now, so that its imports overlap the caller's start-up.
-    It touches no store until a Tracker is made."""
+    """Start this process's MLflow writer (or, in process, MLflow's import thread) now, so that its
+    imports overlap the caller's start-up. It touches no store until a Tracker is made."""
     _WRITER.start()
 
 

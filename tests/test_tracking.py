@@ -1,5 +1,6 @@
-"""The MLflow writer process: what a tracked process logs arrives, in order, without this process
-importing MLflow; failures are counted, never raised into training; a dead writer is reported."""
+"""MLflow tracking under both backends (KDPRUNE_TRACKING: the writer process, or in process): what a
+tracked process logs arrives, in order (with the writer, without this process importing MLflow);
+failures are counted, never raised into training; a dead writer is reported."""
 from __future__ import annotations
 
 import io
@@ -10,8 +11,16 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from bench.project import REPO
+from tasks.tracking import BACKENDS
 from tasks.tracking_writer import Writer, read_frame, serve, write_frame
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request) -> str:
+    return request.param
 
 
 def _client(db: Path):
@@ -20,17 +29,17 @@ def _client(db: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{db}")
 
 
-def _script(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
+def _script(tmp_path: Path, body: str, backend: str = "writer") -> subprocess.CompletedProcess:
     """Run ``body`` in a fresh interpreter with the tracking store at tmp_path/mlflow.db."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KDPRUNE_"))}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", KDPRUNE_ROOT=str(tmp_path),
-               PYTHONPATH=str(REPO))
+               PYTHONPATH=str(REPO), KDPRUNE_TRACKING=backend)
     code = "import sys, json\nfrom pathlib import Path\n" + textwrap.dedent(body)
     return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=180)
 
 
-def test_a_tracked_process_logs_everything_without_importing_mlflow(tmp_path):
+def test_a_tracked_process_logs_everything_and_only_in_process_imports_mlflow(tmp_path, backend):
     (tmp_path / "art.txt").write_text("hello")
     out = _script(tmp_path, """
         from tasks.tracking import Tracker, start_writer
@@ -48,10 +57,10 @@ def test_a_tracked_process_logs_everything_without_importing_mlflow(tmp_path):
                   "status": [r[0] for r in db.execute("select status from runs order by name")]}
         print(json.dumps({"pid": pid, "cid": cid, "summary": tr.summary(), "stored": stored,
                           "mlflow_imported": any(m == "mlflow" or m.startswith("mlflow.") for m in sys.modules)}))
-    """)
+    """, backend)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["summary"] is None and res["mlflow_imported"] is False
+    assert res["summary"] is None and res["mlflow_imported"] is (backend == "inprocess")
     # the parent run's end waited for everything sent before it, the child's included
     assert res["stored"] == {"points": 11, "status": ["FINISHED", "FINISHED"]}
     c = _client(tmp_path / "mlflow.db")
@@ -65,7 +74,7 @@ def test_a_tracked_process_logs_everything_without_importing_mlflow(tmp_path):
     assert [a.path for a in c.list_artifacts(res["cid"], "files")] == ["files/art.txt"]
 
 
-def test_a_failing_call_takes_the_tracker_offline_and_is_counted(tmp_path):
+def test_a_failing_call_takes_the_tracker_offline_and_is_counted(tmp_path, backend):
     out = _script(tmp_path, """
         from tasks.tracking import Tracker, not_logged_total
         tr = Tracker(Path.cwd())
@@ -77,18 +86,19 @@ def test_a_failing_call_takes_the_tracker_offline_and_is_counted(tmp_path):
         ok.log_metrics(rid, {"d": 4.0})                      # another tracker is not affected
         ok.end(rid)
         print(json.dumps({"summary": tr.summary(), "ok": ok.summary(), "total": not_logged_total(), "rid": rid}))
-    """)
+    """, backend)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["ok"] is None
     assert "3 metric points" in res["summary"] and "1 params" in res["summary"]
     assert res["total"] == {"metric points": 3, "params": 1}
-    assert "further logging is skipped" in out.stderr  # said once, by the writer
+    assert out.stderr.count("further logging is skipped") == 1  # said once
     run = _client(tmp_path / "mlflow.db").get_run(res["rid"])
     assert run.data.metrics == {"d": 4.0} and run.data.params == {}
 
 
 def test_calls_queued_in_a_writer_that_dies_are_counted_and_a_new_writer_takes_over(tmp_path):
+    """The writer backend only (in process, there is no other process to die)."""
     out = _script(tmp_path, """
         import os, signal, time
         import tasks.tracking as T
@@ -190,7 +200,7 @@ def test_an_offline_tracker_creates_no_more_runs_even_when_the_store_answers_aga
     assert w.create_run("k2", "u", "0", {}, "c") == "id-c"
 
 
-def test_an_unusable_store_stops_tracker_creation_with_the_uri(tmp_path):
+def test_an_unusable_store_stops_tracker_creation_with_the_uri(tmp_path, backend):
     (tmp_path / "a-file").write_text("not a directory")
     bad = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"
     out = _script(tmp_path, f"""
@@ -202,6 +212,53 @@ def test_an_unusable_store_stops_tracker_creation_with_the_uri(tmp_path):
             print("opened")
         except TrackingUnavailable as e:
             print("refused:", e)
-    """)
+    """, backend)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("refused: cannot reach the MLflow tracking store at MLFLOW_TRACKING_URI=" + bad)
+
+
+def test_a_run_ended_without_waiting_just_before_exit_is_logged_whole(tmp_path, backend):
+    """wait=False (students, the teacher): the run's end does not wait, and a process that then exits
+    still leaves everything in the store (the writer finishes after its input closes; in process, the
+    queue is written at exit)."""
+    out = _script(tmp_path, """
+        import time, tasks.tracking as T
+        tr = T.Tracker(Path.cwd())
+        with tr.run("student", wait=False) as rid:
+            tr.log_history(rid, [{"loss": 1.0 / e, "acc": e / 10} for e in range(1, 41)])
+        print(json.dumps({"rid": rid}))
+    """, backend)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rid = json.loads(out.stdout.strip().splitlines()[-1])["rid"]
+    c = _client(tmp_path / "mlflow.db")
+    assert c.get_run(rid).info.status == "FINISHED"
+    assert len(c.get_metric_history(rid, "loss")) == len(c.get_metric_history(rid, "acc")) == 40
+
+
+def test_in_process_logging_never_waits_on_the_store_but_a_flush_does(monkeypatch):
+    """KDPRUNE_TRACKING=inprocess: a logging call returns at once while the store is slow, and is not
+    counted as waiting on MLflow (the stage-work clock); the calls are made in order; a flush waits
+    for them and is counted."""
+    import threading
+    import time
+
+    import tasks.tracking as T
+
+    store_free, made = threading.Event(), []
+
+    def slow_batch(self, uri, run_id, metrics, params, tags):
+        store_free.wait(2)  # a slow store (bounded, so that a backend that waits fails quickly)
+        made.append(metrics[0][1])
+
+    monkeypatch.setattr(Writer, "batch", slow_batch)
+    b = T._InProcess()
+    b._mlflow()  # MLflow imported, the logging thread up
+    b0, t0 = T.blocked_seconds(), time.perf_counter()
+    for i in range(5):
+        b.post(("batch", "k", "metric points", 1, "u", "r", [("m", float(i), 0, i)], [], []), "k", "metric points", 1)
+    assert time.perf_counter() - t0 < 0.5 and T.blocked_seconds() == b0 and made == []
+    threading.Timer(0.3, store_free.set).start()
+    b.flush()
+    assert made == [float(i) for i in range(5)]
+    assert T.blocked_seconds() - b0 >= 0.25
+    assert b.state("k") == (None, {}) and "k" in b.keys()
