@@ -96,7 +96,7 @@ def teacher_peak_rss(tmp: Path, profile: Path, epochs: int) -> list[dict]:
     # the whole Fashion-MNIST training pool (the profile itself keeps a 15k subset): the worst case
     over = {"data": {"max_train": None}}
     if epochs:
-        over.update({"teacher": {"epochs": epochs}, "scores": {"el2n_epoch": 1}})
+        over.update({"teacher": {"epochs": epochs}, "scores": {"el2n": {"epoch": 1}}})
     proj = make_project(tmp / "fashion", free_port(), over, base=profile)
     try:
         proj.run(sys.executable, "-m", "flows", "prepare")

@@ -46,9 +46,6 @@ def parse_method(label: str, ccs_score: str = "aum_prob", balance: bool = True):
     return _registry("methods")(label, ccs_score, balance)
 
 
-PROXIES = {"el2n_proxy", "grand", "grand_last_layer"}  # scores computed from proxy runs (tasks/scores.py)
-
-
 def _beta(v) -> Optional[str]:
     """select.ccs_beta: a share in [0, 1), or a table [[kept fraction, beta], ...]."""
     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -132,31 +129,35 @@ def _method(v) -> Optional[str]:
     return None
 
 
-def _joint_options(key: str, v: Any, errors: list[str]) -> None:
-    """``select.<joint selector>``: that selector's options, checked against its registration (in
-    scope "joint"); out of scope only its shape is checked (the full check, DVC's validate stage,
-    runs first)."""
-    if "joint" not in _CHECKED.get():
+OPTION_SECTIONS = {"scores": ("scores", "score"), "select": ("joint", "joint selector")}  # section: registry
+
+
+def _method_options(section: str, key: str, v: Any, errors: list[str]) -> None:
+    """``<section>.<method>``: a registered method's options (``scores.<score>``, ``select.<joint
+    selector>``), checked against its registration when its registry is in scope; out of scope only
+    their shape is checked (the full check, DVC's validate stage, runs first)."""
+    kind, what = OPTION_SECTIONS[section]
+    if kind not in _CHECKED.get():
         if not isinstance(v, dict):
-            errors.append(f"select.{key}: unknown key, or the options of a joint selector, which must be a mapping")
+            errors.append(f"{section}.{key}: unknown key, or the options of a {what}, which must be a mapping")
         return
-    joint = _registry("joint")
-    if key not in joint:
-        known = [*SCHEMA["select"], *joint.names()]
+    registry = _registry(kind)
+    if key not in registry:
+        known = [*SCHEMA[section], *registry.names()]
         hint = difflib.get_close_matches(str(key), known, n=1)
-        did = f"did you mean 'select.{hint[0]}'? " if hint else ""
-        errors.append(f"select.{key}: unknown key; {did}allowed keys here: {', '.join(SCHEMA['select'])}, or a joint "
-                      f"selector's options: {', '.join(joint.names())}")
+        did = f"did you mean '{section}.{hint[0]}'? " if hint else ""
+        errors.append(f"{section}.{key}: unknown key; {did}allowed keys here: {', '.join(SCHEMA[section])}, or a "
+                      f"{what}'s options: {', '.join(registry.names())}")
         return
     if not isinstance(v, dict):
-        errors.append(f"select.{key}: got {v!r}, expected a mapping of joint selector {key}'s options")
+        errors.append(f"{section}.{key}: got {v!r}, expected a mapping of {what} {key}'s options")
         return
+    spec = registry.get(key)
     try:
-        joint.get(key).resolve(v)
+        spec.resolve(v)
     except ValueError as e:
-        spec = joint.get(key)
-        opts = ", ".join(f"{k} ({o.kind.__name__}, default {o.default!r})" for k, o in spec.options.items())
-        errors.append(f"select.{key}: {v!r} has bad options: {e}; {key} takes: {opts}")
+        describe = importlib.import_module("kdprune.options").describe_options  # imported by the registry above
+        errors.append(f"{section}.{key}: {v!r} has bad options: {e}; {key} takes: {describe(spec.options)}")
 
 
 def _device(v) -> Optional[str]:
@@ -245,24 +246,20 @@ SCHEMA: dict[str, Any] = {
     "scores": {
         "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_one_of("scores"))),
         "seeds": Field("list", [0], item="int", check=_each(SEED), doc="seeds of stochastic scores (random)"),
-        "el2n_epoch": Field("int", 5, check=POSITIVE_INT, doc="teacher epoch (1-based) EL2N is read at"),
         "proxy_seeds": Field("list", list(range(10)), item="int", check=_each(SEED),
                              doc="independent proxy runs for el2n_proxy / grand / grand_last_layer (paper: ~10)"),
         "proxy_epochs": Field("int", 5, check=POSITIVE_INT,
                               doc="epochs each proxy runs of the teacher's schedule (teacher.epochs long): read early"),
         "proxy_arch": Field("str", None, nullable=True, check=_one_of("models"), doc="null: teacher.arch"),
-        "el2n_proxy_epoch": Field("int", 3, check=POSITIVE_INT, doc="proxy epoch (1-based) EL2N is read at"),
-        "grand_epoch": Field("int", 0, check=_range(0), doc="proxy epoch GraNd is computed at (0: at init)"),
-        "aum_variant": Field("str", "logit", check=lambda v: None if v in ("logit", "prob") else
-                             "must be 'logit' (paper) or 'prob' (CCS code)"),
-        "uncertainty_window": Field("int", 10, check=POSITIVE_INT, doc="dynamic_uncertainty window (epochs)"),
+        "grand_epoch": Field("int", 0, check=_range(0), doc="proxy epoch the weights of grand and grand_last_layer "
+                             "are taken at (one snapshot both read; 0: at init)"),
         "encoder": Field("str", None, nullable=True,
                          doc="prototypes: directory (in the project) with model.safetensors + model.json of an "
                              "encoder; null: the teacher's penultimate features"),
         "memorization_models": Field("int", 8, check=_range(2)),
         "memorization_fraction": Field("float", 0.7, check=_range(0.0, 1.0, lo_open=True, hi_open=True)),
         "memorization_epochs": Field("int", 10, check=POSITIVE_INT),
-    },
+    },  # plus one key per score: its options (``_method_options``), e.g. ``el2n: {epoch: 5}``
     "select": {
         "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_method)),
         "fractions": Field("list", [0.1, 0.3, 0.5], item="float", check=_each(FRACTION)),
@@ -275,7 +272,7 @@ SCHEMA: dict[str, Any] = {
         "ccs_strata": Field("int", 50, check=POSITIVE_INT),
         "infobatch_prune_ratio": Field("float", 0.5, check=_range(0.0, 1.0, hi_open=True)),
         "infobatch_delta": Field("float", 0.875, check=_range(0.0, 1.0, lo_open=True)),
-    },  # plus one key per joint selector: its options (``_joint_options``)
+    },  # plus one key per joint selector: its options (``_method_options``)
     "student": {
         **_train_fields("small_cnn", 30),
         "seeds": Field("list", [0], item="int", check=_each(SEED)),
@@ -372,15 +369,17 @@ def validate(params: Any, stage: Optional[str] = None) -> dict:
     token = _CHECKED.set(names)
     try:
         errors: list[str] = []
-        joint_opts = {}
-        if isinstance(params, dict) and isinstance(params.get("select"), dict):  # select.<joint selector>: options
-            joint_opts = {k: v for k, v in params["select"].items() if k not in SCHEMA["select"]}
-            params = {**params, "select": {k: v for k, v in params["select"].items() if k in SCHEMA["select"]}}
+        method_opts: dict[str, dict] = {}
+        for section in OPTION_SECTIONS:  # scores.<score>, select.<joint selector>: a method's options
+            if isinstance(params, dict) and isinstance(params.get(section), dict):
+                method_opts[section] = {k: v for k, v in params[section].items() if k not in SCHEMA[section]}
+                params = {**params, section: {k: v for k, v in params[section].items() if k in SCHEMA[section]}}
         out = _walk(SCHEMA, params, "", errors)
-        for key, v in joint_opts.items():
-            _joint_options(key, v, errors)
-        if "select" in out:
-            out["select"].update({k: v for k, v in joint_opts.items() if isinstance(v, dict)})
+        for section, opts in method_opts.items():
+            for key, v in opts.items():
+                _method_options(section, key, v, errors)
+            if section in out:
+                out[section].update({k: v for k, v in opts.items() if isinstance(v, dict)})
         if not errors:
             _cross_checks(out, errors)
     finally:
@@ -391,12 +390,20 @@ def validate(params: Any, stage: Optional[str] = None) -> dict:
 
 
 def _cross_checks(p: dict, errors: list[str]) -> None:
-    if p["scores"]["el2n_epoch"] > p["teacher"]["epochs"] and "el2n" in p["scores"]["methods"]:
-        errors.append(
-            f"scores.el2n_epoch: {p['scores']['el2n_epoch']} is after the teacher's last epoch; "
-            f"allowed: 1..teacher.epochs ({p['teacher']['epochs']})"
-        )
     sp, sel = p["scores"], p["select"]
+    if "scores" in _CHECKED.get():  # each computed score's own cross-key rule (its registration's ``check``)
+        scores = _registry("scores")
+        proxied = []
+        for name in sp["methods"]:
+            spec = scores.get(name)
+            msg = spec.check(spec.resolve(sp.get(name)), p) if spec.check else None
+            if msg and msg not in errors:  # grand and grand_last_layer share one rule
+                errors.append(msg)
+            proxied += [name] if "proxy" in spec.proxies else []
+        if proxied and sp["proxy_epochs"] > p["teacher"]["epochs"]:
+            errors.append(f"scores.proxy_epochs: {sp['proxy_epochs']} is more than the teacher's schedule; proxies "
+                          f"({', '.join(proxied)}) run the first epochs of it: allowed 1..teacher.epochs "
+                          f"({p['teacher']['epochs']})")
     methods = "methods" in _CHECKED.get()
     for label in (sel["methods"] if methods else []):
         m = parse_method(label, sel["ccs_score"], sel["balance"])
@@ -411,15 +418,6 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
                 if f + b > 1.0 + 1e-9:
                     errors.append(f"select.ccs_beta: {b:g} at kept fraction {f:g} cuts more than the subset leaves "
                                   f"(fraction + beta must be <= 1); lower beta there")
-    if PROXIES & set(sp["methods"]) and sp["proxy_epochs"] > p["teacher"]["epochs"]:
-        errors.append(f"scores.proxy_epochs: {sp['proxy_epochs']} is more than the teacher's schedule; proxies run "
-                      f"the first epochs of it: allowed 1..teacher.epochs ({p['teacher']['epochs']})")
-    if "el2n_proxy" in sp["methods"] and sp["el2n_proxy_epoch"] > sp["proxy_epochs"]:
-        errors.append(f"scores.el2n_proxy_epoch: {sp['el2n_proxy_epoch']} is after the proxies' last epoch; "
-                      f"allowed: 1..scores.proxy_epochs ({sp['proxy_epochs']})")
-    if {"grand", "grand_last_layer"} & set(sp["methods"]) and sp["grand_epoch"] > sp["proxy_epochs"]:
-        errors.append(f"scores.grand_epoch: {sp['grand_epoch']} is after the proxies' last epoch; "
-                      f"allowed: 0..scores.proxy_epochs ({sp['proxy_epochs']})")
     if "infobatch" in sel["methods"] and p["student"]["budget"] == "steps":
         errors.append("student.budget: 'steps' cannot be used with select.methods 'infobatch' (its epochs have "
                       "varying sizes); allowed with infobatch: 'epochs'")

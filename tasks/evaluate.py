@@ -63,6 +63,7 @@ def selection_costs(root: Path, params: dict) -> dict[str, dict]:
 
 def score_recipes(root: Path, params: dict) -> dict[str, str]:
     """Per selection method: the score it read and the recipe that made it (from the score files)."""
+    from kdprune.scores import SCORES
     from kdprune.selection import parse_method
 
     out = {}
@@ -75,8 +76,8 @@ def score_recipes(root: Path, params: dict) -> dict[str, str]:
         if m.score is None:
             out[label] = f"per-epoch sampler {m.sampler}"
             continue
-        f = Path(root) / "data" / "scores" / (f"{m.score}-{params['scores']['seeds'][0]}.json" if m.score == "random"
-                                              else f"{m.score}.json")
+        f = Path(root) / "data" / "scores" / (f"{m.score}-{params['scores']['seeds'][0]}.json"
+                                              if SCORES.get(m.score).seeded else f"{m.score}.json")
         info = json.loads(f.read_text()) if f.exists() else {}
         text = f"score {m.score}: {info.get('variant', 'unknown variant')}"
         pt = info.get("proxy_training")

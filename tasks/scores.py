@@ -1,9 +1,14 @@
 """scores: teacher dynamics, proxy runs, embeddings -> data/scores/<method>[-<seed>].npy + .json.
 
-Proxy runs (short independent trainings for el2n_proxy / grand / grand_last_layer, subset runs for
-memorization) are their own Prefect tasks so they can run in parallel; their files live under
-``.kdprune/proxies/`` while the stage runs and are removed when it finishes. Each score's JSON
-states its definition, variant, keep direction, options and the proxy training it needed; its cost
+What to compute follows from the requested scores' registrations (``kdprune/scores``), never from
+their names: the context fields they need (teacher model, embeddings, inputs, proxy runs), whether
+they are seeded (one file per seed in ``scores.seeds``) and their options, named under the score in
+params (``scores.<score>: {option: value}``) and resolved against the registration.
+
+Proxy runs (short independent trainings for the scores needing ``proxy_logits`` / ``proxy_models``,
+subset runs for ``memo_masks``) are their own Prefect tasks so they can run in parallel; their files
+live under ``.kdprune/proxies/`` while the stage runs and are removed when it finishes. Each score's
+JSON states its definition, variant, keep direction, options and the proxy training it needed; its cost
 (seconds, peak memory, proxy training seconds) goes to MLflow and the stage's run record
 (``.kdprune/runs/scores.json``), not into the DVC out.
 """
@@ -22,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from kdprune.device import resolve_device
 from kdprune.models import build_model
-from kdprune.scores import SCORES, ScoreContext
+from kdprune.scores import SCORES, ScoreContext, ScoreSpec
 from kdprune.train import predict_logits, seeded, train
 from tasks.artifacts import load_prepared
 from tasks.checkpoints import checkpoint_root, FileCheckpoint, fingerprint
@@ -37,17 +42,23 @@ from tasks.runner import task_device, where
 from tasks.teacher import train_config
 from tasks.tracking import Tracker
 
-STOCHASTIC = {"random"}  # scores computed once per seed in scores.seeds
-PROXY_SCORES = {"el2n_proxy", "grand", "grand_last_layer"}
-UNCERTAINTY = {"entropy", "least_confidence", "margin"}
+
+def requested(sp: dict) -> dict[str, tuple[ScoreSpec, dict]]:
+    """Each score of scores.methods: its registration and its options resolved from ``scores.<score>``."""
+    out = {}
+    for method in sp["methods"]:
+        spec = SCORES.get(method)
+        out[method] = (spec, spec.resolve(sp.get(method)))
+    return out
 
 
-def score_options(method: str, sp: dict) -> dict:
-    return {
-        "el2n": {"epoch": sp["el2n_epoch"]},
-        "aum": {"variant": sp["aum_variant"]},
-        "dynamic_uncertainty": {"window": sp["uncertainty_window"]},
-    }.get(method, {})
+def proxy_reads(sp: dict) -> dict:
+    """What the proxy runs must record for the requested scores: the epochs their logits are read at
+    (each ``proxy_logits`` score's input option ``epoch``) and whether the weights at
+    scores.grand_epoch are needed (``proxy_models``)."""
+    scores = requested(sp).values()
+    return {"logit_epochs": sorted({o["epoch"] for s, o in scores if "proxy_logits" in s.needs}),
+            "weights": any("proxy_models" in s.needs for s, _ in scores)}
 
 
 def proxy_workdir(root: Path, params: dict) -> Path:
@@ -58,10 +69,11 @@ def proxy_workdir(root: Path, params: dict) -> Path:
 def proxy_jobs(params: dict) -> list[tuple[str, int]]:
     """The proxy trainings the requested scores need: ("proxy", seed) and ("memo", model index)."""
     sp = params["scores"]
+    kinds = set().union(*(spec.proxies for spec, _ in requested(sp).values()))
     jobs = []
-    if PROXY_SCORES & set(sp["methods"]):
+    if "proxy" in kinds:
         jobs += [("proxy", s) for s in sp["proxy_seeds"]]
-    if "memorization" in sp["methods"]:
+    if "memo" in kinds:
         jobs += [("memo", m) for m in range(sp["memorization_models"])]
     return jobs
 
@@ -72,7 +84,8 @@ def proxy_jobs(params: dict) -> list[tuple[str, int]]:
 def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -> dict:
     """One proxy training, wherever the runner placed it; returns what the scores read (the stage's
     process writes it: :func:`keep_proxy`). ``proxy``: full train split for scores.proxy_epochs,
-    recording the weights at scores.grand_epoch and EL2N's logits. ``memo``: a random
+    recording what the scores read (:func:`proxy_reads`): the weights at scores.grand_epoch and the
+    logits at each read epoch. ``memo``: a random
     scores.memorization_fraction subset, then which training examples the final model classifies correctly."""
     log = get_run_logger()
     sp, tp = params["scores"], params["teacher"]
@@ -88,24 +101,28 @@ def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -
     ckpt_root = checkpoint_root(inputs["checkpoints"])
     t0 = time.perf_counter()
     if kind == "proxy":
+        reads = proxy_reads(sp)
+        wanted = {"grand"} if reads["weights"] else set()
+        wanted |= {f"logits-{e}" for e in reads["logit_epochs"]}
+
         def keep_weights(tag: str) -> None:
             files[tag] = state_arrays(model)
 
-        if sp["grand_epoch"] == 0:
+        if reads["weights"] and sp["grand_epoch"] == 0:
             keep_weights("grand")
 
         def at_epoch(e: int, _m: dict) -> None:
-            if e == sp["grand_epoch"]:
+            if reads["weights"] and e == sp["grand_epoch"]:
                 keep_weights("grand")
-            if e == sp["el2n_proxy_epoch"]:  # EL2N's read point: a clean eval-mode pass over the train split
-                files["el2n_logits"] = predict_logits(model, train_d).cpu().numpy()
+            if e in reads["logit_epochs"]:  # a read point: a clean eval-mode pass over the train split
+                files[f"logits-{e}"] = predict_logits(model, train_d).cpu().numpy()
 
         # the teacher's full schedule (its LR curve), stopped after proxy_epochs: read early in a full run
         cfg = train_config(tp, order_seed=1000 + seed, aug_seed=1000 + seed, stop_after=sp["proxy_epochs"])
         ckpt = FileCheckpoint(ckpt_root, "scores", f"proxy-{seed}",
                               fingerprint(cfg.__dict__, arch, meta["sha256"], params["runner"]["cpus_per_task"]), log)
         train(model, train_d, cfg, checkpoint=ckpt, on_epoch=at_epoch)
-        if ckpt.resumed_from and not ({"grand", "el2n_logits"} <= set(files)):
+        if ckpt.resumed_from and not (wanted <= set(files)):
             # resumed past a read point: its arrays were in the killed attempt's memory; train afresh
             ckpt.clear()
             return train_proxy.fn(params, kind, seed, inputs, device)
@@ -151,21 +168,23 @@ def _proxy_model(d: Path, device):
     return model.to(device).eval()
 
 
-def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: list[dict], device) -> ScoreContext:
-    """Everything the requested scores read, computed once: only the fields some method needs."""
+def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: list[dict], device
+                  ) -> tuple[ScoreContext, dict[int, list[np.ndarray]]]:
+    """Everything the requested scores read, computed once: only the fields some score needs (or
+    prefers); and the proxies' logits by read epoch (``ctx.proxy_logits`` is set per score)."""
     sp = params["scores"]
     train = splits["train"]
-    methods = set(sp["methods"])
-    needs = set().union(*(SCORES.get(m).needs for m in methods))
+    specs = [spec for spec, _ in requested(sp).values()]
+    needs = set().union(*(set(s.needs) | set(s.prefers) for s in specs))
     dyn_dir = Path(root) / "models" / "teacher" / "dynamics"
     if not np.array_equal(np.load(dyn_dir / "ids.npy"), train.ids):
         raise RuntimeError(f"{dyn_dir}/ids.npy does not match the prepared train split; re-run the teacher stage")
     ctx = ScoreContext(ids=train.ids, labels=train.y, num_classes=meta["num_classes"],
                        dynamics=np.load(dyn_dir / "logits.npy").astype(np.float32))
     train_d = None
-    if UNCERTAINTY & methods or "embeddings" in needs or "inputs" in needs:
+    if {"final_logits", "embeddings", "inputs"} & needs:
         train_d = device_data(meta, train, device)
-    if UNCERTAINTY & methods:
+    if "final_logits" in needs:  # the teacher in eval mode
         teacher, _ = load_model(Path(root) / "models" / "teacher", device)
         ctx.final_logits = predict_logits(teacher, train_d).cpu().numpy()
     if "embeddings" in needs:
@@ -175,15 +194,29 @@ def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: l
     if "inputs" in needs:
         ctx.inputs = train_d.normalise(train_d.x)
     pdirs = [Path(p["path"]) for p in proxies if p["kind"] == "proxy"]
-    if "proxy_logits" in needs:
-        ctx.proxy_logits = [np.load(d / "el2n_logits.npy") for d in pdirs]
+    logits_at = {e: [np.load(d / f"logits-{e}.npy") for d in pdirs] for e in proxy_reads(sp)["logit_epochs"]}
     if "proxy_models" in needs:
         ctx.proxy_models = [_proxy_model(d, device) for d in pdirs]
     mdirs = [Path(p["path"]) for p in proxies if p["kind"] == "memo"]
     if "memo_masks" in needs:
         ctx.memo_masks = np.stack([np.load(d / "mask.npy") for d in mdirs])
         ctx.memo_correct = np.stack([np.load(d / "correct.npy") for d in mdirs])
-    return ctx
+    return ctx, logits_at
+
+
+def recipe(spec: ScoreSpec, opts: dict, params: dict) -> Optional[dict]:
+    """The proxy training a score's values came from (its JSON's ``proxy_training``), or None."""
+    sp = params["scores"]
+    if "proxy" in spec.proxies:
+        out = {"runs": len(sp["proxy_seeds"]), "epochs": sp["proxy_epochs"], "schedule_epochs": params["teacher"]["epochs"]}
+        if "proxy_logits" in spec.needs:
+            out.update(read_at_epoch=opts["epoch"], **{"pass": "eval mode, clean inputs"})
+        if "proxy_models" in spec.needs:
+            out["at_epoch"] = sp["grand_epoch"]
+        return out
+    if "memo" in spec.proxies:
+        return {"runs": sp["memorization_models"], "epochs": sp["memorization_epochs"]}
+    return None
 
 
 @task(name="compute-scores", cache_policy=NO_CACHE, persist_result=False)
@@ -203,28 +236,21 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
     index, costs = [], {}
     with tr.run("scores", parent_run_id, tags=stage_tags(root, "scores", meta), params={"scores": sp}) as run_id, \
             atomic_directory(out) as tmp:
-        ctx = build_context(root, params, meta, splits, proxies, device)
+        ctx, logits_at = build_context(root, params, meta, splits, proxies, device)
         atomic_save_npy(tmp / "ids.npy", train.ids)
-        for method in sp["methods"]:
-            spec = SCORES.get(method)
-            for seed in (sp["seeds"] if method in STOCHASTIC else [None]):
+        for method, (spec, opts) in requested(sp).items():
+            ctx.proxy_logits = logits_at[opts["epoch"]] if "proxy_logits" in spec.needs else None
+            for seed in (sp["seeds"] if spec.seeded else [None]):
                 ctx.seed = 0 if seed is None else seed
-                opts = score_options(method, sp)
                 with measure_cost() as cost:
-                    values = spec(ctx, **opts)
+                    values = spec(ctx, **spec.fn_options(opts))
                 stem = method if seed is None else f"{method}-{seed}"
                 atomic_save_npy(tmp / f"{stem}.npy", values)
-                proxy_cost = proxy_s["proxy"] if method in PROXY_SCORES else proxy_s["memo"] if method == "memorization" else 0.0
+                proxy_cost = sum(proxy_s[k] for k in spec.proxies)
                 info = {
                     "method": method, "seed": seed, "keep": spec.keep, "definition": spec.definition,
                     "variant": spec.variant, "options": opts, "n": int(len(values)),
-                    "proxy_training": ({"runs": len(sp["proxy_seeds"]), "epochs": sp["proxy_epochs"],
-                                        "schedule_epochs": params["teacher"]["epochs"],
-                                        **({"read_at_epoch": sp["el2n_proxy_epoch"], "pass": "eval mode, clean inputs"}
-                                           if method == "el2n_proxy" else {"at_epoch": sp["grand_epoch"]})}
-                                       if method in PROXY_SCORES else
-                                       {"runs": sp["memorization_models"], "epochs": sp["memorization_epochs"]}
-                                       if method == "memorization" else None),
+                    "proxy_training": recipe(spec, opts, params),
                     "sha256": sha256_file(tmp / f"{stem}.npy"), "dataset_sha256": meta["sha256"],
                     "stats": {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())},
                 }

@@ -20,6 +20,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from kdprune.device import resolve_device
+from kdprune.scores import SCORES
 from kdprune.selection import JOINT, ccs_beta_at, parse_method, run_joint, select
 from tasks.artifacts import ids_sha256, load_prepared
 from tasks.files import atomic_directory, atomic_write_json, IntegrityError, sha256_file
@@ -52,7 +53,7 @@ def plan(params: dict) -> list[dict]:
         fractions = [1.0] if m.sampler == "infobatch" else sel["fractions"]
         for seed in seeds:
             for frac in fractions:
-                stem = m.score if m.score != "random" else f"random-{seed}"
+                stem = f"{m.score}-{seed}" if m.score is not None and SCORES.get(m.score).seeded else m.score
                 out.append({"method": m, "fraction": frac, "seed": seed, "score_stem": stem})
     return out
 
@@ -75,7 +76,8 @@ def _options(m, params: dict, fraction: float) -> dict:
     """The selector's options as the manifest records them (JSON)."""
     sel = params["select"]
     if m.selector == "ccs":
-        return {"beta": ccs_beta_at(sel["ccs_beta"], fraction), "k": sel["ccs_strata"], "cut_score": m.cut_score}
+        return {"beta": ccs_beta_at(sel["ccs_beta"], fraction), "k": sel["ccs_strata"], "cut_score": m.cut_score,
+                "cut_end": m.cut_end}
     return {}
 
 

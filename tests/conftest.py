@@ -11,7 +11,7 @@ from bench.project import REPO, Project, clean_env, free_port, make_project  # n
 # A tiny profile: the real pipeline, seconds per stage
 TINY = {
     "teacher": {"epochs": 5, "batch_size": 32},
-    "scores": {"methods": ["random", "el2n", "forgetting"], "seeds": [0], "el2n_epoch": 2},
+    "scores": {"methods": ["random", "el2n", "forgetting"], "seeds": [0], "el2n": {"epoch": 2}},
     "select": {"fractions": [0.2, 0.5]},
     "student": {"epochs": 8, "batch_size": 32, "seeds": [0], "kd_weights": [0.5]},
 }

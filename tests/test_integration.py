@@ -174,8 +174,8 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
     port, home = prefect_port
     proj = make_project(tmp_path / "all", port, {
         "teacher": {"epochs": 4, "batch_size": 64},
-        "scores": {"methods": ALL_SCORES, "seeds": [0], "el2n_epoch": 2, "proxy_seeds": [0, 1], "proxy_epochs": 2,
-                   "el2n_proxy_epoch": 2, "grand_epoch": 1, "memorization_models": 3, "memorization_epochs": 2},
+        "scores": {"methods": ALL_SCORES, "seeds": [0], "el2n": {"epoch": 2}, "proxy_seeds": [0, 1], "proxy_epochs": 2,
+                   "el2n_proxy": {"epoch": 2}, "grand_epoch": 1, "memorization_models": 3, "memorization_epochs": 2},
         "select": {"methods": ALL_METHODS, "fractions": [0.3]},
         "student": {"epochs": 3, "batch_size": 64, "seeds": [0], "kd_weights": [0.5]},
     })

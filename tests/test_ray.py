@@ -118,7 +118,7 @@ def test_proxies_and_extra_teachers_on_two_nodes_equal_the_local_runner(ray_proj
     proj, _ = ray_project
     c, _ = cluster
     more = {**TINY, "scores": {**TINY["scores"], "methods": [*TINY["scores"]["methods"], "el2n_proxy", "memorization"],
-                               "proxy_seeds": [0, 1], "proxy_epochs": 2, "el2n_proxy_epoch": 2,
+                               "proxy_seeds": [0, 1], "proxy_epochs": 2, "el2n_proxy": {"epoch": 2},
                                "memorization_models": 2, "memorization_epochs": 2},
             "student": {**TINY["student"], "teachers": ["small_cnn_narrow", "small_cnn_wide"]}}
     outs = {}

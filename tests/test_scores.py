@@ -378,3 +378,43 @@ def test_memorization_matches_brute_force_on_a_toy_mask():
     assert got[0] == 0.0 and got[1] == 0.0 and got[2] == 1.0
     with pytest.raises(ValueError, match="memo_masks"):
         SCORES.get("memorization")(_ctx(np.zeros(n, np.int64), 2, memo_masks=masks[:, :5], memo_correct=correct))
+
+
+# ---------------------------------------------------------------- registrations
+def test_every_function_option_is_declared_and_reachable_from_params():
+    """A registration declares every keyword option its function implements, with the function's defaults;
+    params reach each one (resolve) and an unknown one is refused naming the valid ones."""
+    import inspect
+
+    for name in SCORES.names():
+        spec = SCORES.get(name)
+        takes = list(inspect.signature(spec.fn).parameters)[1:]
+        assert sorted(takes) == sorted(spec.fn_options(spec.resolve(None))), name
+        assert spec.keep in ("high", "low", None) and spec.hard in ("high", "low", None)
+        with pytest.raises(ValueError, match=f"{name}.nope: unknown option; valid options: "):
+            spec.resolve({"nope": 1})
+    assert SCORES.get("moderate_ds").resolve({"variant": "class"}) == {"variant": "class"}
+    assert SCORES.get("dynamic_uncertainty").resolve({"ddof": 1}) == {"window": 10, "ddof": 1}
+    assert SCORES.get("grand").resolve(None) == {"batch_size": 128}
+    assert SCORES.get("prototypes").resolve({"k": 3, "normalize": False})["k"] == 3
+    assert SCORES.get("el2n_proxy").fn_options(SCORES.get("el2n_proxy").resolve({"epoch": 2})) == {}  # an input option
+    assert [n for n in SCORES.names() if SCORES.get(n).seeded] == ["random"]
+    assert SCORES.get("moderate_ds").keep == "high" and SCORES.get("moderate_ds").hard == "low"
+
+
+def test_a_registration_must_declare_the_functions_options():
+    from kdprune.options import Option
+    from kdprune.scores import register_score
+
+    def undeclared(ctx, width: int = 3):
+        return ctx.labels * 0.0
+
+    with pytest.raises(ValueError, match=r"options \['width'\] of the function are not declared"):
+        register_score("t_undeclared", keep="high", hard="high", variant="t")(undeclared)
+    with pytest.raises(ValueError, match="defaults to 4 in the registration but 3 in the function"):
+        register_score("t_default", keep="high", hard="high", variant="t",
+                       options={"width": Option(int, 4)})(undeclared)
+    with pytest.raises(ValueError, match="reads unknown context fields"):
+        register_score("t_needs", keep="high", hard="high", variant="t", needs=("logitz",),
+                       options={"width": Option(int, 3)})(undeclared)
+    assert "t_undeclared" not in SCORES and "t_default" not in SCORES and "t_needs" not in SCORES

@@ -398,3 +398,25 @@ def test_infobatch_state_dict_round_trip_reproduces_the_next_epoch():
     assert set(dropped) <= set(below) and len(dropped) == len(below) - len(below) // 2
     with pytest.raises(ValueError, match="does not take option.*ratio"):
         make_sampler("infobatch", 10, epochs=5, ratio=0.5)
+
+
+@pytest.mark.parametrize("score", ["aum_prob", "el2n", "moderate_ds"])
+def test_ccs_cuts_the_cut_scores_hard_end_not_its_keep_end(score):
+    """The mislabel cut drops the hardest by the cut score's registration (``hard``): lowest AUM,
+    highest EL2N, and for Moderate-DS (keeps the middle band: keep end high) the far end, its lowest."""
+    from kdprune.scores import SCORES
+    from kdprune.selection.methods import hard_end, parse_method
+
+    spec = SCORES.get(score)
+    assert hard_end(score) == spec.hard
+    assert (score, spec.keep, spec.hard) != ("moderate_ds", "high", "high")
+    ids = np.arange(100, dtype=np.int64)
+    labels = ids % 2
+    cut_scores = np.random.default_rng(0).permutation(100).astype(float)  # distinct: the cut is unambiguous
+    strat = np.zeros(100)
+    # keep all the cut leaves (fraction 0.9 of 100 after cutting 10): the complement is the cut
+    kept = select("ccs", ids, labels, strat, 0.9, seed=0, beta=0.1, k=1, cut_scores=cut_scores, cut_end=hard_end(score))
+    cut = np.setdiff1d(ids, kept)
+    hardest = np.argsort(cut_scores)[:10] if spec.hard == "low" else np.argsort(-cut_scores)[:10]
+    np.testing.assert_array_equal(np.sort(cut), np.sort(ids[hardest]))
+    assert parse_method("ccs").cut_end == SCORES.get(parse_method("ccs").cut_score).hard == "low"

@@ -1,13 +1,10 @@
-"""Pruning scores, one module each, registered by name with their keep direction."""
+"""Pruning scores, one module each, registered by name (``register_score``) with everything the
+pipeline needs to know about them. Every module of this package is imported here, so adding a
+score is adding one file."""
+import importlib
+import pkgutil
+
 from kdprune.scores.base import SCORES, ScoreContext, ScoreSpec, register_score  # noqa: F401
-from kdprune.scores import random_score, el2n, forgetting  # noqa: F401,E402
-from kdprune.scores import (  # noqa: F401,E402
-    aum,
-    dynamic_uncertainty,
-    el2n_proxy,
-    grand,
-    memorization,
-    moderate_ds,
-    prototypes,
-    uncertainty,
-)
+
+for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_m}")

@@ -1,5 +1,6 @@
 import numpy as np
 
+from kdprune.options import Option
 from kdprune.scores.base import ScoreContext, register_score, softmax
 
 VARIANTS = ("logit", "prob")
@@ -17,9 +18,12 @@ def margins(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
 @register_score(
     "aum",
     keep="low",
+    hard="low",
     variant="teacher training-pass dynamics; variant='logit' (paper, default: logit margin averaged over "
     "epochs) or 'prob' (CCS code: softmax-probability margin summed over epochs)",
     needs=("dynamics",),
+    options={"variant": Option(str, "logit", "logit (paper: logit margin averaged over epochs) or prob (CCS code: "
+                               "probability margin summed)", choices=("logit", "prob"))},
 )
 def aum(ctx: ScoreContext, variant: str = "logit") -> np.ndarray:
     """AUM, area under the margin: assigned-class logit minus the largest other logit, averaged over epochs.
@@ -41,6 +45,7 @@ def aum(ctx: ScoreContext, variant: str = "logit") -> np.ndarray:
 @register_score(
     "aum_prob",
     keep="low",
+    hard="low",
     variant="the CCS code's AUM: softmax-probability margin summed over the teacher's training epochs "
     "(= aum with variant 'prob'); CCS always cuts its lowest as the mislabel cut",
     needs=("dynamics",),

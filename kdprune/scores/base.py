@@ -1,18 +1,35 @@
-"""What every score gets and returns.
+"""What every score gets and returns, and what its registration declares.
 
 A score is a pure function ``fn(ctx: ScoreContext, **options) -> np.ndarray`` giving one float
-per training example, in the order of ``ctx.ids``. Its registration states which end the usual
-recipe keeps (``"high"``, ``"low"`` or ``None`` for scores with no direction, like random) and
-the variant implemented; its docstring states the definition and source.
+per training example, in the order of ``ctx.ids``; its docstring states the definition and
+source. Its registration (:func:`register_score`) declares everything the rest of the pipeline
+needs to know about it, so adding a score is one module:
+
+- ``keep``: the end the usual recipe keeps (``"high"``, ``"low"`` or ``None`` for scores with no
+  direction, like random); ``hard``: the end where the hard examples are, which a cut of the
+  hardest (CCS) drops. They differ for Moderate-DS, which keeps a band around the median distance
+  (high score) and whose hard end is the far end (low score).
+- ``options``: name -> :class:`~kdprune.options.Option`, the function's keyword options (every one
+  it implements; checked against its signature). ``params.yaml`` names them under the score, e.g.
+  ``scores: {el2n: {epoch: 5}}``; :meth:`ScoreSpec.resolve` fills the defaults and refuses an
+  unknown option, listing the valid ones.
+- ``input_options``: options of how the task layer builds the score's inputs rather than of the
+  function (el2n_proxy's read epoch of its proxies' logits); named and resolved the same way.
+- ``needs``: the :class:`ScoreContext` fields it reads (``PROXY_INPUTS`` says which come from proxy
+  trainings); ``prefers``: fields it reads when given and falls back without.
+- ``seeded``: the values depend on ``ctx.seed`` (one score file per seed in ``scores.seeds``).
+- ``check``: an optional cross-key rule ``(resolved options, params) -> error text or None``,
+  run by params validation before any compute (e.g. EL2N's epoch within the teacher's epochs).
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from kdprune.options import Option, resolve_options
 from kdprune.registry import Registry
 
 if TYPE_CHECKING:  # the context only carries torch objects; the scores that use them import torch
@@ -45,17 +62,43 @@ class ScoreContext:
     memo_correct: Optional[np.ndarray] = None
 
 
+# context fields made by proxy trainings, and which kind of run makes them (tasks/scores.py):
+# "proxy" = short runs on the full train split, "memo" = runs on random subsets
+PROXY_INPUTS = {"proxy_logits": "proxy", "proxy_models": "proxy", "memo_masks": "memo", "memo_correct": "memo"}
+ENDS = ("high", "low", None)
+
+
 @dataclass
 class ScoreSpec:
     name: str
     fn: Callable[..., np.ndarray]
     keep: Optional[str]  # "high", "low" or None
+    hard: Optional[str]  # the end of the hard examples: "high", "low" or None
     variant: str
     needs: tuple[str, ...] = field(default_factory=tuple)
+    prefers: tuple[str, ...] = field(default_factory=tuple)
+    seeded: bool = False
+    options: dict[str, Option] = field(default_factory=dict)  # function options, then input options
+    input_options: tuple[str, ...] = field(default_factory=tuple)  # names among ``options`` the task layer reads
+    check: Optional[Callable[[dict, dict], Optional[str]]] = None
 
     @property
     def definition(self) -> str:
         return inspect.cleandoc(self.fn.__doc__ or "").split("\n\n")[0]
+
+    @property
+    def proxies(self) -> set[str]:
+        """The kinds of proxy training its inputs come from ("proxy", "memo")."""
+        return {PROXY_INPUTS[n] for n in self.needs if n in PROXY_INPUTS}
+
+    def resolve(self, given: Optional[dict]) -> dict:
+        """Every option (function and input options) with defaults filled in; ValueError naming every
+        bad or unknown option and the valid ones."""
+        return resolve_options(self.name, self.options, given)
+
+    def fn_options(self, resolved: dict) -> dict:
+        """The resolved options the function takes (input options removed)."""
+        return {k: v for k, v in resolved.items() if k not in self.input_options}
 
     def __call__(self, ctx: ScoreContext, **options) -> np.ndarray:
         for need in self.needs:
@@ -68,14 +111,43 @@ class ScoreSpec:
 
 
 SCORES: Registry[ScoreSpec] = Registry("score")
+CONTEXT_FIELDS = tuple(f.name for f in fields(ScoreContext) if f.name not in ("ids", "labels", "num_classes", "seed"))
 
 
-def register_score(name: str, keep: Optional[str], variant: str, needs: tuple[str, ...] = ()):
-    if keep not in ("high", "low", None):
-        raise ValueError(f"keep must be 'high', 'low' or None, got {keep!r}")
+def _check_signature(name: str, fn: Callable, options: dict[str, Option]) -> None:
+    """Every keyword option the function implements is declared, and no other; defaults agree."""
+    params = list(inspect.signature(fn).parameters.values())[1:]  # after ctx
+    takes = {p.name: p for p in params}
+    missing = sorted(set(takes) - set(options))
+    extra = sorted(set(options) - set(takes))
+    if missing or extra:
+        raise ValueError(f"score {name!r}: options {missing} of the function are not declared" if missing else
+                         f"score {name!r}: declared options {extra} are not arguments of the function")
+    for k, p in takes.items():
+        if p.default is not inspect.Parameter.empty and p.default != options[k].default:
+            raise ValueError(f"score {name!r}: option {k} defaults to {options[k].default!r} in the registration "
+                             f"but {p.default!r} in the function")
+
+
+def register_score(name: str, *, keep: Optional[str], hard: Optional[str], variant: str, needs: Sequence[str] = (),
+                   prefers: Sequence[str] = (), seeded: bool = False, options: Optional[dict[str, Option]] = None,
+                   input_options: Optional[dict[str, Option]] = None,
+                   check: Optional[Callable[[dict, dict], Optional[str]]] = None):
+    """Register a score (see the module docstring for what each argument declares)."""
+    for what, end in (("keep", keep), ("hard", hard)):
+        if end not in ENDS:
+            raise ValueError(f"score {name!r}: {what} must be 'high', 'low' or None, got {end!r}")
+    bad = sorted((set(needs) | set(prefers)) - set(CONTEXT_FIELDS))
+    if bad:
+        raise ValueError(f"score {name!r} reads unknown context fields {bad}; known: {', '.join(CONTEXT_FIELDS)}")
+    fn_opts, in_opts = dict(options or {}), dict(input_options or {})
+    if set(fn_opts) & set(in_opts):
+        raise ValueError(f"score {name!r}: {sorted(set(fn_opts) & set(in_opts))} are both function and input options")
 
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        SCORES.register(name)(ScoreSpec(name, fn, keep, variant, tuple(needs)))
+        _check_signature(name, fn, fn_opts)
+        SCORES.register(name)(ScoreSpec(name, fn, keep, hard, variant, tuple(needs), tuple(prefers), seeded,
+                                        {**fn_opts, **in_opts}, tuple(in_opts), check))
         return fn
 
     return deco

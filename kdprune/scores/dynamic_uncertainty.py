@@ -1,5 +1,6 @@
 import numpy as np
 
+from kdprune.options import Option
 from kdprune.scores.base import ScoreContext, register_score, softmax
 
 
@@ -19,9 +20,12 @@ def windowed_std(series: np.ndarray, window: int, ddof: int = 0) -> np.ndarray:
 @register_score(
     "dynamic_uncertainty",
     keep="high",
+    hard="high",
     variant="teacher training-pass dynamics; window 10 (whole run if fewer epochs); population std "
     "(ddof=0) by default",
     needs=("dynamics",),
+    options={"window": Option(int, 10, "sliding window (epochs); the whole run if it has fewer", low=1),
+             "ddof": Option(int, 0, "delta degrees of freedom of the std (0: population, 1: sample)", choices=(0, 1))},
 )
 def dynamic_uncertainty(ctx: ScoreContext, window: int = 10, ddof: int = 0) -> np.ndarray:
     """Dynamic uncertainty: std of the target-class probability over a sliding window of epochs, averaged.

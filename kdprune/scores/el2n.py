@@ -1,13 +1,18 @@
 import numpy as np
 
+from kdprune.options import Option
 from kdprune.scores.base import ScoreContext, register_score, softmax
 
 
 @register_score(
     "el2n",
     keep="high",
+    hard="high",
     variant="teacher dynamics: one run's training-pass logits at epoch `el2n_epoch` (1-based), no seed averaging",
     needs=("dynamics",),
+    options={"epoch": Option(int, 5, "teacher epoch (1-based) the training-pass logits are read at", low=1)},
+    check=lambda o, p: (f"scores.el2n.epoch: {o['epoch']} is after the teacher's last epoch; allowed: "
+                        f"1..teacher.epochs ({p['teacher']['epochs']})" if o["epoch"] > p["teacher"]["epochs"] else None),
 )
 def el2n(ctx: ScoreContext, epoch: int) -> np.ndarray:
     """EL2N: the L2 norm of softmax(output) minus the one-hot label (Paul et al., 2021).

@@ -1,15 +1,22 @@
 import numpy as np
 
+from kdprune.options import Option
 from kdprune.scores.base import ScoreContext, register_score, softmax
 
 
 @register_score(
     "el2n_proxy",
     keep="high",
+    hard="high",
     variant="paper / data_diet code: mean over independently initialised proxies of the error norm of a clean "
-    "(no augmentation) eval-mode pass, read early (epoch `el2n_proxy_epoch`) in a run on the teacher's full "
+    "(no augmentation) eval-mode pass, read early (epoch `scores.el2n_proxy.epoch`) in a run on the teacher's full "
     "schedule (`teacher.epochs`), stopped at `proxy_epochs`",
     needs=("proxy_logits",),
+    input_options={"epoch": Option(int, 3, "proxy epoch (1-based) the logits are read at: a clean eval-mode pass "
+                                   "over the train split", low=1)},
+    check=lambda o, p: (f"scores.el2n_proxy.epoch: {o['epoch']} is after the proxies' last epoch; allowed: "
+                        f"1..scores.proxy_epochs ({p['scores']['proxy_epochs']})"
+                        if o["epoch"] > p["scores"]["proxy_epochs"] else None),
 )
 def el2n_proxy(ctx: ScoreContext) -> np.ndarray:
     """EL2N averaged over proxies: mean over runs of ||softmax(logits) - onehot(label)||_2.

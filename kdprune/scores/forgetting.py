@@ -6,6 +6,7 @@ from kdprune.scores.base import ScoreContext, register_score
 @register_score(
     "forgetting",
     keep="high",
+    hard="high",
     variant="teacher's training-pass predictions once per epoch; never-learned examples score E (epochs), "
     "above any possible count",
     needs=("dynamics",),

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+from kdprune.options import Option
 from kdprune.scores.base import ScoreContext, register_score
 
 Transform = Optional[Callable[[torch.Tensor], torch.Tensor]]
@@ -176,8 +177,13 @@ def _score(ctx: ScoreContext, batch_size: int, last_layer: bool) -> np.ndarray:
 @register_score(
     "grand",
     keep="high",
+    hard="high",
     variant="paper: gradient w.r.t. all parameters, models in eval mode, mean over proxy models",
     needs=("proxy_models", "inputs"),
+    options={"batch_size": Option(int, 128, "examples per backward pass (memory vs speed; same values)", low=1)},
+    check=lambda o, p: (f"scores.grand_epoch: {p['scores']['grand_epoch']} is after the proxies' last epoch; allowed: "
+                        f"0..scores.proxy_epochs ({p['scores']['proxy_epochs']})"
+                        if p["scores"]["grand_epoch"] > p["scores"]["proxy_epochs"] else None),
 )
 def grand(ctx: ScoreContext, batch_size: int = 128) -> np.ndarray:
     """GraNd: E_models ||grad_theta CE(f(x), y)||_2, the expected per-example gradient norm.
@@ -194,7 +200,12 @@ def grand(ctx: ScoreContext, batch_size: int = 128) -> np.ndarray:
     keep="high",
     variant="DeepCore: gradient w.r.t. the final linear layer (model.head) only, closed form, models in "
     "eval mode, mean over proxy models",
+    hard="high",
     needs=("proxy_models", "inputs"),
+    options={"batch_size": Option(int, 1024, "examples per forward pass (memory vs speed; same values)", low=1)},
+    check=lambda o, p: (f"scores.grand_epoch: {p['scores']['grand_epoch']} is after the proxies' last epoch; allowed: "
+                        f"0..scores.proxy_epochs ({p['scores']['proxy_epochs']})"
+                        if p["scores"]["grand_epoch"] > p["scores"]["proxy_epochs"] else None),
 )
 def grand_last_layer(ctx: ScoreContext, batch_size: int = 1024) -> np.ndarray:
     """GraNd on the last layer: E_models ||grad_{W,b} CE||_2 = E ||p - onehot|| * sqrt(||h||^2 + 1).

@@ -22,6 +22,7 @@ def memorization_estimate(masks: np.ndarray, correct: np.ndarray) -> np.ndarray:
 @register_score(
     "memorization",
     keep="high",
+    hard="high",
     variant="subsample estimator from M models on random subsets; 0 for examples never in or never out",
     needs=("memo_masks", "memo_correct"),
 )

@@ -1,5 +1,6 @@
 import numpy as np
 
+from kdprune.options import Option
 from kdprune.scores.base import ScoreContext, register_score
 
 VARIANTS = ("class", "global_rank")
@@ -18,10 +19,13 @@ def median_distances(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
 @register_score(
     "moderate_ds",
     keep="high",
+    hard="low",  # the far end of the band: distances furthest from the median
     variant="score = -|rank(d) - (N-1)/2| over all examples (variant='global_rank', default: the published "
     "code's global band of distance ranks around the median), or -|d - median of d in the class| "
     "(variant='class'); d = distance to the class's coordinate-wise median feature",
     needs=("embeddings",),
+    options={"variant": Option(str, "global_rank", "global_rank (the published code: a global band of distance "
+                               "ranks) or class (-|d - the class's median d|)", choices=VARIANTS)},
 )
 def moderate_ds(ctx: ScoreContext, variant: str = "global_rank") -> np.ndarray:
     """Moderate-DS: keep examples whose distance to their class median feature is moderate.

@@ -1,6 +1,7 @@
 """Prototype distances in an embedding space (Sorscher et al. 2022): self-supervised and supervised variants."""
 import numpy as np
 
+from kdprune.options import Option
 from kdprune.scores.base import ScoreContext, register_score
 from kdprune.scores.kmeans import kmeans, nearest
 
@@ -20,9 +21,14 @@ def _embeddings(ctx: ScoreContext, normalize: bool) -> np.ndarray:
 @register_score(
     "prototypes",
     keep="high",
+    hard="high",
     variant="k-means (k = num_classes unless given, k-means++ seeded by scores.seed) on L2-normalised "
     "embeddings; Euclidean distance to the nearest centroid",
     needs=("embeddings",),
+    options={"k": Option(int, 0, "k-means clusters; 0: the number of classes", low=0),
+             "normalize": Option(bool, True, "L2-normalise the embeddings first"),
+             "max_iter": Option(int, 100, "k-means iterations at most", low=1),
+             "tol": Option(float, 1e-6, "k-means stops when centroids move less than this", low=0.0)},
 )
 def prototypes(ctx: ScoreContext, k: int = 0, normalize: bool = True, max_iter: int = 100, tol: float = 1e-6) -> np.ndarray:
     """Self-supervised prototypes: distance of an embedding to its nearest k-means centroid.
@@ -41,9 +47,14 @@ def prototypes(ctx: ScoreContext, k: int = 0, normalize: bool = True, max_iter: 
 @register_score(
     "prototypes_supervised",
     keep="high",
+    hard="high",
     variant="per class: distance to the class mean (k-means with k=1) of L2-normalised embeddings; "
     "clusters_per_class > 1 runs k-means inside each class",
     needs=("embeddings",),
+    options={"clusters_per_class": Option(int, 1, "k-means clusters inside each class (1: the class mean)", low=1),
+             "normalize": Option(bool, True, "L2-normalise the embeddings first"),
+             "max_iter": Option(int, 100, "k-means iterations at most", low=1),
+             "tol": Option(float, 1e-6, "k-means stops when centroids move less than this", low=0.0)},
 )
 def prototypes_supervised(ctx: ScoreContext, clusters_per_class: int = 1, normalize: bool = True,
                           max_iter: int = 100, tol: float = 1e-6) -> np.ndarray:

@@ -3,7 +3,7 @@ import numpy as np
 from kdprune.scores.base import ScoreContext, register_score
 
 
-@register_score("random", keep=None, variant="uniform [0, 1) draws from numpy's PCG64 seeded by scores.seed")
+@register_score("random", keep=None, hard=None, seeded=True, variant="uniform [0, 1) draws from numpy's PCG64 seeded by scores.seed")
 def random_score(ctx: ScoreContext) -> np.ndarray:
     """Random: an i.i.d. uniform score per example; keeping the top k is a uniform random subset.
 

@@ -17,7 +17,7 @@ def final_probs(ctx: ScoreContext) -> np.ndarray:
     return softmax(np.asarray(logits, dtype=np.float64))
 
 
-@register_score("entropy", keep="high", variant=f"natural log; {_SOURCE}")
+@register_score("entropy", keep="high", hard="high", variant=f"natural log; {_SOURCE}", prefers=("final_logits",))
 def entropy(ctx: ScoreContext) -> np.ndarray:
     """Entropy of the predicted distribution, -sum_c p_c log p_c (natural log).
 
@@ -28,7 +28,7 @@ def entropy(ctx: ScoreContext) -> np.ndarray:
     return -(p * np.log(np.clip(p, 1e-300, None))).sum(axis=1)
 
 
-@register_score("least_confidence", keep="high", variant=_SOURCE)
+@register_score("least_confidence", keep="high", hard="high", variant=_SOURCE, prefers=("final_logits",))
 def least_confidence(ctx: ScoreContext) -> np.ndarray:
     """Least confidence: 1 - max_c p_c.
 
@@ -37,7 +37,8 @@ def least_confidence(ctx: ScoreContext) -> np.ndarray:
     return 1.0 - final_probs(ctx).max(axis=1)
 
 
-@register_score("margin", keep="low", variant=f"top-1 minus top-2 probability; {_SOURCE}")
+@register_score("margin", keep="low", hard="low", variant=f"top-1 minus top-2 probability; {_SOURCE}",
+                prefers=("final_logits",))
 def margin(ctx: ScoreContext) -> np.ndarray:
     """Margin: p_top1 - p_top2, the gap between the two most probable classes (label not used).
 

@@ -2,9 +2,10 @@
 High Pruning Rates", ICLR 2023; reference code github.com/haizhongzheng/Coverage-centric-coreset-selection,
 ``mislabel_mask`` / ``stratified_sampling`` / ``bin_allocate``), as the reference code runs it:
 
-1. The mislabel cut: drop the ``int(beta * N)`` examples with the LOWEST AUM -- the code's AUM,
-   softmax-probability margins summed over epochs (score ``aum_prob``) -- whatever score is
-   stratified (``cut_scores``; ties in a seeded random order). ``beta`` follows the kept fraction
+1. The mislabel cut: drop the ``int(beta * N)`` hardest examples by AUM -- the code's AUM,
+   softmax-probability margins summed over epochs (score ``aum_prob``), whose hard end is its
+   lowest -- whatever score is stratified (``cut_scores``, cut at ``cut_end``: the cut score's
+   registered hard end, never its keep end; ties in a seeded random order). ``beta`` follows the kept fraction
    (``ccs_beta_at``): the paper uses beta = 0.3 at 90 % pruning (CIFAR-10, ImageNet) and 0.2 at 80 %.
 2. Split the remaining examples' stratified score into ``k`` (default 50) strata of equal width over
    [min, max * 1.0001]: stratum ``i`` holds scores in [min + i*w, min + (i+1)*w), w = (max*1.0001 - min) / k
@@ -81,16 +82,20 @@ def ccs_budget(n: int, fraction: float) -> int:
 
 
 @register_selector("ccs")
-def ccs(ids, labels, scores, fraction, seed, beta: float = 0.0, k: int = 50, cut_scores=None):
+def ccs(ids, labels, scores, fraction, seed, beta: float = 0.0, k: int = 50, cut_scores=None, cut_end: str = "low"):
     """Coverage-centric coreset selection (see the module docstring for the recipe).
 
-    ``scores``: the stratified score. ``cut_scores``: the score whose LOWEST ``int(beta * N)``
-    examples are cut first (the code's AUM, ``aum_prob``; None: ``scores`` themselves, low end).
+    ``scores``: the stratified score. ``cut_scores``: the score whose ``int(beta * N)`` hardest
+    examples are cut first (the code's AUM, ``aum_prob``; None: ``scores`` themselves).
+    ``cut_end``: where the hard examples of the cut score are, ``"low"`` (AUM) or ``"high"`` (EL2N,
+    forgetting): the registration's ``hard``, which differs from its keep end for Moderate-DS.
     ``beta`` in [0, 1): the share cut. ``k``: number of strata. The budget ``int(fraction * N)``
     must fit in what the cut leaves; otherwise a ValueError names beta and fraction. Returns sorted ids.
     """
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"ccs beta (share dropped as hardest) must be in [0, 1), got {beta}")
+    if cut_end not in ("high", "low"):
+        raise ValueError(f"ccs cut_end (the cut score's hard end) must be 'high' or 'low', got {cut_end!r}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"ccs k (number of strata) must be a positive integer, got {k!r}")
     ids = np.asarray(ids)
@@ -104,8 +109,8 @@ def ccs(ids, labels, scores, fraction, seed, beta: float = 0.0, k: int = 50, cut
     if want > n - cut:
         raise ValueError(f"ccs: budget {want} (fraction {fraction} of {n}) exceeds the {n - cut} examples left "
                          f"after dropping floor(beta * N) = {cut} hardest (beta {beta}); lower beta or fraction")
-    # lowest cut score first, ties in the seeded random order; keep the rest
-    order = np.lexsort((tie_ranks(ids, seed), cut_scores))
+    # hardest first (lowest, or highest for cut_end "high"), ties in the seeded random order; keep the rest
+    order = np.lexsort((tie_ranks(ids, seed), cut_scores if cut_end == "low" else -cut_scores))
     rest = order[cut:]
     rest = rest[np.argsort(ids[rest], kind="stable")]  # id order, so the random draws are input-order free
     strata = ccs_strata(scores[rest], int(k))

@@ -3,13 +3,14 @@
     <score>            keep the end the score's recipe keeps (``keep`` of its registration),
                        class-balanced when ``select.balance`` is true (the default, as DeepCore:
                        per-class budgets proportional to class sizes), else over the whole pool;
-                       ``random`` keeps a uniform random subset (per class when balanced)
+                       a score with no keep end (``random``) keeps a uniform random subset
+                       (per class when balanced)
     <score>:high|low   keep that end explicitly (balanced as ``select.balance`` says)
     <score>:balanced   class-balanced at the recipe's end, whatever ``select.balance`` says
     <score>:global     over the whole pool at the recipe's end, whatever ``select.balance`` says
     ccs                coverage-centric selection (Zheng et al. 2023) on ``select.ccs_score``
-                       (the CCS code's AUM, ``aum_prob``, by default): the beta lowest-``aum_prob``
-                       cut, k equal-width strata
+                       (the CCS code's AUM, ``aum_prob``, by default): the beta hardest by
+                       ``aum_prob`` cut (its registration's ``hard`` end, low), k equal-width strata
     rs2                a fresh random subset each epoch, without replacement across epochs
                        (Okanovic et al. 2024); the kept fraction is the per-epoch share
     infobatch          drop a share of low-loss examples each epoch, rescale the rest, full data
@@ -42,6 +43,7 @@ class Method:
     selector: Optional[str]  # static selector name, or None for samplers
     sampler: Optional[str]  # per-epoch sampler name, or None
     cut_score: Optional[str] = None  # a second score the selection reads (CCS's mislabel cut), or None
+    cut_end: Optional[str] = None  # the end of ``cut_score`` that is cut: its registration's hard end
     joint: Optional[str] = None  # joint selector name (kdprune.selection.joint), or None
 
     @property
@@ -49,7 +51,8 @@ class Method:
         """Whether the subset depends on a seed (one manifest per seed)."""
         if self.joint is not None:
             return JOINT.get(self.joint).seeded
-        return self.score == "random" or self.selector == "ccs" or self.sampler is not None
+        seeded_score = self.score is not None and SCORES.get(self.score).seeded
+        return seeded_score or self.selector == "ccs" or self.sampler is not None
 
     @property
     def balanced(self) -> bool:
@@ -68,11 +71,20 @@ def valid_names() -> list[str]:
 CCS_CUT_SCORE = "aum_prob"  # the CCS code cuts its lowest accumulated probability margin, whatever it stratifies
 
 
+def hard_end(score: str) -> str:
+    """The end of a score where its hard examples are (its registration's ``hard``), which a cut of the
+    hardest drops; ValueError for a score with none (random)."""
+    hard = SCORES.get(score).hard
+    if hard is None:
+        raise ValueError(f"score {score!r} has no hard end (its registration's hard=None): it cannot be cut")
+    return hard
+
+
 def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE, balance: bool = True) -> Method:
     """Interpret one ``select.methods`` entry (``balance``: ``select.balance``); unknown names raise
     ValueError listing the valid ones."""
     if label == "ccs":
-        return Method(label, ccs_score, "ccs", None, cut_score=CCS_CUT_SCORE)
+        return Method(label, ccs_score, "ccs", None, cut_score=CCS_CUT_SCORE, cut_end=hard_end(CCS_CUT_SCORE))
     if label in SAMPLER_METHODS:
         return Method(label, None, None, label)
     if label in JOINT and label not in SCORES:
@@ -82,9 +94,9 @@ def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE, balance: bool = Tru
         raise ValueError(f"unknown selection method {label!r}; valid: {', '.join(valid_names())}")
     keep = SCORES.get(score).keep
     balanced = mode == "balanced" or (mode != "global" and balance)
-    if score == "random":
+    if keep is None:  # no direction (random): uniform draws
         if mode in ("high", "low"):
-            raise ValueError("random takes no ':high' or ':low' (it keeps a uniform subset); "
+            raise ValueError(f"{score} takes no ':high' or ':low' (it keeps a uniform subset); "
                              "':balanced' or ':global' choose a per-class or a whole-pool draw")
         # the top-k of uniform draws is a uniform subset; per class, a class-stratified uniform subset
         return Method(label, score, "class_balanced_high" if balanced else "keep_high", None)

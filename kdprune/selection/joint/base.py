@@ -30,32 +30,11 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from kdprune.options import Option, resolve_options  # noqa: F401  (Option: the selectors' modules import it here)
 from kdprune.registry import Registry
 from kdprune.selection.static import budget, class_quotas
 
 INPUTS = ("features", "probs", "gradients", "validation", "model")
-
-
-@dataclass(frozen=True)
-class Option:
-    kind: type  # bool, int, float or str
-    default: Any
-    doc: str = ""
-    choices: Optional[tuple] = None
-    low: Optional[float] = None  # inclusive lower bound for numbers
-
-    def check(self, value: Any) -> Optional[str]:
-        ok = (isinstance(value, bool) if self.kind is bool else
-              isinstance(value, (int, float)) and not isinstance(value, bool) if self.kind is float else
-              isinstance(value, self.kind) and not isinstance(value, bool) if self.kind is int else
-              isinstance(value, self.kind))
-        if not ok:
-            return f"got {value!r}, expected a {self.kind.__name__}"
-        if self.choices is not None and value not in self.choices:
-            return f"got {value!r}, allowed: {', '.join(map(str, self.choices))}"
-        if self.low is not None and value < self.low:
-            return f"got {value!r}, must be >= {self.low}"
-        return None
 
 
 @dataclass
@@ -82,18 +61,7 @@ class JointSpec:
 
     def resolve(self, given: Optional[dict]) -> dict:
         """The options with defaults filled in; ValueError naming every bad or unknown option."""
-        given = dict(given or {})
-        errors = [f"{self.name}.{k}: unknown option; valid options: {', '.join(self.options)}"
-                  for k in given if k not in self.options]
-        for k, opt in self.options.items():
-            if k in given:
-                msg = opt.check(given[k])
-                if msg:
-                    errors.append(f"{self.name}.{k}: {msg}")
-        if errors:
-            raise ValueError("; ".join(errors))
-        out = {k: given.get(k, opt.default) for k, opt in self.options.items()}
-        return {k: float(v) if self.options[k].kind is float else v for k, v in out.items()}
+        return resolve_options(self.name, self.options, given)
 
 
 JOINT: Registry[JointSpec] = Registry("joint selector")

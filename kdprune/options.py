@@ -1,0 +1,57 @@
+"""Typed options of a registered method (scores, joint selectors): declared in the registration,
+named under the method in params.yaml, resolved here with their defaults.
+
+An :class:`Option` states its kind (bool, int, float or str), default, allowed values or lower
+bound and a one-line doc; :func:`resolve_options` fills the defaults and refuses an unknown or
+bad option, naming the valid ones with their types and defaults.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Option:
+    kind: type  # bool, int, float or str
+    default: Any
+    doc: str = ""
+    choices: Optional[tuple] = None
+    low: Optional[float] = None  # inclusive lower bound for numbers
+
+    def check(self, value: Any) -> Optional[str]:
+        ok = (isinstance(value, bool) if self.kind is bool else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if self.kind is float else
+              isinstance(value, self.kind) and not isinstance(value, bool) if self.kind is int else
+              isinstance(value, self.kind))
+        if not ok:
+            return f"got {value!r}, expected a {self.kind.__name__}"
+        if self.choices is not None and value not in self.choices:
+            return f"got {value!r}, allowed: {', '.join(map(str, self.choices))}"
+        if self.low is not None and value < self.low:
+            return f"got {value!r}, must be >= {self.low}"
+        return None
+
+
+def describe_options(options: dict[str, Option]) -> str:
+    """``name (kind, default X), ...``: what an error message lists as the valid options."""
+    if not options:
+        return "no options"
+    return ", ".join(f"{k} ({o.kind.__name__}, default {o.default!r})" for k, o in options.items())
+
+
+def resolve_options(owner: str, options: dict[str, Option], given: Optional[dict]) -> dict:
+    """The options with defaults filled in (floats as float); ValueError naming every bad or unknown
+    option, prefixed ``owner.`` (params validation adds their types and defaults: :func:`describe_options`)."""
+    given = dict(given or {})
+    errors = [f"{owner}.{k}: unknown option; valid options: {', '.join(options) or 'none'}"
+              for k in given if k not in options]
+    for k, opt in options.items():
+        if k in given:
+            msg = opt.check(given[k])
+            if msg:
+                errors.append(f"{owner}.{k}: {msg}")
+    if errors:
+        raise ValueError("; ".join(errors))
+    out = {k: given.get(k, opt.default) for k, opt in options.items()}
+    return {k: float(v) if options[k].kind is float and v is not None else v for k, v in out.items()}
