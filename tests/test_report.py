@@ -152,3 +152,13 @@ def test_report_puts_the_full_data_baseline_beside_published_figures():
     other = build_report(df, TEACHERS, {**CTX, "dataset": "digits"})
     assert "No published figure for digits is recorded" in other
     assert "Is the baseline healthy?" not in build_report(df[df.fraction < 1.0], TEACHERS, CTX)
+
+
+def test_claim_2_compares_random_with_score_based_methods_only_not_with_random_over_the_whole_pool():
+    df = table()
+    glob = df[df.method == "random"].assign(method="random:global")
+    glob["test_acc"] += 0.03  # the global random draw far above: not a score-based rival
+    both = pd.concat([df, glob], ignore_index=True)
+    c2 = next(c for c in A.claims(A.with_arms(both), "small_cnn", TEACHERS, 24000, 0.1) if c.number == 2)
+    assert c2.verdict == A.HOLDS and "random:global" not in c2.evidence, c2.evidence
+    assert "vs el2n" in c2.evidence or "vs forgetting" in c2.evidence
