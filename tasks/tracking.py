@@ -87,7 +87,36 @@ def _add(counts: dict[str, int], more: dict[str, int], sign: int = 1) -> None:
         counts[k] = counts.get(k, 0) + sign * v
 
 
-class _Writer:
+class _Accounting:
+    """What a backend could not log, per tracker key: ``lost`` (counted here: runs never created, or
+    sent to a writer that died) merged with what the MLflow caller reports (``_reported()``: key ->
+    (offline reason, not logged, handled)). Both read under ``self.lock``."""
+
+    lock: threading.Lock
+    lost: dict[str, tuple[Optional[str], dict[str, int]]]
+
+    def _reported(self) -> dict:
+        raise NotImplementedError
+
+    def count_lost(self, key: str, what: str, n: int, reason: str) -> None:
+        with self.lock:
+            _add(self.lost.setdefault(key, (reason, {}))[1], {what: n})
+
+    def state(self, key: str) -> tuple[Optional[str], dict[str, int]]:
+        """Why ``key``'s logging stopped (or None) and what it could not log, by kind."""
+        with self.lock:
+            why, not_logged, _ = self._reported().get(key, (None, {}, {}))
+            why2, lost = self.lost.get(key, (None, {}))
+            merged = dict(not_logged)
+            _add(merged, lost)
+        return why or why2, {k: v for k, v in merged.items() if v > 0}
+
+    def keys(self) -> set[str]:
+        with self.lock:
+            return {*self._reported(), *self.lost}
+
+
+class _Writer(_Accounting):
     """This process's MLflow writer process: messages go to its stdin in the order sent; answers (to
     the requests that carry an id) come back on its stdout, in any order, and a reader thread hands
     each to the caller waiting for it. If the writer dies, what was sent to it but not handled is
@@ -214,25 +243,11 @@ class _Writer:
         except _WriterGone:
             pass
 
-    def count_lost(self, key: str, what: str, n: int, reason: str) -> None:
-        with self.lock:
-            _add(self.lost.setdefault(key, (reason, {}))[1], {what: n})
-
-    def state(self, key: str) -> tuple[Optional[str], dict[str, int]]:
-        """Why ``key``'s logging stopped (or None) and what it could not log, by kind."""
-        with self.lock:
-            why, not_logged, _ = self.child.get(key, (None, {}, {}))
-            why2, lost = self.lost.get(key, (None, {}))
-            merged = dict(not_logged)
-            _add(merged, lost)
-        return why or why2, {k: v for k, v in merged.items() if v > 0}
-
-    def keys(self) -> set[str]:
-        with self.lock:
-            return {*self.child, *self.lost}
+    def _reported(self) -> dict:
+        return self.child
 
 
-class _InProcess:
+class _InProcess(_Accounting):
     """MLflow in this process (``KDPRUNE_TRACKING=inprocess``), with the writer backend's interface
     (start, call, post, flush, count_lost, state, keys) and the same MLflow calls and best-effort
     accounting (``tasks.tracking_writer.Writer``). ``start`` imports MLflow on a background thread;
@@ -302,21 +317,8 @@ class _InProcess:
             self.queue.put(("flush", done))
             done.wait()
 
-    def count_lost(self, key: str, what: str, n: int, reason: str) -> None:
-        with self.lock:
-            _add(self.lost.setdefault(key, (reason, {}))[1], {what: n})
-
-    def state(self, key: str) -> tuple[Optional[str], dict[str, int]]:
-        why, not_logged, _ = self.writer.state().get(key, (None, {}, {})) if self.writer else (None, {}, {})
-        with self.lock:
-            why2, lost = self.lost.get(key, (None, {}))
-            merged = dict(not_logged)
-            _add(merged, lost)
-        return why or why2, {k: v for k, v in merged.items() if v > 0}
-
-    def keys(self) -> set[str]:
-        with self.lock:
-            return {*(self.writer.state() if self.writer else {}), *self.lost}
+    def _reported(self) -> dict:
+        return self.writer.state() if self.writer else {}
 
 
 def _import_mlflow() -> None:
