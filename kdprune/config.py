@@ -216,7 +216,7 @@ def _train_fields(arch_default: str, epochs: int) -> dict[str, Field]:
         "flip": Field("bool", False, doc="random horizontal flip"),
         "compile": Field("bool", False, doc="torch.compile the model (and the KD teacher) for training"),
         "channels_last": Field("bool", None, nullable=True,
-                               doc="NHWC activations for training; null: on CUDA only (on CPU, measured 1.4-1.8x "
+                               doc="NHWC activations for training; null: on CUDA only (on CPU, measured 1.3-1.8x "
                                    "faster convs for 28x28 CNNs)"),
     }
 
