@@ -178,3 +178,20 @@ def test_bad_runner_values_are_refused_before_any_compute(tiny_project, bad, key
     assert out.returncode == 2, out.stdout + out.stderr
     assert key in out.stderr, out.stderr
     assert "Beginning flow run" not in out.stdout + out.stderr and "Creating a local Ray" not in out.stdout + out.stderr
+
+
+def test_the_runs_own_ray_starts_its_workers_at_the_stage_processes_priority():
+    """Ray's default worker niceness is 15: students lost the CPU to any other process on a shared
+    machine. The runner's Ray instance starts them at nice 0 (ray_env_defaults)."""
+    code = ("import os\n"
+            "from tasks.runner import ray_env_defaults, ray_init_kwargs\n"
+            "os.nice(-os.nice(0))\n"  # this process at 0 whatever the caller's niceness
+            "ray_env_defaults()\n"
+            "import ray\n"
+            "ray.init(**ray_init_kwargs({'runner': {'address': None}}))\n"
+            "print('NICE', ray.get(ray.remote(lambda: os.nice(0)).remote()))\n"
+            "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_worker_niceness"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert "NICE 0" in out.stdout, out.stdout + out.stderr[-2000:]
