@@ -4,11 +4,14 @@ Used by the benchmarks and the tests to run the real entrypoints without touchin
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -43,6 +46,39 @@ def clean_env(port: int) -> dict:
     return env
 
 
+def run_or_dump(cmd: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)``, in its own session. Past ``timeout``:
+    every process under it that runs our entrypoint dumps its threads' stacks to stderr (SIGUSR1,
+    flows/__main__.py), then the whole session is killed, not only ``cmd`` (a stage that outlived a
+    killed ``dvc repro`` would hold its outputs and CPU into the next test), and AssertionError says
+    which processes were running and where they were."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        running = []
+        for c in tree:
+            with contextlib.suppress(psutil.Error):
+                line = " ".join(c.cmdline())[:200]
+                running.append(f"  {c.pid} {c.status()} {line}")
+                if "flows" in c.cmdline():
+                    os.kill(c.pid, signal.SIGUSR1)
+        time.sleep(3)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{' '.join(cmd)} did not finish in {timeout:g} s; running then:\n" + "\n".join(running)
+                             + f"\nstdout (end):\n{out[-6000:]}\nstderr (end, with the stacks):\n{err[-12000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 class Project:
     def __init__(self, path: Path, port: int):
         self.path = path
@@ -51,8 +87,7 @@ class Project:
     def run(self, *cmd: str, check: bool = True, timeout: float = 600, env: dict | None = None
             ) -> subprocess.CompletedProcess:
         """Run a command in the project; ``env`` adds to (overrides) the project's environment."""
-        p = subprocess.run(list(cmd), cwd=self.path, env={**self.env, **(env or {})}, capture_output=True, text=True,
-                           timeout=timeout)
+        p = run_or_dump(list(cmd), cwd=self.path, env={**self.env, **(env or {})}, timeout=timeout)
         if check and p.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\n"
                                  f"stderr:\n{p.stderr[-4000:]}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import faulthandler
 import importlib
 import json
 import logging
@@ -119,6 +120,10 @@ def parser(prog: str = "kdprune") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     if argv is None:  # the command line, not a caller in this process
         atexit.register(_fast_exit)
+        if hasattr(faulthandler, "register"):  # `kill -USR1 <pid>`: every thread's stack to stderr (a hung run)
+            import signal
+
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
     prog = "kdprune" if os.path.basename(sys.argv[0]) == "kdprune" else "python -m flows"
     args = parser(prog).parse_args(argv)
     if args.command in ("stores", "push", "pull"):
