@@ -6,8 +6,8 @@ profiles/NAME.yaml and the overrides (validated first) and runs the stale stages
 Fashion-MNIST study is ``kdprune sweep --profile fashion_mnist``. ``profile NAME`` only writes params.yaml.
 
 Params are validated before Prefect is imported, so a bad params.yaml stops with one clear message
-and leaves nothing behind. Commands that track start their MLflow writer process first (see
-tasks/tracking.py), so that MLflow's imports overlap this process's. Then the local Prefect server is made to
+and leaves nothing behind. Commands that track start importing MLflow first, on a thread (see
+tasks/tracking.py), so that its imports overlap this process's. Then the local Prefect server is made to
 answer (started on 127.0.0.1 on first use, reused after) and the flow runs.
 ``KDPRUNE_PARENT_RUN_ID`` nests a stage's MLflow run under an existing parent run.
 
@@ -19,34 +19,15 @@ SQLite store's runs into the server; ``client --host NAME`` prints a colleague's
 from __future__ import annotations
 
 import argparse
-import atexit
 import faulthandler
 import importlib
 import json
-import logging
 import os
 import sys
 import time
 
 from tasks.runtime import ensure_prefect_server, project_root, stop_prefect_server
-from tasks.tracking import check_tracking_store, start_writer
-
-_DONE: list[int] = []  # set when main() has finished cleanly
-
-
-def _fast_exit() -> None:
-    """Registered first, so it runs last, after every other exit handler (Prefect's log and event
-    workers; the MLflow writer process has handled everything by each run's end, and exits itself
-    when this process's end closes its input): flush logging and the standard streams, then leave
-    without interpreter finalization, which costs 2-3 s with torch and Prefect loaded and writes
-    nothing. Only after a clean finish; errors exit normally."""
-    if not _DONE:
-        return
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_DONE[0])
-
+from tasks.tracking import check_tracking_store, import_mlflow_early
 
 STAGES = ("prepare", "teacher", "teachers", "scores", "select", "distill", "evaluate")  # Prefect flows
 
@@ -68,8 +49,8 @@ OPTIONS = [
     (("--port",), dict(type=int, default=5000, help="the MLflow UI's port"), ("ui",)),
     (("--no-serve",), dict(action="store_true", help="only print the links (a server already runs)"), ("ui",)),
     (("--only",), dict(action="append", default=[], metavar="BENCH",
-                       help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench, ray_bench, "
-                            "tracking_bench; repeatable)"), ("bench",)),
+                       help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench, ray_bench; "
+                            "repeatable)"), ("bench",)),
     (("--host",), dict(default=None, help="stores client: the host name colleagues reach the servers at"),
      ("stores",)),
 ]
@@ -119,7 +100,6 @@ def parser(prog: str = "kdprune") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     if argv is None:  # the command line, not a caller in this process
-        atexit.register(_fast_exit)
         if hasattr(faulthandler, "register"):  # `kill -USR1 <pid>`: every thread's stack to stderr (a hung run)
             import signal
 
@@ -133,10 +113,10 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(getattr(tools, args.command)(args))
     if args.command in (*STAGES, "pipeline", "sweep", "deploy", "serve"):
-        # MLflow's imports (1.5-2 s) run in the writer process while this one imports torch and Prefect;
-        # the writer touches no store until a stage opens it, so bad params below still leave nothing behind
-        start_writer()
-    from kdprune.config import ParamsError  # torch and the registries: after the writer has started
+        # MLflow's imports (1.5-2 s) run on a thread while this one imports torch and Prefect; nothing
+        # touches a store until a stage opens it, so bad params below still leave nothing behind
+        import_mlflow_early()
+    from kdprune.config import ParamsError  # torch and the registries: after MLflow's import has started
     from tasks.params import load_params, profile_names, sweep_params
 
     if args.command == "stop":
@@ -152,7 +132,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"kdprune: {e}", file=sys.stderr)
             sys.exit(2)
         print("[kdprune] params.yaml is valid", flush=True)
-        _DONE.append(0)
         return
     if args.command == "init":  # the tracking store's tables and experiment, once per project (like `dvc init`)
         from tasks.tracking import Tracker
@@ -222,7 +201,6 @@ def main(argv: list[str] | None = None) -> None:
                        else f"the model and metrics are on disk (the {args.command} stage's outputs)")
             print(f"kdprune: not logged to MLflow at {os.environ.get('MLFLOW_TRACKING_URI')}: "
                   f"{describe_not_logged(lost)}; {on_disk}", file=sys.stderr)
-    _DONE.append(0)
 
 
 def _stores(args) -> int:

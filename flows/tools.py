@@ -17,7 +17,7 @@ import yaml
 
 from tasks.runtime import project_root
 
-BENCHMARKS = ("trainer_bench", "grand_bench", "pipeline_bench", "ray_bench", "tracking_bench")
+BENCHMARKS = ("trainer_bench", "grand_bench", "pipeline_bench", "ray_bench")
 
 
 # ---------------------------------------------------------------- kdprune ui

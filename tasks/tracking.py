@@ -3,13 +3,10 @@
 With nothing configured the store is SQLite in the project (``mlflow.db``) and artifacts go to
 ``mlartifacts/``; ``MLFLOW_TRACKING_URI`` points elsewhere unchanged.
 
-MLflow itself runs in a separate writer process (``tasks.tracking_writer``), one per kdprune
-process, started on first use or early by ``start_writer()``: importing MLflow and opening its
-store costs 1.5-2 s of CPU, which then overlaps this process's own start-up on another core. This
-module imports nothing from MLflow (``Tracker.client``, for reading runs back, does).
-``KDPRUNE_TRACKING=inprocess`` runs MLflow in this process instead (``_InProcess``: imported on a
-background thread, logging on another), with the same API and failure policy, so that the two can
-be timed against each other from one commit (bench/tracking_bench.py); one of them is to go.
+MLflow runs in this process: ``import_mlflow_early()`` imports it on a background thread early, so that
+its 1.5-2 s of imports overlap the caller's own start-up; the MLflow calls themselves are
+``tasks.tracking_writer.Writer``'s. (A writer process of its own, which this replaced, was measured
+against it on the default pipeline and saved nothing: README "Tracking".)
 
 Failure policy: reaching the store is checked when a Tracker is made and when a run starts, so an
 unreachable store stops a stage *before* training. Once a run has started, logging is best
@@ -20,8 +17,8 @@ its database killed) does not stop the next student or stage either; its run is 
 logged ("runs (<name>)"), with everything logged to it. A tracker that went offline creates no
 more runs even if the store comes back (they would stay empty): those are counted the same way.
 
-Latency: after a run has started, every logging call is sent to the writer process (in process:
-the logging thread) and handled there in order, so training never waits on the store. A run's end waits until everything sent is
+Latency: after a run has started, every logging call goes to one logging thread that makes them in
+the order sent, so training never waits on the store. A run's end waits until everything sent is
 written, unless it is ended with ``wait=False`` (students: the next one starts training while the
 last one's metrics and artifacts are written; the stage's own run end waits for all).
 """
@@ -30,10 +27,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
-import itertools
 import os
 import queue
-import subprocess
 import sys
 import threading
 import time
@@ -41,7 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from tasks.tracking_writer import Writer, read_frame, write_frame
+from tasks.tracking_writer import Writer
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "kdprune")
 # MLflow's experiment kind: model training, not GenAI (its UI's runs table, not traces)
@@ -78,182 +73,18 @@ def _blocking() -> Iterator[None]:
             _BLOCKED[0] += time.perf_counter() - t0
 
 
-class _WriterGone(RuntimeError):
-    pass
-
-
-def _add(counts: dict[str, int], more: dict[str, int], sign: int = 1) -> None:
+def _add(counts: dict[str, int], more: dict[str, int]) -> None:
     for k, v in more.items():
-        counts[k] = counts.get(k, 0) + sign * v
+        counts[k] = counts.get(k, 0) + v
 
 
-class _Accounting:
-    """What a backend could not log, per tracker key: ``lost`` (counted here: runs never created, or
-    sent to a writer that died) merged with what the MLflow caller reports (``_reported()``: key ->
-    (offline reason, not logged, handled)). Both read under ``self.lock``."""
-
-    lock: threading.Lock
-    lost: dict[str, tuple[Optional[str], dict[str, int]]]
-
-    def _reported(self) -> dict:
-        raise NotImplementedError
-
-    def count_lost(self, key: str, what: str, n: int, reason: str) -> None:
-        with self.lock:
-            _add(self.lost.setdefault(key, (reason, {}))[1], {what: n})
-
-    def state(self, key: str) -> tuple[Optional[str], dict[str, int]]:
-        """Why ``key``'s logging stopped (or None) and what it could not log, by kind."""
-        with self.lock:
-            why, not_logged, _ = self._reported().get(key, (None, {}, {}))
-            why2, lost = self.lost.get(key, (None, {}))
-            merged = dict(not_logged)
-            _add(merged, lost)
-        return why or why2, {k: v for k, v in merged.items() if v > 0}
-
-    def keys(self) -> set[str]:
-        with self.lock:
-            return {*self._reported(), *self.lost}
-
-
-class _Writer(_Accounting):
-    """This process's MLflow writer process: messages go to its stdin in the order sent; answers (to
-    the requests that carry an id) come back on its stdout, in any order, and a reader thread hands
-    each to the caller waiting for it. If the writer dies, what was sent to it but not handled is
-    counted as not logged, and the next Tracker starts a new one."""
-
-    def __init__(self) -> None:
-        self.proc: Optional[subprocess.Popen] = None
-        self.send_lock = threading.Lock()  # one message at a time on the pipe
-        self.ids = itertools.count(1)
-        self.lock = threading.Lock()  # guards everything below
-        self.waiting: dict[int, list] = {}  # request id -> [Event, answer]
-        self.closed = True  # no writer answering (none started yet, or its stdout has ended)
-        self.sent: dict[str, dict[str, int]] = {}  # tracker key -> kind -> count sent to this writer
-        # tracker key -> (offline reason, not logged, handled) as of this writer's latest answer
-        self.child: dict[str, tuple[Optional[str], dict[str, int], dict[str, int]]] = {}
-        self.lost: dict[str, tuple[Optional[str], dict[str, int]]] = {}  # final: from writers that are gone
-
-    def start(self) -> None:
-        with self.send_lock:
-            self._spawn()
-
-    def _spawn(self) -> None:
-        """Start a writer unless one is running (called with send_lock held)."""
-        with self.lock:
-            if not self.closed:
-                return
-        env = dict(os.environ)
-        pkg_parent = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *filter(None, [env.get("PYTHONPATH")])])
-        try:
-            proc = subprocess.Popen([sys.executable, "-m", "tasks.tracking_writer"], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, env=env, close_fds=True)
-        except OSError as e:
-            raise _WriterGone(f"the MLflow writer process could not start: {e}") from None
-        with self.lock:
-            self.proc, self.closed = proc, False
-        threading.Thread(target=self._read_answers, args=(proc,), name="mlflow-writer-answers", daemon=True).start()
-
-    def _read_answers(self, proc: subprocess.Popen) -> None:
-        try:
-            while (a := read_frame(proc.stdout)) is not None:
-                rid, ok, value, state = a
-                with self.lock:
-                    for key, (reason, not_logged, handled) in state.items():  # counts only grow
-                        _, nl0, h0 = self.child.get(key, (None, {}, {}))
-                        self.child[key] = (reason, {k: max(v, nl0.get(k, 0)) for k, v in {**nl0, **not_logged}.items()},
-                                           {k: max(v, h0.get(k, 0)) for k, v in {**h0, **handled}.items()})
-                    slot = self.waiting.pop(rid, None)
-                if slot is not None:
-                    slot[1] = (ok, value)
-                    slot[0].set()
-        except Exception:  # a garbled answer: treat the writer as gone
-            pass
-        finally:
-            reason = self._died(proc)
-            with self.lock:
-                self.closed = True
-                # what this writer did not log, or was sent but never handled, is final now
-                for key in {*self.sent, *self.child}:
-                    why, not_logged, handled = self.child.get(key, (None, {}, {}))
-                    in_flight = dict(self.sent.get(key, {}))
-                    _add(in_flight, handled, -1)
-                    final = {k: v for k, v in not_logged.items() if v > 0}
-                    _add(final, {k: v for k, v in in_flight.items() if v > 0})
-                    if final:
-                        _add(self.lost.setdefault(key, (why or reason, {}))[1], final)
-                self.sent.clear()
-                self.child.clear()
-                for slot in self.waiting.values():
-                    slot[0].set()
-                self.waiting.clear()
-
-    @staticmethod
-    def _died(proc: subprocess.Popen) -> str:
-        try:
-            code = proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            code = None
-        return f"the MLflow writer process exited (code {code}; its error, if any, is above)"
-
-    def post(self, msg: tuple, key: Optional[str] = None, what: str = "", n: int = 0) -> None:
-        """Send one message; a logging message (``key``) counts as sent once it is in the pipe."""
-        with self.send_lock:
-            self._spawn()
-            proc = self.proc
-            try:
-                write_frame(proc.stdin, msg)
-            except (OSError, ValueError):  # the writer is gone
-                raise _WriterGone(self._died(proc)) from None
-            except BaseException:  # interrupted mid-frame (Ctrl-C): the stream is torn, end it here
-                with contextlib.suppress(Exception):
-                    proc.stdin.close()
-                raise
-            if key is not None:
-                with self.lock:
-                    _add(self.sent.setdefault(key, {}), {what: n})
-
-    def call(self, op: str, *args) -> Any:
-        """Send one request and wait for its answer; raises RuntimeError with the writer's error."""
-        with _blocking():
-            rid = next(self.ids)
-            slot: list = [threading.Event(), None]
-            self.start()
-            with self.lock:
-                if self.closed:
-                    raise _WriterGone(self._died(self.proc))
-                self.waiting[rid] = slot
-            self.post((op, rid, *args))
-            slot[0].wait()
-            if slot[1] is None:
-                raise _WriterGone(self._died(self.proc))
-            ok, value = slot[1]
-            if not ok:
-                raise RuntimeError(value)
-            return value
-
-    def flush(self) -> None:
-        """Wait until the writer has handled every logging call sent before this one."""
-        with self.lock:
-            if self.closed:
-                return
-        try:
-            self.call("flush")
-        except _WriterGone:
-            pass
-
-    def _reported(self) -> dict:
-        return self.child
-
-
-class _InProcess(_Accounting):
-    """MLflow in this process (``KDPRUNE_TRACKING=inprocess``), with the writer backend's interface
-    (start, call, post, flush, count_lost, state, keys) and the same MLflow calls and best-effort
-    accounting (``tasks.tracking_writer.Writer``). ``start`` imports MLflow on a background thread;
-    opening the store and creating a run are made on the caller's thread (it needs their answer);
-    every logging call goes to one background thread that makes them in the order sent, so training
-    never waits on the store. What is still queued when the process exits is written first (atexit).
+class _Logger:
+    """This process's MLflow: ``start`` imports it on a background thread; opening the store and
+    creating a run are made on the caller's thread (it needs their answer); every logging call goes
+    to one background thread that makes them in the order sent, so training never waits on the
+    store. What is still queued when the process exits is written first (atexit). What could not be
+    logged is counted per tracker key: ``lost`` here (runs never created) merged with what the
+    MLflow caller reports.
 
     Not MLflow's ``synchronous=False`` logging: its ``set_terminated`` shuts down and drains the
     store's whole async queue (a student's run end would wait for every queued batch; another thread's
@@ -304,7 +135,7 @@ class _InProcess(_Accounting):
             except Exception as e:
                 raise RuntimeError(f"{type(e).__name__}: {str(e)[:500]}") from None
 
-    def post(self, msg: tuple, key: Optional[str] = None, what: str = "", n: int = 0) -> None:
+    def post(self, msg: tuple) -> None:
         self._mlflow()
         self.queue.put(msg)
 
@@ -318,11 +149,29 @@ class _InProcess(_Accounting):
             done.wait()
 
     def _reported(self) -> dict:
+        """Per tracker key, from the MLflow caller: (offline reason, not logged, handled)."""
         return self.writer.state() if self.writer else {}
+
+    def count_lost(self, key: str, what: str, n: int, reason: str) -> None:
+        with self.lock:
+            _add(self.lost.setdefault(key, (reason, {}))[1], {what: n})
+
+    def state(self, key: str) -> tuple[Optional[str], dict[str, int]]:
+        """Why ``key``'s logging stopped (or None) and what it could not log, by kind."""
+        with self.lock:
+            why, not_logged, _ = self._reported().get(key, (None, {}, {}))
+            why2, lost = self.lost.get(key, (None, {}))
+            merged = dict(not_logged)
+            _add(merged, lost)
+        return why or why2, {k: v for k, v in merged.items() if v > 0}
+
+    def keys(self) -> set[str]:
+        with self.lock:
+            return {*self._reported(), *self.lost}
 
 
 def _import_mlflow() -> None:
-    """MLflow's imports (what the writer process imports first); a failure here is raised again, with
+    """MLflow's imports, on the import thread; a failure here is raised again, with
     its message, by the first MLflow call that needs the module."""
     with contextlib.suppress(Exception):
         import mlflow  # noqa: F401
@@ -333,26 +182,21 @@ def _import_mlflow() -> None:
             import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
 
-BACKENDS = {"writer": _Writer, "inprocess": _InProcess}  # KDPRUNE_TRACKING; the writer process by default
-_BACKEND = os.environ.get("KDPRUNE_TRACKING") or "writer"
-if _BACKEND not in BACKENDS:
-    raise SystemExit(f"kdprune: KDPRUNE_TRACKING={_BACKEND!r} is not a tracking backend; valid: "
-                     f"{', '.join(BACKENDS)} (unset: writer)")
-_WRITER = BACKENDS[_BACKEND]()
+_MLFLOW = _Logger()
 
 
-def start_writer() -> None:
-    """Start this process's MLflow writer (or, in process, MLflow's import thread) now, so that its
-    imports overlap the caller's start-up. It touches no store until a Tracker is made."""
-    _WRITER.start()
+def import_mlflow_early() -> None:
+    """Start importing MLflow now, on a background thread, so that its imports overlap the caller's
+    start-up. It touches no store until a Tracker is made."""
+    _MLFLOW.start()
 
 
 def not_logged_total() -> dict[str, int]:
-    """What this process could not log to MLflow, by kind (after waiting for the writer)."""
-    _WRITER.flush()
+    """What this process could not log to MLflow, by kind (after the logging thread has caught up)."""
+    _MLFLOW.flush()
     total: dict[str, int] = {}
-    for key in _WRITER.keys():
-        for k, v in _WRITER.state(key)[1].items():
+    for key in _MLFLOW.keys():
+        for k, v in _MLFLOW.state(key)[1].items():
             total[k] = total.get(k, 0) + v
     return total
 
@@ -419,13 +263,13 @@ class Tracker:
 
     def __init__(self, root: Path):
         self.uri = os.environ["MLFLOW_TRACKING_URI"]
-        self.key = uuid.uuid4().hex  # the writer keeps this tracker's offline state under it
+        self.key = uuid.uuid4().hex  # its offline state and counts are kept under this key
         art = (Path(root) / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite:") else None
         self._client = None
         self.lost_reason: Optional[str] = None  # set when the store was lost mid-run
         try:
-            self.experiment_id = _WRITER.call("open", self.uri, EXPERIMENT, art, EXPERIMENT_TAGS)
-        except RuntimeError as e:  # connection refused, bad URI, the writer could not start, ...
+            self.experiment_id = _MLFLOW.call("open", self.uri, EXPERIMENT, art, EXPERIMENT_TAGS)
+        except RuntimeError as e:  # connection refused, bad URI, ...
             if self.uri in _REACHED:
                 self.experiment_id, self.lost_reason = None, str(e)
                 return
@@ -445,24 +289,21 @@ class Tracker:
         return self._client
 
     def _best_effort(self, what: str, n: int, op: str, *args) -> None:
-        """Send one logging call to the writer; if the writer is gone, count it as not logged."""
-        if args and str(args[0]).startswith(OFFLINE):  # a run that could not be created
-            _WRITER.count_lost(self.key, what, n, self.lost_reason or "the store was lost")
+        """Queue one logging call; one for a run that could not be created is counted as not logged."""
+        if args and str(args[0]).startswith(OFFLINE):
+            _MLFLOW.count_lost(self.key, what, n, self.lost_reason or "the store was lost")
             return
-        try:
-            _WRITER.post((op, self.key, what, n, self.uri, *args), self.key, what, n)
-        except _WriterGone as e:
-            _WRITER.count_lost(self.key, what, n, str(e))
+        _MLFLOW.post((op, self.key, what, n, self.uri, *args))
 
     def flush(self) -> None:
         """Wait until every logging call sent so far has been written (or counted as not logged)."""
-        _WRITER.flush()
+        _MLFLOW.flush()
 
     def summary(self, wait: bool = True) -> Optional[str]:
         """What could not be logged, or None when everything was (``wait=False``: as of the latest answer)."""
         if wait:
             self.flush()
-        reason, counts = _WRITER.state(self.key)
+        reason, counts = _MLFLOW.state(self.key)
         if not counts:
             return None
         return f"not logged to MLflow at {self.uri} ({reason}): {describe_not_logged(counts)}"
@@ -477,13 +318,13 @@ class Tracker:
         try:
             if self.lost_reason:
                 raise RuntimeError(self.lost_reason)
-            run_id = _WRITER.call("create_run", self.key, self.uri, self.experiment_id, t, name, start_ms)
+            run_id = _MLFLOW.call("create_run", self.key, self.uri, self.experiment_id, t, name, start_ms)
         except RuntimeError as e:
             if self.uri not in _REACHED:
                 raise TrackingUnavailable(f"cannot create an MLflow run at MLFLOW_TRACKING_URI={self.uri}: {e}") from None
             # the store was lost mid-run: train anyway, count this run and what is logged to it
             self.lost_reason = self.lost_reason or f"{e}"
-            _WRITER.count_lost(self.key, f"{LOST_RUN}{name})", 1, self.lost_reason)
+            _MLFLOW.count_lost(self.key, f"{LOST_RUN}{name})", 1, self.lost_reason)
             run_id = OFFLINE + uuid.uuid4().hex
         if params:
             self.log_params(run_id, params)

@@ -1,50 +1,15 @@
-"""The MLflow writer process: the one place that imports MLflow on behalf of a kdprune process.
-
-``tasks.tracking`` starts it (``python -m tasks.tracking_writer``) and talks to it over its stdin
-and stdout: length-prefixed pickled tuples, handled strictly in the order they were sent. Only
-requests that carry a request id get an answer (opening the store, creating a run, flushing), so
-logging never waits; answers may come back in another order than their requests. Importing MLflow and opening its SQLite store takes 1.5-2 s of CPU; done
-here, it overlaps the parent's own start-up on another core instead of stalling it.
+"""The MLflow calls a kdprune process makes (``tasks.tracking`` makes them: opening the store and
+creating runs on the caller's thread, logging on its logging thread, in the order sent).
 
 Logging is best effort per tracker: the first failed call marks that tracker offline (with the
-reason, printed once to stderr), and its later calls are only counted. Every answer carries those
-counts, so the parent can say what was not logged.
-
-The process ignores SIGINT, SIGTERM and SIGHUP (sent to the whole process group they reach the
-parent, which ends its runs as failed through here) and exits when its stdin closes, after
-everything already sent has been handled. Every answer also carries, per tracker, what has been
-handled, so that a parent whose writer died can count what was sent but never handled.
+reason, printed once to stderr), and its later calls are only counted, so that the tracker can say
+what was not logged.
 """
 from __future__ import annotations
 
-import os
-import pickle
-import queue
-import signal
-import struct
 import sys
 import threading
-from typing import Any, BinaryIO, Optional
-
-HEADER = struct.Struct(">I")
-
-
-def write_frame(f: BinaryIO, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    f.write(HEADER.pack(len(data)) + data)
-    f.flush()
-
-
-def read_frame(f: BinaryIO) -> Optional[Any]:
-    """The next message, or None at end of stream."""
-    head = f.read(HEADER.size)
-    if len(head) < HEADER.size:
-        return None
-    n = HEADER.unpack(head)[0]
-    data = f.read(n)
-    if len(data) < n:
-        return None
-    return pickle.loads(data)
+from typing import Any, Optional
 
 
 class Writer:
@@ -94,9 +59,6 @@ class Writer:
         if key in self.offline:
             raise RuntimeError(f"logging went offline earlier in this process ({self.offline[key]})")
         return self.client(uri).create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name).info.run_id
-
-    def flush(self) -> None:
-        return None
 
     # ------------------------------------------------------------------ best-effort logging
     def batch(self, uri: str, run_id: str, metrics: list, params: list, tags: list) -> None:
@@ -166,95 +128,3 @@ def _say(text: str) -> None:
         print(f"[kdprune] {text}", file=sys.stderr, flush=True)
     except Exception:  # stderr gone (the parent's terminal closed): nothing to tell
         pass
-
-
-IMMEDIATE = ("open", "create_run")  # answered at once, beside the logging queue
-ORDERED = ("batch", "artifact", "inputs", "experiment_tag", "model", "terminate", "flush")  # in the order sent; a flush is answered when reached
-
-
-def serve(inp: BinaryIO, out: BinaryIO) -> int:
-    """Handle messages until ``inp`` ends, then finish what was sent; returns the exit code (1 after
-    a message that could not be read). Opening the store and creating runs are answered at once, on
-    their own thread, so a new run never waits behind the previous run's queued artifact uploads;
-    logging calls and flushes keep their order on another thread. This thread only reads and
-    routes, so the parent's writes never block on a full pipe."""
-    w = Writer()
-    out_lock = threading.Lock()
-    ordered: queue.Queue = queue.Queue()
-    immediate: queue.Queue = queue.Queue()
-
-    def answer(rid: int, fn, args: tuple) -> None:
-        try:
-            a = (rid, True, fn(*args))
-        except Exception as e:
-            a = (rid, False, f"{type(e).__name__}: {str(e)[:500]}")
-        with out_lock:  # the state taken here, so that later answers never carry older counts
-            try:
-                write_frame(out, (*a, w.state()))
-            except Exception:  # the parent is gone: keep handling what it sent
-                pass
-
-    def in_order() -> None:
-        while (msg := ordered.get()) is not None:
-            try:
-                if msg[0] == "flush":
-                    answer(msg[1], w.flush, ())
-                else:
-                    key, what, n, uri = msg[1:5]
-                    w.best_effort(key, what, n, uri, msg[0], msg[5:])
-            except Exception as e:  # a malformed message: say so, go on with the next
-                _say(f"MLflow writer: {msg[0]!r} failed: {type(e).__name__}: {e}")
-
-    def at_once() -> None:
-        while (msg := immediate.get()) is not None:
-            try:
-                answer(msg[1], getattr(w, msg[0]), msg[2:])
-            except Exception as e:
-                _say(f"MLflow writer: {msg[0]!r} failed: {type(e).__name__}: {e}")
-
-    workers = [threading.Thread(target=in_order, name="mlflow-writer-log"),
-               threading.Thread(target=at_once, name="mlflow-writer-runs")]
-    for t in workers:
-        t.start()
-    code = 0
-    try:
-        while (msg := read_frame(inp)) is not None:
-            if msg[0] in ORDERED:
-                ordered.put(msg)
-            elif msg[0] in IMMEDIATE:
-                immediate.put(msg)
-            else:
-                _say(f"MLflow writer: unknown message {msg[0]!r} ignored")
-    except Exception as e:  # a torn or garbled frame: nothing after it can be trusted
-        _say(f"MLflow writer: unreadable message ({type(e).__name__}: {e}); stopping after what came before it")
-        code = 1
-    finally:
-        ordered.put(None)
-        immediate.put(None)
-        for t in workers:
-            t.join()
-    return code
-
-
-def main() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the end of stdin is the signal to stop
-        signal.signal(sig, signal.SIG_IGN)
-    inp = sys.stdin.buffer
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything MLflow prints goes to stderr, not into the protocol
-    import mlflow  # noqa: F401  (the import the parent no longer waits for)
-    from mlflow.entities import Metric  # noqa: F401
-    from mlflow.tracking import MlflowClient  # noqa: F401
-
-    if os.environ.get("MLFLOW_TRACKING_URI", "").startswith("sqlite:"):
-        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-    code = serve(inp, out)
-    # everything sent has been handled and each call committed its own writes: skip interpreter
-    # teardown (about a second with MLflow and SQLAlchemy loaded), which a caller reading this
-    # process's stderr to its end (subprocess.run, a pipe) would otherwise wait for
-    sys.stderr.flush()
-    os._exit(code)
-
-
-if __name__ == "__main__":
-    main()

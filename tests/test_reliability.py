@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.tracking import BACKENDS  # KDPRUNE_TRACKING: each tracking test runs under both backends
 from tests.conftest import TINY, _free_port, clean_env, make_project
 
 pytestmark = pytest.mark.integration
@@ -237,13 +236,12 @@ def test_stage_refuses_a_manifest_of_another_dataset_naming_both_hashes(proj):
 
 # ---------------------------------------------------------------- tracking
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
-def test_eight_concurrent_students_lose_no_run_and_no_metric_point(tmp_path, monkeypatch, backend):
+def test_eight_concurrent_students_lose_no_run_and_no_metric_point(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     import tasks.tracking as T
     from tasks.tracking import Tracker
 
-    monkeypatch.setattr(T, "_WRITER", BACKENDS[backend]())
+    monkeypatch.setattr(T, "_MLFLOW", T._Logger())  # a fresh one: nothing of an earlier test's store
 
     tracker = Tracker(tmp_path)
     epochs, keys = 30, ("train_loss", "train_acc", "val_acc", "val_loss", "lr")
@@ -272,12 +270,11 @@ def test_eight_concurrent_students_lose_no_run_and_no_metric_point(tmp_path, mon
             assert len(tracker.client.get_metric_history(r.info.run_id, k)) == epochs
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
-def test_unreachable_tracking_server_stops_a_stage_before_training(proj, backend):
+def test_unreachable_tracking_server_stops_a_stage_before_training(proj):
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
-    out = _stage(proj, "teacher", check=False, env={"MLFLOW_TRACKING_URI": uri, "KDPRUNE_TRACKING": backend})
+    out = _stage(proj, "teacher", check=False, env={"MLFLOW_TRACKING_URI": uri})
     assert out.returncode == 3
     assert f"MLFLOW_TRACKING_URI={uri}" in out.stderr and "Traceback" not in out.stderr
     assert "epoch" not in out.stdout  # no training happened
@@ -298,8 +295,7 @@ def _wait_http(url: str, timeout: float) -> bool:
     return False
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
-def test_tracking_server_lost_mid_run_keeps_the_model_and_says_what_was_not_logged(proj, tmp_path, backend):
+def test_tracking_server_lost_mid_run_keeps_the_model_and_says_what_was_not_logged(proj, tmp_path):
     import shutil
 
     port = _free_port()
@@ -313,7 +309,7 @@ def test_tracking_server_lost_mid_run_keeps_the_model_and_says_what_was_not_logg
         assert _wait_http(f"http://127.0.0.1:{port}/health", 90), "mlflow server did not start"
         shutil.rmtree(proj.path / "models" / "teacher", ignore_errors=True)
         ckpt_dir = proj.path / ".kdprune" / "checkpoints" / "teacher"
-        e = dict(proj.env, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}", KDPRUNE_TRACKING=backend)
+        e = dict(proj.env, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
         stage = subprocess.Popen([sys.executable, "-m", "flows", "teacher"], cwd=proj.path, env=e,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120

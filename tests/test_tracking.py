@@ -1,9 +1,7 @@
-"""MLflow tracking under both backends (KDPRUNE_TRACKING: the writer process, or in process): what a
-tracked process logs arrives, in order (with the writer, without this process importing MLflow);
-failures are counted, never raised into training; a dead writer is reported."""
+"""MLflow tracking: what a tracked process logs arrives, in order, without training waiting on the
+store; failures are counted, never raised into training."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -11,16 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 
 from bench.project import REPO
-from tasks.tracking import BACKENDS
-from tasks.tracking_writer import Writer, read_frame, serve, write_frame
-
-
-@pytest.fixture(params=list(BACKENDS))
-def backend(request) -> str:
-    return request.param
+from tasks.tracking_writer import Writer
 
 
 def _client(db: Path):
@@ -29,21 +20,21 @@ def _client(db: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{db}")
 
 
-def _script(tmp_path: Path, body: str, backend: str = "writer") -> subprocess.CompletedProcess:
+def _script(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
     """Run ``body`` in a fresh interpreter with the tracking store at tmp_path/mlflow.db."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KDPRUNE_"))}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", KDPRUNE_ROOT=str(tmp_path),
-               PYTHONPATH=str(REPO), KDPRUNE_TRACKING=backend)
+               PYTHONPATH=str(REPO))
     code = "import sys, json\nfrom pathlib import Path\n" + textwrap.dedent(body)
     return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=180)
 
 
-def test_a_tracked_process_logs_everything_and_only_in_process_imports_mlflow(tmp_path, backend):
+def test_a_tracked_process_logs_everything(tmp_path):
     (tmp_path / "art.txt").write_text("hello")
     out = _script(tmp_path, """
-        from tasks.tracking import Tracker, start_writer
-        start_writer()
+        from tasks.tracking import Tracker, import_mlflow_early
+        import_mlflow_early()
         tr = Tracker(Path.cwd())
         with tr.run("parent", tags={"kdprune.stage": "pipeline"}, params={"a": {"b": 1}, "c": "x"}) as pid:
             with tr.run("child", pid, wait=False) as cid:
@@ -51,16 +42,15 @@ def test_a_tracked_process_logs_everything_and_only_in_process_imports_mlflow(tm
                 tr.log_metrics(cid, {"best": 0.5})
                 tr.log_artifact(cid, Path("art.txt"), "files")
             tr.set_tags(pid, {"stages_run": "all"})
-        import sqlite3   # what the store holds now, while this process and its writer still run
+        import sqlite3   # what the store holds now, while this process still runs
         db = sqlite3.connect("mlflow.db")
         stored = {"points": db.execute("select count(*) from metrics where run_uuid=?", (cid,)).fetchone()[0],
                   "status": [r[0] for r in db.execute("select status from runs order by name")]}
-        print(json.dumps({"pid": pid, "cid": cid, "summary": tr.summary(), "stored": stored,
-                          "mlflow_imported": any(m == "mlflow" or m.startswith("mlflow.") for m in sys.modules)}))
-    """, backend)
+        print(json.dumps({"pid": pid, "cid": cid, "summary": tr.summary(), "stored": stored}))
+    """)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["summary"] is None and res["mlflow_imported"] is (backend == "inprocess")
+    assert res["summary"] is None
     # the parent run's end waited for everything sent before it, the child's included
     assert res["stored"] == {"points": 11, "status": ["FINISHED", "FINISHED"]}
     c = _client(tmp_path / "mlflow.db")
@@ -74,19 +64,19 @@ def test_a_tracked_process_logs_everything_and_only_in_process_imports_mlflow(tm
     assert [a.path for a in c.list_artifacts(res["cid"], "files")] == ["files/art.txt"]
 
 
-def test_a_failing_call_takes_the_tracker_offline_and_is_counted(tmp_path, backend):
+def test_a_failing_call_takes_the_tracker_offline_and_is_counted(tmp_path):
     out = _script(tmp_path, """
         from tasks.tracking import Tracker, not_logged_total
         tr = Tracker(Path.cwd())
         ok = Tracker(Path.cwd())
         rid = ok.start("fine")
-        tr.log_metrics("no-such-run", {"a": 1.0, "b": 2.0})   # fails in the writer: tr goes offline
+        tr.log_metrics("no-such-run", {"a": 1.0, "b": 2.0})   # fails in MLflow: tr goes offline
         tr.log_metrics(rid, {"c": 3.0})                      # not tried any more, counted
         tr.log_params(rid, {"p": 1})
         ok.log_metrics(rid, {"d": 4.0})                      # another tracker is not affected
         ok.end(rid)
         print(json.dumps({"summary": tr.summary(), "ok": ok.summary(), "total": not_logged_total(), "rid": rid}))
-    """, backend)
+    """)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["ok"] is None
@@ -95,80 +85,6 @@ def test_a_failing_call_takes_the_tracker_offline_and_is_counted(tmp_path, backe
     assert out.stderr.count("further logging is skipped") == 1  # said once
     run = _client(tmp_path / "mlflow.db").get_run(res["rid"])
     assert run.data.metrics == {"d": 4.0} and run.data.params == {}
-
-
-def test_calls_queued_in_a_writer_that_dies_are_counted_and_a_new_writer_takes_over(tmp_path):
-    """The writer backend only (in process, there is no other process to die)."""
-    out = _script(tmp_path, """
-        import os, signal, time
-        import tasks.tracking as T
-        tr = T.Tracker(Path.cwd())
-        rid = tr.start("run")
-        tr.flush()
-        proc = T._WRITER.proc
-        os.kill(proc.pid, signal.SIGSTOP)          # the writer stops reading: calls stay queued
-        for e in range(1, 6):
-            tr.log_metrics(rid, {"a": float(e)}, step=e)   # must not raise
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 10
-        while not T._WRITER.closed and time.monotonic() < deadline:
-            time.sleep(0.01)
-        lost = tr.summary()
-        tr.log_metrics(rid, {"b": 1.0})            # a new writer takes over
-        tr.end(rid)
-        again = T.Tracker(Path.cwd())
-        print(json.dumps({"lost": lost, "after": tr.summary(), "new_writer": T._WRITER.proc.pid != proc.pid}))
-    """)
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["lost"].startswith("not logged to MLflow") and "5 metric points" in res["lost"]
-    assert "writer process exited (code -9" in res["lost"]
-    assert res["new_writer"] and res["after"] == res["lost"]  # nothing more was lost
-    run = _client(tmp_path / "mlflow.db").get_run(_only_run(tmp_path))
-    assert run.data.metrics == {"b": 1.0} and run.info.status == "FINISHED"
-
-
-def _only_run(tmp_path: Path) -> str:
-    c = _client(tmp_path / "mlflow.db")
-    runs = c.search_runs([c.get_experiment_by_name("kdprune").experiment_id])
-    assert len(runs) == 1
-    return runs[0].info.run_id
-
-
-def test_writer_answers_in_order_and_stops_at_end_of_input(tmp_path, monkeypatch):
-    """The protocol itself, in this process: logging gets no answer; a flush answers after
-    everything sent before it, with the failure counts; end of input ends the loop."""
-    calls = []
-
-    def fake_batch(self, uri, run_id, metrics, params, tags):
-        calls.append((run_id, metrics))
-        if run_id == "bad":
-            raise ValueError("no such run")
-
-    monkeypatch.setattr(Writer, "batch", fake_batch)
-    monkeypatch.setattr(Writer, "create_run", lambda self, key, uri, exp, tags, name: f"id-{name}")
-    inp = io.BytesIO()
-    write_frame(inp, ("create_run", 1, "k1", "u", "0", {}, "a"))
-    write_frame(inp, ("batch", "k1", "metric points", 1, "u", "r1", [("m", 1.0, 0, 1)], [], []))
-    write_frame(inp, ("batch", "k1", "metric points", 2, "u", "bad", [], [], []))
-    write_frame(inp, ("batch", "k1", "metric points", 1, "u", "r1", [("m", 2.0, 0, 2)], [], []))
-    write_frame(inp, ("batch", "k2", "metric points", 1, "u", "r2", [("m", 3.0, 0, 1)], [], []))
-    write_frame(inp, ("flush", 2))
-    inp.write(b"\x00\x00")  # a torn frame at the end: stop there, after handling the rest
-    inp.seek(0)
-    out = io.BytesIO()
-    assert serve(inp, out) == 0
-    out.seek(0)
-    answers = {a[0]: a for a in (read_frame(out), read_frame(out))}  # answered from two threads: any order
-    assert read_frame(out) is None
-    assert answers[1][1:3] == (True, "id-a")
-    assert answers[2][1] is True
-    reason, not_logged, handled = answers[2][3]["k1"]  # the flush comes after every earlier logging call
-    assert "no such run" in reason and not_logged == {"metric points": 3}  # the failed call and the one after it
-    assert handled == {"metric points": 4}
-    assert answers[2][3]["k2"] == (None, {}, {"metric points": 1})
-    assert [c[0] for c in calls] == ["r1", "bad", "r2"]  # k1's third call was not tried
 
 
 def test_an_offline_tracker_creates_no_more_runs_even_when_the_store_answers_again(monkeypatch):
@@ -200,7 +116,7 @@ def test_an_offline_tracker_creates_no_more_runs_even_when_the_store_answers_aga
     assert w.create_run("k2", "u", "0", {}, "c") == "id-c"
 
 
-def test_an_unusable_store_stops_tracker_creation_with_the_uri(tmp_path, backend):
+def test_an_unusable_store_stops_tracker_creation_with_the_uri(tmp_path):
     (tmp_path / "a-file").write_text("not a directory")
     bad = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"
     out = _script(tmp_path, f"""
@@ -212,22 +128,21 @@ def test_an_unusable_store_stops_tracker_creation_with_the_uri(tmp_path, backend
             print("opened")
         except TrackingUnavailable as e:
             print("refused:", e)
-    """, backend)
+    """)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("refused: cannot reach the MLflow tracking store at MLFLOW_TRACKING_URI=" + bad)
 
 
-def test_a_run_ended_without_waiting_just_before_exit_is_logged_whole(tmp_path, backend):
+def test_a_run_ended_without_waiting_just_before_exit_is_logged_whole(tmp_path):
     """wait=False (students, the teacher): the run's end does not wait, and a process that then exits
-    still leaves everything in the store (the writer finishes after its input closes; in process, the
-    queue is written at exit)."""
+    still leaves everything in the store (the queue is written at exit)."""
     out = _script(tmp_path, """
         import time, tasks.tracking as T
         tr = T.Tracker(Path.cwd())
         with tr.run("student", wait=False) as rid:
             tr.log_history(rid, [{"loss": 1.0 / e, "acc": e / 10} for e in range(1, 41)])
         print(json.dumps({"rid": rid}))
-    """, backend)
+    """)
     assert out.returncode == 0, out.stderr[-3000:]
     rid = json.loads(out.stdout.strip().splitlines()[-1])["rid"]
     c = _client(tmp_path / "mlflow.db")
@@ -235,8 +150,8 @@ def test_a_run_ended_without_waiting_just_before_exit_is_logged_whole(tmp_path, 
     assert len(c.get_metric_history(rid, "loss")) == len(c.get_metric_history(rid, "acc")) == 40
 
 
-def test_in_process_logging_never_waits_on_the_store_but_a_flush_does(monkeypatch):
-    """KDPRUNE_TRACKING=inprocess: a logging call returns at once while the store is slow, and is not
+def test_logging_never_waits_on_the_store_but_a_flush_does(monkeypatch):
+    """A logging call returns at once while the store is slow, and is not
     counted as waiting on MLflow (the stage-work clock); the calls are made in order; a flush waits
     for them and is counted."""
     import threading
@@ -247,15 +162,15 @@ def test_in_process_logging_never_waits_on_the_store_but_a_flush_does(monkeypatc
     store_free, made = threading.Event(), []
 
     def slow_batch(self, uri, run_id, metrics, params, tags):
-        store_free.wait(2)  # a slow store (bounded, so that a backend that waits fails quickly)
+        store_free.wait(2)  # a slow store (bounded, so that logging that waits fails quickly)
         made.append(metrics[0][1])
 
     monkeypatch.setattr(Writer, "batch", slow_batch)
-    b = T._InProcess()
+    b = T._Logger()
     b._mlflow()  # MLflow imported, the logging thread up
     b0, t0 = T.blocked_seconds(), time.perf_counter()
     for i in range(5):
-        b.post(("batch", "k", "metric points", 1, "u", "r", [("m", float(i), 0, i)], [], []), "k", "metric points", 1)
+        b.post(("batch", "k", "metric points", 1, "u", "r", [("m", float(i), 0, i)], [], []))
     assert time.perf_counter() - t0 < 0.5 and T.blocked_seconds() == b0 and made == []
     threading.Timer(0.3, store_free.set).start()
     b.flush()
