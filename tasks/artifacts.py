@@ -1,15 +1,25 @@
-"""The stage artifacts every stage reads: prepared data and index manifests, checked against their hashes."""
+"""The stage artifacts, each with its reader and writer, checked against their hashes and the sample
+ids they are keyed by: prepared data (``data/prepared/<dataset>``), the teacher's per-sample
+dynamics (``models/teacher/dynamics``), score files (``data/scores``: ids and values written and
+verified together), and index manifests (``data/manifests``). Model directories (safetensors +
+model.json) have theirs in tasks/model_io.py.
+
+Every per-sample array is keyed by the train split's sample ids: a writer stores the ids beside the
+values, and a reader refuses values whose ids are not the prepared train split's, in its order,
+naming the stage to re-run."""
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
 from kdprune.data import PreparedSplit
-from tasks.files import IntegrityError, sha256_file
+from tasks.files import IntegrityError, atomic_save_npy, atomic_write_json, sha256_file
 
 
 SPLITS = ("train", "val", "test")
@@ -53,7 +63,103 @@ def ids_sha256(ids) -> str:
     return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()
 
 
-def load_manifest(path: Path, meta: dict | None = None) -> dict:
+def _check_keyed(path: Path, ids: np.ndarray, train: PreparedSplit, rows: int, stage: str) -> None:
+    """``ids`` (read from ``path``) are the train split's, in its order, one per row of ``rows``."""
+    if not np.array_equal(ids, train.ids):
+        raise IntegrityError(f"{path} does not match the prepared train split's sample ids; re-run `dvc repro {stage}`")
+    if rows != len(ids):
+        raise IntegrityError(f"{path.parent}: {rows} rows for {len(ids)} sample ids; re-run `dvc repro {stage}`")
+
+
+# ---------------------------------------------------------------- the teacher's dynamics
+
+def write_dynamics(directory: Path, ids: np.ndarray, logits: np.ndarray) -> None:
+    """The teacher's training-pass logits per epoch, (epochs, samples, classes) as float16, rows in
+    the order of ``ids`` (saved beside them)."""
+    if logits.shape[1] != len(ids):
+        raise ValueError(f"dynamics: {logits.shape[1]} rows for {len(ids)} sample ids")
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_save_npy(directory / "logits.npy", logits.astype(np.float16))
+    atomic_save_npy(directory / "ids.npy", ids)
+
+
+def read_dynamics(teacher_dir: Path, train: PreparedSplit) -> np.ndarray:
+    """The teacher's dynamics (float32), checked to be keyed by the prepared train split."""
+    d = Path(teacher_dir) / "dynamics"
+    logits = np.load(d / "logits.npy")
+    _check_keyed(d / "ids.npy", np.load(d / "ids.npy"), train, logits.shape[1], "teacher")
+    return logits.astype(np.float32)
+
+
+# ---------------------------------------------------------------- score files
+
+@dataclass(frozen=True)
+class Score:
+    """One score file: its values (one per train example, in the split's order), its JSON (method,
+    keep end, variant, options, recipe, hashes) and the sha256 of its values' file."""
+    stem: str
+    values: np.ndarray
+    info: dict
+    sha256: str
+
+
+class ScoreWriter:
+    """Writes a scores directory: ``ids.npy`` once, then per score ``<stem>.npy`` (the values) and
+    ``<stem>.json`` (``info`` plus the count, the values' sha256 and the dataset's), together."""
+
+    def __init__(self, directory: Path, ids: np.ndarray, meta: dict):
+        self.dir, self.ids, self.dataset_sha256 = Path(directory), ids, meta["sha256"]
+        atomic_save_npy(self.dir / "ids.npy", ids)
+
+    def write(self, stem: str, values: np.ndarray, info: dict) -> dict:
+        if values.shape != (len(self.ids),):
+            raise ValueError(f"score {stem}: shape {values.shape}, expected one value per train example ({len(self.ids)},)")
+        atomic_save_npy(self.dir / f"{stem}.npy", values)
+        full = {**info, "n": int(len(values)), "sha256": sha256_file(self.dir / f"{stem}.npy"),
+                "dataset_sha256": self.dataset_sha256}
+        atomic_write_json(self.dir / f"{stem}.json", full)
+        return full
+
+
+class ScoreReader:
+    """Reads a scores directory written by :class:`ScoreWriter`; refuses one whose ids are not the
+    prepared train split's, and a score whose values or dataset differ from its JSON."""
+
+    def __init__(self, directory: Path, meta: dict, train: PreparedSplit):
+        self.dir, self.meta = Path(directory), meta
+        ids = np.load(self.dir / "ids.npy")
+        _check_keyed(self.dir / "ids.npy", ids, train, len(ids), "scores")
+
+    def read(self, stem: str) -> Score:
+        info = json.loads((self.dir / f"{stem}.json").read_text())
+        sha = sha256_file(self.dir / f"{stem}.npy")
+        if sha != info["sha256"] or info["dataset_sha256"] != self.meta["sha256"]:
+            raise IntegrityError(f"{self.dir / stem}.npy does not match its {stem}.json (score or dataset sha256 "
+                                 "differs); re-run `dvc repro scores`")
+        values = np.load(self.dir / f"{stem}.npy")
+        if values.shape != (info["n"],):
+            raise IntegrityError(f"{self.dir / stem}.npy has shape {values.shape}, its JSON says n={info['n']}; "
+                                 "re-run `dvc repro scores`")
+        return Score(stem, values, info, sha)
+
+
+# ---------------------------------------------------------------- manifests
+
+def write_manifest(path: Path, fields: dict[str, Any], kept: np.ndarray, train: PreparedSplit,
+                   num_classes: int) -> dict:
+    """An index manifest: ``fields`` (method, fraction, seed, selector, ...) plus the kept sample
+    ids (sorted, unique, all in the train split), their count, class counts and sha256."""
+    kept = np.asarray(kept, dtype=np.int64)
+    if len(kept) > 1 and not (np.diff(kept) > 0).all():
+        raise ValueError(f"manifest {Path(path).name}: kept ids must be sorted and unique")
+    labels = train.y[train.positions(kept)]  # unknown ids are an error here
+    manifest = {**fields, "n": int(len(kept)), "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
+                "ids": kept.tolist(), "ids_sha256": ids_sha256(kept)}
+    atomic_write_json(path, manifest)
+    return manifest
+
+
+def load_manifest(path: Path, meta: Optional[dict] = None) -> dict:
     """Read an index manifest, checking its ids against their sha256 and, given ``meta``, its dataset hash."""
     path = Path(path)
     try:

@@ -29,9 +29,9 @@ from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.scores import SCORES, ScoreContext, ScoreSpec
 from kdprune.train import predict_logits, seeded, train
-from tasks.artifacts import load_prepared
+from tasks.artifacts import load_prepared, read_dynamics, ScoreWriter
 from tasks.checkpoints import checkpoint_root, FileCheckpoint, fingerprint
-from tasks.files import atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json, sha256_file
+from tasks.files import atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json
 from tasks.params import inside
 from tasks.provenance import stage_tags
 from tasks.workclock import timed_work
@@ -176,11 +176,8 @@ def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: l
     train = splits["train"]
     specs = [spec for spec, _ in requested(sp).values()]
     needs = set().union(*(set(s.needs) | set(s.prefers) for s in specs))
-    dyn_dir = Path(root) / "models" / "teacher" / "dynamics"
-    if not np.array_equal(np.load(dyn_dir / "ids.npy"), train.ids):
-        raise RuntimeError(f"{dyn_dir}/ids.npy does not match the prepared train split; re-run the teacher stage")
     ctx = ScoreContext(ids=train.ids, labels=train.y, num_classes=meta["num_classes"],
-                       dynamics=np.load(dyn_dir / "logits.npy").astype(np.float32))
+                       dynamics=read_dynamics(Path(root) / "models" / "teacher", train))
     train_d = None
     if {"final_logits", "embeddings", "inputs"} & needs:
         train_d = device_data(meta, train, device)
@@ -237,7 +234,7 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
     with tr.run("scores", parent_run_id, tags=stage_tags(root, "scores", meta), params={"scores": sp}) as run_id, \
             atomic_directory(out) as tmp:
         ctx, logits_at = build_context(root, params, meta, splits, proxies, device)
-        atomic_save_npy(tmp / "ids.npy", train.ids)
+        files = ScoreWriter(tmp, train.ids, meta)
         for method, (spec, opts) in requested(sp).items():
             ctx.proxy_logits = logits_at[opts["epoch"]] if "proxy_logits" in spec.needs else None
             for seed in (sp["seeds"] if spec.seeded else [None]):
@@ -245,17 +242,13 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
                 with measure_cost() as cost:
                     values = spec(ctx, **spec.fn_options(opts))
                 stem = method if seed is None else f"{method}-{seed}"
-                atomic_save_npy(tmp / f"{stem}.npy", values)
                 proxy_cost = sum(proxy_s[k] for k in spec.proxies)
-                info = {
-                    "method": method, "seed": seed, "keep": spec.keep, "definition": spec.definition,
-                    "variant": spec.variant, "options": opts, "n": int(len(values)),
-                    "proxy_training": recipe(spec, opts, params),
-                    "sha256": sha256_file(tmp / f"{stem}.npy"), "dataset_sha256": meta["sha256"],
-                    "stats": {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())},
-                }
                 # the cost differs from run to run: MLflow and the run record, not this DVC out
-                atomic_write_json(tmp / f"{stem}.json", info)
+                files.write(stem, values, {
+                    "method": method, "seed": seed, "keep": spec.keep, "definition": spec.definition,
+                    "variant": spec.variant, "options": opts, "proxy_training": recipe(spec, opts, params),
+                    "stats": {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())},
+                })
                 costs[stem] = {"method": method, "seconds": cost["seconds"], "peak_mem_mb": cost["peak_mem_mb"],
                                "proxy_train_s": proxy_cost, "total_s": cost["seconds"] + proxy_cost}
                 index.append({"file": f"{stem}.npy", "method": method, "seed": seed})

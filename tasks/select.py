@@ -11,19 +11,17 @@ output: manifests stay byte-reproducible).
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from kdprune.device import resolve_device
 from kdprune.scores import SCORES
 from kdprune.selection import JOINT, ccs_beta_at, parse_method, run_joint, select
-from tasks.artifacts import ids_sha256, load_prepared
-from tasks.files import atomic_directory, atomic_write_json, IntegrityError, sha256_file
+from tasks.artifacts import load_prepared, ScoreReader, write_manifest
+from tasks.files import atomic_directory, sha256_file
 from tasks.provenance import stage_tags
 from tasks.workclock import timed_work
 from tasks.runlog import write_record
@@ -32,15 +30,6 @@ from tasks.tracking import Tracker
 
 def manifest_name(stem: str, fraction: float, seed: Optional[int]) -> str:
     return f"{stem}-{fraction:g}" + ("" if seed is None else f"-{seed}") + ".json"
-
-
-def _load_score(sdir: Path, stem: str, meta: dict) -> tuple[np.ndarray, dict, str]:
-    info = json.loads((sdir / f"{stem}.json").read_text())
-    sha = sha256_file(sdir / f"{stem}.npy")
-    if sha != info["sha256"] or info["dataset_sha256"] != meta["sha256"]:
-        raise IntegrityError(f"{sdir / stem}.npy does not match its {stem}.json (score or dataset sha256 differs); "
-                             "re-run the scores stage")
-    return np.load(sdir / f"{stem}.npy"), info, sha
 
 
 def plan(params: dict) -> list[dict]:
@@ -88,9 +77,7 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
     root = Path(root)
     meta, splits = load_prepared(root, params["data"]["dataset"])
     train = splits["train"]
-    sdir = root / "data" / "scores"
-    if not np.array_equal(np.load(sdir / "ids.npy"), train.ids):
-        raise IntegrityError(f"{sdir}/ids.npy does not match the prepared train split; re-run the scores stage")
+    scores_in = ScoreReader(root / "data" / "scores", meta, train)
     out = root / "data" / "manifests"
     tr = Tracker(root)
     names = []
@@ -138,23 +125,20 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                 extra = {"selector": None, "sampler": {"name": m.sampler, "seed": seed, "options": opts},
                          "keep": None, "score_sha256": None, "score_variant": None}
             else:
-                scores, info, score_sha = _load_score(sdir, job["score_stem"], meta)
+                score = scores_in.read(job["score_stem"])
                 opts = _options(m, params, frac)
                 call = dict(opts)
                 if m.cut_score is not None:  # CCS: the array its cut reads, recorded by name and sha256
-                    call["cut_scores"], _, opts["cut_score_sha256"] = _load_score(sdir, call.pop("cut_score"), meta)
-                kept = select(m.selector, train.ids, train.y, scores, frac, seed=seed or 0, **call)
-                extra = {"selector": m.selector, "selector_options": opts, "sampler": None, "keep": info["keep"],
-                         "score": m.score, "score_sha256": score_sha, "score_variant": info["variant"],
-                         "score_recipe": info.get("proxy_training"),
+                    cut = scores_in.read(call.pop("cut_score"))
+                    call["cut_scores"], opts["cut_score_sha256"] = cut.values, cut.sha256
+                kept = select(m.selector, train.ids, train.y, score.values, frac, seed=seed or 0, **call)
+                extra = {"selector": m.selector, "selector_options": opts, "sampler": None, "keep": score.info["keep"],
+                         "score": m.score, "score_sha256": score.sha256, "score_variant": score.info["variant"],
+                         "score_recipe": score.info.get("proxy_training"),
                          # equal scores: kdprune.selection.static.tie_ranks(ids, seed), class-proportional at the cut
                          "ties": {"order": "seeded random", "seed": seed or 0}}
-            labels = train.y[train.positions(kept)]
             name = manifest_name(m.file_stem, frac, seed)
-            manifest = {**base, **extra, "n": int(len(kept)),
-                        "class_counts": np.bincount(labels, minlength=meta["num_classes"]).tolist(),
-                        "ids": kept.tolist(), "ids_sha256": ids_sha256(kept)}
-            atomic_write_json(tmp / name, manifest)
+            manifest = write_manifest(tmp / name, {**base, **extra}, kept, train, meta["num_classes"])
             names.append(name)
             what = f"sampler {m.sampler} {opts}" if m.sampler else f"{len(kept)}/{len(train.ids)} kept"
             log.info(f"manifest {name}: {what}, class counts {manifest['class_counts']}")

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -13,9 +12,9 @@ from prefect.cache_policies import NO_CACHE
 from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.train import TrainConfig, evaluate, seeded, train
-from tasks.artifacts import load_prepared
+from tasks.artifacts import load_prepared, write_dynamics
 from tasks.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
-from tasks.files import atomic_directory, atomic_save_npy, atomic_write_json
+from tasks.files import atomic_directory, atomic_write_json
 from tasks.provenance import stage_tags
 from tasks.workclock import timed_work
 from tasks.model_io import device_data, save_model
@@ -110,10 +109,7 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
         out = root / "models" / "teacher"
         with atomic_directory(out) as tmp:
             save_model(tmp, model, model_info(tp["arch"], model, meta))
-            (tmp / "dynamics").mkdir()
-            # rows follow the train split's order; ids.npy keys them by sample id
-            atomic_save_npy(tmp / "dynamics" / "logits.npy", res.dynamics.astype(np.float16))
-            atomic_save_npy(tmp / "dynamics" / "ids.npy", splits["train"].ids)
+            write_dynamics(tmp / "dynamics", splits["train"].ids, res.dynamics)
             summary = {"best_epoch": res.best_epoch, "val_acc": val["acc"], "val_loss": val["loss"],
                        "steps": res.steps, "n_train": len(splits["train"]), "history": stable_history(res.history)}
             atomic_write_json(tmp / "metrics.json", summary)  # no timings: a DVC out is byte-reproducible
