@@ -24,13 +24,14 @@ REGISTRIES = {
     "schedules": ("kdprune.distill", "SCHEDULES"),
     "methods": ("kdprune.selection", "parse_method"),
     "joint": ("kdprune.selection", "JOINT"),
+    "samplers": ("kdprune.selection", "SAMPLERS"),
 }
 STAGE_NAMES: dict[str, tuple[str, ...]] = {
     "prepare": ("datasets",),
     "teacher": ("datasets", "models"),
     "teachers": ("datasets", "models"),
     "scores": ("datasets", "models", "scores"),
-    "select": ("datasets", "scores", "methods", "joint"),
+    "select": ("datasets", "scores", "methods", "joint", "samplers"),
     "distill": tuple(REGISTRIES),
     "evaluate": tuple(REGISTRIES),
 }
@@ -129,26 +130,31 @@ def _method(v) -> Optional[str]:
     return None
 
 
-OPTION_SECTIONS = {"scores": ("scores", "score"), "select": ("joint", "joint selector")}  # section: registry
+# section: the registries whose methods take options named under it (kind, what one is called)
+OPTION_SECTIONS = {"scores": (("scores", "score"),),
+                   "select": (("joint", "joint selector"), ("samplers", "per-epoch sampler"))}
 
 
 def _method_options(section: str, key: str, v: Any, errors: list[str]) -> None:
     """``<section>.<method>``: a registered method's options (``scores.<score>``, ``select.<joint
-    selector>``), checked against its registration when its registry is in scope; out of scope only
-    their shape is checked (the full check, DVC's validate stage, runs first)."""
-    kind, what = OPTION_SECTIONS[section]
-    if kind not in _CHECKED.get():
+    selector>``, ``select.<sampler>``), checked against its registration when its registry is in
+    scope; out of scope only their shape is checked (the full check, DVC's validate stage, runs first)."""
+    kinds = OPTION_SECTIONS[section]
+    whats = " or ".join(what for _, what in kinds)
+    if not all(kind in _CHECKED.get() for kind, _ in kinds):
         if not isinstance(v, dict):
-            errors.append(f"{section}.{key}: unknown key, or the options of a {what}, which must be a mapping")
+            errors.append(f"{section}.{key}: unknown key, or the options of a {whats}, which must be a mapping")
         return
-    registry = _registry(kind)
-    if key not in registry:
-        known = [*SCHEMA[section], *registry.names()]
+    found = [(_registry(kind), what) for kind, what in kinds if key in _registry(kind)]
+    if not found:
+        names = [n for kind, _ in kinds for n in _registry(kind).names()]
+        known = [*SCHEMA[section], *names]
         hint = difflib.get_close_matches(str(key), known, n=1)
         did = f"did you mean '{section}.{hint[0]}'? " if hint else ""
         errors.append(f"{section}.{key}: unknown key; {did}allowed keys here: {', '.join(SCHEMA[section])}, or a "
-                      f"{what}'s options: {', '.join(registry.names())}")
+                      f"{whats}'s options: {', '.join(names)}")
         return
+    registry, what = found[0]
     if not isinstance(v, dict):
         errors.append(f"{section}.{key}: got {v!r}, expected a mapping of {what} {key}'s options")
         return
@@ -270,9 +276,8 @@ SCHEMA: dict[str, Any] = {
                           doc="CCS mislabel cut (lowest aum_prob), share of N: a number, or a table by kept "
                               "fraction, linear between points and constant beyond them"),
         "ccs_strata": Field("int", 50, check=POSITIVE_INT),
-        "infobatch_prune_ratio": Field("float", 0.5, check=_range(0.0, 1.0, hi_open=True)),
-        "infobatch_delta": Field("float", 0.875, check=_range(0.0, 1.0, lo_open=True)),
-    },  # plus one key per joint selector: its options (``_method_options``)
+    },  # plus one key per joint selector or per-epoch sampler: its options (``_method_options``), e.g.
+    # ``infobatch: {prune_ratio: 0.5}``
     "student": {
         **_train_fields("small_cnn", 30),
         "seeds": Field("list", [0], item="int", check=_each(SEED)),
@@ -370,7 +375,7 @@ def validate(params: Any, stage: Optional[str] = None) -> dict:
     try:
         errors: list[str] = []
         method_opts: dict[str, dict] = {}
-        for section in OPTION_SECTIONS:  # scores.<score>, select.<joint selector>: a method's options
+        for section in OPTION_SECTIONS:  # scores.<score>, select.<joint selector or sampler>: its options
             if isinstance(params, dict) and isinstance(params.get(section), dict):
                 method_opts[section] = {k: v for k, v in params[section].items() if k not in SCHEMA[section]}
                 params = {**params, section: {k: v for k, v in params[section].items() if k in SCHEMA[section]}}

@@ -1,4 +1,4 @@
-"""Typed options of a registered method (scores, joint selectors): declared in the registration,
+"""Typed options of a registered method (scores, joint selectors, per-epoch samplers): declared in the registration,
 named under the method in params.yaml, resolved here with their defaults.
 
 An :class:`Option` states its kind (bool, int, float or str), default, allowed values or lower
@@ -17,7 +17,10 @@ class Option:
     default: Any
     doc: str = ""
     choices: Optional[tuple] = None
-    low: Optional[float] = None  # inclusive lower bound for numbers
+    low: Optional[float] = None  # bounds for numbers, inclusive unless low_open / high_open
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
 
     def check(self, value: Any) -> Optional[str]:
         ok = (isinstance(value, bool) if self.kind is bool else
@@ -28,8 +31,10 @@ class Option:
             return f"got {value!r}, expected a {self.kind.__name__}"
         if self.choices is not None and value not in self.choices:
             return f"got {value!r}, allowed: {', '.join(map(str, self.choices))}"
-        if self.low is not None and value < self.low:
-            return f"got {value!r}, must be >= {self.low}"
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return f"got {value!r}, must be {'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return f"got {value!r}, must be {'<' if self.high_open else '<='} {self.high}"
         return None
 
 

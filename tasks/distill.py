@@ -15,7 +15,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from kdprune.models import build_model
-from kdprune.selection import budget, make_sampler
+from kdprune.selection import SAMPLERS, make_sampler
 from kdprune.distill import kd_settings
 from kdprune.train import evaluate, predict_logits, seeded, train
 from tasks.artifacts import load_manifest, load_prepared
@@ -81,10 +81,8 @@ def student_budget(sp: dict, n_total: int, manifest: dict, n_pool: int) -> tuple
     if sp["budget"] == "epochs":
         return sp["epochs"], None
     full_steps = sp["epochs"] * math.ceil(n_total / sp["batch_size"])
-    per_epoch = n_pool
     s = manifest.get("sampler")
-    if s and s["name"] == "rs2":
-        per_epoch = budget(n_pool, s["options"]["ratio"])
+    per_epoch = SAMPLERS.get(s["name"]).epoch_size(n_pool, **s["options"]) if s else n_pool
     return math.ceil(full_steps / math.ceil(per_epoch / sp["batch_size"])), full_steps
 
 

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from kdprune.device import resolve_device
 from kdprune.scores import SCORES
-from kdprune.selection import JOINT, ccs_beta_at, parse_method, run_joint, select
+from kdprune.selection import JOINT, SAMPLERS, ccs_beta_at, parse_method, run_joint, select
 from tasks.artifacts import load_prepared, ScoreReader, write_manifest
 from tasks.files import atomic_directory, sha256_file
 from tasks.provenance import stage_tags
@@ -39,7 +39,7 @@ def plan(params: dict) -> list[dict]:
     for label in sel["methods"]:
         m = parse_method(label, sel["ccs_score"], sel["balance"])
         seeds = sp["seeds"] if m.stochastic else [None]
-        fractions = [1.0] if m.sampler == "infobatch" else sel["fractions"]
+        fractions = SAMPLERS.get(m.sampler).fractions(sel["fractions"]) if m.sampler else sel["fractions"]
         for seed in seeds:
             for frac in fractions:
                 stem = f"{m.score}-{seed}" if m.score is not None and SCORES.get(m.score).seeded else m.score
@@ -119,8 +119,7 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                     "inputs_peak_mem_mb": inputs_cost["peak_mem_mb"], "proxy_train_s": 0.0,
                     "total_s": cost["seconds"] + inputs_cost["seconds"], "cost": spec.cost}
             elif m.sampler is not None:
-                opts = ({"ratio": frac} if m.sampler == "rs2" else
-                        {"prune_ratio": sel["infobatch_prune_ratio"], "delta": sel["infobatch_delta"]})
+                opts = SAMPLERS.get(m.sampler).options_at(frac, sel.get(m.sampler))
                 kept = train.ids
                 extra = {"selector": None, "sampler": {"name": m.sampler, "seed": seed, "options": opts},
                          "keep": None, "score_sha256": None, "score_variant": None}

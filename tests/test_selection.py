@@ -420,3 +420,29 @@ def test_ccs_cuts_the_cut_scores_hard_end_not_its_keep_end(score):
     hardest = np.argsort(cut_scores)[:10] if spec.hard == "low" else np.argsort(-cut_scores)[:10]
     np.testing.assert_array_equal(np.sort(cut), np.sort(ids[hardest]))
     assert parse_method("ccs").cut_end == SCORES.get(parse_method("ccs").cut_score).hard == "low"
+
+
+# -- what a sampler declares, and what the stages read from it ---------------------------------
+
+def test_samplers_declare_options_fractions_and_epoch_size_and_the_stages_follow():
+    import yaml
+
+    from kdprune.config import validate
+    from tasks.distill import student_budget
+    from tasks.select import plan
+    from tests.conftest import REPO
+
+    ib, rs = SAMPLERS.get("infobatch"), SAMPLERS.get("rs2")
+    assert ib.options_at(1.0, {"delta": 0.5}) == {"prune_ratio": 0.5, "delta": 0.5}  # params over defaults
+    assert rs.options_at(0.3, None) == {"ratio": 0.3}  # the kept fraction is RS2's per-epoch share
+    assert ib.fractions([0.1, 0.5]) == [1.0] and rs.fractions([0.1, 0.5]) == [0.1, 0.5]
+    assert rs.epoch_size(1000, ratio=0.3) == 300 and ib.epoch_size(1000, prune_ratio=0.5, delta=0.875) == 1000
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base["select"].update(methods=["rs2", "infobatch"], fractions=[0.1, 0.5], infobatch={"delta": 0.5})
+    jobs = plan(validate(base))
+    assert [(j["method"].label, j["fraction"]) for j in jobs] == [("rs2", 0.1), ("rs2", 0.5), ("infobatch", 1.0)]
+    # a step budget divides the full data's steps by what one epoch of the sampler draws
+    sp = {"budget": "steps", "epochs": 2, "batch_size": 10}
+    manifest = {"sampler": {"name": "rs2", "seed": 0, "options": rs.options_at(0.3, None)}}
+    assert student_budget(sp, n_total=1000, manifest=manifest, n_pool=1000) == (7, 200)  # 200 steps, 30 per epoch

@@ -10,27 +10,49 @@ which ``linear`` with a0 > a1 or a ``table`` can express.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from kdprune.registry import Registry
 
-Schedule = Callable[[float, dict], float]  # (kept fraction, student params) -> KD weight in [0, 1]
-SCHEDULES: Registry[Schedule] = Registry("KD weight schedule")
-register_schedule = SCHEDULES.register
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A KD weight schedule: ``fn(fraction, arg)`` -> weight in [0, 1]; ``param``, the ``student``
+    param its arguments come from; ``arms(value of param)`` -> [(arg, label)], one KD arm each."""
+
+    name: str
+    fn: Callable[[float, Any], float]
+    param: str
+    arms: Callable[[Any], list[tuple[Any, str]]]
+
+    def __call__(self, fraction: float, arg: Any) -> float:
+        return self.fn(fraction, arg)
 
 
-@register_schedule("constant")
+SCHEDULES: Registry[ScheduleSpec] = Registry("KD weight schedule")
+
+
+def register_schedule(name: str, param: str, arms: Callable[[Any], list[tuple[Any, str]]]):
+    """Register ``fn(fraction, arg)`` as schedule ``name``, its arms read from ``student.<param>``."""
+    def deco(fn: Callable[[float, Any], float]) -> Callable[[float, Any], float]:
+        SCHEDULES.register(name)(ScheduleSpec(name, fn, param, arms))
+        return fn
+
+    return deco
+
+
+@register_schedule("constant", "kd_weights", arms=lambda weights: [(w, f"kd{w:g}") for w in weights])
 def constant(fraction: float, weight: float) -> float:
     return float(weight)
 
 
-@register_schedule("linear")
+@register_schedule("linear", "kd_linear", arms=lambda p: [([p[0], p[1]], f"kdlin{p[0]:g}-{p[1]:g}")])
 def linear(fraction: float, points: list[float]) -> float:
     a0, a1 = points
     return float(a0 + (a1 - a0) * fraction)
 
 
-@register_schedule("table")
+@register_schedule("table", "kd_table", arms=lambda pts: [([list(x) for x in pts], "kdtable")])
 def table(fraction: float, points: list[list[float]]) -> float:
     pts = sorted((float(f), float(w)) for f, w in points)
     if fraction <= pts[0][0]:
@@ -54,12 +76,7 @@ class KDSetting:
 
 
 def kd_settings(student: dict) -> list[KDSetting]:
-    """The KD arms ``student`` params ask for (the no-KD baseline is separate and always runs)."""
-    name = student["kd_schedule"]
-    SCHEDULES.get(name)  # unknown names fail with the valid ones
-    if name == "constant":
-        return [KDSetting("constant", w, f"kd{w:g}") for w in student["kd_weights"]]
-    if name == "linear":
-        a0, a1 = student["kd_linear"]
-        return [KDSetting("linear", [a0, a1], f"kdlin{a0:g}-{a1:g}")]
-    return [KDSetting("table", [list(p) for p in student["kd_table"]], "kdtable")]
+    """The KD arms ``student`` params ask for (the no-KD baseline is separate and always runs): the
+    schedule's registration says which param holds its arguments and how they make arms."""
+    spec = SCHEDULES.get(student["kd_schedule"])  # unknown names fail with the valid ones
+    return [KDSetting(spec.name, arg, label) for arg, label in spec.arms(student[spec.param])]

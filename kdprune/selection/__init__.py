@@ -5,4 +5,4 @@ from kdprune.selection.static import (  # noqa: F401
 from kdprune.selection.ccs import ccs_allocation, ccs_beta_at, ccs_budget, ccs_strata  # noqa: F401  (registers "ccs")
 from kdprune.selection.samplers import SAMPLERS, Sampler, make_sampler, register_sampler  # noqa: F401
 from kdprune.selection.joint import JOINT, JointInputs, run_joint  # noqa: F401
-from kdprune.selection.methods import SAMPLER_METHODS, Method, parse_method, valid_names  # noqa: F401
+from kdprune.selection.methods import Method, parse_method, valid_names  # noqa: F401

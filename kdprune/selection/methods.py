@@ -11,10 +11,11 @@
     ccs                coverage-centric selection (Zheng et al. 2023) on ``select.ccs_score``
                        (the CCS code's AUM, ``aum_prob``, by default): the beta hardest by
                        ``aum_prob`` cut (its registration's ``hard`` end, low), k equal-width strata
-    rs2                a fresh random subset each epoch, without replacement across epochs
-                       (Okanovic et al. 2024); the kept fraction is the per-epoch share
-    infobatch          drop a share of low-loss examples each epoch, rescale the rest, full data
-                       at the end (Qin et al. 2024); ignores the fraction (uses all examples)
+    <sampler>          a registered per-epoch sampler (kdprune/selection/samplers.py), options
+                       under ``select.<name>``: rs2, a fresh random subset each epoch without
+                       replacement across epochs (Okanovic et al. 2024; the kept fraction is the
+                       per-epoch share); infobatch, drop a share of low-loss examples each epoch,
+                       rescale the rest, full data at the end (Qin et al. 2024; full data only)
     <joint selector>   a subset chosen as a whole on the teacher's features or gradients
                        (herding, kcenter, facility_location, graph_cut, craig, gradmatch, glister,
                        cal, deepfool; see kdprune/selection/joint); options under
@@ -30,9 +31,8 @@ from typing import Optional
 
 from kdprune.scores import SCORES
 from kdprune.selection.joint import JOINT
+from kdprune.selection.samplers import SAMPLERS
 
-SAMPLER_METHODS = ("rs2", "infobatch")
-SPECIAL = ("ccs", *SAMPLER_METHODS)
 MODES = ("high", "low", "balanced", "global")
 
 
@@ -65,7 +65,7 @@ class Method:
 
 
 def valid_names() -> list[str]:
-    return [*SCORES.names(), *(f"<score>:{m}" for m in MODES), *SPECIAL, *JOINT.names()]
+    return [*SCORES.names(), *(f"<score>:{m}" for m in MODES), "ccs", *SAMPLERS.names(), *JOINT.names()]
 
 
 CCS_CUT_SCORE = "aum_prob"  # the CCS code cuts its lowest accumulated probability margin, whatever it stratifies
@@ -85,7 +85,7 @@ def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE, balance: bool = Tru
     ValueError listing the valid ones."""
     if label == "ccs":
         return Method(label, ccs_score, "ccs", None, cut_score=CCS_CUT_SCORE, cut_end=hard_end(CCS_CUT_SCORE))
-    if label in SAMPLER_METHODS:
+    if label in SAMPLERS:
         return Method(label, None, None, label)
     if label in JOINT and label not in SCORES:
         return Method(label, None, None, None, joint=label)

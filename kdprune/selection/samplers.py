@@ -20,14 +20,22 @@ sampler built with the same (n, epochs, seed, options), after which the next epo
 what the uninterrupted run would have produced. No global RNG is touched: randomness comes from
 ``np.random.default_rng([seed, ...])`` streams keyed by the seed and the pass/epoch.
 
+Each sampler declares what the pipeline needs to know about it: ``options``, named under it in
+params (``select.<sampler>: {option: value}``, validated from the declaration before any compute);
+``fraction_option``, the option the kept fraction sets (one manifest per fraction), or None for a
+sampler that trains on the full data (fraction 1.0 only); ``epoch_size``, the positions one epoch
+draws (what a step budget divides by).
+
 Registered: ``rs2``, ``infobatch``.
 """
 from __future__ import annotations
 
 import inspect
+from typing import Optional
 
 import numpy as np
 
+from kdprune.options import Option, resolve_options
 from kdprune.registry import Registry
 from kdprune.selection.static import budget
 
@@ -39,6 +47,28 @@ class Sampler:
     """Base class; subclasses implement ``_draw(epoch) -> (positions, weights | None)``."""
 
     name = "sampler"
+    options: dict[str, Option] = {}  # its options in params, under select.<name>
+    fraction_option: Optional[str] = None  # the option a kept fraction sets; None: full data, fraction 1.0 only
+
+    @classmethod
+    def resolve(cls, given: Optional[dict]) -> dict:
+        """Its options from params (defaults filled in); ValueError naming a bad or unknown one."""
+        return resolve_options(f"select.{cls.name}", cls.options, given)
+
+    @classmethod
+    def options_at(cls, fraction: float, given: Optional[dict]) -> dict:
+        """The options a manifest at kept ``fraction`` records and the sampler is built with."""
+        return {**cls.resolve(given), **({cls.fraction_option: fraction} if cls.fraction_option else {})}
+
+    @classmethod
+    def fractions(cls, fractions: list[float]) -> list[float]:
+        """The kept fractions it runs at: each of select.fractions, or the full data only."""
+        return list(fractions) if cls.fraction_option else [1.0]
+
+    @classmethod
+    def epoch_size(cls, n: int, **options) -> int:
+        """How many of the ``n`` pool positions one epoch draws (at most; InfoBatch draws fewer)."""
+        return n
 
     def __init__(self, n: int, epochs: int, seed: int = 0):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -119,6 +149,11 @@ class RS2Sampler(Sampler):
     """
 
     name = "rs2"
+    fraction_option = "ratio"  # the kept fraction is the share of the data each epoch draws
+
+    @classmethod
+    def epoch_size(cls, n: int, ratio: float, **_) -> int:
+        return budget(n, ratio)
 
     def __init__(self, n: int, epochs: int, seed: int = 0, ratio: float | None = None):
         super().__init__(n, epochs, seed)
@@ -185,6 +220,10 @@ class InfoBatchSampler(Sampler):
     """
 
     name = "infobatch"
+    options = {"prune_ratio": Option(float, 0.5, "share of the below-mean-loss examples dropped each epoch",
+                                     low=0.0, high=1.0, high_open=True),
+               "delta": Option(float, 0.875, "prunes through epoch floor(delta * epochs) + 1 (as its code), then "
+                                             "full data", low=0.0, high=1.0, low_open=True)}
 
     def __init__(self, n: int, epochs: int, seed: int = 0, prune_ratio: float = 0.5, delta: float = 0.875):
         super().__init__(n, epochs, seed)
