@@ -153,7 +153,7 @@ def train_student(params: dict, variant: dict, inputs: dict, device: str) -> dic
     train_d, val_d = device_data(meta, train_split, dev), device_data(meta, inputs["val"], dev)
     teacher, t_logits = None, None
     if kd and variant["teacher"] in inputs["logits"]:
-        t_logits = torch.from_numpy(inputs["logits"][variant["teacher"]])
+        t_logits = torch.tensor(inputs["logits"][variant["teacher"]])  # a copy: Ray's object store is read-only
     elif kd:
         t = inputs["teachers"][variant["teacher"]]
         teacher = model_from_state(t["info"]["arch"], t["info"]["in_channels"], t["info"]["num_classes"],
