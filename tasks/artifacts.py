@@ -63,12 +63,12 @@ def ids_sha256(ids) -> str:
     return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()
 
 
-def _check_keyed(path: Path, ids: np.ndarray, train: PreparedSplit, rows: int, stage: str) -> None:
-    """``ids`` (read from ``path``) are the train split's, in its order, one per row of ``rows``."""
+def _check_keyed(path: Path, train: PreparedSplit, stage: str) -> np.ndarray:
+    """The ids stored at ``path``, checked to be the train split's, in its order."""
+    ids = np.load(path)
     if not np.array_equal(ids, train.ids):
         raise IntegrityError(f"{path} does not match the prepared train split's sample ids; re-run `dvc repro {stage}`")
-    if rows != len(ids):
-        raise IntegrityError(f"{path.parent}: {rows} rows for {len(ids)} sample ids; re-run `dvc repro {stage}`")
+    return ids
 
 
 # ---------------------------------------------------------------- the teacher's dynamics
@@ -86,8 +86,9 @@ def write_dynamics(directory: Path, ids: np.ndarray, logits: np.ndarray) -> None
 def read_dynamics(teacher_dir: Path, train: PreparedSplit) -> np.ndarray:
     """The teacher's dynamics (float32), checked to be keyed by the prepared train split."""
     d = Path(teacher_dir) / "dynamics"
-    logits = np.load(d / "logits.npy")
-    _check_keyed(d / "ids.npy", np.load(d / "ids.npy"), train, logits.shape[1], "teacher")
+    ids, logits = _check_keyed(d / "ids.npy", train, "teacher"), np.load(d / "logits.npy")
+    if logits.shape[1] != len(ids):
+        raise IntegrityError(f"{d}: {logits.shape[1]} rows for {len(ids)} sample ids; re-run `dvc repro teacher`")
     return logits.astype(np.float32)
 
 
@@ -127,8 +128,7 @@ class ScoreReader:
 
     def __init__(self, directory: Path, meta: dict, train: PreparedSplit):
         self.dir, self.meta = Path(directory), meta
-        ids = np.load(self.dir / "ids.npy")
-        _check_keyed(self.dir / "ids.npy", ids, train, len(ids), "scores")
+        _check_keyed(self.dir / "ids.npy", train, "scores")
 
     def read(self, stem: str) -> Score:
         info = json.loads((self.dir / f"{stem}.json").read_text())
