@@ -25,13 +25,14 @@ REGISTRIES = {
     "methods": ("kdprune.selection", "parse_method"),
     "joint": ("kdprune.selection", "JOINT"),
     "samplers": ("kdprune.selection", "SAMPLERS"),
+    "selector_options": ("kdprune.selection", "SELECTOR_OPTIONS"),
 }
 STAGE_NAMES: dict[str, tuple[str, ...]] = {
     "prepare": ("datasets",),
     "teacher": ("datasets", "models"),
     "teachers": ("datasets", "models"),
     "scores": ("datasets", "models", "scores"),
-    "select": ("datasets", "scores", "methods", "joint", "samplers"),
+    "select": ("datasets", "scores", "methods", "joint", "samplers", "selector_options"),
     "distill": tuple(REGISTRIES),
     "evaluate": tuple(REGISTRIES),
 }
@@ -43,22 +44,11 @@ def _registry(kind: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def parse_method(label: str, ccs_score: str = "aum_prob", balance: bool = True):
-    return _registry("methods")(label, ccs_score, balance)
-
-
-def _beta(v) -> Optional[str]:
-    """select.ccs_beta: a share in [0, 1), or a table [[kept fraction, beta], ...]."""
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return None if 0.0 <= v < 1.0 else "must be in [0.0, 1.0) or a table [[kept fraction, beta], ...]"
-    ok = isinstance(v, list) and v and all(
-        isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)
-        and 0.0 < p[0] <= 1.0 and 0.0 <= p[1] < 1.0 for p in v)
-    if not ok:
-        return "must be a share in [0.0, 1.0) or a non-empty table [[kept fraction in (0, 1], beta in [0, 1)], ...]"
-    if len({p[0] for p in v}) != len(v):
-        return "has the same kept fraction twice"
-    return None
+def parse_method(label: str, select: Optional[dict] = None):
+    """``label`` as a selection method; with params' ``select`` section, as that section sets it up."""
+    if select is None:
+        return _registry("methods")(label)
+    return importlib.import_module("kdprune.selection").method_from_params(label, select)  # in scope with "methods"
 
 
 class ParamsError(ValueError):
@@ -132,7 +122,8 @@ def _method(v) -> Optional[str]:
 
 # section: the registries whose methods take options named under it (kind, what one is called)
 OPTION_SECTIONS = {"scores": (("scores", "score"),),
-                   "select": (("joint", "joint selector"), ("samplers", "per-epoch sampler"))}
+                   "select": (("joint", "joint selector"), ("samplers", "per-epoch sampler"),
+                              ("selector_options", "selection method"))}
 
 
 def _method_options(section: str, key: str, v: Any, errors: list[str]) -> None:
@@ -147,9 +138,11 @@ def _method_options(section: str, key: str, v: Any, errors: list[str]) -> None:
         return
     found = [(_registry(kind), what) for kind, what in kinds if key in _registry(kind)]
     if not found:
-        names = [n for kind, _ in kinds for n in _registry(kind).names()]
-        known = [*SCHEMA[section], *names]
-        hint = difflib.get_close_matches(str(key), known, n=1)
+        names = sorted(n for kind, _ in kinds for n in _registry(kind).names())
+        # a flat <method>_<option> key (an old spelling): the option under the method
+        nested = [f"{n}.{str(key)[len(n) + 1:]}" for kind, _ in kinds for n in _registry(kind).names()
+                  if str(key).startswith(n + "_") and str(key)[len(n) + 1:] in _registry(kind).get(n).options]
+        hint = nested or difflib.get_close_matches(str(key), [*SCHEMA[section], *names], n=1)
         did = f"did you mean '{section}.{hint[0]}'? " if hint else ""
         errors.append(f"{section}.{key}: unknown key; {did}allowed keys here: {', '.join(SCHEMA[section])}, or a "
                       f"{whats}'s options: {', '.join(names)}")
@@ -271,13 +264,8 @@ SCHEMA: dict[str, Any] = {
         "fractions": Field("list", [0.1, 0.3, 0.5], item="float", check=_each(FRACTION)),
         "balance": Field("bool", True, doc="class-balanced budgets for every method, random included (DeepCore's "
                                            "default); ':global' / ':balanced' after a method name override it"),
-        "ccs_score": Field("str", "aum_prob", check=_one_of("scores"), doc="score CCS stratifies"),
-        "ccs_beta": Field("any", [[0.1, 0.3], [0.2, 0.2], [0.5, 0.0]], check=_beta,
-                          doc="CCS mislabel cut (lowest aum_prob), share of N: a number, or a table by kept "
-                              "fraction, linear between points and constant beyond them"),
-        "ccs_strata": Field("int", 50, check=POSITIVE_INT),
-    },  # plus one key per joint selector or per-epoch sampler: its options (``_method_options``), e.g.
-    # ``infobatch: {prune_ratio: 0.5}``
+    },  # plus one key per joint selector, per-epoch sampler or selection method with options (ccs): its
+    # options (``_method_options``), e.g. ``infobatch: {prune_ratio: 0.5}``, ``ccs: {strata: 50}``
     "student": {
         **_train_fields("small_cnn", 30),
         "seeds": Field("list", [0], item="int", check=_each(SEED)),
@@ -411,17 +399,18 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
                           f"({p['teacher']['epochs']})")
     methods = "methods" in _CHECKED.get()
     for label in (sel["methods"] if methods else []):
-        m = parse_method(label, sel["ccs_score"], sel["balance"])
+        m = parse_method(label, sel)
         for score in dict.fromkeys(x for x in (m.score, m.cut_score) if x is not None):
             if score not in sp["methods"]:
                 errors.append(f"select.methods: {label!r} reads score {score!r}, which scores.methods "
                               f"{sp['methods']} does not compute; add it there")
         if m.selector == "ccs":
-            ccs_beta_at = importlib.import_module("kdprune.selection").ccs_beta_at  # in scope with "methods"
+            selection = importlib.import_module("kdprune.selection")  # in scope with "methods"
+            beta = selection.CCS.resolve(sel.get("ccs"))["beta"]
             for f in sel["fractions"]:
-                b = ccs_beta_at(sel["ccs_beta"], f)
+                b = selection.ccs_beta_at(beta, f)
                 if f + b > 1.0 + 1e-9:
-                    errors.append(f"select.ccs_beta: {b:g} at kept fraction {f:g} cuts more than the subset leaves "
+                    errors.append(f"select.ccs.beta: {b:g} at kept fraction {f:g} cuts more than the subset leaves "
                                   f"(fraction + beta must be <= 1); lower beta there")
     if "infobatch" in sel["methods"] and p["student"]["budget"] == "steps":
         errors.append("student.budget: 'steps' cannot be used with select.methods 'infobatch' (its epochs have "
@@ -436,7 +425,7 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
         errors.append(f"student.teachers: {p['teacher']['arch']!r} is already the teacher (teacher.arch); list only "
                       "the extra architectures")
     stochastic = [label for label in sel["methods"]
-                  if parse_method(label, sel["ccs_score"], sel["balance"]).stochastic] if methods else []
+                  if parse_method(label, sel).stochastic] if methods else []
     if stochastic and sorted(p["scores"]["seeds"]) != sorted(p["student"]["seeds"]):
         errors.append(
             f"scores.seeds: {p['scores']['seeds']} differs from student.seeds {p['student']['seeds']}; seeded selection "

@@ -1,19 +1,19 @@
 """Typed options of a registered method (scores, joint selectors, per-epoch samplers): declared in the registration,
 named under the method in params.yaml, resolved here with their defaults.
 
-An :class:`Option` states its kind (bool, int, float or str), default, allowed values or lower
-bound and a one-line doc; :func:`resolve_options` fills the defaults and refuses an unknown or
+An :class:`Option` states its kind (bool, int, float or str; ``object`` for a structured value, e.g.
+a table, which its ``check`` validates), default, allowed values or bounds and a one-line doc; :func:`resolve_options` fills the defaults and refuses an unknown or
 bad option, naming the valid ones with their types and defaults.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 
 @dataclass(frozen=True)
 class Option:
-    kind: type  # bool, int, float or str
+    kind: type  # bool, int, float, str, or object (any value: ``validate`` says what is allowed)
     default: Any
     doc: str = ""
     choices: Optional[tuple] = None
@@ -21,9 +21,11 @@ class Option:
     high: Optional[float] = None
     low_open: bool = False
     high_open: bool = False
+    validate: Optional[Callable[[Any], Optional[str]]] = None  # a further rule: error text or None
 
     def check(self, value: Any) -> Optional[str]:
-        ok = (isinstance(value, bool) if self.kind is bool else
+        ok = (True if self.kind is object else
+              isinstance(value, bool) if self.kind is bool else
               isinstance(value, (int, float)) and not isinstance(value, bool) if self.kind is float else
               isinstance(value, self.kind) and not isinstance(value, bool) if self.kind is int else
               isinstance(value, self.kind))
@@ -35,14 +37,16 @@ class Option:
             return f"got {value!r}, must be {'>' if self.low_open else '>='} {self.low}"
         if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
             return f"got {value!r}, must be {'<' if self.high_open else '<='} {self.high}"
-        return None
+        msg = self.validate(value) if self.validate is not None else None
+        return f"got {value!r}, {msg}" if msg else None
 
 
 def describe_options(options: dict[str, Option]) -> str:
     """``name (kind, default X), ...``: what an error message lists as the valid options."""
     if not options:
         return "no options"
-    return ", ".join(f"{k} ({o.kind.__name__}, default {o.default!r})" for k, o in options.items())
+    return ", ".join(f"{k} ({'value' if o.kind is object else o.kind.__name__}, default {o.default!r})"
+                     for k, o in options.items())
 
 
 def resolve_options(owner: str, options: dict[str, Option], given: Optional[dict]) -> dict:

@@ -40,13 +40,13 @@ COLUMNS = [
 def selection_costs(root: Path, params: dict) -> dict[str, dict]:
     """Per selection method: seconds to score and select (proxy training included) and peak extra
     memory, from the scores stage's run record; NaN where this machine has no record of them."""
-    from kdprune.selection import parse_method
+    from kdprune.selection import method_from_params
 
     recorded = read_record(root, "scores").get("costs", {})
     selected = read_record(root, "select").get("costs", {})  # joint selectors: their cost is the selection
     costs = {}
     for label in params["select"]["methods"]:
-        m = parse_method(label, params["select"]["ccs_score"], params["select"]["balance"])
+        m = method_from_params(label, params["select"])
         if m.joint is not None:
             runs = [c for c in selected.values() if c.get("method") == label]
             costs[label] = {"selection_s": max(c["total_s"] for c in runs) if runs else float("nan"),
@@ -64,12 +64,12 @@ def selection_costs(root: Path, params: dict) -> dict[str, dict]:
 def score_recipes(root: Path, params: dict) -> dict[str, str]:
     """Per selection method: the score it read and the recipe that made it (from the score files)."""
     from kdprune.scores import SCORES
-    from kdprune.selection import parse_method
+    from kdprune.selection import method_from_params
 
     out = {}
     sel = params["select"]
     for label in sel["methods"]:
-        m = parse_method(label, sel["ccs_score"], sel["balance"])
+        m = method_from_params(label, sel)
         if m.joint is not None:
             out[label] = f"joint selector {m.joint} on the teacher's outputs (options under select.{m.joint})"
             continue

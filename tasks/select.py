@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from kdprune.device import resolve_device
 from kdprune.scores import SCORES
-from kdprune.selection import JOINT, SAMPLERS, ccs_beta_at, parse_method, run_joint, select
+from kdprune.selection import CCS, JOINT, SAMPLERS, ccs_beta_at, method_from_params, run_joint, select
 from tasks.artifacts import load_prepared, ScoreReader, write_manifest
 from tasks.files import atomic_directory, sha256_file
 from tasks.provenance import stage_tags
@@ -37,7 +37,7 @@ def plan(params: dict) -> list[dict]:
     sel, sp = params["select"], params["scores"]
     out = []
     for label in sel["methods"]:
-        m = parse_method(label, sel["ccs_score"], sel["balance"])
+        m = method_from_params(label, sel)
         seeds = sp["seeds"] if m.stochastic else [None]
         fractions = SAMPLERS.get(m.sampler).fractions(sel["fractions"]) if m.sampler else sel["fractions"]
         for seed in seeds:
@@ -63,9 +63,9 @@ def joint_inputs(root: Path, params: dict, meta: dict, splits: dict, needs: set[
 
 def _options(m, params: dict, fraction: float) -> dict:
     """The selector's options as the manifest records them (JSON)."""
-    sel = params["select"]
     if m.selector == "ccs":
-        return {"beta": ccs_beta_at(sel["ccs_beta"], fraction), "k": sel["ccs_strata"], "cut_score": m.cut_score,
+        opts = CCS.resolve(params["select"].get("ccs"))
+        return {"beta": ccs_beta_at(opts["beta"], fraction), "k": opts["strata"], "cut_score": m.cut_score,
                 "cut_end": m.cut_end}
     return {}
 

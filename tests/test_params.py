@@ -16,12 +16,19 @@ BAD = [
     ({"scores": {"methods": ["el2m"]}}, "scores.methods", "valid names: aum, aum_prob, dynamic_uncertainty, el2n, el2n_proxy"),
     ({"select": {"methods": ["el2n:middle"]}}, "select.methods", "valid: aum, "),
     ({"select": {"methods": ["grand"]}}, "select.methods", "scores.methods"),
-    ({"select": {"ccs_beta": 1.0}}, "select.ccs_beta", "[0.0, 1.0)"),
-    ({"select": {"ccs_beta": [[0.1, 0.3], [0.1, 0.2]]}}, "select.ccs_beta", "same kept fraction twice"),
-    ({"select": {"methods": ["random", "ccs"], "fractions": [0.9], "ccs_beta": 0.2},
-      "scores": {"methods": ["random", "aum_prob"]}}, "select.ccs_beta", "fraction + beta must be <= 1"),
-    ({"select": {"methods": ["random", "ccs"], "ccs_score": "aum"}, "scores": {"methods": ["random", "aum"]}},
+    # CCS's options, from its declaration (kdprune/selection/ccs.py)
+    ({"select": {"ccs": {"beta": 1.0}}}, "select.ccs", "select.ccs.beta: got 1.0, must be in [0.0, 1.0)"),
+    ({"select": {"ccs": {"beta": [[0.1, 0.3], [0.1, 0.2]]}}}, "select.ccs", "same kept fraction twice"),
+    ({"select": {"methods": ["random", "ccs"], "fractions": [0.9], "ccs": {"beta": 0.2}},
+      "scores": {"methods": ["random", "aum_prob"]}}, "select.ccs.beta", "fraction + beta must be <= 1"),
+    ({"select": {"methods": ["random", "ccs"], "ccs": {"score": "aum"}}, "scores": {"methods": ["random", "aum"]}},
      "select.methods", "reads score 'aum_prob'"),
+    ({"select": {"ccs": {"score": "el2m"}}}, "select.ccs", "select.ccs.score: got 'el2m', not a registered score; "
+     "valid: aum, aum_prob"),
+    ({"select": {"ccs": {"strata": 0}}}, "select.ccs", "select.ccs.strata: got 0, must be >= 1"),
+    ({"select": {"ccs": {"stratas": 10}}}, "select.ccs", "valid options: score, beta, strata; ccs takes: score (str, "
+     "default 'aum_prob'), beta (value, default [[0.1, 0.3], [0.2, 0.2], [0.5, 0.0]]), strata (int, default 50)"),
+    ({"select": {"ccs_beta": 0.2}}, "select.ccs_beta", "did you mean 'select.ccs.beta'"),
     ({"student": {"budget": "flops"}}, "student.budget", "'epochs'"),
     ({"teacher": {"arch": "resnet1000"}}, "teacher.arch", "valid names:"),
     ({"student": {"arch": 3}}, "student.arch", "expected a str"),
@@ -51,8 +58,9 @@ BAD = [
     ({"select": {"infobatch": {"prune_ratio": 1.0}}}, "select.infobatch", "prune_ratio: got 1.0, must be < 1.0"),
     ({"select": {"infobatch": {"prune": 0.3}}}, "select.infobatch",
      "valid options: prune_ratio, delta; infobatch takes: prune_ratio (float, default 0.5), delta (float, default 0.875)"),
-    ({"select": {"infobatch_prune_ratio": 0.3}}, "select.infobatch_prune_ratio", "a joint selector or per-epoch "
-     "sampler's options: cal, craig"),
+    ({"select": {"infobatch_prune_ratio": 0.3}}, "select.infobatch_prune_ratio", "did you mean "
+     "'select.infobatch.prune_ratio'? allowed keys here: methods, fractions, balance, or a joint selector or per-epoch "
+     "sampler or selection method's options: cal, ccs, craig"),
     ({"select": {"rs2": {"ratio": 0.3}}}, "select.rs2", "valid options: none"),
 ]
 

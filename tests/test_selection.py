@@ -446,3 +446,37 @@ def test_samplers_declare_options_fractions_and_epoch_size_and_the_stages_follow
     sp = {"budget": "steps", "epochs": 2, "batch_size": 10}
     manifest = {"sampler": {"name": "rs2", "seed": 0, "options": rs.options_at(0.3, None)}}
     assert student_budget(sp, n_total=1000, manifest=manifest, n_pool=1000) == (7, 200)  # 200 steps, 30 per epoch
+
+
+def test_every_sampler_declares_exactly_the_options_its_constructor_takes():
+    """make_sampler builds from the declaration (options + fraction_option): a declared option the
+    constructor lacks, or a constructor option params cannot set, would break here."""
+    import inspect
+
+    for name in SAMPLERS.names():
+        cls = SAMPLERS.get(name)
+        takes = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "n", "epochs", "seed")]
+        declared = [*cls.options, *([cls.fraction_option] if cls.fraction_option else [])]
+        assert sorted(takes) == sorted(declared), name
+
+
+def test_ccs_options_under_select_ccs_reach_the_selector_and_its_plan():
+    """select.ccs: {score, beta, strata} (CCS's declaration) sets what the select stage stratifies, cuts
+    and records; absent options take the declared defaults."""
+    import yaml
+
+    from kdprune.config import validate
+    from tasks.select import _options, plan
+    from tests.conftest import REPO
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base["scores"]["methods"] = ["random", "el2n", "aum_prob"]
+    base["select"].update(methods=["ccs"], ccs={"score": "el2n", "beta": [[0.1, 0.2], [0.5, 0.1]], "strata": 7})
+    p = validate(base)
+    m = plan(p)[0]["method"]
+    assert (m.score, m.cut_score, m.cut_end) == ("el2n", "aum_prob", "low")  # stratify el2n; cut by aum_prob's hard end
+    opts = _options(m, p, 0.3)
+    assert opts["k"] == 7 and opts["beta"] == pytest.approx(0.15)  # halfway between the table's points
+    del base["select"]["ccs"]
+    p = validate(base)
+    assert plan(p)[0]["method"].score == "aum_prob" and _options(plan(p)[0]["method"], p, 0.1)["k"] == 50

@@ -4,7 +4,7 @@ High Pruning Rates", ICLR 2023; reference code github.com/haizhongzheng/Coverage
 
 1. The mislabel cut: drop the ``int(beta * N)`` hardest examples by AUM -- the code's AUM,
    softmax-probability margins summed over epochs (score ``aum_prob``), whose hard end is its
-   lowest -- whatever score is stratified (``cut_scores``, cut at ``cut_end``: the cut score's
+   lowest -- whatever score is stratified (params: ``select.ccs.score``; ``cut_scores``, cut at ``cut_end``: the cut score's
    registered hard end, never its keep end; ties in a seeded random order). ``beta`` follows the kept fraction
    (``ccs_beta_at``): the paper uses beta = 0.3 at 90 % pruning (CIFAR-10, ImageNet) and 0.2 at 80 %.
 2. Split the remaining examples' stratified score into ``k`` (default 50) strata of equal width over
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdprune.selection.static import budget, register_selector, tie_ranks
+from kdprune.options import Option
+from kdprune.selection.static import budget, declare_options, register_selector, tie_ranks
 
 _EPS = 1e-9  # guards floor(beta * N) against float error, e.g. 0.29 * 100 = 28.999999999999996
 
@@ -74,6 +75,36 @@ def ccs_beta_at(beta, fraction: float) -> float:
     pts = sorted((float(f), float(b)) for f, b in beta)
     xs, ys = [f for f, _ in pts], [b for _, b in pts]
     return float(np.interp(fraction, xs, ys))
+
+
+def beta_error(v) -> str | None:
+    """What is wrong with a ``beta`` (a share in [0, 1), or a table [[kept fraction, beta], ...]), or None."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return None if 0.0 <= v < 1.0 else "must be in [0.0, 1.0) or a table [[kept fraction, beta], ...]"
+    ok = isinstance(v, list) and v and all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)
+        and 0.0 < p[0] <= 1.0 and 0.0 <= p[1] < 1.0 for p in v)
+    if not ok:
+        return "must be a share in [0.0, 1.0) or a non-empty table [[kept fraction in (0, 1], beta in [0, 1)], ...]"
+    if len({p[0] for p in v}) != len(v):
+        return "has the same kept fraction twice"
+    return None
+
+
+def _score_error(v: str) -> str | None:
+    from kdprune.scores import SCORES  # the registry, with every score a plugin registered by now
+    return None if v in SCORES else f"not a registered score; valid: {', '.join(SCORES.names())}"
+
+
+# params: select.ccs: {score, beta, strata}
+CCS = declare_options("ccs", {
+    "score": Option(str, "aum_prob", "the score CCS stratifies (default: the CCS code's AUM)", validate=_score_error),
+    "beta": Option(object, [[0.1, 0.3], [0.2, 0.2], [0.5, 0.0]],
+                   "mislabel cut, share of N cut as hardest by aum_prob: a number, or a table [[kept fraction, "
+                   "beta], ...] linear between its points and constant beyond them (ccs_beta_at)",
+                   validate=beta_error),
+    "strata": Option(int, 50, "number of equal-width strata (k)", low=1),
+})
 
 
 def ccs_budget(n: int, fraction: float) -> int:

@@ -8,9 +8,10 @@
     <score>:high|low   keep that end explicitly (balanced as ``select.balance`` says)
     <score>:balanced   class-balanced at the recipe's end, whatever ``select.balance`` says
     <score>:global     over the whole pool at the recipe's end, whatever ``select.balance`` says
-    ccs                coverage-centric selection (Zheng et al. 2023) on ``select.ccs_score``
+    ccs                coverage-centric selection (Zheng et al. 2023) on ``select.ccs.score``
                        (the CCS code's AUM, ``aum_prob``, by default): the beta hardest by
-                       ``aum_prob`` cut (its registration's ``hard`` end, low), k equal-width strata
+                       ``aum_prob`` cut (its registration's ``hard`` end, low), k equal-width strata;
+                       options under ``select.ccs`` (kdprune/selection/ccs.py: score, beta, strata)
     <sampler>          a registered per-epoch sampler (kdprune/selection/samplers.py), options
                        under ``select.<name>``: rs2, a fresh random subset each epoch without
                        replacement across epochs (Okanovic et al. 2024; the kept fraction is the
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kdprune.scores import SCORES
+from kdprune.selection.ccs import CCS
 from kdprune.selection.joint import JOINT
 from kdprune.selection.samplers import SAMPLERS
 
@@ -78,6 +80,11 @@ def hard_end(score: str) -> str:
     if hard is None:
         raise ValueError(f"score {score!r} has no hard end (its registration's hard=None): it cannot be cut")
     return hard
+
+
+def method_from_params(label: str, select: dict) -> Method:
+    """``parse_method`` with the settings params' ``select`` section gives it (``balance``, ``ccs.score``)."""
+    return parse_method(label, CCS.resolve(select.get("ccs"))["score"], select["balance"])
 
 
 def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE, balance: bool = True) -> Method:

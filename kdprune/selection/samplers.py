@@ -30,7 +30,6 @@ Registered: ``rs2``, ``infobatch``.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Optional
 
 import numpy as np
@@ -280,9 +279,10 @@ class InfoBatchSampler(Sampler):
 
 
 def make_sampler(name: str, n: int, epochs: int, seed: int = 0, **options) -> Sampler:
-    """Build a registered sampler; an option it does not take is a ValueError listing the valid ones."""
+    """Build a registered sampler; an option it does not declare (``options``, ``fraction_option``) is a
+    ValueError listing the valid ones (values are checked by the sampler itself)."""
     cls = SAMPLERS.get(name)
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "n", "epochs", "seed")]
+    allowed = [*cls.options, *([cls.fraction_option] if cls.fraction_option else [])]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"sampler {name!r} does not take option(s) {', '.join(unknown)}; it takes: {', '.join(allowed)}")

@@ -16,20 +16,45 @@ and drawn at random within each class. Every random draw is made over the ids in
 the result never depends on the order of the input arrays.
 
 Registered here: ``keep_high``, ``keep_low``, ``random``, ``class_balanced_high``,
-``class_balanced_low``; CCS (``ccs``) lives in ``ccs.py``.
+``class_balanced_low``; CCS (``ccs``) lives in ``ccs.py``. A selection method that takes options
+from params (CCS) declares them with ``declare_options``: they are named under ``select.<name>``
+and validated from the declaration (``SELECTOR_OPTIONS``), like a score's or a sampler's.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
+from kdprune.options import Option, resolve_options
 from kdprune.registry import Registry
 
 Selector = Callable[..., np.ndarray]
 SELECTORS: Registry[Selector] = Registry("selector")
 register_selector = SELECTORS.register
+
+
+@dataclass(frozen=True)
+class SelectorOptions:
+    """The options a selection method takes from params, under ``select.<name>``."""
+    name: str
+    options: dict[str, Option]
+
+    def resolve(self, given: Optional[dict]) -> dict:
+        """``given`` (params' ``select.<name>``, or None) with the defaults filled in; ValueError
+        naming every unknown or bad option."""
+        return resolve_options(f"select.{self.name}", self.options, given)
+
+
+SELECTOR_OPTIONS: Registry[SelectorOptions] = Registry("selection method with options")
+
+
+def declare_options(name: str, options: dict[str, Option]) -> SelectorOptions:
+    spec = SelectorOptions(name, options)
+    SELECTOR_OPTIONS.register(name)(spec)
+    return spec
 
 
 def budget(n: int, fraction: float) -> int:
