@@ -6,8 +6,8 @@ kept fraction (the figures README's scheme table quotes).
         [--timeout 900]
 
 Builds the pool exactly as profiles/fashion_mnist.yaml's prepare stage does (its val_fraction,
-split_seed and max_train; ``--max-train N`` overrides the last, e.g. 15000 for the pool the README's
-figures were measured on; the inputs are cached per pool size), trains the teacher with that profile's teacher settings (cached
+split_seed and max_train; ``--max-train N`` overrides the last, e.g. 15000 for the earlier pool in
+README's last column; the inputs are cached per pool size), trains the teacher with that profile's teacher settings (cached
 under .kdprune/bench/joint/), computes the selectors' inputs once, then runs each (selector,
 mode, fraction) in a fresh subprocess so the peak resident-memory growth it reports is its own.
 ``--both-modes`` runs every selector per class and over the whole pool (not only its default
@@ -119,7 +119,7 @@ def measure(name: str, fraction: float, options: dict, pool: int = 0) -> dict:
     stop.set()
     th.join()
     peak[0] = max(peak[0], proc.memory_info().rss)
-    return {"selector": name, "options": options, "fraction": fraction, "n_pool": int(len(z["ids"])),
+    return {"selector": name, "options": options, "fraction": fraction, "n_pool": int(len(z["ids"])), "subsample": bool(pool),
             "kept": int(len(kept)), "seconds": secs, "peak_mem_mb": (peak[0] - base) / 2**20,
             "inputs_s": float(z["inputs_s"])}
 
@@ -217,7 +217,7 @@ def main() -> None:
 def _cell(r: dict) -> str:
     if "timed_out_s" in r:
         return f"> {r['timed_out_s']:.0f} s (stopped)"
-    sub = f" (on {r['n_pool']:,})" if r["n_pool"] != 15000 else ""
+    sub = f" (on {r['n_pool']:,})" if r.get("subsample") else ""
     return f"{r['seconds']:.1f} / {r['peak_mem_mb']:.0f}{sub}"
 
 
