@@ -46,6 +46,15 @@ STAGES = {
 }
 
 
+def no_subflow_heartbeats():
+    """Stage subflows run in this process, whose top-level flow run already sends heartbeats; a
+    subflow's own heartbeat thread only adds its shutdown (Prefect joins it, sleeping in 1 s steps:
+    about 0.5 s per stage). Subflows started inside this context send none."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
 class Lineage:
     """DVC's view of the stages, through one Repo for the whole run (each DVC operation takes the
     repo lock and resets its caches, so reuse is safe and saves opening the repo twice per stage).
@@ -143,7 +152,8 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
                     if name in STARTS_RAY and not ray_started:  # a fan-out stage will follow: Ray starts
                         ray_once.enter_context(ray_session(params))  # now, its workers warm up meanwhile
                         ray_started = True
-                    out = stage_flow(root=str(root_p), parent_run_id=run_id)
+                    with no_subflow_heartbeats():
+                        out = stage_flow(root=str(root_p), parent_run_id=run_id)
                 timings[name] = time.perf_counter() - t0
                 # every stage flow returns its work (task bodies minus MLflow waits); devices in parallel: cap
                 compute[name] = min(float(out["work_s"]), timings[name])

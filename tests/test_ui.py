@@ -174,7 +174,11 @@ def test_prefect_shows_the_pipeline_run_its_stages_artifacts_and_the_paused_nigh
     _shot(page, "prefect_pipeline_artifacts.png")
     page.goto(f"{base}/deployments")
     page.wait_for_selector("text=nightly", timeout=60_000)
-    text = page.inner_text("body")
+    for _ in range(60):  # the flow's name under the deployment's arrives by a second request (slow under load)
+        text = page.inner_text("body")
+        if re.search(r"nightly\s+pipeline", text) and "At 02:00 AM every day" in text:
+            break
+        page.wait_for_timeout(1000)
     assert re.search(r"nightly\s+pipeline", text) and "At 02:00 AM every day" in text, text[-2000:]
     _shot(page, "prefect_deployments.png")
     deps = _prefect_api(base, "/deployments/filter", {})
