@@ -150,6 +150,31 @@ def test_a_run_ended_without_waiting_just_before_exit_is_logged_whole(tmp_path):
     assert len(c.get_metric_history(rid, "loss")) == len(c.get_metric_history(rid, "acc")) == 40
 
 
+def test_the_fast_exit_comes_after_the_tracking_flush_and_skips_only_finalization(tmp_path):
+    """As ``python -m flows`` does: ``_fast_exit`` registered first (so it runs last), a run ended
+    without waiting, a clean finish. Everything is in the store, what was printed arrives, and the
+    exit handlers registered before it (and interpreter finalization) are skipped."""
+    out = _script(tmp_path, """
+        import atexit
+        atexit.register(lambda: print("finalized"))  # before the fast exit: must not run
+        import flows.__main__ as M
+        atexit.register(M._fast_exit)
+        import tasks.tracking as T
+        tr = T.Tracker(Path.cwd())
+        with tr.run("student", wait=False) as rid:
+            tr.log_history(rid, [{"loss": 1.0 / e, "acc": e / 10} for e in range(1, 41)])
+        print(json.dumps({"rid": rid}))
+        M._DONE.append(0)
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert "finalized" not in lines  # left by os._exit
+    rid = json.loads(lines[-1])["rid"]
+    c = _client(tmp_path / "mlflow.db")
+    assert c.get_run(rid).info.status == "FINISHED"
+    assert len(c.get_metric_history(rid, "loss")) == len(c.get_metric_history(rid, "acc")) == 40
+
+
 def test_logging_never_waits_on_the_store_but_a_flush_does(monkeypatch):
     """A logging call returns at once while the store is slow, and is not
     counted as waiting on MLflow (the stage-work clock); the calls are made in order; a flush waits
