@@ -138,10 +138,12 @@ def _method_options(section: str, key: str, v: Any, errors: list[str]) -> None:
         return
     found = [(_registry(kind), what) for kind, what in kinds if key in _registry(kind)]
     if not found:
-        names = sorted(n for kind, _ in kinds for n in _registry(kind).names())
-        # a flat <method>_<option> key (an old spelling): the option under the method
-        nested = [f"{n}.{str(key)[len(n) + 1:]}" for kind, _ in kinds for n in _registry(kind).names()
-                  if str(key).startswith(n + "_") and str(key)[len(n) + 1:] in _registry(kind).get(n).options]
+        registries = [_registry(kind) for kind, _ in kinds]
+        names = sorted(n for r in registries for n in r.names())
+        # an old flat <method>_<option> key: point at the option under the method
+        flat = str(key)
+        nested = [f"{n}.{flat[len(n) + 1:]}" for r in registries for n in r.names()
+                  if flat.startswith(n + "_") and flat[len(n) + 1:] in r.get(n).options]
         hint = nested or difflib.get_close_matches(str(key), [*SCHEMA[section], *names], n=1)
         did = f"did you mean '{section}.{hint[0]}'? " if hint else ""
         errors.append(f"{section}.{key}: unknown key; {did}allowed keys here: {', '.join(SCHEMA[section])}, or a "
@@ -404,14 +406,13 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
             if score not in sp["methods"]:
                 errors.append(f"select.methods: {label!r} reads score {score!r}, which scores.methods "
                               f"{sp['methods']} does not compute; add it there")
-        if m.selector == "ccs":
-            selection = importlib.import_module("kdprune.selection")  # in scope with "methods"
-            beta = selection.CCS.resolve(sel.get("ccs"))["beta"]
-            for f in sel["fractions"]:
-                b = selection.ccs_beta_at(beta, f)
-                if f + b > 1.0 + 1e-9:
-                    errors.append(f"select.ccs.beta: {b:g} at kept fraction {f:g} cuts more than the subset leaves "
-                                  f"(fraction + beta must be <= 1); lower beta there")
+    if "selector_options" in _CHECKED.get():  # each selection method's own cross-key rule (its declaration's check)
+        declared = _registry("selector_options")
+        for label in sel["methods"]:
+            spec = declared.get(label) if label in declared else None
+            msg = spec.check(spec.resolve(sel.get(label)), p) if spec and spec.check else None
+            if msg:
+                errors.append(msg)
     if "infobatch" in sel["methods"] and p["student"]["budget"] == "steps":
         errors.append("student.budget: 'steps' cannot be used with select.methods 'infobatch' (its epochs have "
                       "varying sizes); allowed with infobatch: 'epochs'")

@@ -173,12 +173,10 @@ def test_prefect_shows_the_pipeline_run_its_stages_artifacts_and_the_paused_nigh
     page.wait_for_selector("text=kdprune-results", timeout=30_000)
     _shot(page, "prefect_pipeline_artifacts.png")
     page.goto(f"{base}/deployments")
-    page.wait_for_selector("text=nightly", timeout=60_000)
-    for _ in range(60):  # the flow's name under the deployment's arrives by a second request (slow under load)
-        text = page.inner_text("body")
-        if re.search(r"nightly\s+pipeline", text) and "At 02:00 AM every day" in text:
-            break
-        page.wait_for_timeout(1000)
+    # the flow's name under the deployment arrives by a second request (slow under load)
+    page.wait_for_function(r"/nightly\s+pipeline/.test(document.body.innerText)"
+                           " && document.body.innerText.includes('At 02:00 AM every day')", timeout=60_000)
+    text = page.inner_text("body")
     assert re.search(r"nightly\s+pipeline", text) and "At 02:00 AM every day" in text, text[-2000:]
     _shot(page, "prefect_deployments.png")
     deps = _prefect_api(base, "/deployments/filter", {})

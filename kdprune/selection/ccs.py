@@ -96,6 +96,14 @@ def _score_error(v: str) -> str | None:
     return None if v in SCORES else f"not a registered score; valid: {', '.join(SCORES.names())}"
 
 
+def _cut_fits(opts: dict, params: dict) -> str | None:
+    """At every kept fraction the cut leaves room for the subset: fraction + beta <= 1."""
+    bad = [(f, ccs_beta_at(opts["beta"], f)) for f in params["select"]["fractions"]]
+    bad = [f"{b:g} at kept fraction {f:g}" for f, b in bad if f + b > 1.0 + 1e-9]
+    return (f"select.ccs.beta: {', '.join(bad)} cuts more than the subset leaves (fraction + beta must be <= 1); "
+            "lower beta there") if bad else None
+
+
 # params: select.ccs: {score, beta, strata}
 CCS = declare_options("ccs", {
     "score": Option(str, "aum_prob", "the score CCS stratifies (default: the CCS code's AUM)", validate=_score_error),
@@ -104,7 +112,7 @@ CCS = declare_options("ccs", {
                    "beta], ...] linear between its points and constant beyond them (ccs_beta_at)",
                    validate=beta_error),
     "strata": Option(int, 50, "number of equal-width strata (k)", low=1),
-})
+}, check=_cut_fits)
 
 
 def ccs_budget(n: int, fraction: float) -> int:

@@ -41,6 +41,7 @@ class SelectorOptions:
     """The options a selection method takes from params, under ``select.<name>``."""
     name: str
     options: dict[str, Option]
+    check: Optional[Callable[[dict, dict], Optional[str]]] = None  # cross-key rule (options, params) -> error
 
     def resolve(self, given: Optional[dict]) -> dict:
         """``given`` (params' ``select.<name>``, or None) with the defaults filled in; ValueError
@@ -51,8 +52,11 @@ class SelectorOptions:
 SELECTOR_OPTIONS: Registry[SelectorOptions] = Registry("selection method with options")
 
 
-def declare_options(name: str, options: dict[str, Option]) -> SelectorOptions:
-    spec = SelectorOptions(name, options)
+def declare_options(name: str, options: dict[str, Option],
+                    check: Optional[Callable[[dict, dict], Optional[str]]] = None) -> SelectorOptions:
+    """Register ``name``'s options (``select.<name>``) and its cross-key rule, as a score's ``check``:
+    ``(resolved options, params) -> error text or None``, run by params validation."""
+    spec = SelectorOptions(name, options, check)
     SELECTOR_OPTIONS.register(name)(spec)
     return spec
 
