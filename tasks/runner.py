@@ -22,10 +22,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import signal
 import socket
 import sys
-import threading
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from tasks.checkpoints import ray_node_id
@@ -101,86 +99,34 @@ def fan_out(stage_flow, stage: str, has_tasks: Callable[[dict], bool] = lambda p
         params = load_params(root, stage)
         if not has_tasks(params):
             params = {**params, "runner": {**params["runner"], "kind": "local", "address": None}}
-        if is_ray(params):
-            wait_for_ray()  # the pipeline's Ray start-up, when it is still under way
         return stage_flow.with_options(task_runner=task_runner(params))(root=root, parent_run_id=parent_run_id)
 
     return run
 
 
-_STARTING: dict[str, Any] = {}  # the Ray start-up of ray_session: events "started" and "done", and what it raised
-
-
 @contextlib.contextmanager
 def ray_session(params: dict) -> Iterator[None]:
     """One Ray connection for several stages in this process (the pipeline): each stage's
-    RayTaskRunner finds Ray initialised and uses it, instead of starting and stopping its own.
-
-    Ray starts on a thread (``ray.init`` mostly waits for the processes it spawns: 3-4 s here), so
-    the stages before the first fan-out run meanwhile; a fan-out stage waits for it
-    (:func:`wait_for_ray`). That thread lives until Ray is shut down: Ray's processes die with the
-    thread that started them (parent-death signal; seen: the raylet gone once the thread had ended).
-    Ray's own SIGTERM handler (exit, so that Ray is shut down) can only be set on the main thread:
-    it is set here."""
+    RayTaskRunner finds Ray initialised and uses it, instead of starting and stopping its own."""
     if not is_ray(params):
         yield
         return
     ray_env_defaults()
     import ray
 
-    if ray.is_initialized():
-        yield
-        return
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
-    _STARTING.clear()
-    _STARTING.update(started=threading.Event(), done=threading.Event())
-    thread = threading.Thread(target=_start_ray, args=(params,), name="ray-init", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        with contextlib.suppress(BaseException):
-            wait_for_ray()
-        try:
-            if ray.is_initialized():
-                ray.shutdown()
-        finally:
-            _STARTING["done"].set()
-            thread.join()
-            _STARTING.clear()
-
-
-def _start_ray(params: dict) -> None:
-    import logging
-
-    import ray
-
-    worker_log = logging.getLogger("ray._private.worker")  # its warning that the SIGTERM handler is not set here
-    quiet = logging.Filter()
-    quiet.filter = lambda record: "SIGTERM handler" not in record.getMessage()
-    worker_log.addFilter(quiet)
-    try:
+    owned = not ray.is_initialized()
+    if owned:
         ray.init(**ray_init_kwargs(params))
         # each worker imports torch, Prefect's task engine and the tasks now, while the stages before
         # the fan-out run here (about 5 s per worker on this machine), not when the first student arrives
         warm = ray.remote(num_cpus=params["runner"]["cpus_per_task"])(_import_task_modules)
         for _ in range(int(ray.cluster_resources().get("CPU", 1) // params["runner"]["cpus_per_task"])):
             warm.remote()
-    except BaseException as e:  # raised by wait_for_ray, in the stage that needs Ray
-        _STARTING["error"] = e
+    try:
+        yield
     finally:
-        worker_log.removeFilter(quiet)
-        _STARTING["started"].set()
-    _STARTING["done"].wait()  # Ray's processes live as long as this thread
-
-
-def wait_for_ray() -> None:
-    """Wait for a Ray start-up under way in this process (:func:`ray_session`); raise what it raised."""
-    if "started" in _STARTING:
-        _STARTING["started"].wait()
-    if "error" in _STARTING:
-        raise _STARTING["error"]
+        if owned:
+            ray.shutdown()
 
 
 def share(value: Any, params: dict) -> Any:
