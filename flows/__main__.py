@@ -6,7 +6,7 @@ profiles/NAME.yaml and the overrides (validated first) and runs the stale stages
 Fashion-MNIST study is ``kdprune sweep --profile fashion_mnist``. ``profile NAME`` only writes params.yaml.
 
 Params are validated before Prefect is imported, so a bad params.yaml stops with one clear message
-and leaves nothing behind. Commands that track start importing MLflow first, on a thread (see
+and leaves nothing behind. Commands that track first start MLflow's child process, which imports it (see
 tasks/tracking.py), so that its imports overlap this process's. Then the local Prefect server is made to
 answer (started on 127.0.0.1 on first use, reused after) and the flow runs.
 ``KDPRUNE_PARENT_RUN_ID`` nests a stage's MLflow run under an existing parent run.
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(getattr(tools, args.command)(args))
     if args.command in (*STAGES, "pipeline", "sweep", "deploy", "serve"):
-        # MLflow's imports (1.5-2 s) run on a thread while this one imports torch and Prefect; nothing
+        # MLflow's imports (about 2 s) run in its child process while this one imports torch and Prefect; nothing
         # touches a store until a stage opens it, so bad params below still leave nothing behind
         import_mlflow_early()
     from kdprune.config import ParamsError  # torch and the registries: after MLflow's import has started

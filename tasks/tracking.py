@@ -3,10 +3,11 @@
 With nothing configured the store is SQLite in the project (``mlflow.db``) and artifacts go to
 ``mlartifacts/``; ``MLFLOW_TRACKING_URI`` points elsewhere unchanged.
 
-MLflow runs in this process: ``import_mlflow_early()`` imports it on a background thread early, so that
-its 1.5-2 s of imports overlap the caller's own start-up; the MLflow calls themselves are
-``tasks.tracking_writer.Writer``'s. (A writer process of its own, which this replaced, was measured
-against it on the default pipeline and saved nothing: README "Tracking".)
+MLflow runs in one child process per kdprune process (the standard library's ProcessPoolExecutor
+with one spawned worker; the calls are ``tasks.tracking_writer.Writer``'s): ``import_mlflow_early()``
+starts it, and it imports MLflow and its SQL store (about 2 s of Python) on the other core while this
+process imports torch and Prefect. Measured against MLflow imported on a thread of this process:
+1.2 s less per process start-up (README "Tracking").
 
 Failure policy: reaching the store is checked when a Tracker is made and when a run starts, so an
 unreachable store stops a stage *before* training. Once a run has started, logging is best
@@ -17,7 +18,7 @@ its database killed) does not stop the next student or stage either; its run is 
 logged ("runs (<name>)"), with everything logged to it. A tracker that went offline creates no
 more runs even if the store comes back (they would stay empty): those are counted the same way.
 
-Latency: after a run has started, every logging call goes to one logging thread that makes them in
+Latency: after a run has started, every logging call is handed to the child, which makes them in
 the order sent, so training never waits on the store. A run's end waits until everything sent is
 written, unless it is ended with ``wait=False`` (students: the next one starts training while the
 last one's metrics and artifacts are written; the stage's own run end waits for all).
@@ -28,7 +29,6 @@ import atexit
 import contextlib
 import hashlib
 import os
-import queue
 import sys
 import threading
 import time
@@ -36,7 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from tasks.tracking_writer import Writer
+from tasks import tracking_writer
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "kdprune")
 # MLflow's experiment kind: model training, not GenAI (its UI's runs table, not traces)
@@ -79,12 +79,15 @@ def _add(counts: dict[str, int], more: dict[str, int]) -> None:
 
 
 class _Logger:
-    """This process's MLflow: ``start`` imports it on a background thread; opening the store and
-    creating a run are made on the caller's thread (it needs their answer); every logging call goes
-    to one background thread that makes them in the order sent, so training never waits on the
-    store. What is still queued when the process exits is written first (atexit). What could not be
-    logged is counted per tracker key: ``lost`` here (runs never created) merged with what the
-    MLflow caller reports.
+    """This process's MLflow, made by one child process: a ``ProcessPoolExecutor`` with one worker
+    (spawned, so nothing of this process's threads or torch state is copied), whose single worker
+    makes the calls in the order submitted. ``start`` spawns it and has it import MLflow at once, on
+    the other core, while this process imports torch and Prefect. Opening the store and creating a
+    run wait for their answer; every logging call is submitted without waiting, so training never
+    waits on the store. The executor finishes what was submitted before this process exits (Python
+    joins it at exit), so the child never outlives its stage. What could not be logged is counted
+    per tracker key: ``lost`` here (runs never created, calls the child could not take) merged with
+    what the child reports.
 
     Not MLflow's ``synchronous=False`` logging: its ``set_terminated`` shuts down and drains the
     store's whole async queue (a student's run end would wait for every queued batch; another thread's
@@ -93,64 +96,55 @@ class _Logger:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.importing: Optional[threading.Thread] = None
-        self.writer: Optional[Writer] = None
-        self.queue: "queue.Queue[Optional[tuple]]" = queue.Queue()
+        self.pool = None  # the ProcessPoolExecutor, once started
         self.lost: dict[str, tuple[Optional[str], dict[str, int]]] = {}  # runs that could not be created
 
-    def start(self) -> None:
+    def start(self):
         with self.lock:
-            if self.importing is None:
-                self.importing = threading.Thread(target=_import_mlflow, name="mlflow-import", daemon=True)
-                self.importing.start()
+            if self.pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
 
-    def _mlflow(self) -> Writer:
-        """The MLflow caller, once MLflow is imported; starts the logging thread on first use."""
-        self.start()
-        self.importing.join()
-        with self.lock:
-            if self.writer is None:
-                self.writer = Writer()
-                threading.Thread(target=self._log, name="mlflow-log", daemon=True).start()
-                atexit.register(self.flush)  # what is queued when the process exits is written first
-            return self.writer
-
-    def _log(self) -> None:
-        while (msg := self.queue.get()) is not None:
-            try:
-                if msg[0] == "flush":
-                    msg[1].set()
-                else:
-                    key, what, n, uri = msg[1:5]
-                    self.writer.best_effort(key, what, n, uri, msg[0], msg[5:])
-            except Exception as e:  # a malformed call: say so, go on with the next
-                print(f"[kdprune] MLflow logging: {msg[0]!r} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=tracking_writer.serve, initargs=(os.getpid(),))
+                self.pool.submit(tracking_writer.import_mlflow)
+                atexit.register(self.flush)
+            return self.pool
 
     def call(self, op: str, *args) -> Any:
-        """Open the store or create a run, here and now; raises RuntimeError with MLflow's error."""
+        """Open the store or create a run, and wait for the answer; raises RuntimeError with MLflow's error."""
         with _blocking():
-            w = self._mlflow()
             try:
-                return getattr(w, op)(*args)
-            except Exception as e:
+                return self.start().submit(tracking_writer.call, op, args).result()
+            except RuntimeError:
+                raise
+            except Exception as e:  # the child died (BrokenProcessPool)
                 raise RuntimeError(f"{type(e).__name__}: {str(e)[:500]}") from None
 
     def post(self, msg: tuple) -> None:
-        self._mlflow()
-        self.queue.put(msg)
+        op, key, what, n = msg[:4]
+        try:
+            fut = self.start().submit(tracking_writer.best_effort, key, what, n, msg[4], op, msg[5:])
+        except RuntimeError as e:  # submitted at interpreter exit, after the executor was joined
+            self.count_lost(key, what, n, f"{e}")
+            return
+        fut.add_done_callback(lambda f: f.exception() and self.count_lost(key, what, n, f"MLflow's writer: {f.exception()}"))
 
     def flush(self) -> None:
-        """Wait until the logging thread has made every call queued before this one."""
-        if self.writer is None:
+        """Wait until the child has made every call submitted before this one."""
+        if self.pool is None:
             return
-        with _blocking():
-            done = threading.Event()
-            self.queue.put(("flush", done))
-            done.wait()
+        with _blocking(), contextlib.suppress(Exception):  # at exit: already joined; a dead child: counted
+            self.pool.submit(tracking_writer.state).result()
 
     def _reported(self) -> dict:
-        """Per tracker key, from the MLflow caller: (offline reason, not logged, handled)."""
-        return self.writer.state() if self.writer else {}
+        """Per tracker key, from the child: (offline reason, not logged, handled)."""
+        if self.pool is None:
+            return {}
+        try:
+            return self.pool.submit(tracking_writer.state).result()
+        except Exception:
+            return {}
 
     def count_lost(self, key: str, what: str, n: int, reason: str) -> None:
         with self.lock:
@@ -158,41 +152,31 @@ class _Logger:
 
     def state(self, key: str) -> tuple[Optional[str], dict[str, int]]:
         """Why ``key``'s logging stopped (or None) and what it could not log, by kind."""
+        reported = self._reported()
         with self.lock:
-            why, not_logged, _ = self._reported().get(key, (None, {}, {}))
+            why, not_logged, _ = reported.get(key, (None, {}, {}))
             why2, lost = self.lost.get(key, (None, {}))
             merged = dict(not_logged)
             _add(merged, lost)
         return why or why2, {k: v for k, v in merged.items() if v > 0}
 
     def keys(self) -> set[str]:
+        reported = self._reported()
         with self.lock:
-            return {*self._reported(), *self.lost}
-
-
-def _import_mlflow() -> None:
-    """MLflow's imports, on the import thread; a failure here is raised again, with
-    its message, by the first MLflow call that needs the module."""
-    with contextlib.suppress(Exception):
-        import mlflow  # noqa: F401
-        from mlflow.entities import Metric  # noqa: F401
-        from mlflow.tracking import MlflowClient  # noqa: F401
-
-        if os.environ.get("MLFLOW_TRACKING_URI", "").startswith("sqlite:"):
-            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+            return {*reported, *self.lost}
 
 
 _MLFLOW = _Logger()
 
 
 def import_mlflow_early() -> None:
-    """Start importing MLflow now, on a background thread, so that its imports overlap the caller's
+    """Start MLflow's child process now, which imports MLflow at once, so that its imports overlap the caller's
     start-up. It touches no store until a Tracker is made."""
     _MLFLOW.start()
 
 
 def not_logged_total() -> dict[str, int]:
-    """What this process could not log to MLflow, by kind (after the logging thread has caught up)."""
+    """What this process could not log to MLflow, by kind (after the child has caught up)."""
     _MLFLOW.flush()
     total: dict[str, int] = {}
     for key in _MLFLOW.keys():

@@ -7,6 +7,7 @@ what was not logged.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import Any, Optional
@@ -128,3 +129,50 @@ def _say(text: str) -> None:
         print(f"[kdprune] {text}", file=sys.stderr, flush=True)
     except Exception:  # stderr gone (the parent's terminal closed): nothing to tell
         pass
+
+
+# ---------------------------------------------------------------- the child process (tasks.tracking._Logger)
+_WRITER: Optional[Writer] = None
+
+
+def serve(parent_pid: int) -> None:
+    """The child's start: its Writer, and a watch that ends the child when its parent is gone (a
+    killed stage: nothing is left to take the calls, and the executor's pipes would keep it waiting)."""
+    global _WRITER
+    _WRITER = Writer()
+
+    def watch() -> None:
+        import time
+
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def import_mlflow() -> None:
+    """MLflow's imports (and its SQL store's), made in the child before the first call needs them."""
+    import mlflow  # noqa: F401
+    from mlflow.entities import Metric  # noqa: F401
+    from mlflow.tracking import MlflowClient  # noqa: F401
+
+    if os.environ.get("MLFLOW_TRACKING_URI", "").startswith("sqlite:"):
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
+def call(op: str, args: tuple) -> Any:
+    """A call whose answer is needed (opening the store, creating a run); MLflow's errors come back
+    as RuntimeError with its message (MLflow's exception types need not survive pickling)."""
+    try:
+        return getattr(_WRITER, op)(*args)
+    except Exception as e:
+        raise RuntimeError(f"{type(e).__name__}: {str(e)[:500]}") from None
+
+
+def best_effort(key: str, what: str, n: int, uri: str, op: str, args: tuple) -> None:
+    _WRITER.best_effort(key, what, n, uri, op, args)
+
+
+def state() -> dict:
+    return _WRITER.state()
