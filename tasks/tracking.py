@@ -97,7 +97,7 @@ class _Logger:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.pool = None  # the ProcessPoolExecutor, once started
-        self.lost: dict[str, tuple[Optional[str], dict[str, int]]] = {}  # runs that could not be created
+        self.lost: dict[str, tuple[Optional[str], dict[str, int]]] = {}  # runs not created, calls not taken
 
     def start(self):
         with self.lock:
@@ -116,9 +116,9 @@ class _Logger:
         with _blocking():
             try:
                 return self.start().submit(tracking_writer.call, op, args).result()
-            except RuntimeError:
+            except RuntimeError:  # MLflow's error (tasks.tracking_writer.call), or the child died (BrokenProcessPool)
                 raise
-            except Exception as e:  # the child died (BrokenProcessPool)
+            except Exception as e:  # e.g. an argument that cannot be pickled
                 raise RuntimeError(f"{type(e).__name__}: {str(e)[:500]}") from None
 
     def post(self, msg: tuple) -> None:
@@ -128,7 +128,8 @@ class _Logger:
         except RuntimeError as e:  # submitted at interpreter exit, after the executor was joined
             self.count_lost(key, what, n, f"{e}")
             return
-        fut.add_done_callback(lambda f: f.exception() and self.count_lost(key, what, n, f"MLflow's writer: {f.exception()}"))
+        fut.add_done_callback(  # the child died, or the call could not be sent: counted as not logged
+            lambda f: f.exception() and self.count_lost(key, what, n, f"MLflow's child process: {f.exception()}"))
 
     def flush(self) -> None:
         """Wait until the child has made every call submitted before this one."""
