@@ -35,8 +35,9 @@ _DONE: list[int] = []  # set when main() has finished cleanly
 
 
 def _fast_exit() -> None:
-    """Registered first, so it runs last, after every other exit handler (MLflow's logging thread's
-    flush, Prefect's log and event workers): flush logging and the standard streams, then leave
+    """Registered first, so it runs last, after every other exit handler (Prefect's log and event
+    workers; MLflow's child process has finished what was sent before any, as Python joins it
+    before exit handlers run): flush logging and the standard streams, then leave
     without interpreter finalization, which costs 2-3 s with torch, Prefect and MLflow loaded and
     writes nothing. Only after a clean finish; errors exit normally."""
     if not _DONE:

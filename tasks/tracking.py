@@ -25,7 +25,6 @@ last one's metrics and artifacts are written; the stage's own run end waits for 
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import hashlib
 import os
@@ -108,7 +107,6 @@ class _Logger:
                 self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=tracking_writer.serve, initargs=(os.getpid(),))
                 self.pool.submit(tracking_writer.import_mlflow)
-                atexit.register(self.flush)
             return self.pool
 
     def call(self, op: str, *args) -> Any:
@@ -133,10 +131,9 @@ class _Logger:
 
     def flush(self) -> None:
         """Wait until the child has made every call submitted before this one."""
-        if self.pool is None:
-            return
-        with _blocking(), contextlib.suppress(Exception):  # at exit: already joined; a dead child: counted
-            self.pool.submit(tracking_writer.state).result()
+        if self.pool is not None:
+            with _blocking():
+                self._reported()  # the child's answer comes after every call submitted before it
 
     def _reported(self) -> dict:
         """Per tracker key, from the child: (offline reason, not logged, handled)."""

@@ -1,5 +1,6 @@
-"""The MLflow calls a kdprune process makes (``tasks.tracking`` makes them: opening the store and
-creating runs on the caller's thread, logging on its logging thread, in the order sent).
+"""The MLflow calls a kdprune process makes, made in its MLflow child process (``tasks.tracking``
+submits them: opening the store and creating runs waiting for the answer, logging without waiting,
+all in the order sent).
 
 Logging is best effort per tracker: the first failed call marks that tracker offline (with the
 reason, printed once to stderr), and its later calls are only counted, so that the tracker can say
