@@ -132,6 +132,12 @@ def main(argv: list[str] | None = None) -> None:
         from flows import tools
 
         sys.exit(getattr(tools, args.command)(args))
+    if args.command in (*STAGES, "validate", "pipeline", "sweep", "deploy", "serve", "verify"):
+        # before torch or NumPy loads in this process (or in MLflow's child, or in Ray's workers, which
+        # inherit it): the kernels and thread counts `reproducibility` asks for (kdprune/reproducibility.py)
+        from tasks.params import pin_cpu
+
+        pin_cpu(project_root(), args.profile if args.command != "verify" else None, args.overrides)
     if args.command in (*STAGES, "pipeline", "sweep", "deploy", "serve"):
         # MLflow's imports (about 2 s) run in its child process while this one imports torch and Prefect; nothing
         # touches a store until a stage opens it, so bad params below still leave nothing behind

@@ -224,6 +224,14 @@ def _train_fields(arch_default: str, epochs: int) -> dict[str, Field]:
 
 SCHEMA: dict[str, Any] = {
     "device": Field("str", "auto", check=_device),
+    "reproducibility": {  # kdprune/reproducibility.py: what makes a CPU result the same on another machine
+        "cpu": Field("str", "portable", check=lambda v: None if v in ("portable", "native") else
+                     "must be 'portable' (CPU kernels pinned at AVX2: the same bytes on any x86-64 CPU with AVX2) "
+                     "or 'native' (the machine's fastest kernels; bytes differ between CPUs)"),
+        "threads": Field("int", 2, check=POSITIVE_INT,
+                         doc="torch/BLAS/OpenMP threads of each stage's own process (the teacher trains there); "
+                             "a task on the runner takes runner.cpus_per_task. Part of the result"),
+    },
     "runner": {  # where the fan-out stages' tasks run (tasks/runner.py)
         "kind": Field("str", "local", check=lambda v: None if v in ("local", "ray") else
                       "must be 'local' (threads in the stage's process) or 'ray' (prefect-ray's RayTaskRunner)"),

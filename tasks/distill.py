@@ -25,7 +25,7 @@ from tasks.provenance import stage_tags
 from tasks.workclock import timed_work
 from tasks.model_io import device_data, load_model, model_from_state, save_model, state_arrays
 from tasks.progress import note
-from tasks.runner import node_tags, share, task_device, where
+from tasks.runner import node_tags, share, task_compute, task_device, where
 from tasks.runlog import stable_history
 from tasks.teacher import train_config
 from tasks.teachers import teacher_dir
@@ -106,7 +106,7 @@ def student_checkpoint(root: Path, params: dict, variant: dict, dataset_sha: str
     """Where a student's per-epoch state lives, on the node that trains it (kept until the whole
     distill stage has finished): the project's .kdprune/checkpoints where that directory can be
     written, else the node's temp directory; a retried task on the same node resumes from it."""
-    key = fingerprint(params["student"], params["runner"]["cpus_per_task"], variant, dataset_sha, manifest_sha,
+    key = fingerprint(params["student"], params["runner"]["cpus_per_task"], params["reproducibility"]["cpu"], variant, dataset_sha, manifest_sha,
                       params["device"])
     return FileCheckpoint(checkpoint_root(root), "distill", variant["name"], key, log)
 
@@ -240,7 +240,8 @@ def record_student(root: Path, params: dict, variant: dict, aliases: tuple, res:
     c, h, _ = meta["shape"]
     model = model_from_state(sp["arch"], c, meta["num_classes"], h, res["state"])
     save_model(sdir, model, {"arch": sp["arch"], "in_channels": c, "num_classes": meta["num_classes"],
-                             "image_size": h, "dataset": meta["dataset"], "dataset_sha256": meta["sha256"]})
+                             "image_size": h, "dataset": meta["dataset"], "dataset_sha256": meta["sha256"],
+                             "compute": task_compute(params, res["node"])})
     # no timings or run ids: a DVC out is byte-reproducible (those go to MLflow and the run record)
     atomic_write_json(sdir / "metrics.json", {**record, "history": stable_history(res["history"])})
     # a top-level run, not a child of the sweep's run: MLflow's runs table and charts show children only

@@ -11,8 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
 
 def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
     """Write to a temp file beside ``path`` and rename it over ``path``: readers see old or new, never half."""
@@ -40,8 +38,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+def atomic_save_npy(path: Path, arr) -> None:
     buf = io.BytesIO()
+    import numpy as np  # here, not at import: entrypoints pin NumPy's kernels before it loads
+
     np.save(buf, arr, allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
 

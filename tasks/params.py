@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import yaml
 
-from kdprune.config import ParamsError, validate
+from kdprune.config import SCHEMA, ParamsError, validate
 from tasks.files import atomic_write_text
 
 
@@ -16,7 +16,30 @@ def load_params(root: Path | str, stage: Optional[str] = None) -> dict:
     path = Path(root) / "params.yaml"
     if not path.exists():
         raise ParamsError(f"{path} not found: run from the project directory (the one with params.yaml)")
-    return validate(parse_params_text(path, path.read_text()), stage)
+    params = validate(parse_params_text(path, path.read_text()), stage)
+    if stage is not None:  # a stage about to compute: its thread count set, the portable pin verified
+        from kdprune.reproducibility import check
+
+        check(params["reproducibility"]["cpu"], params["reproducibility"]["threads"])
+    return params
+
+
+def pin_cpu(root: Path | str, profile: Optional[str] = None, overrides=()) -> None:
+    """Before torch or NumPy is imported: the environment ``reproducibility`` asks for (read from the
+    params this command will run with: params.yaml, or a profile and -S overrides). Params that do not
+    parse are left to validation, which names the problem before anything runs."""
+    from kdprune.reproducibility import MODES, apply
+
+    try:
+        raw = merged_params(Path(root), profile, list(overrides))
+    except (ParamsError, OSError):
+        return
+    section = raw.get("reproducibility") if isinstance(raw, dict) else None
+    section = section if isinstance(section, dict) else {}
+    defaults = SCHEMA["reproducibility"]
+    mode, threads = section.get("cpu", defaults["cpu"].default), section.get("threads", defaults["threads"].default)
+    if mode in MODES and isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
+        apply(mode, threads)
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> str:
@@ -81,7 +104,13 @@ def parse_override(text: str) -> tuple[list[str], object]:
 
 def sweep_params(root: Path, profile: Optional[str], overrides: list[str]) -> dict:
     """The params a sweep runs with: the profile (or the current params.yaml) plus the overrides, validated."""
-    root = Path(root)
+    raw = merged_params(Path(root), profile, overrides)
+    validate(raw)  # every problem named before anything is written
+    return raw
+
+
+def merged_params(root: Path, profile: Optional[str], overrides: list[str]) -> dict:
+    """The profile (or the current params.yaml) plus the overrides, as read, not yet validated."""
     if profile:
         src = root / PROFILES / f"{profile}.yaml"
         if not src.exists():
@@ -98,7 +127,6 @@ def sweep_params(root: Path, profile: Optional[str], overrides: list[str]) -> di
                 raise ParamsError(f"override {text!r}: {k} is not a section")
             node = node[k]
         node[path[-1]] = value
-    validate(raw)  # every problem named before anything is written
     return raw
 
 

@@ -52,4 +52,17 @@ def stage_tags(root: Path, stage: str, meta: dict) -> dict:
     md5 = dvc_out_hash(root, f"data/prepared/{meta['dataset']}")
     if md5:
         tags["dvc.dataset_md5"] = md5
-    return tags
+    return {**tags, **compute_tags()}
+
+
+def compute_tags() -> dict:
+    """What explains a result's bytes (README "Reproducibility"): the reproducibility setting and
+    thread count this process verified, the torch build, the CPU capability and the processor."""
+    from kdprune.reproducibility import checked, machine
+
+    setting = checked()
+    if not setting:
+        return {}
+    return {"kdprune.reproducibility": setting["reproducibility"], "kdprune.threads": str(setting["threads"]),
+            "kdprune.cpu_capability": setting["cpu_capability"],
+            **{f"kdprune.{k}": str(v) for k, v in machine().items()}}

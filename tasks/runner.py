@@ -59,8 +59,13 @@ def ray_init_kwargs(params: dict) -> dict[str, Any]:
     import kdprune
     import tasks
 
+    from kdprune.reproducibility import environment
+
+    # a cluster's workers start on other machines: the kernels and threads `reproducibility` asks for are
+    # in their environment before they import torch (the run's own instance: inherited from this process)
+    pinned = environment(params["reproducibility"]["cpu"], params["runner"]["cpus_per_task"])
     return {"address": address, "logging_level": "WARNING",
-            "runtime_env": {"py_modules": [kdprune, tasks, flows], "env_vars": worker_env(),
+            "runtime_env": {"py_modules": [kdprune, tasks, flows], "env_vars": {**worker_env(), **pinned},
                             "excludes": ["__pycache__", "*.pyc"]}}
 
 
@@ -181,11 +186,14 @@ def _import_task_modules() -> None:
 
 def task_device(params: dict, device: str):
     """Inside a task: torch set to ``cpus_per_task`` threads (the stage's process restores its own
-    after a local fan-out), and the device to train on: under Ray the GPU Ray assigned the task
-    (CUDA_VISIBLE_DEVICES is set to it, so ``cuda``), else the one the stage gave it."""
+    after a local fan-out) with the kernels ``reproducibility.cpu`` pins verified (a Ray worker started
+    without them fails here, naming the cause), and the device to train on: under Ray the GPU Ray
+    assigned the task (CUDA_VISIBLE_DEVICES is set to it, so ``cuda``), else the one the stage gave it."""
     import torch
 
-    torch.set_num_threads(params["runner"]["cpus_per_task"])
+    from kdprune.reproducibility import check
+
+    check(params["reproducibility"]["cpu"], params["runner"]["cpus_per_task"])
     return torch.device("cuda" if is_ray(params) and device.startswith("cuda") else device)
 
 
@@ -205,14 +213,26 @@ def task_threads(n: int) -> Iterator[None]:
 
 def where() -> dict[str, Optional[str]]:
     """Where a task runs: host name and process id, and under Ray the node's id and IP address."""
+    from kdprune.reproducibility import cpu_capability
+
     node = ray_node_id()
     ip = sys.modules["ray"].util.get_node_ip_address() if node else None
-    return {"host": socket.gethostname(), "pid": os.getpid(), "ray_node_id": node, "ray_node_ip": ip}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "ray_node_id": node, "ray_node_ip": ip,
+            "cpu_capability": cpu_capability()}
+
+
+def task_compute(params: dict, node: dict) -> dict:
+    """What explains the bytes of a model a task trained (its model.json's ``compute``): the setting, the
+    task's thread count, and the CPU capability its process ran at (``node``: :func:`where`)."""
+    from kdprune.reproducibility import provenance
+
+    return {**provenance(params["reproducibility"]["cpu"], params["runner"]["cpus_per_task"]),
+            "cpu_capability": node["cpu_capability"]}
 
 
 def node_tags(node: dict) -> dict[str, str]:
     """MLflow tags saying where a task ran."""
-    tags = {"kdprune.host": node["host"]}
+    tags = {"kdprune.host": node["host"], "kdprune.task_cpu_capability": node.get("cpu_capability", "")}
     if node.get("ray_node_id"):
         tags.update({"kdprune.ray_node_id": node["ray_node_id"], "kdprune.ray_node_ip": node["ray_node_ip"]})
     return tags

@@ -120,7 +120,8 @@ def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -
         # the teacher's full schedule (its LR curve), stopped after proxy_epochs: read early in a full run
         cfg = train_config(tp, order_seed=1000 + seed, aug_seed=1000 + seed, stop_after=sp["proxy_epochs"])
         ckpt = FileCheckpoint(ckpt_root, "scores", f"proxy-{seed}",
-                              fingerprint(cfg.__dict__, arch, meta["sha256"], params["runner"]["cpus_per_task"]), log)
+                              fingerprint(cfg.__dict__, arch, meta["sha256"], params["runner"]["cpus_per_task"],
+                                          params["reproducibility"]["cpu"]), log)
         train(model, train_d, cfg, checkpoint=ckpt, on_epoch=at_epoch)
         if ckpt.resumed_from and not (wanted <= set(files)):
             # resumed past a read point: its arrays were in the killed attempt's memory; train afresh
@@ -133,7 +134,8 @@ def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -
         mask[rng.permutation(n)[: int(round(sp["memorization_fraction"] * n))]] = True
         cfg = train_config(tp, epochs=sp["memorization_epochs"], order_seed=2000 + seed, aug_seed=2000 + seed)
         ckpt = FileCheckpoint(ckpt_root, "scores", f"memo-{seed}",
-                              fingerprint(cfg.__dict__, arch, meta["sha256"], params["runner"]["cpus_per_task"]), log)
+                              fingerprint(cfg.__dict__, arch, meta["sha256"], params["runner"]["cpus_per_task"],
+                                          params["reproducibility"]["cpu"]), log)
         train(model, train_d, cfg, subset=torch.from_numpy(np.flatnonzero(mask)), checkpoint=ckpt)
         files["mask"] = mask
         files["correct"] = (predict_logits(model, train_d).argmax(1) == train_d.y).cpu().numpy()

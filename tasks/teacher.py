@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from kdprune.device import resolve_device
 from kdprune.models import build_model
+from kdprune.reproducibility import provenance
 from kdprune.train import TrainConfig, evaluate, seeded, train
 from tasks.artifacts import load_prepared, write_dynamics
 from tasks.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
@@ -54,7 +55,8 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Optional[Tr
         fault_point(root, stage, epoch)
 
     ckpt = FileCheckpoint(checkpoint_root(root), stage, arch if stage != "teacher" else "teacher",
-                          fingerprint(tp, arch, meta["sha256"], str(device), torch.get_num_threads()), log)
+                          fingerprint(tp, arch, meta["sha256"], str(device), torch.get_num_threads(),
+                                      params["reproducibility"]["cpu"]), log)
     log.info(f"training {stage} {arch} on {len(train_d)} examples for {tp['epochs']} epochs on {device}")
     with progress(f"{stage} {arch}", tp["epochs"], "epoch") as bar:
         res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)
@@ -65,11 +67,13 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Optional[Tr
     return model, res, val, meta, splits, ckpt
 
 
-def model_info(arch: str, model, meta: dict) -> dict:
+def model_info(arch: str, model, meta: dict, compute: dict) -> dict:
+    """model.json: architecture, input shape, dataset, and ``compute`` (what explains the weights' bytes:
+    kdprune.reproducibility.provenance)."""
     c, h, _ = meta["shape"]
     return {"arch": arch, "in_channels": c, "num_classes": meta["num_classes"], "image_size": h,
             "dataset": meta["dataset"], "dataset_sha256": meta["sha256"],
-            "n_params": int(sum(p.numel() for p in model.parameters()))}
+            "n_params": int(sum(p.numel() for p in model.parameters())), "compute": compute}
 
 
 def register_teacher(root: Path, tr: Tracker, run_id: str, model_dir: Path, meta: dict) -> None:
@@ -108,7 +112,8 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
                                                            record_dynamics=True)
         out = root / "models" / "teacher"
         with atomic_directory(out) as tmp:
-            save_model(tmp, model, model_info(tp["arch"], model, meta))
+            rp = params["reproducibility"]
+            save_model(tmp, model, model_info(tp["arch"], model, meta, provenance(rp["cpu"], rp["threads"])))
             write_dynamics(tmp / "dynamics", splits["train"].ids, res.dynamics)
             summary = {"best_epoch": res.best_epoch, "val_acc": val["acc"], "val_loss": val["loss"],
                        "steps": res.steps, "n_train": len(splits["train"]), "history": stable_history(res.history)}

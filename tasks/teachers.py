@@ -19,7 +19,7 @@ from tasks.files import atomic_write_json
 from tasks.provenance import stage_tags
 from tasks.workclock import timed_work
 from tasks.model_io import model_from_state, save_model, state_arrays
-from tasks.runner import node_tags, task_device, where
+from tasks.runner import node_tags, task_compute, task_device, where
 from tasks.teacher import fit_teacher, model_info
 from tasks.runlog import stable_history
 from tasks.tracking import Tracker
@@ -61,7 +61,7 @@ def record_extra_teacher(root: Path, params: dict, res: dict, out_dir: Path, par
     c, h, _ = meta["shape"]
     model = model_from_state(arch, c, meta["num_classes"], h, res["state"])
     out = Path(out_dir) / arch
-    info = model_info(arch, model, meta)
+    info = model_info(arch, model, meta, task_compute(params, res["node"]))
     save_model(out, model, info)
     atomic_write_json(out / "metrics.json", {
         "arch": arch, "best_epoch": res["best_epoch"], "val_acc": res["val_acc"], "val_loss": res["val_loss"],

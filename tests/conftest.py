@@ -1,7 +1,13 @@
 """Fixtures that build a throw-away copy of the project and run its real entrypoints."""
 from __future__ import annotations
 
-import subprocess
+from kdprune.reproducibility import apply as _pin_cpu
+
+# the tests' own process computes too (in-process trainings, Ray workers it starts inherit its environment):
+# pinned as an entrypoint pins itself, before torch or NumPy loads (kdprune/reproducibility.py)
+_pin_cpu("portable", 2)
+
+import subprocess  # noqa: E402
 import sys
 
 import pytest

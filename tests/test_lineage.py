@@ -69,6 +69,8 @@ def stage_imports(stage: str) -> set[str]:
     (imports inside functions included, so a code path these params do not take is still covered)."""
     code = (
         "import importlib, json, sys\n"
+        "from tasks.params import pin_cpu\n"
+        "pin_cpu('.')\n"  # as the entrypoint does, before torch loads
         "import flows.__main__\n"
         f"importlib.import_module('flows.{stage}')\n"
         "from tasks.params import load_params\n"

@@ -1,0 +1,148 @@
+"""Where CPU results may depend on the machine, and the setting that stops them (``reproducibility``).
+
+torch, oneDNN, MKL and NumPy each pick their kernels by the CPU's instruction set, and split work by
+thread count: on a machine with AVX-512 and AMX, four settings (native, one thread, kernels capped at
+AVX2, both) trained four different digits teachers. Two settings of params.yaml decide it:
+
+- ``reproducibility.threads``: torch's, MKL's, OpenMP's and OpenBLAS's thread count in each stage's
+  own process (a task on the runner takes ``runner.cpus_per_task``), never the machine's core count.
+- ``reproducibility.cpu``: ``portable`` pins every instruction-set choice measured to change a result
+  at AVX2, so the same params give the same bytes on any x86-64 CPU with AVX2 (README
+  "Reproducibility"); ``native`` leaves them to the machine (its best kernels; bytes differ between CPUs).
+
+What ``portable`` pins, each measured here to change the bytes when left native (AVX-512 machine):
+ATen's CPU kernels (``ATEN_CPU_CAPABILITY``), oneDNN's convolutions (``ONEDNN_MAX_CPU_ISA``), MKL's
+GEMMs (``MKL_CBWR``: Intel's conditional numerical reproducibility, with dynamic thread counts off), and
+NumPy's float64 ``exp``/``log`` (``NPY_DISABLE_CPU_FEATURES``: its AVX-512 loops round differently
+from the AVX2 ones, which moves every softmax-based score). OpenBLAS (NumPy's and SciPy's BLAS,
+scikit-learn's k-means) is held at its Haswell kernels. All of them are read once, when the library
+first loads: :func:`apply` must run before torch or NumPy is imported, in every process that computes
+(the stage's, and each Ray worker's through its runtime environment); :func:`check` then verifies, in
+the process, that the pin took and sets torch's threads.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import MutableMapping
+
+MODES = ("portable", "native")
+
+# MKL: "the same results on every Intel CPU supporting AVX2" (MKL_CBWR=AVX2), which needs a fixed
+# thread count and no dynamic adjustment of it (MKL_DYNAMIC / OMP_DYNAMIC false).
+PORTABLE_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_CBWR": "AVX2",
+    "MKL_DYNAMIC": "FALSE",
+    "OMP_DYNAMIC": "FALSE",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy 2.x's AVX-512 dispatch targets
+    "OPENBLAS_CORETYPE": "Haswell",
+}
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def environment(mode: str, threads: int) -> dict[str, str]:
+    """The variables a process that computes under ``mode`` with ``threads`` threads starts with."""
+    if mode not in MODES:
+        raise ValueError(f"reproducibility.cpu must be one of {', '.join(MODES)}, got {mode!r}")
+    env = {v: str(int(threads)) for v in THREAD_VARS}
+    if mode == "portable":
+        env.update(PORTABLE_ENV)
+    return env
+
+
+def apply(mode: str, threads: int, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set :func:`environment` in ``environ`` (overriding what was there: a capability variable the
+    shell set must not decide a result). Effective only before torch and NumPy are first imported."""
+    environ.update(environment(mode, threads))
+
+
+def cpu_capability() -> str:
+    """The instruction set ATen's CPU kernels run at in this process ('AVX2', 'AVX512', ...)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def check(mode: str, threads: int) -> dict:
+    """In a process about to compute: torch set to ``threads`` threads, and under ``portable`` every pin
+    in force (else RuntimeError saying why and what to do). Returns what explains a result: the
+    setting, thread count, torch version and CPU capability (recorded in model JSONs and MLflow)."""
+    import torch
+
+    torch.set_num_threads(int(threads))
+    cap = cpu_capability()
+    if mode == "portable":
+        wrong = {k: os.environ.get(k) for k, v in PORTABLE_ENV.items() if os.environ.get(k) != v}
+        if cap not in ("AVX2", "DEFAULT") or wrong:
+            why = (f"ATen runs {cap} kernels" if cap not in ("AVX2", "DEFAULT") else
+                   "the environment has " + ", ".join(f"{k}={v}" for k, v in wrong.items()))
+            raise RuntimeError(
+                f"reproducibility.cpu is 'portable' but this process did not start under it ({why}): torch or NumPy "
+                "was loaded before kdprune pinned their kernels. Run the stage through `python -m flows <stage>`, "
+                "`dvc repro` or `make run` (they pin them first), or restart a long-lived process (`make serve`) "
+                "after changing reproducibility.cpu")
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and _numpy_avx512_on():
+            raise RuntimeError("reproducibility.cpu is 'portable' but NumPy was imported before its AVX-512 loops "
+                               "were switched off; run the stage through `python -m flows <stage>` or `dvc repro`")
+    _CHECKED.update(provenance(mode, threads))
+    return dict(_CHECKED)
+
+
+_CHECKED: dict = {}  # what this process last verified (check): the stage's MLflow tags read it
+
+
+def checked() -> dict:
+    """The setting this process verified last (empty before any :func:`check`)."""
+    return dict(_CHECKED)
+
+
+def _numpy_avx512_on() -> bool:
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:  # another NumPy layout: nothing to check
+        return False
+    return any(__cpu_features__.get(f) for f in __cpu_dispatch__ if f in PORTABLE_ENV["NPY_DISABLE_CPU_FEATURES"].split())
+
+
+def provenance(mode: str, threads: int) -> dict:
+    """The setting and the software it ran under, as stored in a model's JSON: no host name, and only
+    what is the same wherever the bytes are (the torch release, not its build suffix)."""
+    import torch
+
+    return {"reproducibility": mode, "threads": int(threads),
+            "torch": torch.__version__.split("+")[0], "cpu_capability": cpu_capability()}
+
+
+def machine() -> dict:
+    """Run-to-run facts for MLflow (never a DVC out): the torch build and the processor."""
+    import torch
+
+    return {"torch_build": torch.__version__, "processor": _cpu_model() or platform.processor(),
+            "machine": platform.machine(), "cores": os.cpu_count()}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_supports_avx2() -> bool:
+    """Whether this CPU can run the portable kernels (x86-64 with AVX2 and FMA)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx2" in flags and "fma" in flags
