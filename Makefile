@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run repro test bench deploy serve ui prefect-ui stop clean profile study data stores-up stores-down push pull ray-up ray-down
+.PHONY: setup run repro test verify bench deploy serve ui prefect-ui stop clean profile study data stores-up stores-down push pull ray-up ray-down
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ repro: setup  ## the same through DVC: each stage runs its Prefect flow
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+verify: setup  ## re-run the pipeline in a scratch copy; every committed result must match (bytes or seed noise)
+	$(BIN)/python -m flows verify
 
 bench: setup  ## every benchmark that can run here -> reports/bench.json (see bench/); missing data: a skipped row
 	$(BIN)/python -m flows bench

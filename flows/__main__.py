@@ -72,6 +72,11 @@ OPTIONS = [
                             "repeatable)"), ("bench",)),
     (("--host",), dict(default=None, help="stores client: the host name colleagues reach the servers at"),
      ("stores",)),
+    (("--from",), dict(dest="source", default=None, metavar="DIR",
+                       help="compare with the run in this project directory instead of re-running the pipeline"),
+     ("verify",)),
+    (("--keep",), dict(action="store_true", help="keep the scratch copy the pipeline re-ran in"), ("verify",)),
+    (("--timeout",), dict(type=float, default=7200.0, help="seconds the re-run may take"), ("verify",)),
 ]
 
 # command -> (help, positional `name` (its help, or None for none), aliases)
@@ -93,6 +98,8 @@ COMMANDS = {
               "is missing is reported as skipped, with the command that gets the data", None, ()),
     "data": ("fetch the data a profile needs (Fashion-MNIST: the Debian package when apt is usable), or print "
              "exactly how to", "the profile's name (profiles/NAME.yaml)", ()),
+    "verify": ("re-run the pipeline from nothing in a scratch copy and compare every cell of the committed "
+               "reports/metrics.json with it: equal bytes, or within seed noise (exit 1 when not)", None, ()),
     "init": ("create the MLflow store (part of `make setup`)", None, ()),
     "stop": ("stop the local Prefect server", None, ()),
     "stores": ("the lab's shared stores (tasks/stores.py): up, down, status, import, client",
@@ -108,7 +115,7 @@ def parser(prog: str = "kdprune") -> argparse.ArgumentParser:
     for cmd, (help_, name_help, aliases) in COMMANDS.items():
         p = sub.add_parser(cmd, aliases=list(aliases), help=help_, description=help_)
         p.set_defaults(command=cmd, name=None, profile=None, overrides=[], force=False, cron=None, timezone="UTC",
-                       serve=cmd == "serve", paused=False, host=None)
+                       serve=cmd == "serve", paused=False, host=None, source=None, keep=False, timeout=7200.0)
         if name_help:
             p.add_argument("name", nargs="?" if cmd == "stores" else None, default=None, help=name_help)
         for flags, kw, cmds in OPTIONS:
@@ -138,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         from tasks.params import pin_cpu
 
         pin_cpu(project_root(), args.profile if args.command != "verify" else None, args.overrides)
+    if args.command == "verify":
+        from flows.verify import verify
+
+        sys.exit(verify(args))
     if args.command in (*STAGES, "pipeline", "sweep", "deploy", "serve"):
         # MLflow's imports (about 2 s) run in its child process while this one imports torch and Prefect; nothing
         # touches a store until a stage opens it, so bad params below still leave nothing behind

@@ -16,6 +16,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from kdprune import analysis as A
 from kdprune.report import FIGURES, build_report, dvc_metrics, plot_accuracy, plot_data, plot_teacher_size, plot_weight_heatmap
 from kdprune.device import resolve_device
 from kdprune.train import evaluate
@@ -142,6 +143,10 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     )))
     # DVC outs (byte-reproducible): metrics, plot data, figures
     atomic_write_json(out / "metrics.json", dvc_metrics(df, teachers, main_t))
+    # the verdicts on the paper's claims, what `kdprune verify` compares with a re-run's
+    atomic_write_json(out / "claims.json", {str(c.number): {"claim": c.claim, "verdict": c.verdict} for c in
+                                            A.claims(A.with_arms(df), main_t, teachers, student_params,
+                                                     ctx["teachers_max_fraction"])})
     atomic_write_text(out / "plots" / "accuracy.csv", plot_data(df, main_t).to_csv(index=False, float_format="%.6g"))
     for name, png in figures.items():
         atomic_write_bytes(out / name, png)
@@ -150,7 +155,7 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     atomic_write_text(out / "report.md", report)
     with tr.run("evaluate", parent_run_id, tags=stage_tags(root, "evaluate", meta)) as run_id:
         tr.log_metrics(run_id, {"teacher_test_acc": teacher_acc, "students": len(df)})
-        for f in ("results.csv", "report.md", "metrics.json", "plots/accuracy.csv", *figures):
+        for f in ("results.csv", "report.md", "metrics.json", "claims.json", "plots/accuracy.csv", *figures):
             tr.log_artifact(run_id, out / f, "report")
     log.info(f"evaluated {len(df)} students; teacher test_acc {teacher_acc:.4f}")
     return {"report": str(out / "report.md"), "results": str(out / "results.csv"), "students": len(df),

@@ -3,6 +3,7 @@
 Tests in this module share one project copy and run in order.
 """
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -50,10 +51,36 @@ def test_second_repro_reruns_nothing(tiny_project):
     assert "Data and pipelines are up to date" in tiny_project.run("dvc", "status").stdout
 
 
+def test_verify_reruns_in_a_scratch_copy_and_names_an_edited_cell(tiny_project):
+    """`kdprune verify`: the pipeline re-run from nothing agrees with this run bit for bit (portable
+    setting); with one student's accuracy edited by hand it fails and names that cell."""
+    p = tiny_project.run(sys.executable, "-m", "flows", "verify", "--keep", timeout=1200)
+    assert "every cell agrees" in p.stdout and "Reproduction check (bytes" in p.stdout
+    report = json.loads((tiny_project.path / "reports" / "verify.json").read_text())
+    assert report["regime"] == "bytes" and report["outside"] == [] and len(report["cells"]) >= 9
+    scratch = Path(report["rerun"])
+    metrics = tiny_project.path / "reports" / "metrics.json"
+    original = metrics.read_text()
+    try:
+        edited = json.loads(original)
+        edited["test_acc"]["random"]["0.2"]["no KD"] += 0.01
+        metrics.write_text(json.dumps(edited))
+        p = tiny_project.run(sys.executable, "-m", "flows", "verify", "--from", str(scratch), check=False)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "FAILED: test_acc/random/0.2/no KD outside" in p.stdout
+        assert "| test_acc/random/0.2/no KD |" in p.stdout and "DIFFERS (bytes expected)" in p.stdout
+    finally:
+        metrics.write_text(original)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def test_mlflow_holds_stage_and_student_runs_with_params_metrics_and_hashes(tiny_project):
     client, runs = _mlflow_runs(tiny_project)
     stages = {r.data.tags.get("kdprune.stage") for r in runs}
     assert {"prepare", "teacher", "scores", "select", "distill", "evaluate"} <= stages
+    teacher = next(r for r in runs if r.data.tags.get("kdprune.stage") == "teacher")  # what explains its bytes
+    assert teacher.data.tags["kdprune.reproducibility"] == "portable" and teacher.data.tags["kdprune.threads"] == "2"
+    assert teacher.data.tags["kdprune.cpu_capability"] and teacher.data.tags["kdprune.torch_build"].startswith("2.")
     students = [r for r in runs if r.data.tags.get("kdprune.role") == "student"]
     assert len(students) == len(METHODS) * len(FRACTIONS) * 2
     distill = next(r for r in runs if r.data.tags.get("kdprune.stage") == "distill" and r.info.run_name == "distill")
