@@ -68,7 +68,7 @@ OPTIONS = [
     (("--port",), dict(type=int, default=5000, help="the MLflow UI's port"), ("ui",)),
     (("--no-serve",), dict(action="store_true", help="only print the links (a server already runs)"), ("ui",)),
     (("--only",), dict(action="append", default=[], metavar="BENCH",
-                       help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench, ray_bench; "
+                       help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench, ray_bench, portable_bench; "
                             "repeatable)"), ("bench",)),
     (("--host",), dict(default=None, help="stores client: the host name colleagues reach the servers at"),
      ("stores",)),

@@ -17,7 +17,7 @@ import yaml
 
 from tasks.runtime import project_root
 
-BENCHMARKS = ("trainer_bench", "grand_bench", "pipeline_bench", "ray_bench")
+BENCHMARKS = ("trainer_bench", "grand_bench", "pipeline_bench", "ray_bench", "portable_bench")
 
 
 # ---------------------------------------------------------------- kdprune ui
