@@ -319,13 +319,13 @@ LOSSES = np.array([0.1, 0.2, 0.3, 0.4, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])  # mean 4
 
 
 def test_infobatch_prunes_only_below_mean_and_rescales_the_kept_ones():
-    s = make_sampler("infobatch", 10, epochs=9, seed=0)  # r = 0.5, delta = 0.875 -> prune epochs <= 8
+    s = make_sampler("infobatch", 10, epochs=9, seed=0)  # r = 0.5, delta = 0.875 -> prune epochs <= 7.875
     full = np.arange(10)
     np.testing.assert_array_equal(s.epoch_positions(1), full)  # no loss recorded yet
     assert s.loss_weights(1) is None
     s.update(1, full[::-1], LOSSES[::-1])  # any order
     dropped_sets = set()
-    for e in range(2, 9):
+    for e in range(2, 8):
         pos, w = s.epoch_positions(e), s.loss_weights(e)
         dropped = np.setdiff1d(full, pos)
         assert set(dropped) <= {0, 1, 2, 3} and len(dropped) == 2  # share r of the 4 below-mean
@@ -335,9 +335,10 @@ def test_infobatch_prunes_only_below_mean_and_rescales_the_kept_ones():
         dropped_sets.add(tuple(dropped))
         s.update(e, pos, LOSSES[pos])  # unseen ones keep their previous loss
     assert len(dropped_sets) > 1  # a fresh random draw each epoch
-    np.testing.assert_array_equal(s.epoch_positions(9), full)  # after floor(delta * E) + 1: full data
-    assert s.loss_weights(9) is None
-    assert s.samples_seen == 10 + 8 * 7 + 10
+    for e in (8, 9):  # after floor(delta * E) = 7: full data
+        np.testing.assert_array_equal(s.epoch_positions(e), full)
+        assert s.loss_weights(e) is None
+    assert s.samples_seen == 10 + 8 * 6 + 10 + 10
 
 
 def test_infobatch_weight_is_one_over_one_minus_r_and_unseen_keep_old_loss():
@@ -352,32 +353,80 @@ def test_infobatch_weight_is_one_over_one_minus_r_and_unseen_keep_old_loss():
     s.update(2, [9], [0.0])
     pos3 = s.epoch_positions(3)
     assert set(np.setdiff1d(np.arange(10), pos3)) <= {0, 1, 2, 3, 9} and len(pos3) == 10 - (5 - 3)
-    for e in (4, 5, 6):
+    for e in (4, 5):
         assert s.epoch_positions(e).size < 10
-    assert s.epoch_positions(7).size == 10 and s.loss_weights(7) is None  # floor(0.5 * 10) + 1 = 6 is the last pruned
+    assert s.epoch_positions(6).size == 10 and s.loss_weights(6) is None  # floor(0.5 * 10) = 5 is the last pruned
     with pytest.raises(ValueError, match="NaN"):
-        s.update(7, [0], [np.nan])
+        s.update(6, [0], [np.nan])
 
 
-def reference_infobatch_pruned_epochs(epochs: int, delta: float) -> list[int]:
-    """The InfoBatch reference code's schedule, re-implemented from its definition: its sampler's
-    counter starts at 0 and goes up by one per epoch; an epoch prunes unless counter > epochs * delta."""
-    stop_prune = epochs * delta
-    return [counter + 1 for counter in range(epochs) if not counter > stop_prune]
+class ReferenceInfoBatchSchedule:
+    """The control flow of the InfoBatch reference code (``infobatch/infobatch.py``: ``InfoBatch`` and
+    ``IBSampler``), written out from reading it, for the epoch sizes only (no torch, no DataLoader):
+
+    - ``InfoBatch.__init__``: ``keep_ratio = min(1.0, max(1e-1, 1.0 - prune_ratio))``, every score 3,
+      ``stop_prune = num_epochs * delta``;
+    - ``IBSampler.__init__`` sets ``iterations = 0`` and calls ``reset()`` once;
+    - ``reset()``: if ``iterations > stop_prune`` all samples (``no_prune``), else ``prune()``;
+      then ``iterations += 1``; every epoch's ``__iter__`` calls ``reset()`` again;
+    - ``prune()``: well-learned = ``scores < scores.mean()``, keep ``int(keep_ratio * len(well))`` of them;
+    - ``update`` writes each trained sample's loss into ``scores``.
+    """
+
+    def __init__(self, n: int, num_epochs: int, prune_ratio: float, delta: float):
+        self.keep_ratio = min(1.0, max(1e-1, 1.0 - prune_ratio))
+        self.scores = np.ones(n) * 3
+        self.stop_prune = num_epochs * delta
+        self.iterations = 0
+        self.reset()  # the constructor's call
+
+    def reset(self) -> None:
+        if self.iterations > self.stop_prune:
+            self.size = len(self.scores)
+        else:
+            well = np.flatnonzero(self.scores < self.scores.mean())
+            self.size = len(self.scores) - len(well) + int(self.keep_ratio * len(well))
+        self.iterations += 1
+
+    def epoch_size(self) -> int:  # ``for batch in loader``: the sampler's ``__iter__``
+        self.reset()
+        return self.size
 
 
-@pytest.mark.parametrize("epochs,delta", [(8, 0.875), (10, 0.5), (40, 0.875), (200, 0.875), (7, 0.3), (5, 0.0)])
-def test_infobatch_prunes_through_the_same_last_epoch_as_the_reference(epochs, delta):
-    s = make_sampler("infobatch", 6, epochs=epochs, seed=0, delta=delta)
-    losses = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])  # three below the mean: one dropped while pruning
-    pruned = []
+# (E, delta): the issue's cases (E = 8 / 30 at 0.875; E = 5, delta = 0.3 never prunes), a product just
+# below an integer (0.29 * 100 = 28.999999999999996), delta 1 (every epoch), tiny and long schedules
+INFOBATCH_SCHEDULES = [(8, 0.875), (30, 0.875), (5, 0.3), (10, 0.5), (100, 0.29), (7, 0.3), (3, 1.0),
+                       (40, 0.875), (200, 0.875), (2, 0.5), (9, 0.875)]
+
+
+@pytest.mark.parametrize("epochs,delta", INFOBATCH_SCHEDULES)
+@pytest.mark.parametrize("prune_ratio", [0.5, 0.3])
+def test_infobatch_epoch_sizes_equal_the_reference_schedule_constructor_included(epochs, delta, prune_ratio):
+    # 90 of 120 losses below the mean: at r = 0.3 the reference keeps int(0.7 * 90) = 62, not 63
+    losses = np.concatenate([np.zeros(90), np.ones(30)])
+    ref = ReferenceInfoBatchSchedule(120, epochs, prune_ratio, delta)
+    s = make_sampler("infobatch", 120, epochs=epochs, seed=0, prune_ratio=prune_ratio, delta=delta)
+    ours, theirs = [], []
     for e in range(1, epochs + 1):
         pos = s.epoch_positions(e)
-        if len(pos) < 6:
-            pruned.append(e)
+        ours.append(len(pos))
+        theirs.append(ref.epoch_size())
         s.update(e, pos, losses[pos])
-    # epoch 1 has no losses recorded yet, so it cannot prune (in the reference its scores start equal)
-    assert pruned == [e for e in reference_infobatch_pruned_epochs(epochs, delta) if e > 1]
+        ref.scores[pos] = losses[pos]
+    assert ours == theirs
+    last = max([k for k, size in enumerate(ours, 1) if size < 120], default=0)
+    assert last <= int(np.floor(delta * epochs))  # never past floor(delta * E)
+    if prune_ratio == 0.3 and last:
+        assert min(ours) == 30 + 62
+
+
+@pytest.mark.parametrize("bad", [0.95, 1.0])
+def test_infobatch_refuses_a_prune_ratio_its_code_would_clamp(bad):
+    with pytest.raises(ValueError, match=r"prune_ratio must be in \[0, 0.9\].*at least a share 0.1"):
+        make_sampler("infobatch", 10, epochs=5, prune_ratio=bad)
+    with pytest.raises(ValueError, match=r"select.infobatch.prune_ratio: got .*must be <= 0.9"):
+        SAMPLERS.get("infobatch").resolve({"prune_ratio": bad})
+    assert len(make_sampler("infobatch", 10, epochs=5, prune_ratio=0.9).epoch_positions(1)) == 10
 
 
 def test_infobatch_state_dict_round_trip_reproduces_the_next_epoch():
