@@ -36,7 +36,7 @@ import numpy as np
 
 from kdprune.options import Option, resolve_options
 from kdprune.registry import Registry
-from kdprune.selection.static import budget
+from kdprune.budgets import BUDGET_RULES
 
 SAMPLERS: Registry[type] = Registry("sampler")
 register_sampler = SAMPLERS.register
@@ -134,9 +134,11 @@ class Sampler:
 @register_sampler("rs2")
 class RS2Sampler(Sampler):
     """RS2 without replacement (Okanovic et al. 2024, "Repeated Random Sampling for Minimizing the
-    Time-to-Accuracy of Learning"): every epoch a fresh random subset of ``budget(n, ratio)``
-    positions (round half up, at least 1: the same count a static selector keeps at that
-    fraction), taken as the next chunk of a shuffled permutation. No scoring cost; ``update``
+    Time-to-Accuracy of Learning"; reference code github.com/PatrikOkanovic/RS2,
+    ``UniformNoReplacement``): every epoch a fresh random subset of ``round(ratio * n)`` positions
+    (budget rule ``round``: Python's round, half to even, at least 1, as its ``coreset_size =
+    round(self.n_train * fraction)``: 388 at n = 1295, ratio 0.3, where the static selectors' round half
+    up keeps 389), taken as the next chunk of a shuffled permutation. No scoring cost; ``update``
     is a no-op and the weights are None.
 
     Pass ``j`` walks permutation P_j, drawn from ``default_rng([seed, j])``. When fewer than a
@@ -150,16 +152,18 @@ class RS2Sampler(Sampler):
     name = "rs2"
     fraction_option = "ratio"  # the kept fraction is the share of the data each epoch draws
 
+    budget = "round"  # its budget rule (kdprune.budgets.BUDGET_RULES): the reference's round(n * fraction)
+
     @classmethod
     def epoch_size(cls, n: int, ratio: float, **_) -> int:
-        return budget(n, ratio)
+        return BUDGET_RULES[cls.budget](n, ratio)
 
     def __init__(self, n: int, epochs: int, seed: int = 0, ratio: float | None = None):
         super().__init__(n, epochs, seed)
         if ratio is None or not 0.0 < float(ratio) <= 1.0:
             raise ValueError(f"rs2: ratio (share of the data per epoch) must be in (0, 1], got {ratio!r}")
         self.ratio = float(ratio)
-        self.chunk = budget(self.n, self.ratio)
+        self.chunk = self.epoch_size(self.n, self.ratio)
         self._pass = 0
         self._perm = self._permutation(0)
         self._cursor = 0
