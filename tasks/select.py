@@ -84,9 +84,9 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
     names = []
     sel = params["select"]
     jobs = plan(params)
-    needs = set().union(*(JOINT.get(j["method"].joint).needs for j in jobs if j["method"].joint))
     joint_opts = {j["method"].joint: JOINT.get(j["method"].joint).resolve(sel.get(j["method"].joint))
                   for j in jobs if j["method"].joint}
+    needs = set().union(*(JOINT.get(name).inputs_for(opts) for name, opts in joint_opts.items()))
     inputs, teacher_sha, inputs_cost = None, None, {"seconds": 0.0, "peak_mem_mb": 0.0}
     costs = {}
     if needs:
@@ -109,8 +109,9 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                     kept, weights = run_joint(m.joint, train.ids, inputs, frac, seed=seed or 0, options=opts)
                 extra = {"selector": m.joint, "selector_options": opts, "sampler": None, "keep": None,
                          "score": None, "score_sha256": None, "score_variant": None,
-                         "joint": {"definition": spec.definition, "variant": spec.variant, "inputs": list(spec.needs),
-                                   "model": "teacher", "model_sha256": teacher_sha}}
+                         "joint": {"definition": spec.definition, "variant": spec.variant,
+                                   "inputs": list(spec.inputs_for(opts)), "model": "teacher",
+                                   "model_sha256": teacher_sha}}
                 if weights is not None:
                     extra.update(weights=weights.tolist(),
                                  weights_sha256=hashlib.sha256(weights.astype("<f8").tobytes()).hexdigest())
