@@ -34,8 +34,10 @@ def moderate_ds(ctx: ScoreContext, variant: str = "global_rank") -> np.ndarray:
     median of class c's features (``ctx.embeddings``). The recipe keeps the examples whose d is
     nearest the median distance, so the score is the NEGATED closeness: ``variant="global_rank"``
     (default) follows the published code, which keeps a band of ranks around the middle of all
-    examples' sorted d (globally, not per class): -|rank(d) - (N-1)/2| (ties by position; equal
-    to the code's band up to rounding at its edges); ``variant="class"`` scores
+    examples' sorted d (globally, not per class): -|rank(d) - (N-1)/2| (ties by position). With
+    its budget rule the kept count is the code's band size; the kept ranks are the code's band
+    wherever that band is centred on the middle rank, and one rank off at one edge (taken at
+    random between the two tied ranks) where its half-to-even rounding shifts it; ``variant="class"`` scores
     -|d - median(d over the class)|, a per-class band.
     Either way, keep high = nearest the median distance.
     Selection: over the whole pool by default (``balance="global"``: the published code keeps one band
