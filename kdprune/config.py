@@ -272,8 +272,12 @@ SCHEMA: dict[str, Any] = {
     "select": {
         "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_method)),
         "fractions": Field("list", [0.1, 0.3, 0.5], item="float", check=_each(FRACTION)),
-        "balance": Field("bool", True, doc="class-balanced budgets for every method, random included (DeepCore's "
-                                           "default); ':global' / ':balanced' after a method name override it"),
+        "balance": Field("any", "auto", check=lambda v: None if v == "auto" or isinstance(v, bool) else
+                         "must be auto (each method as its published code: its registration's balance), true "
+                         "(class-balanced budgets for every method) or false (over the whole pool)",
+                         doc="auto: as each method's code (DeepCore's per-class for its methods, random included; "
+                             "Moderate-DS and CCS over the whole pool); ':global' / ':balanced' after a method "
+                             "name override it"),
     },  # plus one key per joint selector, per-epoch sampler or selection method with options (ccs): its
     # options (``_method_options``), e.g. ``infobatch: {prune_ratio: 0.5}``, ``ccs: {strata: 50}``
     "student": {

@@ -56,7 +56,9 @@ def selection_line(df: pd.DataFrame) -> str:
     glob = sorted(m for m, b in by.items() if not bool(b))
     return ("Selection: class-balanced budgets (per class, proportional to class sizes) for "
             + (", ".join(bal) or "none") + "; over the whole pool for " + (", ".join(glob) or "none")
-            + " (select.balance, or ':balanced' / ':global' after a method).")
+            + " (select.balance: auto runs each method as its published code, per class for DeepCore's methods and "
+            "over the whole pool for Moderate-DS and CCS; true / false, or ':balanced' / ':global' after a method, "
+            "override it).")
 
 
 def _cell(mean: float, std: float, n: int) -> str:

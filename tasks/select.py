@@ -19,7 +19,8 @@ from prefect.cache_policies import NO_CACHE
 
 from kdprune.device import resolve_device
 from kdprune.scores import SCORES
-from kdprune.selection import CCS, JOINT, SAMPLERS, ccs_beta_at, method_from_params, run_joint, select
+from kdprune.selection import (CCS, JOINT, SAMPLERS, ccs_beta_at, method_from_params, run_joint, select,
+                               selector_options)
 from tasks.artifacts import load_prepared, ScoreReader, write_manifest
 from tasks.files import atomic_directory, sha256_file
 from tasks.provenance import stage_tags
@@ -83,9 +84,9 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
     names = []
     sel = params["select"]
     jobs = plan(params)
-    needs = set().union(*(JOINT.get(j["method"].joint).needs for j in jobs if j["method"].joint))
     joint_opts = {j["method"].joint: JOINT.get(j["method"].joint).resolve(sel.get(j["method"].joint))
                   for j in jobs if j["method"].joint}
+    needs = set().union(*(JOINT.get(name).inputs_for(opts) for name, opts in joint_opts.items()))
     inputs, teacher_sha, inputs_cost = None, None, {"seconds": 0.0, "peak_mem_mb": 0.0}
     costs = {}
     if needs:
@@ -108,8 +109,9 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                     kept, weights = run_joint(m.joint, train.ids, inputs, frac, seed=seed or 0, options=opts)
                 extra = {"selector": m.joint, "selector_options": opts, "sampler": None, "keep": None,
                          "score": None, "score_sha256": None, "score_variant": None,
-                         "joint": {"definition": spec.definition, "variant": spec.variant, "inputs": list(spec.needs),
-                                   "model": "teacher", "model_sha256": teacher_sha}}
+                         "joint": {"definition": spec.definition, "variant": spec.variant,
+                                   "inputs": list(spec.inputs_for(opts)), "model": "teacher",
+                                   "model_sha256": teacher_sha}}
                 if weights is not None:
                     extra.update(weights=weights.tolist(),
                                  weights_sha256=hashlib.sha256(weights.astype("<f8").tobytes()).hexdigest())
@@ -130,6 +132,10 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                 if m.cut_score is not None:  # CCS: the array its cut reads, recorded by name and sha256
                     cut = scores_in.read(call.pop("cut_score"))
                     call["cut_scores"], opts["cut_score_sha256"] = cut.values, cut.sha256
+                # the balance and count the method's registration rules (recorded as "balanced" and "n")
+                takes = selector_options(m.selector)
+                call.update({**({"balance": m.balanced} if "balance" in takes else {}),
+                             **({"size": m.size(len(train.ids), frac)} if "size" in takes else {})})
                 kept = select(m.selector, train.ids, train.y, score.values, frac, seed=seed or 0, **call)
                 extra = {"selector": m.selector, "selector_options": opts, "sampler": None, "keep": score.info["keep"],
                          "score": m.score, "score_sha256": score.sha256, "score_variant": score.info["variant"],

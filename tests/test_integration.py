@@ -110,7 +110,7 @@ def test_manifests_identical_across_two_runs_with_the_same_seed(tiny_project):
     m = json.loads(before["el2n-0.2.json"])
     assert m["ids"] == sorted(m["ids"]) and len(m["ids"]) == m["n"] == sum(m["class_counts"])
     assert m["method"] == "el2n" and m["fraction"] == 0.2 and len(m["dataset_sha256"]) == 64
-    assert m["balanced"] is True and m["selector"] == "class_balanced_high"  # select.balance: true by default
+    assert m["balanced"] is True and m["selector"] == "class_balanced_high"  # select.balance: auto by default (random: per class, as DeepCore)
     assert m["ties"] == {"order": "seeded random", "seed": 0}
 
 

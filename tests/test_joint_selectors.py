@@ -450,3 +450,90 @@ def test_selectors_run_with_one_blas_thread(monkeypatch):
     with threadpool_limits(limits=2, user_api="blas"):  # two outside, whatever the machine
         run_joint("herding", np.arange(60), _pool(), 0.2, options={"balance": True})
     assert seen and set(seen) == {1}
+
+
+# -- similarity of gradient-sized rows; facility location and graph cut on last-layer gradients ------
+
+def cosine_s(x):
+    """(1 + cos) / 2 of every pair of rows, in float64 (DeepCore's ``cossim_np``), computed directly."""
+    x = np.asarray(x, dtype=np.float64)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return 0.5 + 0.5 * (u @ u.T)
+
+
+@pytest.mark.parametrize("max_mb", [512.0, 1e-4])  # the whole matrix, and columns on demand
+def test_cosine_similarity_normalises_gradient_sized_rows(max_mb):
+    from kdprune.selection.joint.base import Similarity
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 12)) * np.logspace(-12, 0, 30)[:, None]  # norms from ~1e-12 to ~1
+    sim = Similarity(x.astype(np.float32), "cosine", max_mb)
+    got = np.concatenate([sim.columns(list(range(j, min(j + 7, 30)))) for j in range(0, 30, 7)], axis=1)
+    np.testing.assert_allclose(np.diag(got), 1.0, atol=1e-6)  # sklearn alone: about 0.5 below norm ~1e-6
+    np.testing.assert_allclose(got, cosine_s(x.astype(np.float32)), atol=2e-6)
+    zero = Similarity(np.vstack([np.zeros((1, 12)), x[:3]]).astype(np.float32), "cosine", max_mb)
+    np.testing.assert_allclose(zero.columns([0])[:, 0], 0.5)  # a zero row has no direction: cosine 0
+    np.testing.assert_array_equal(zero.diagonal()[:2], [0.5, 1.0])
+
+
+def torch_last_layer_gradients(h, w, b, y, batch_mean):
+    """Per-example gradients of the cross-entropy w.r.t. (bias, weight) by autograd, one example at a time;
+    ``batch_mean``: divided by the number of examples, as DeepCore's batch-mean loss gives them."""
+    out = []
+    for i in range(len(y)):
+        wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+        bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+        z = torch.tensor(h[i:i + 1], dtype=torch.float64) @ wt.T + bt
+        torch.nn.functional.cross_entropy(z, torch.tensor(y[i:i + 1])).backward()
+        out.append(np.concatenate([bt.grad.numpy(), wt.grad.numpy().ravel()]) / (len(y) if batch_mean else 1))
+    return np.asarray(out)
+
+
+def greedy_by_objective(objective, n, k):
+    """Add, k times, the element of largest objective increase (ties: lowest index)."""
+    chosen = []
+    for _ in range(k):
+        gains = [objective(chosen + [j]) - objective(chosen) if j not in chosen else -np.inf for j in range(n)]
+        chosen.append(int(np.argmax(gains)))
+    return sorted(chosen)
+
+
+def _gradient_case():
+    rng = np.random.default_rng(3)
+    n, c, d = 16, 3, 5
+    h = rng.normal(size=(n, d))
+    w, b = rng.normal(size=(c, d)), rng.normal(size=c)
+    y = rng.integers(0, c, n)
+    z = h @ w.T + b
+    inputs = JointInputs(labels=y, num_classes=c, features=h.astype(np.float32), logits=z.astype(np.float32),
+                         gradients=last_layer_gradients(h, z, y))
+    return inputs, h, w, b, y
+
+
+def test_facility_location_and_graph_cut_on_gradients_match_an_independent_computation():
+    inputs, h, w, b, y = _gradient_case()
+    g = torch_last_layer_gradients(h, w, b, y, batch_mean=True)  # DeepCore's scaling: cosine ignores it
+    np.testing.assert_allclose(inputs.gradients, g * len(y), rtol=1e-4, atol=1e-5)
+    s = cosine_s(g)
+    n, k = len(y), budget(len(y), 0.25)
+    fl = greedy_by_objective(lambda S: s[:, S].max(axis=1).sum() if S else 0.0, n, k)
+    gc = greedy_by_objective(lambda S: s[:, S].sum() - s[np.ix_(S, S)].sum(), n, k)
+    ids = np.arange(n) * 10
+    for name, want in (("facility_location", fl), ("graph_cut", gc)):
+        kept, _ = run_joint(name, ids, inputs, 0.25, options={"input": "gradients", "balance": False})
+        np.testing.assert_array_equal(kept, ids[want])
+    on_features, _ = run_joint("facility_location", ids, inputs, 0.25, options={"balance": False})
+    fl_features = greedy_by_objective(lambda S: cosine_s(h)[:, S].max(axis=1).sum() if S else 0.0, n, k)
+    np.testing.assert_array_equal(on_features, ids[fl_features])  # the default input is unchanged
+
+
+def test_similarity_input_option_declares_what_it_reads():
+    for name in ("facility_location", "graph_cut"):
+        spec = JOINT.get(name)
+        assert spec.inputs_for() == ("features",)
+        assert spec.inputs_for(spec.resolve({"input": "gradients"})) == ("gradients",)
+    inputs, *_ = _gradient_case()
+    inputs.gradients = None
+    with pytest.raises(ValueError, match="'graph_cut' needs gradients, which the inputs lack"):
+        run_joint("graph_cut", np.arange(16), inputs, 0.25, options={"input": "gradients"})
+    with pytest.raises(ValueError, match="facility_location.input: got 'logits', allowed: features, gradients"):
+        JOINT.get("facility_location").resolve({"input": "logits"})

@@ -55,7 +55,7 @@ BAD = [
     ({"scores": {"seeds": [0, 1]}}, "scores.seeds", "same seeds"),
     ({"select": {"fractions": 0.5}}, "select.fractions", "expected a list"),
     # a per-epoch sampler's options, from its registration (kdprune/selection/samplers.py)
-    ({"select": {"infobatch": {"prune_ratio": 1.0}}}, "select.infobatch", "prune_ratio: got 1.0, must be < 1.0"),
+    ({"select": {"infobatch": {"prune_ratio": 1.0}}}, "select.infobatch", "prune_ratio: got 1.0, must be <= 0.9"),
     ({"select": {"infobatch": {"prune": 0.3}}}, "select.infobatch",
      "valid options: prune_ratio, delta; infobatch takes: prune_ratio (float, default 0.5), delta (float, default 0.875)"),
     ({"select": {"infobatch_prune_ratio": 0.3}}, "select.infobatch_prune_ratio", "did you mean "

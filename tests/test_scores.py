@@ -418,3 +418,37 @@ def test_a_registration_must_declare_the_functions_options():
         register_score("t_needs", keep="high", hard="high", variant="t", needs=("logitz",),
                        options={"width": Option(int, 3)})(undeclared)
     assert "t_undeclared" not in SCORES and "t_default" not in SCORES and "t_needs" not in SCORES
+
+
+def reference_ccs_forgetting(correct: np.ndarray) -> np.ndarray:
+    """The CCS code's forgetting count (``generate_importance_score.py``), written out from reading it:
+    ``last_correctness`` starts at 0; each epoch adds ``last == 1 and now == 0``, then ``last = now``."""
+    last = np.zeros(correct.shape[1], dtype=np.int32)
+    forgetting = np.zeros(correct.shape[1])
+    for now in correct.astype(np.int32):
+        forgetting += np.logical_and(last == 1, now == 0)
+        last = now
+    return forgetting
+
+
+def test_forgetting_never_learned_scores_epochs_by_default_and_zero_as_the_ccs_code():
+    rng = np.random.default_rng(0)
+    e, n, c = 9, 200, 4
+    labels = rng.integers(0, c, n)
+    dyn = rng.normal(size=(e, n, c)).astype(np.float32)
+    dyn[:, :40, :] = 0.0
+    dyn[:, np.arange(40), (labels[:40] + 1) % c] = 5.0  # the first 40 are never classified correctly
+    ctx = ScoreContext(ids=np.arange(n), labels=labels, num_classes=c, dynamics=dyn)
+    correct = dyn.argmax(axis=2) == labels[None, :]
+    spec = SCORES.get("forgetting")
+    assert spec.resolve(None) == {"never_learned": "epochs"}
+    default = spec(ctx, **spec.fn_options(spec.resolve(None)))
+    ccs = spec(ctx, **spec.fn_options(spec.resolve({"never_learned": "zero"})))
+    learned = correct.any(axis=0)
+    assert not learned[:40].any() and learned[40:].sum() > 100
+    np.testing.assert_array_equal(default[~learned], np.full((~learned).sum(), float(e)))
+    np.testing.assert_array_equal(ccs, reference_ccs_forgetting(correct))  # the CCS code's counts, 0 included
+    np.testing.assert_array_equal(ccs[~learned], 0.0)
+    np.testing.assert_array_equal(default[learned], ccs[learned])
+    with pytest.raises(ValueError, match="forgetting.never_learned: got 'never', allowed: epochs, zero"):
+        spec.resolve({"never_learned": "never"})

@@ -319,13 +319,13 @@ LOSSES = np.array([0.1, 0.2, 0.3, 0.4, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])  # mean 4
 
 
 def test_infobatch_prunes_only_below_mean_and_rescales_the_kept_ones():
-    s = make_sampler("infobatch", 10, epochs=9, seed=0)  # r = 0.5, delta = 0.875 -> prune epochs <= 8
+    s = make_sampler("infobatch", 10, epochs=9, seed=0)  # r = 0.5, delta = 0.875 -> prune epochs <= 7.875
     full = np.arange(10)
     np.testing.assert_array_equal(s.epoch_positions(1), full)  # no loss recorded yet
     assert s.loss_weights(1) is None
     s.update(1, full[::-1], LOSSES[::-1])  # any order
     dropped_sets = set()
-    for e in range(2, 9):
+    for e in range(2, 8):
         pos, w = s.epoch_positions(e), s.loss_weights(e)
         dropped = np.setdiff1d(full, pos)
         assert set(dropped) <= {0, 1, 2, 3} and len(dropped) == 2  # share r of the 4 below-mean
@@ -335,9 +335,10 @@ def test_infobatch_prunes_only_below_mean_and_rescales_the_kept_ones():
         dropped_sets.add(tuple(dropped))
         s.update(e, pos, LOSSES[pos])  # unseen ones keep their previous loss
     assert len(dropped_sets) > 1  # a fresh random draw each epoch
-    np.testing.assert_array_equal(s.epoch_positions(9), full)  # after floor(delta * E) + 1: full data
-    assert s.loss_weights(9) is None
-    assert s.samples_seen == 10 + 8 * 7 + 10
+    for e in (8, 9):  # after floor(delta * E) = 7: full data
+        np.testing.assert_array_equal(s.epoch_positions(e), full)
+        assert s.loss_weights(e) is None
+    assert s.samples_seen == 10 + 8 * 6 + 10 + 10
 
 
 def test_infobatch_weight_is_one_over_one_minus_r_and_unseen_keep_old_loss():
@@ -352,32 +353,80 @@ def test_infobatch_weight_is_one_over_one_minus_r_and_unseen_keep_old_loss():
     s.update(2, [9], [0.0])
     pos3 = s.epoch_positions(3)
     assert set(np.setdiff1d(np.arange(10), pos3)) <= {0, 1, 2, 3, 9} and len(pos3) == 10 - (5 - 3)
-    for e in (4, 5, 6):
+    for e in (4, 5):
         assert s.epoch_positions(e).size < 10
-    assert s.epoch_positions(7).size == 10 and s.loss_weights(7) is None  # floor(0.5 * 10) + 1 = 6 is the last pruned
+    assert s.epoch_positions(6).size == 10 and s.loss_weights(6) is None  # floor(0.5 * 10) = 5 is the last pruned
     with pytest.raises(ValueError, match="NaN"):
-        s.update(7, [0], [np.nan])
+        s.update(6, [0], [np.nan])
 
 
-def reference_infobatch_pruned_epochs(epochs: int, delta: float) -> list[int]:
-    """The InfoBatch reference code's schedule, re-implemented from its definition: its sampler's
-    counter starts at 0 and goes up by one per epoch; an epoch prunes unless counter > epochs * delta."""
-    stop_prune = epochs * delta
-    return [counter + 1 for counter in range(epochs) if not counter > stop_prune]
+class ReferenceInfoBatchSchedule:
+    """The control flow of the InfoBatch reference code (``infobatch/infobatch.py``: ``InfoBatch`` and
+    ``IBSampler``), written out from reading it, for the epoch sizes only (no torch, no DataLoader):
+
+    - ``InfoBatch.__init__``: ``keep_ratio = min(1.0, max(1e-1, 1.0 - prune_ratio))``, every score 3,
+      ``stop_prune = num_epochs * delta``;
+    - ``IBSampler.__init__`` sets ``iterations = 0`` and calls ``reset()`` once;
+    - ``reset()``: if ``iterations > stop_prune`` all samples (``no_prune``), else ``prune()``;
+      then ``iterations += 1``; every epoch's ``__iter__`` calls ``reset()`` again;
+    - ``prune()``: well-learned = ``scores < scores.mean()``, keep ``int(keep_ratio * len(well))`` of them;
+    - ``update`` writes each trained sample's loss into ``scores``.
+    """
+
+    def __init__(self, n: int, num_epochs: int, prune_ratio: float, delta: float):
+        self.keep_ratio = min(1.0, max(1e-1, 1.0 - prune_ratio))
+        self.scores = np.ones(n) * 3
+        self.stop_prune = num_epochs * delta
+        self.iterations = 0
+        self.reset()  # the constructor's call
+
+    def reset(self) -> None:
+        if self.iterations > self.stop_prune:
+            self.size = len(self.scores)
+        else:
+            well = np.flatnonzero(self.scores < self.scores.mean())
+            self.size = len(self.scores) - len(well) + int(self.keep_ratio * len(well))
+        self.iterations += 1
+
+    def epoch_size(self) -> int:  # ``for batch in loader``: the sampler's ``__iter__``
+        self.reset()
+        return self.size
 
 
-@pytest.mark.parametrize("epochs,delta", [(8, 0.875), (10, 0.5), (40, 0.875), (200, 0.875), (7, 0.3), (5, 0.0)])
-def test_infobatch_prunes_through_the_same_last_epoch_as_the_reference(epochs, delta):
-    s = make_sampler("infobatch", 6, epochs=epochs, seed=0, delta=delta)
-    losses = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])  # three below the mean: one dropped while pruning
-    pruned = []
+# (E, delta): the issue's cases (E = 8 / 30 at 0.875; E = 5, delta = 0.3 never prunes), a product just
+# below an integer (0.29 * 100 = 28.999999999999996), delta 1 (every epoch), tiny and long schedules
+INFOBATCH_SCHEDULES = [(8, 0.875), (30, 0.875), (5, 0.3), (10, 0.5), (100, 0.29), (7, 0.3), (3, 1.0),
+                       (40, 0.875), (200, 0.875), (2, 0.5), (9, 0.875)]
+
+
+@pytest.mark.parametrize("epochs,delta", INFOBATCH_SCHEDULES)
+@pytest.mark.parametrize("prune_ratio", [0.5, 0.3])
+def test_infobatch_epoch_sizes_equal_the_reference_schedule_constructor_included(epochs, delta, prune_ratio):
+    # 90 of 120 losses below the mean: at r = 0.3 the reference keeps int(0.7 * 90) = 62, not 63
+    losses = np.concatenate([np.zeros(90), np.ones(30)])
+    ref = ReferenceInfoBatchSchedule(120, epochs, prune_ratio, delta)
+    s = make_sampler("infobatch", 120, epochs=epochs, seed=0, prune_ratio=prune_ratio, delta=delta)
+    ours, theirs = [], []
     for e in range(1, epochs + 1):
         pos = s.epoch_positions(e)
-        if len(pos) < 6:
-            pruned.append(e)
+        ours.append(len(pos))
+        theirs.append(ref.epoch_size())
         s.update(e, pos, losses[pos])
-    # epoch 1 has no losses recorded yet, so it cannot prune (in the reference its scores start equal)
-    assert pruned == [e for e in reference_infobatch_pruned_epochs(epochs, delta) if e > 1]
+        ref.scores[pos] = losses[pos]
+    assert ours == theirs
+    last = max([k for k, size in enumerate(ours, 1) if size < 120], default=0)
+    assert last <= int(np.floor(delta * epochs))  # never past floor(delta * E)
+    if prune_ratio == 0.3 and last:
+        assert min(ours) == 30 + 62
+
+
+@pytest.mark.parametrize("bad", [0.95, 1.0])
+def test_infobatch_refuses_a_prune_ratio_its_code_would_clamp(bad):
+    with pytest.raises(ValueError, match=r"prune_ratio must be in \[0, 0.9\].*at least a share 0.1"):
+        make_sampler("infobatch", 10, epochs=5, prune_ratio=bad)
+    with pytest.raises(ValueError, match=r"select.infobatch.prune_ratio: got .*must be <= 0.9"):
+        SAMPLERS.get("infobatch").resolve({"prune_ratio": bad})
+    assert len(make_sampler("infobatch", 10, epochs=5, prune_ratio=0.9).epoch_positions(1)) == 10
 
 
 def test_infobatch_state_dict_round_trip_reproduces_the_next_epoch():
@@ -480,3 +529,147 @@ def test_ccs_options_under_select_ccs_reach_the_selector_and_its_plan():
     del base["select"]["ccs"]
     p = validate(base)
     assert plan(p)[0]["method"].score == "aum_prob" and _options(plan(p)[0]["method"], p, 0.1)["k"] == 50
+
+
+# -- balance as each method's code, and budgets as each reference code rounds them -----------------
+
+def default_select() -> dict:
+    """params' ``select`` section as validation fills it with nothing given: the shipped default balance."""
+    from kdprune.config import validate
+    return validate({})["select"]
+
+
+def run_method(label, ids, labels, scores, fraction, seed=0, sel=None, **extra):
+    """One static method as the select stage runs it (tasks/select.py): its selector, balance and budget rule."""
+    from kdprune.selection import method_from_params, selector_options
+    m = method_from_params(label, sel or default_select())
+    takes = selector_options(m.selector)
+    call = {**({"balance": m.balanced} if "balance" in takes else {}),
+            **({"size": m.size(len(ids), fraction)} if "size" in takes else {}), **extra}
+    return m, select(m.selector, ids, labels, scores, fraction, seed=seed, **call)
+
+
+def reference_moderate_ds_kept(features, labels, rate):
+    """The Moderate-DS code (tmllab/Moderate-DS ``selection.py``), written out from reading it: distance of each
+    feature to its class's coordinate-wise median feature (``get_distance``), then ``get_prune_idx`` prunes
+    ``sorted_idx[:round(N * (0.5 - rate/2))]`` and ``sorted_idx[round(N * (0.5 + rate/2)):]``; kept: the band."""
+    d = np.zeros(len(labels))
+    for c in np.unique(labels):
+        rows = labels == c
+        d[rows] = np.linalg.norm(features[rows] - np.median(features[rows], axis=0), axis=1)
+    sorted_idx = d.argsort()
+    low, high = 0.5 - rate / 2, 0.5 + rate / 2
+    return np.sort(sorted_idx[round(len(d) * low):round(len(d) * high)])
+
+
+def _spread_classes(n, seed=3):
+    """Five classes of very different spread, so a global band and per-class bands differ."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 5, n)
+    features = rng.normal(size=(n, 8)) * np.array([0.2, 0.5, 1.0, 2.0, 4.0])[labels][:, None]
+    return labels, features
+
+
+@pytest.mark.parametrize("n,fraction", [(1295, 0.1), (1295, 0.3), (1000, 0.5), (101, 0.2), (90, 0.7)])
+def test_moderate_ds_by_default_selects_its_codes_global_band(n, fraction):
+    from kdprune.scores import SCORES
+    from kdprune.scores.base import ScoreContext
+    labels, features = _spread_classes(n)
+    ids = np.arange(n, dtype=np.int64)
+    ctx = ScoreContext(ids=ids, labels=labels, num_classes=5, embeddings=features)
+    score = SCORES.get("moderate_ds")(ctx)
+    m, kept = run_method("moderate_ds", ids, labels, score, fraction)
+    want = reference_moderate_ds_kept(features, labels, fraction)
+    assert m.balanced is False
+    np.testing.assert_array_equal(kept, want)
+    if (n, fraction) == (1295, 0.1):
+        assert len(kept) == 129  # round(712.25) - round(582.75) = 712 - 583; round half up would keep 130
+
+
+def test_ccs_by_default_selects_over_the_whole_pool_as_its_code():
+    rng = np.random.default_rng(11)
+    n = 1295
+    labels = rng.choice(5, n, p=[0.4, 0.3, 0.15, 0.1, 0.05])
+    aum = rng.normal(3.0, 2.0, n) + labels  # classes differ in where their scores lie
+    ids = np.arange(n, dtype=np.int64) * 2 + 5
+    for fraction, beta in [(0.1, 0.3), (0.3, 0.1), (0.5, 0.0)]:
+        m, kept = run_method("ccs", ids, labels, aum, fraction, seed=2, beta=beta, k=50, cut_scores=aum)
+        easy, masks, budgets = reference_ccs_counts(aum, aum, fraction, beta)
+        assert m.balanced is False and len(kept) == budgets.sum()
+        in_easy = np.isin(easy, np.searchsorted(ids, kept))
+        assert [int((mk & in_easy).sum()) for mk in masks] == budgets.tolist()  # the code's global strata counts
+
+
+@pytest.mark.parametrize("label", ["random", "el2n", "forgetting", "aum", "el2n_proxy", "grand"])
+def test_deepcore_family_selects_per_class_by_default(label):
+    rng = np.random.default_rng(5)
+    n = 1295
+    labels = rng.choice(4, n, p=[0.5, 0.25, 0.15, 0.1])
+    scores = rng.normal(size=n) + 2.0 * labels  # a global top-k would take mostly the high classes
+    ids = np.arange(n, dtype=np.int64)
+    for fraction in (0.1, 0.3, 0.5):
+        m, kept = run_method(label, ids, labels, scores, fraction, seed=1)
+        assert m.balanced is True
+        np.testing.assert_array_equal(np.bincount(labels[kept], minlength=4),
+                                      class_quotas(np.bincount(labels), budget(n, fraction)))
+
+
+def test_balance_true_false_and_suffixes_override_auto():
+    from kdprune.selection import parse_method
+    for label in ("random", "el2n", "moderate_ds", "ccs"):
+        assert parse_method(label, balance=True).balanced is True
+        assert parse_method(label, balance=False).balanced is False
+        assert parse_method(f"{label}:balanced", balance=False).balanced is True
+        assert parse_method(f"{label}:global", balance=True).balanced is False
+    assert parse_method("ccs:balanced").selector == "ccs"
+    with pytest.raises(ValueError, match="select.balance must be auto, true or false, got 1"):
+        parse_method("el2n", balance=1)
+
+
+def test_params_balance_takes_auto_true_or_false_and_says_so_otherwise():
+    from kdprune.config import ParamsError, validate
+    assert validate({})["select"]["balance"] == "auto"
+    assert validate({"select": {"balance": False}})["select"]["balance"] is False
+    with pytest.raises(ParamsError, match=r"select.balance: 'yes' must be auto .*true .*false"):
+        validate({"select": {"balance": "yes"}})
+
+
+def test_ccs_balanced_splits_its_budget_by_class_and_stratifies_each_class():
+    rng = np.random.default_rng(4)
+    n = 600
+    labels = rng.choice(3, n, p=[0.5, 0.3, 0.2])
+    aum = rng.normal(size=n) + labels
+    ids = np.arange(n, dtype=np.int64)
+    kept = select("ccs", ids, labels, aum, 0.3, seed=0, beta=0.1, k=10, cut_scores=aum, balance=True)
+    np.testing.assert_array_equal(np.bincount(labels[kept], minlength=3), class_quotas(np.bincount(labels), 180))
+    for c in range(3):  # each class's int(beta * n_c) lowest are cut inside the class
+        rows = np.flatnonzero(labels == c)
+        cut = rows[np.argsort(aum[rows])[: int(0.1 * len(rows))]]
+        assert not set(cut) & set(kept)
+
+
+def test_budget_rules_round_as_each_reference_code_on_its_edge_cases():
+    from kdprune.budgets import BUDGET_RULES
+    from kdprune.scores import SCORES
+    from kdprune.selection import CCS
+    assert CCS.budget == "floor" and SCORES.get("moderate_ds").budget == "median_band"
+    assert SAMPLERS.get("rs2").budget == "round"
+    # CCS: coreset_num = int(args.coreset_ratio * total_num), no tolerance
+    assert BUDGET_RULES["floor"](90, 0.7) == int(0.7 * 90) == 62
+    labels = np.arange(90) % 3
+    assert len(select("ccs", np.arange(90), labels, np.linspace(0, 1, 90), 0.7, k=5)) == 62
+    # Moderate-DS: the band [round(N * 0.45), round(N * 0.55)) with Python's round
+    assert BUDGET_RULES["median_band"](1295, 0.1) == round(1295 * 0.55) - round(1295 * 0.45) == 129
+    # RS2: coreset_size = round(n_train * fraction), half to even
+    assert BUDGET_RULES["round"](1295, 0.3) == round(1295 * 0.3) == 388
+    s = make_sampler("rs2", 1295, epochs=3, seed=0, ratio=0.3)
+    assert [len(s.epoch_positions(e)) for e in (1, 2, 3)] == [388] * 3
+    assert SAMPLERS.get("rs2").epoch_size(1295, ratio=0.3) == 388
+    # the DeepCore-family rule stays round half up (README "Budgets": every such method keeps the same count)
+    assert BUDGET_RULES["round_half_up"](1295, 0.3) == 389
+    # and each rule agrees with its reference expression everywhere on a grid (at least 1)
+    for n in range(1, 1400, 7):
+        for f in (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0):
+            assert BUDGET_RULES["floor"](n, f) == max(1, int(f * n))
+            assert BUDGET_RULES["round"](n, f) == max(1, round(f * n))
+            assert BUDGET_RULES["median_band"](n, f) == max(1, round(n * (0.5 + f / 2)) - round(n * (0.5 - f / 2)))

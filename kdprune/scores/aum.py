@@ -16,7 +16,7 @@ def margins(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 @register_score(
-    "aum",
+    "aum", balance="class", budget="round_half_up",
     keep="low",
     hard="low",
     variant="teacher training-pass dynamics; variant='logit' (paper, default: logit margin averaged over "
@@ -33,6 +33,8 @@ def aum(ctx: ScoreContext, variant: str = "logit") -> np.ndarray:
     ``variant="prob"`` is the coverage-centric coreset selection code (Zheng et al. 2023): the same
     margin on softmax probabilities, summed (not averaged) over epochs. Low AUM = hard (very
     negative flags likely mislabels); the usual recipe keeps low, CCS first drops the lowest.
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     if variant not in VARIANTS:
         raise ValueError(f"aum variant must be one of {VARIANTS}, got {variant!r}")
@@ -43,7 +45,7 @@ def aum(ctx: ScoreContext, variant: str = "logit") -> np.ndarray:
 
 
 @register_score(
-    "aum_prob",
+    "aum_prob", balance="class", budget="round_half_up",
     keep="low",
     hard="low",
     variant="the CCS code's AUM: softmax-probability margin summed over the teacher's training epochs "
@@ -56,5 +58,7 @@ def aum_prob(ctx: ScoreContext) -> np.ndarray:
 
     Zheng et al. (2023), reference code ``accumulated_margin`` (from Pleiss et al. 2020). Registered
     under its own name because CCS needs it for its mislabel cut whatever score it stratifies.
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     return aum(ctx, variant="prob")

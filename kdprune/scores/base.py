@@ -20,6 +20,11 @@ needs to know about it, so adding a score is one module:
 - ``seeded``: the values depend on ``ctx.seed`` (one score file per seed in ``scores.seeds``).
 - ``check``: an optional cross-key rule ``(resolved options, params) -> error text or None``,
   run by params validation before any compute (e.g. EL2N's epoch within the teacher's epochs).
+- ``balance``: the balance its published code selects with, ``"class"`` (per class, budgets in
+  proportion to class sizes: DeepCore, the KD paper's framework, for every method it runs) or
+  ``"global"`` (over the whole pool: the Moderate-DS code's band); what ``select.balance: auto`` runs.
+- ``budget``: how a kept fraction becomes a count (a rule of :data:`kdprune.budgets.BUDGET_RULES`),
+  the reference code's where kdprune follows it (Moderate-DS: ``median_band``), else ``round_half_up``.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from kdprune.budgets import balance_error, budget_rule_error
 from kdprune.options import Option, resolve_options
 from kdprune.registry import Registry
 
@@ -81,6 +87,8 @@ class ScoreSpec:
     options: dict[str, Option] = field(default_factory=dict)  # function options, then input options
     input_options: tuple[str, ...] = field(default_factory=tuple)  # names among ``options`` the task layer reads
     check: Optional[Callable[[dict, dict], Optional[str]]] = None
+    balance: str = "class"  # the balance its published code uses: "class" or "global"
+    budget: str = "round_half_up"  # its budget rule (kdprune.budgets.BUDGET_RULES)
 
     @property
     def definition(self) -> str:
@@ -132,8 +140,12 @@ def _check_signature(name: str, fn: Callable, options: dict[str, Option]) -> Non
 def register_score(name: str, *, keep: Optional[str], hard: Optional[str], variant: str, needs: Sequence[str] = (),
                    prefers: Sequence[str] = (), seeded: bool = False, options: Optional[dict[str, Option]] = None,
                    input_options: Optional[dict[str, Option]] = None,
-                   check: Optional[Callable[[dict, dict], Optional[str]]] = None):
+                   check: Optional[Callable[[dict, dict], Optional[str]]] = None, balance: str = "class",
+                   budget: str = "round_half_up"):
     """Register a score (see the module docstring for what each argument declares)."""
+    for msg in (balance_error(balance), budget_rule_error(budget)):
+        if msg:
+            raise ValueError(f"score {name!r}: {msg}")
     for what, end in (("keep", keep), ("hard", hard)):
         if end not in ENDS:
             raise ValueError(f"score {name!r}: {what} must be 'high', 'low' or None, got {end!r}")
@@ -147,7 +159,7 @@ def register_score(name: str, *, keep: Optional[str], hard: Optional[str], varia
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         _check_signature(name, fn, fn_opts)
         SCORES.register(name)(ScoreSpec(name, fn, keep, hard, variant, tuple(needs), tuple(prefers), seeded,
-                                        {**fn_opts, **in_opts}, tuple(in_opts), check))
+                                        {**fn_opts, **in_opts}, tuple(in_opts), check, balance, budget))
         return fn
 
     return deco

@@ -18,7 +18,7 @@ def windowed_std(series: np.ndarray, window: int, ddof: int = 0) -> np.ndarray:
 
 
 @register_score(
-    "dynamic_uncertainty",
+    "dynamic_uncertainty", balance="class", budget="round_half_up",
     keep="high",
     hard="high",
     variant="teacher training-pass dynamics; window 10 (whole run if fewer epochs); population std "
@@ -35,6 +35,8 @@ def dynamic_uncertainty(ctx: ScoreContext, window: int = 10, ddof: int = 0) -> n
     average over the E - J + 1 windows. If E < window the whole run is one window. ``ddof=1`` gives
     the sample std; with equal-length windows it only rescales, so the ranking is the same.
     High = hard; the usual recipe keeps high.
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     if window < 1:
         raise ValueError(f"dynamic_uncertainty window must be >= 1, got {window}")

@@ -5,7 +5,7 @@ from kdprune.scores.base import ScoreContext, register_score, softmax
 
 
 @register_score(
-    "el2n",
+    "el2n", balance="class", budget="round_half_up",
     keep="high",
     hard="high",
     variant="teacher dynamics: one run's training-pass logits at epoch `el2n_epoch` (1-based), no seed averaging",
@@ -20,6 +20,8 @@ def el2n(ctx: ScoreContext, epoch: int) -> np.ndarray:
     Computed from the logits recorded for each example during the teacher's training epoch
     ``epoch`` (1-based). The paper averages over ~10 independently initialised short runs; this
     variant uses the single teacher run. High EL2N = hard example; the usual recipe keeps high.
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     dyn = ctx.dynamics
     if not 1 <= epoch <= dyn.shape[0]:

@@ -5,7 +5,7 @@ from kdprune.scores.base import ScoreContext, register_score, softmax
 
 
 @register_score(
-    "el2n_proxy",
+    "el2n_proxy", balance="class", budget="round_half_up",
     keep="high",
     hard="high",
     variant="paper / data_diet code: mean over independently initialised proxies of the error norm of a clean "
@@ -26,6 +26,8 @@ def el2n_proxy(ctx: ScoreContext) -> np.ndarray:
     scored in eval mode on clean data, averaged over ~10 independently initialised models. Reads
     ``ctx.proxy_logits``: one [N, C] array per proxy, its logits at the read epoch. High = hard;
     the usual recipe keeps high. ``el2n`` is the single-teacher, training-pass variant.
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     runs = list(ctx.proxy_logits)
     if not runs:

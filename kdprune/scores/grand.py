@@ -175,7 +175,7 @@ def _score(ctx: ScoreContext, batch_size: int, last_layer: bool) -> np.ndarray:
 
 
 @register_score(
-    "grand",
+    "grand", balance="class", budget="round_half_up",
     keep="high",
     hard="high",
     variant="paper: gradient w.r.t. all parameters, models in eval mode, mean over proxy models",
@@ -191,12 +191,14 @@ def grand(ctx: ScoreContext, batch_size: int = 128) -> np.ndarray:
     Paul et al. (2021), "Deep Learning on a Data Diet": at or near initialisation, averaged over
     independently initialised models (``ctx.proxy_models``) on ``ctx.inputs`` (normalised, [N, C, H, W]).
     All parameters; each model in eval mode (BatchNorm on running statistics). High = hard; keep high.
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     return _score(ctx, batch_size, last_layer=False)
 
 
 @register_score(
-    "grand_last_layer",
+    "grand_last_layer", balance="class", budget="round_half_up",
     keep="high",
     variant="DeepCore: gradient w.r.t. the final linear layer (model.head) only, closed form, models in "
     "eval mode, mean over proxy models",
@@ -212,5 +214,7 @@ def grand_last_layer(ctx: ScoreContext, batch_size: int = 1024) -> np.ndarray:
 
     The DeepCore variant of Paul et al. (2021): the gradient w.r.t. the final linear layer only,
     with h the penultimate features and p the softmax; each model in eval mode. High = hard; keep high.
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     return _score(ctx, batch_size, last_layer=True)

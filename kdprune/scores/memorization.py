@@ -20,7 +20,7 @@ def memorization_estimate(masks: np.ndarray, correct: np.ndarray) -> np.ndarray:
 
 
 @register_score(
-    "memorization",
+    "memorization", balance="class", budget="round_half_up",
     keep="high",
     hard="high",
     variant="subsample estimator from M models on random subsets; 0 for examples never in or never out",
@@ -35,6 +35,8 @@ def memorization(ctx: ScoreContext) -> np.ndarray:
     subset or in none has no estimate and scores 0. Cost: M full trainings (the original used
     thousands of 70% subsets per dataset); the estimate's noise shrinks like 1/sqrt(M).
     High = memorised (atypical or mislabelled); the usual recipe keeps high.
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     masks = np.asarray(ctx.memo_masks)
     if masks.ndim != 2 or masks.shape[1] != len(ctx.ids):

@@ -17,7 +17,7 @@ def median_distances(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 @register_score(
-    "moderate_ds",
+    "moderate_ds", balance="global", budget="median_band",
     keep="high",
     hard="low",  # the far end of the band: distances furthest from the median
     variant="score = -|rank(d) - (N-1)/2| over all examples (variant='global_rank', default: the published "
@@ -34,10 +34,16 @@ def moderate_ds(ctx: ScoreContext, variant: str = "global_rank") -> np.ndarray:
     median of class c's features (``ctx.embeddings``). The recipe keeps the examples whose d is
     nearest the median distance, so the score is the NEGATED closeness: ``variant="global_rank"``
     (default) follows the published code, which keeps a band of ranks around the middle of all
-    examples' sorted d (globally, not per class): -|rank(d) - (N-1)/2| (ties by position; equal
-    to the code's band up to rounding at its edges); ``variant="class"`` scores
+    examples' sorted d (globally, not per class): -|rank(d) - (N-1)/2| (ties by position). With
+    its budget rule the kept count is the code's band size; the kept ranks are the code's band
+    wherever that band is centred on the middle rank, and one rank off at one edge (taken at
+    random between the two tied ranks) where its half-to-even rounding shifts it; ``variant="class"`` scores
     -|d - median(d over the class)|, a per-class band.
     Either way, keep high = nearest the median distance.
+    Selection: over the whole pool by default (``balance="global"``: the published code keeps one band
+    of distance ranks across all classes), budget ``median_band``: the band is
+    ``[round(N * (0.5 - f/2)), round(N * (0.5 + f/2)))`` as its ``get_prune_idx`` (Python's round, half to
+    even: 129 kept at N = 1295, f = 0.1, not 130).
     """
     if variant not in VARIANTS:
         raise ValueError(f"moderate_ds variant must be one of {VARIANTS}, got {variant!r}")

@@ -19,7 +19,7 @@ def _embeddings(ctx: ScoreContext, normalize: bool) -> np.ndarray:
 
 
 @register_score(
-    "prototypes",
+    "prototypes", balance="class", budget="round_half_up",
     keep="high",
     hard="high",
     variant="k-means (k = num_classes unless given, k-means++ seeded by scores.seed) on L2-normalised "
@@ -38,6 +38,8 @@ def prototypes(ctx: ScoreContext, k: int = 0, normalize: bool = True, max_iter: 
     distance to the nearest centroid, on L2-normalised embeddings by default (``normalize``).
     Far from every prototype = hard. Keep high (hard) when data is abundant; when data is scarce
     the paper finds keeping easy (low) examples is better.
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     x = _embeddings(ctx, normalize)
     centroids, _ = kmeans(x, k or ctx.num_classes, ctx.seed, max_iter, tol)
@@ -45,7 +47,7 @@ def prototypes(ctx: ScoreContext, k: int = 0, normalize: bool = True, max_iter: 
 
 
 @register_score(
-    "prototypes_supervised",
+    "prototypes_supervised", balance="class", budget="round_half_up",
     keep="high",
     hard="high",
     variant="per class: distance to the class mean (k-means with k=1) of L2-normalised embeddings; "
@@ -65,6 +67,8 @@ def prototypes_supervised(ctx: ScoreContext, clusters_per_class: int = 1, normal
     (default) k-means is exact: the prototype is the class mean. With ``clusters_per_class`` > 1,
     k-means inside each class (seeded by scores.seed and the class) and the distance to the nearest
     centroid of the example's own class. Keep high (hard) when data is abundant, low when scarce.
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     x = _embeddings(ctx, normalize)
     out = np.zeros(len(x))

@@ -17,33 +17,42 @@ def final_probs(ctx: ScoreContext) -> np.ndarray:
     return softmax(np.asarray(logits, dtype=np.float64))
 
 
-@register_score("entropy", keep="high", hard="high", variant=f"natural log; {_SOURCE}", prefers=("final_logits",))
+@register_score("entropy", balance="class", budget="round_half_up",
+                keep="high", hard="high", variant=f"natural log; {_SOURCE}", prefers=("final_logits",))
 def entropy(ctx: ScoreContext) -> np.ndarray:
     """Entropy of the predicted distribution, -sum_c p_c log p_c (natural log).
 
     Uncertainty sampling (Lewis & Gale 1994; as a pruning score in Coleman et al. 2020, "Selection
     via Proxy", and DeepCore). High = uncertain = hard; the usual recipe keeps high.
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     p = final_probs(ctx)
     return -(p * np.log(np.clip(p, 1e-300, None))).sum(axis=1)
 
 
-@register_score("least_confidence", keep="high", hard="high", variant=_SOURCE, prefers=("final_logits",))
+@register_score("least_confidence", balance="class", budget="round_half_up",
+                keep="high", hard="high", variant=_SOURCE, prefers=("final_logits",))
 def least_confidence(ctx: ScoreContext) -> np.ndarray:
     """Least confidence: 1 - max_c p_c.
 
     Coleman et al. (2020), DeepCore. High = uncertain = hard; the usual recipe keeps high.
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     return 1.0 - final_probs(ctx).max(axis=1)
 
 
-@register_score("margin", keep="low", hard="low", variant=f"top-1 minus top-2 probability; {_SOURCE}",
+@register_score("margin", balance="class", budget="round_half_up",
+                keep="low", hard="low", variant=f"top-1 minus top-2 probability; {_SOURCE}",
                 prefers=("final_logits",))
 def margin(ctx: ScoreContext) -> np.ndarray:
     """Margin: p_top1 - p_top2, the gap between the two most probable classes (label not used).
 
     Coleman et al. (2020), DeepCore. A SMALL margin means uncertain = hard, so the usual recipe
     keeps LOW scores (unlike entropy and least confidence, which keep high).
+    Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
+    every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     top2 = np.sort(final_probs(ctx), axis=1)[:, -2:]
     return top2[:, 1] - top2[:, 0]

@@ -11,19 +11,26 @@ High Pruning Rates", ICLR 2023; reference code github.com/haizhongzheng/Coverage
    [min, max * 1.0001]: stratum ``i`` holds scores in [min + i*w, min + (i+1)*w), w = (max*1.0001 - min) / k
    (the reference's top edge; where max <= 0 that edge would leave the maximum out of every
    stratum, and the last stratum takes it instead).
-3. The budget is ``int(fraction * N)`` (the reference's rounding: down, unlike the other selectors'
-   round-half-up ``budget``), allocated with ``ccs_allocation`` (smallest stratum first, each gets
-   min(size, remaining budget // remaining strata)).
+3. The budget is ``int(fraction * N)`` (budget rule ``floor``, the reference's ``coreset_num =
+   int(args.coreset_ratio * total_num)``, with no tolerance: N = 90, f = 0.7 gives 62 as
+   0.7 * 90 = 62.99999999999999; unlike the round-half-up ``budget`` of the DeepCore-family scores),
+   allocated with ``ccs_allocation`` (smallest stratum first, each gets min(size, remaining budget //
+   remaining strata)). The cut is ``int(beta * N)`` likewise (the code's ``mis_num = int(mis_ratio * total_num)``).
 4. Sample uniformly at random inside each stratum with ``np.random.default_rng(seed)``.
+
+Balance: the code selects over the whole pool (registration ``balance="global"``: what
+``select.balance: auto`` runs). Per class (``select.balance: true`` or ``ccs:balanced``) the budget
+``int(fraction * N)`` is split across classes by ``class_quotas`` and steps 1-4 run inside each class,
+with a cut of ``int(beta * N_c)`` and the class's own strata, classes in label order on one random stream.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from kdprune.options import Option
-from kdprune.selection.static import budget, declare_options, register_selector, tie_ranks
+from kdprune.budgets import budget_floor
+from kdprune.selection.static import class_quotas, declare_options, register_selector, tie_ranks
 
-_EPS = 1e-9  # guards floor(beta * N) against float error, e.g. 0.29 * 100 = 28.999999999999996
 
 
 def ccs_allocation(stratum_sizes, total: int) -> np.ndarray:
@@ -112,24 +119,26 @@ CCS = declare_options("ccs", {
                    "beta], ...] linear between its points and constant beyond them (ccs_beta_at)",
                    validate=beta_error),
     "strata": Option(int, 50, "number of equal-width strata (k)", low=1),
-}, check=_cut_fits)
+}, check=_cut_fits, balance="global", budget="floor")
 
 
 def ccs_budget(n: int, fraction: float) -> int:
-    """The reference's coreset size: ``int(fraction * N)`` (at least 1)."""
-    return max(1, int(fraction * n + _EPS))
+    """The reference's coreset size: ``int(fraction * N)`` (at least 1), no tolerance: N = 90, f = 0.7 -> 62."""
+    return budget_floor(n, fraction)
 
 
 @register_selector("ccs")
-def ccs(ids, labels, scores, fraction, seed, beta: float = 0.0, k: int = 50, cut_scores=None, cut_end: str = "low"):
+def ccs(ids, labels, scores, fraction, seed, beta: float = 0.0, k: int = 50, cut_scores=None, cut_end: str = "low",
+        balance: bool = False):
     """Coverage-centric coreset selection (see the module docstring for the recipe).
 
     ``scores``: the stratified score. ``cut_scores``: the score whose ``int(beta * N)`` hardest
     examples are cut first (the code's AUM, ``aum_prob``; None: ``scores`` themselves).
     ``cut_end``: where the hard examples of the cut score are, ``"low"`` (AUM) or ``"high"`` (EL2N,
     forgetting): the registration's ``hard``, which differs from its keep end for Moderate-DS.
-    ``beta`` in [0, 1): the share cut. ``k``: number of strata. The budget ``int(fraction * N)``
-    must fit in what the cut leaves; otherwise a ValueError names beta and fraction. Returns sorted ids.
+    ``beta`` in [0, 1): the share cut. ``k``: number of strata. ``balance``: per class (False: over the
+    whole pool, as the code). The budget ``int(fraction * N)`` must fit in what the cut leaves;
+    otherwise a ValueError names beta and fraction. Returns sorted ids.
     """
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"ccs beta (share dropped as hardest) must be in [0, 1), got {beta}")
@@ -144,22 +153,35 @@ def ccs(ids, labels, scores, fraction, seed, beta: float = 0.0, k: int = 50, cut
         raise ValueError("ccs cut_scores must be finite, one per example")
     n = len(ids)
     want = ccs_budget(n, fraction)
-    cut = int(np.floor(beta * n + _EPS))
+    rng = np.random.default_rng(seed)
+    if not balance:
+        return np.sort(_ccs_pool(ids, scores, cut_scores, want, int(beta * n), int(k), cut_end, seed, rng, fraction, beta))
+    labels = np.asarray(labels)
+    classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    quotas = class_quotas(sizes, want)
+    kept = [_ccs_pool(ids[inverse == c], scores[inverse == c], cut_scores[inverse == c], int(quotas[c]),
+                      int(beta * sizes[c]), int(k), cut_end, seed, rng, fraction, beta)
+            for c in range(len(classes)) if quotas[c] > 0]
+    return np.sort(np.concatenate(kept))
+
+
+def _ccs_pool(ids, scores, cut_scores, want: int, cut: int, k: int, cut_end: str, seed: int, rng, fraction, beta):
+    """Steps 1-4 on one pool (the whole data, or one class): cut ``cut`` hardest, ``want`` kept over k strata."""
+    n = len(ids)
     if want > n - cut:
         raise ValueError(f"ccs: budget {want} (fraction {fraction} of {n}) exceeds the {n - cut} examples left "
-                         f"after dropping floor(beta * N) = {cut} hardest (beta {beta}); lower beta or fraction")
+                         f"after dropping int(beta * N) = {cut} hardest (beta {beta}); lower beta or fraction")
     # hardest first (lowest, or highest for cut_end "high"), ties in the seeded random order; keep the rest
     order = np.lexsort((tie_ranks(ids, seed), cut_scores if cut_end == "low" else -cut_scores))
     rest = order[cut:]
     rest = rest[np.argsort(ids[rest], kind="stable")]  # id order, so the random draws are input-order free
-    strata = ccs_strata(scores[rest], int(k))
-    sizes = np.bincount(strata, minlength=int(k))
+    strata = ccs_strata(scores[rest], k)
+    sizes = np.bincount(strata, minlength=k)
     counts = ccs_allocation(sizes, want)
-    rng = np.random.default_rng(seed)
     kept = []
-    for s in range(int(k)):
+    for s in range(k):
         if counts[s] == 0:
             continue
         pool = ids[rest[strata == s]]
         kept.append(pool[rng.permutation(len(pool))[: counts[s]]])
-    return np.sort(np.concatenate(kept))
+    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)

@@ -1,17 +1,22 @@
 """What a name in ``select.methods`` means: which score, which selector or per-epoch sampler.
 
     <score>            keep the end the score's recipe keeps (``keep`` of its registration),
-                       class-balanced when ``select.balance`` is true (the default, as DeepCore:
-                       per-class budgets proportional to class sizes), else over the whole pool;
-                       a score with no keep end (``random``) keeps a uniform random subset
-                       (per class when balanced)
+                       balanced as ``select.balance`` says: ``auto`` (the default) as the score's
+                       registration declares its published code does (``balance``: "class", per-class
+                       budgets proportional to class sizes, as DeepCore for every method it runs;
+                       "global", over the whole pool, as the Moderate-DS code), ``true`` per class,
+                       ``false`` over the whole pool; a score with no keep end (``random``) keeps a
+                       uniform random subset (per class when balanced). The count kept is the
+                       registration's budget rule (``budget``, kdprune/budgets.py)
     <score>:high|low   keep that end explicitly (balanced as ``select.balance`` says)
     <score>:balanced   class-balanced at the recipe's end, whatever ``select.balance`` says
     <score>:global     over the whole pool at the recipe's end, whatever ``select.balance`` says
     ccs                coverage-centric selection (Zheng et al. 2023) on ``select.ccs.score``
                        (the CCS code's AUM, ``aum_prob``, by default): the beta hardest by
                        ``aum_prob`` cut (its registration's ``hard`` end, low), k equal-width strata;
-                       options under ``select.ccs`` (kdprune/selection/ccs.py: score, beta, strata)
+                       options under ``select.ccs`` (kdprune/selection/ccs.py: score, beta, strata);
+                       over the whole pool under ``auto`` (its code's), per class with
+                       ``select.balance: true`` or ``ccs:balanced`` (``ccs:global`` as ``auto``)
     <sampler>          a registered per-epoch sampler (kdprune/selection/samplers.py), options
                        under ``select.<name>``: rs2, a fresh random subset each epoch without
                        replacement across epochs (Okanovic et al. 2024; the kept fraction is the
@@ -30,12 +35,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from kdprune.budgets import BUDGET_RULES
 from kdprune.scores import SCORES
 from kdprune.selection.ccs import CCS
 from kdprune.selection.joint import JOINT
 from kdprune.selection.samplers import SAMPLERS
 
 MODES = ("high", "low", "balanced", "global")
+BALANCE_SETTINGS = ("auto", True, False)  # select.balance: as the method's code, per class, over the whole pool
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,8 @@ class Method:
     cut_score: Optional[str] = None  # a second score the selection reads (CCS's mislabel cut), or None
     cut_end: Optional[str] = None  # the end of ``cut_score`` that is cut: its registration's hard end
     joint: Optional[str] = None  # joint selector name (kdprune.selection.joint), or None
+    balanced: bool = False  # budget split across classes in proportion to their sizes (static methods)
+    budget: str = "round_half_up"  # how the kept fraction becomes a count (kdprune.budgets.BUDGET_RULES)
 
     @property
     def stochastic(self) -> bool:
@@ -56,10 +65,9 @@ class Method:
         seeded_score = self.score is not None and SCORES.get(self.score).seeded
         return seeded_score or self.selector == "ccs" or self.sampler is not None
 
-    @property
-    def balanced(self) -> bool:
-        """Whether the budget is split across classes in proportion to their sizes."""
-        return bool(self.selector and self.selector.startswith("class_balanced"))
+    def size(self, n: int, fraction: float) -> int:
+        """How many of ``n`` examples it keeps at ``fraction``: its registration's budget rule."""
+        return BUDGET_RULES[self.budget](n, fraction)
 
     @property
     def file_stem(self) -> str:
@@ -67,7 +75,8 @@ class Method:
 
 
 def valid_names() -> list[str]:
-    return [*SCORES.names(), *(f"<score>:{m}" for m in MODES), "ccs", *SAMPLERS.names(), *JOINT.names()]
+    return [*SCORES.names(), *(f"<score>:{m}" for m in MODES), "ccs", "ccs:balanced", "ccs:global", *SAMPLERS.names(),
+            *JOINT.names()]
 
 
 CCS_CUT_SCORE = "aum_prob"  # the CCS code cuts its lowest accumulated probability margin, whatever it stratifies
@@ -87,11 +96,22 @@ def method_from_params(label: str, select: dict) -> Method:
     return parse_method(label, CCS.resolve(select.get("ccs"))["score"], select["balance"])
 
 
-def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE, balance: bool = True) -> Method:
-    """Interpret one ``select.methods`` entry (``balance``: ``select.balance``); unknown names raise
-    ValueError listing the valid ones."""
-    if label == "ccs":
-        return Method(label, ccs_score, "ccs", None, cut_score=CCS_CUT_SCORE, cut_end=hard_end(CCS_CUT_SCORE))
+def _balanced(mode: str, balance, declared: str) -> bool:
+    """Per class or not: an explicit ``:balanced`` / ``:global`` first, then ``select.balance`` (true / false),
+    and under ``auto`` the balance the method's registration declares its code uses."""
+    if not (balance == "auto" or isinstance(balance, bool)):
+        raise ValueError(f"select.balance must be auto, true or false, got {balance!r}")
+    if mode in ("balanced", "global"):
+        return mode == "balanced"
+    return declared == "class" if balance == "auto" else bool(balance)
+
+
+def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE, balance="auto") -> Method:
+    """Interpret one ``select.methods`` entry (``balance``: ``select.balance``, ``auto``, true or false);
+    unknown names raise ValueError listing the valid ones."""
+    if label.partition(":")[0] == "ccs" and label.partition(":")[2] in ("", "balanced", "global"):
+        return Method(label, ccs_score, "ccs", None, cut_score=CCS_CUT_SCORE, cut_end=hard_end(CCS_CUT_SCORE),
+                      balanced=_balanced(label.partition(":")[2], balance, CCS.balance), budget=CCS.budget)
     if label in SAMPLERS:
         return Method(label, None, None, label)
     if label in JOINT and label not in SCORES:
@@ -99,13 +119,16 @@ def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE, balance: bool = Tru
     score, _, mode = label.partition(":")
     if score not in SCORES or (mode and mode not in MODES):
         raise ValueError(f"unknown selection method {label!r}; valid: {', '.join(valid_names())}")
-    keep = SCORES.get(score).keep
-    balanced = mode == "balanced" or (mode != "global" and balance)
+    spec = SCORES.get(score)
+    keep = spec.keep
+    balanced = _balanced(mode, balance, spec.balance)
     if keep is None:  # no direction (random): uniform draws
         if mode in ("high", "low"):
             raise ValueError(f"{score} takes no ':high' or ':low' (it keeps a uniform subset); "
                              "':balanced' or ':global' choose a per-class or a whole-pool draw")
         # the top-k of uniform draws is a uniform subset; per class, a class-stratified uniform subset
-        return Method(label, score, "class_balanced_high" if balanced else "keep_high", None)
+        return Method(label, score, "class_balanced_high" if balanced else "keep_high", None, balanced=balanced,
+                      budget=spec.budget)
     end = mode if mode in ("high", "low") else (keep or "high")
-    return Method(label, score, f"class_balanced_{end}" if balanced else f"keep_{end}", None)
+    return Method(label, score, f"class_balanced_{end}" if balanced else f"keep_{end}", None, balanced=balanced,
+                  budget=spec.budget)

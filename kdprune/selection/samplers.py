@@ -36,7 +36,7 @@ import numpy as np
 
 from kdprune.options import Option, resolve_options
 from kdprune.registry import Registry
-from kdprune.selection.static import budget
+from kdprune.budgets import BUDGET_RULES
 
 SAMPLERS: Registry[type] = Registry("sampler")
 register_sampler = SAMPLERS.register
@@ -134,9 +134,11 @@ class Sampler:
 @register_sampler("rs2")
 class RS2Sampler(Sampler):
     """RS2 without replacement (Okanovic et al. 2024, "Repeated Random Sampling for Minimizing the
-    Time-to-Accuracy of Learning"): every epoch a fresh random subset of ``budget(n, ratio)``
-    positions (round half up, at least 1: the same count a static selector keeps at that
-    fraction), taken as the next chunk of a shuffled permutation. No scoring cost; ``update``
+    Time-to-Accuracy of Learning"; reference code github.com/PatrikOkanovic/RS2,
+    ``UniformNoReplacement``): every epoch a fresh random subset of ``round(ratio * n)`` positions
+    (budget rule ``round``: Python's round, half to even, at least 1, as its ``coreset_size =
+    round(self.n_train * fraction)``: 388 at n = 1295, ratio 0.3, where the static selectors' round half
+    up keeps 389), taken as the next chunk of a shuffled permutation. No scoring cost; ``update``
     is a no-op and the weights are None.
 
     Pass ``j`` walks permutation P_j, drawn from ``default_rng([seed, j])``. When fewer than a
@@ -150,16 +152,18 @@ class RS2Sampler(Sampler):
     name = "rs2"
     fraction_option = "ratio"  # the kept fraction is the share of the data each epoch draws
 
+    budget = "round"  # its budget rule (kdprune.budgets.BUDGET_RULES): the reference's round(n * fraction)
+
     @classmethod
     def epoch_size(cls, n: int, ratio: float, **_) -> int:
-        return budget(n, ratio)
+        return BUDGET_RULES[cls.budget](n, ratio)
 
     def __init__(self, n: int, epochs: int, seed: int = 0, ratio: float | None = None):
         super().__init__(n, epochs, seed)
         if ratio is None or not 0.0 < float(ratio) <= 1.0:
             raise ValueError(f"rs2: ratio (share of the data per epoch) must be in (0, 1], got {ratio!r}")
         self.ratio = float(ratio)
-        self.chunk = budget(self.n, self.ratio)
+        self.chunk = self.epoch_size(self.n, self.ratio)
         self._pass = 0
         self._perm = self._permutation(0)
         self._cursor = 0
@@ -198,20 +202,28 @@ class RS2Sampler(Sampler):
 @register_sampler("infobatch")
 class InfoBatchSampler(Sampler):
     """InfoBatch (Qin et al., ICLR 2024, "InfoBatch: Lossless Training Speed Up by Unbiased Dynamic
-    Data Pruning"; reference code github.com/NUS-HPC-AI-Lab/InfoBatch).
+    Data Pruning"; reference code github.com/NUS-HPC-AI-Lab/InfoBatch, ``infobatch/infobatch.py``).
 
-    Options: ``prune_ratio`` r in [0, 1) (default 0.5), ``delta`` in [0, 1] (default 0.875).
-    For epoch e <= floor(delta * epochs) + 1 (1-based), and once losses have been recorded: the "well-learned"
+    Options: ``prune_ratio`` r in [0, 0.9] (default 0.5), ``delta`` in (0, 1] (default 0.875).
+    For 1-based epoch k <= delta * epochs, and once losses have been recorded: the "well-learned"
     positions are those whose last recorded loss is strictly below the mean of all recorded
-    losses; ``floor((1 - r) * count)`` of them are kept, chosen uniformly at random with
-    ``default_rng([seed, epoch])`` (as the reference code's ``int(keep_ratio * len)``), the rest
-    are dropped for this epoch. Kept well-learned positions get loss weight 1/(1 - r), all
-    other returned positions 1 (rescaling keeps the expected gradient unbiased). Positions never
-    recorded are never well-learned (always kept, weight 1) and do not enter the mean.
-    Before any loss is recorded (epoch 1) and for epochs after floor(delta * epochs) + 1: all n
-    positions, weights None (= all 1). The last pruned epoch is the reference code's: its sampler
-    prunes while the 0-based epoch index is <= delta * epochs, i.e. one epoch later than
-    floor(delta * epochs) (with 8 epochs and delta 0.875 every epoch prunes).
+    losses; ``int((1 - r) * count)`` of them are kept (rounded down, as the reference's
+    ``int(keep_ratio * len(well_learned_indices))``: 0.7 * 90 -> 62), chosen uniformly at random
+    with ``default_rng([seed, epoch])``, the rest are dropped for this epoch. Kept well-learned
+    positions get loss weight 1/(1 - r), all other returned positions 1 (rescaling keeps the
+    expected gradient unbiased). Positions never recorded are never well-learned (always kept,
+    weight 1) and do not enter the mean. Before any loss is recorded (epoch 1) and for epochs
+    k > delta * epochs: all n positions, weights None (= all 1).
+
+    The last pruned epoch is the reference code's, ``floor(delta * epochs)`` (1-based; the product
+    compared in floating point as the code does, no tolerance): its ``IBSampler`` constructor calls
+    ``reset()`` once (counter 0 -> 1) and each epoch's ``__iter__`` calls it again, so the epoch
+    with 0-based index e runs with counter e + 1 and prunes while e + 1 <= delta * epochs
+    (8 epochs, delta 0.875: epochs 1-7 prune, 8 is full; 5 epochs, delta 0.3: none prunes).
+
+    Budget rule: the kept count of the well-learned floors, ``int((1 - r) * count)``, no tolerance.
+    r above 0.9 is refused: the reference clamps its kept share at 0.1
+    (``keep_ratio = max(0.1, 1 - prune_ratio)``), so r > 0.9 would silently act as 0.9 there.
 
     ``update(epoch, positions, losses)`` stores each position's loss (the unweighted per-sample
     training loss, as in the reference code); positions not trained in an epoch keep their
@@ -219,19 +231,26 @@ class InfoBatchSampler(Sampler):
     """
 
     name = "infobatch"
-    options = {"prune_ratio": Option(float, 0.5, "share of the below-mean-loss examples dropped each epoch",
-                                     low=0.0, high=1.0, high_open=True),
-               "delta": Option(float, 0.875, "prunes through epoch floor(delta * epochs) + 1 (as its code), then "
-                                             "full data", low=0.0, high=1.0, low_open=True)}
+    MAX_PRUNE_RATIO = 0.9  # the reference clamps its kept share at 0.1: r above this would act as 0.9 there
+    options = {"prune_ratio": Option(float, 0.5, "share of the below-mean-loss examples dropped each epoch; at most "
+                                     "0.9 (the reference code clamps the kept share at 0.1)",
+                                     low=0.0, high=MAX_PRUNE_RATIO),
+               "delta": Option(float, 0.875, "prunes epochs 1..floor(delta * epochs) (as its code), then full data",
+                               low=0.0, high=1.0, low_open=True)}
 
     def __init__(self, n: int, epochs: int, seed: int = 0, prune_ratio: float = 0.5, delta: float = 0.875):
         super().__init__(n, epochs, seed)
-        if not 0.0 <= float(prune_ratio) < 1.0:
-            raise ValueError(f"infobatch: prune_ratio must be in [0, 1), got {prune_ratio!r}")
+        if not 0.0 <= float(prune_ratio) <= self.MAX_PRUNE_RATIO:
+            raise ValueError(f"infobatch: prune_ratio must be in [0, {self.MAX_PRUNE_RATIO}], got {prune_ratio!r} (the "
+                             f"reference code keeps at least a share 0.1 of the well-learned examples: above "
+                             f"{self.MAX_PRUNE_RATIO} it would silently act as {self.MAX_PRUNE_RATIO})")
         if not 0.0 <= float(delta) <= 1.0:
             raise ValueError(f"infobatch: delta must be in [0, 1], got {delta!r}")
         self.prune_ratio, self.delta = float(prune_ratio), float(delta)
-        self.stop_epoch = int(np.floor(self.delta * self.epochs + 1e-9)) + 1  # last epoch that prunes (1-based)
+        # last epoch that prunes (1-based): the largest k with k <= delta * epochs, compared in floating point as the
+        # reference's ``iterations > stop_prune`` is (0.29 * 100 = 28.999999999999996: epoch 28)
+        self.stop_epoch = max((k for k in range(1, self.epochs + 1) if k <= self.delta * self.epochs), default=0)
+        self.keep_ratio = 1.0 - self.prune_ratio  # the reference's keep_ratio (its clamp at 0.1 is refused above)
         self.losses = np.zeros(self.n, dtype=np.float64)
         self.recorded = np.zeros(self.n, dtype=bool)
 
@@ -242,7 +261,7 @@ class InfoBatchSampler(Sampler):
         rec = np.flatnonzero(self.recorded)
         mean = self.losses[rec].mean()
         well = rec[self.losses[rec] < mean]
-        keep_n = int(np.floor((1.0 - self.prune_ratio) * len(well) + 1e-9))
+        keep_n = int(self.keep_ratio * len(well))  # the reference's int(keep_ratio * len): 0.7 * 90 -> 62
         rng = np.random.default_rng([self.seed, epoch])
         kept_well = well[rng.permutation(len(well))[:keep_n]]
         keep = np.ones(self.n, dtype=bool)
@@ -252,7 +271,7 @@ class InfoBatchSampler(Sampler):
         weights = np.ones(len(pos), dtype=np.float32)
         boosted = np.zeros(self.n, dtype=bool)
         boosted[kept_well] = True
-        weights[boosted[pos]] = 1.0 / (1.0 - self.prune_ratio)
+        weights[boosted[pos]] = 1.0 / self.keep_ratio
         return pos, (weights if len(kept_well) and self.prune_ratio > 0 else None)
 
     def update(self, epoch: int, positions, per_sample_losses) -> None:

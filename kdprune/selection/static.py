@@ -28,6 +28,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from kdprune.budgets import BALANCES, BUDGET_RULES, balance_error, budget, budget_rule_error  # noqa: F401
 from kdprune.options import Option, resolve_options
 from kdprune.registry import Registry
 
@@ -42,6 +43,8 @@ class SelectorOptions:
     name: str
     options: dict[str, Option]
     check: Optional[Callable[[dict, dict], Optional[str]]] = None  # cross-key rule (options, params) -> error
+    balance: str = "class"  # the balance its published code uses (BALANCES): what select.balance 'auto' runs
+    budget: str = "round_half_up"  # its budget rule (BUDGET_RULES)
 
     def resolve(self, given: Optional[dict]) -> dict:
         """``given`` (params' ``select.<name>``, or None) with the defaults filled in; ValueError
@@ -53,19 +56,17 @@ SELECTOR_OPTIONS: Registry[SelectorOptions] = Registry("selection method with op
 
 
 def declare_options(name: str, options: dict[str, Option],
-                    check: Optional[Callable[[dict, dict], Optional[str]]] = None) -> SelectorOptions:
+                    check: Optional[Callable[[dict, dict], Optional[str]]] = None, *, balance: str = "class",
+                    budget: str = "round_half_up") -> SelectorOptions:
     """Register ``name``'s options (``select.<name>``) and its cross-key rule, as a score's ``check``:
-    ``(resolved options, params) -> error text or None``, run by params validation."""
-    spec = SelectorOptions(name, options, check)
+    ``(resolved options, params) -> error text or None``, run by params validation; ``balance``: the balance
+    its published code uses (``BALANCES``), ``budget``: its budget rule (``BUDGET_RULES``)."""
+    for msg in (balance_error(balance), budget_rule_error(budget)):
+        if msg:
+            raise ValueError(f"selection method {name!r}: {msg}")
+    spec = SelectorOptions(name, options, check, balance, budget)
     SELECTOR_OPTIONS.register(name)(spec)
     return spec
-
-
-def budget(n: int, fraction: float) -> int:
-    """Number of examples kept at ``fraction`` of ``n``: round half up, at least 1."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"kept fraction must be in (0, 1], got {fraction}")
-    return max(1, min(n, int(np.floor(fraction * n + 0.5))))
 
 
 def tie_ranks(ids: np.ndarray, seed: int) -> np.ndarray:
@@ -103,26 +104,38 @@ def _top_k(ids, labels, scores, k: int, descending: bool, seed: int) -> np.ndarr
     return np.concatenate((above, take))
 
 
+def _size(n: int, fraction: float, size: Optional[int]) -> int:
+    """The count a selector keeps: ``size`` when given (the method's budget rule, ``BUDGET_RULES``), else
+    ``budget(n, fraction)``."""
+    if size is None:
+        return budget(n, fraction)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= n:
+        raise ValueError(f"size (number kept) must be an integer in [1, {n}], got {size!r}")
+    return int(size)
+
+
 @register_selector("keep_high")
-def keep_high(ids, labels, scores, fraction, seed):
-    """Keep the ``fraction`` of examples with the highest score (ties: see the module docstring)."""
-    return np.sort(ids[_top_k(ids, labels, scores, budget(len(ids), fraction), True, seed)])
+def keep_high(ids, labels, scores, fraction, seed, size=None):
+    """Keep the ``fraction`` of examples with the highest score (ties: see the module docstring);
+    ``size``: the count, when the method's budget rule is not ``budget``'s."""
+    return np.sort(ids[_top_k(ids, labels, scores, _size(len(ids), fraction, size), True, seed)])
 
 
 @register_selector("keep_low")
-def keep_low(ids, labels, scores, fraction, seed):
-    """Keep the ``fraction`` of examples with the lowest score (ties: see the module docstring)."""
-    return np.sort(ids[_top_k(ids, labels, scores, budget(len(ids), fraction), False, seed)])
+def keep_low(ids, labels, scores, fraction, seed, size=None):
+    """Keep the ``fraction`` of examples with the lowest score (ties: see the module docstring);
+    ``size`` as ``keep_high``."""
+    return np.sort(ids[_top_k(ids, labels, scores, _size(len(ids), fraction, size), False, seed)])
 
 
 @register_selector("random")
-def random_subset(ids, labels, scores, fraction, seed):
-    """A uniform random subset of ``budget(N, fraction)`` ids; ``scores`` are ignored.
+def random_subset(ids, labels, scores, fraction, seed, size=None):
+    """A uniform random subset of ``budget(N, fraction)`` ids (``size`` ids when given); ``scores`` are ignored.
 
     The draw is ``np.random.default_rng(seed).permutation(N)[:k]`` applied to the ids sorted
     ascending, so the same (id set, fraction, seed) gives the same subset in any input order.
     """
-    k = budget(len(ids), fraction)
+    k = _size(len(ids), fraction, size)
     pool = np.sort(np.asarray(ids))
     pick = np.random.default_rng(seed).permutation(len(pool))[:k]
     return np.sort(pool[pick])
@@ -156,10 +169,10 @@ def class_quotas(class_sizes: np.ndarray, k: int) -> np.ndarray:
     return base
 
 
-def _class_balanced(ids, labels, scores, fraction, descending: bool, seed: int) -> np.ndarray:
+def _class_balanced(ids, labels, scores, fraction, descending: bool, seed: int, size=None) -> np.ndarray:
     ids = np.asarray(ids)
     labels = np.asarray(labels)
-    k = budget(len(ids), fraction)
+    k = _size(len(ids), fraction, size)
     classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
     quotas = class_quotas(sizes, k)
     primary = -np.asarray(scores) if descending else np.asarray(scores)
@@ -172,23 +185,24 @@ def _class_balanced(ids, labels, scores, fraction, descending: bool, seed: int) 
 
 
 @register_selector("class_balanced_high")
-def class_balanced_high(ids, labels, scores, fraction, seed):
+def class_balanced_high(ids, labels, scores, fraction, seed, size=None):
     """Per class, keep the highest scores; the budget is split across classes in proportion to
     class size (largest-remainder rounding, see ``class_quotas``: the total is exactly
-    ``budget(N, fraction)`` and no class gets more than its size). Ties in a seeded random order.
+    ``budget(N, fraction)``, or ``size`` when given, and no class gets more than its size). Ties in a
+    seeded random order.
 
     The ids are returned sorted ascending, which is not a training order: the trainer draws a
     fresh permutation of the subset every epoch, which is the "shuffle after class-balanced
     selection" the recipe asks for.
     """
-    return _class_balanced(ids, labels, scores, fraction, descending=True, seed=seed)
+    return _class_balanced(ids, labels, scores, fraction, descending=True, seed=seed, size=size)
 
 
 @register_selector("class_balanced_low")
-def class_balanced_low(ids, labels, scores, fraction, seed):
+def class_balanced_low(ids, labels, scores, fraction, seed, size=None):
     """Per class, keep the lowest scores; otherwise as ``class_balanced_high`` (same quotas,
     ties in a seeded random order, sorted output that the trainer shuffles every epoch)."""
-    return _class_balanced(ids, labels, scores, fraction, descending=False, seed=seed)
+    return _class_balanced(ids, labels, scores, fraction, descending=False, seed=seed, size=size)
 
 
 def selector_options(selector: str) -> list[str]:

@@ -10,7 +10,9 @@ declares everything the pipeline needs to know about it:
   option ``balance`` (its default is the reference recipe's): per class with class-balanced
   budgets (``class_quotas``), or once over the whole pool.
 - ``needs``: which inputs it reads (fields of :class:`JointInputs`: teacher features, last-layer
-  gradients, probabilities, validation data, the model and its inputs).
+  gradients, probabilities, validation data, the model and its inputs); ``option_needs``: inputs an
+  option's value adds, e.g. ``{"input": {"features": ("features",), "gradients": ("gradients",)}}``
+  for facility location and graph cut (:meth:`JointSpec.inputs_for` gives the union).
 - ``seeded``: whether the subset depends on a seed (one manifest per seed).
 - ``weighted``: whether it returns per-element loss weights (CRAIG, GradMatch), which the
   manifest carries and the student's loss uses.
@@ -54,6 +56,16 @@ class JointSpec:
     weighted: bool
     variant: str
     cost: str
+    option_needs: dict = field(default_factory=dict)  # option -> {value: inputs that value reads}
+
+    def inputs_for(self, opts: Optional[dict] = None) -> tuple[str, ...]:
+        """The inputs it reads with resolved options ``opts`` (None: the defaults): ``needs`` plus what
+        ``option_needs`` adds for the options' values, in ``INPUTS`` order."""
+        opts = self.resolve(None) if opts is None else opts
+        got = set(self.needs)
+        for name, by_value in self.option_needs.items():
+            got |= set(by_value.get(opts.get(name), ()))
+        return tuple(x for x in INPUTS if x in got)
 
     @property
     def definition(self) -> str:
@@ -68,16 +80,21 @@ JOINT: Registry[JointSpec] = Registry("joint selector")
 
 
 def register_joint(name: str, *, needs: Sequence[str], seeded: bool, balance: bool, variant: str, cost: str,
-                   weighted: bool = False, options: Optional[dict[str, Option]] = None):
+                   weighted: bool = False, options: Optional[dict[str, Option]] = None,
+                   option_needs: Optional[dict[str, dict[Any, Sequence[str]]]] = None):
     """Register a joint selector; ``balance`` is the default of its per-class option."""
-    bad = sorted(set(needs) - set(INPUTS))
+    option_needs = {o: {v: tuple(n) for v, n in by.items()} for o, by in (option_needs or {}).items()}
+    bad = sorted((set(needs) | {x for by in option_needs.values() for n in by.values() for x in n}) - set(INPUTS))
     if bad:
         raise ValueError(f"joint selector {name!r} needs unknown inputs {bad}; known: {', '.join(INPUTS)}")
     opts = {"balance": Option(bool, balance, "per class with class-balanced budgets (true) or over the whole pool")}
     opts.update(options or {})
+    if set(option_needs) - set(opts):
+        raise ValueError(f"joint selector {name!r}: option_needs names options it does not declare: "
+                         f"{sorted(set(option_needs) - set(opts))}")
 
     def deco(fn):
-        JOINT.register(name)(JointSpec(name, fn, opts, tuple(needs), seeded, weighted, variant, cost))
+        JOINT.register(name)(JointSpec(name, fn, opts, tuple(needs), seeded, weighted, variant, cost, option_needs))
         return fn
 
     return deco
@@ -120,10 +137,10 @@ class JointInputs:
                        val_labels=self.val_labels[vr])
         return replace(self, **out)
 
-    def check(self, spec: JointSpec) -> None:
+    def check(self, spec: JointSpec, opts: Optional[dict] = None) -> None:
         n = len(self.labels)
         missing = []
-        for need in spec.needs:
+        for need in spec.inputs_for(opts):
             names = {"validation": ("val_features", "val_logits", "val_labels"), "model": ("model", "inputs")}.get(
                 need, (need,))
             missing += [x for x in names if getattr(self, x) is None]
@@ -161,6 +178,7 @@ def run_joint(name: str, ids, inputs: JointInputs, fraction: float, seed: int = 
     """
     spec = JOINT.get(name)
     opts = spec.resolve(options)
+    inputs.check(spec, opts)
     balance = opts.pop("balance")
     ids = np.asarray(ids)
     labels = np.asarray(inputs.labels)
@@ -170,7 +188,6 @@ def run_joint(name: str, ids, inputs: JointInputs, fraction: float, seed: int = 
         raise ValueError("cannot select from an empty set of ids")
     if len(np.unique(ids)) != len(ids):
         raise ValueError("ids contain duplicates")
-    inputs.check(spec)
     k = budget(len(ids), fraction)
     by_id = np.argsort(ids, kind="stable")
     if balance:
@@ -235,11 +252,25 @@ class Similarity:
     N*N*4 bytes fit ``max_matrix_mb`` the matrix is built once (float32); otherwise columns are
     computed on demand (scikit-learn ``pairwise_distances`` / ``cosine_similarity``), at most
     ``max_matrix_mb`` at a time, so the extra memory stays below that bound plus O(N).
+
+    For cosine the rows are scaled to unit norm in float64 before the float32 cast: scikit-learn's
+    ``normalize`` leaves a float32 row whose norm is below about 1e-6 (10 float32 epsilons) as it
+    is, which made such a row's self-similarity about 0.5 instead of 1 -- and last-layer gradients
+    of well-fit examples are that small. A row that is exactly zero has no direction: cosine 0
+    with every row, itself included (s = 0.5; ``diagonal`` says so).
     """
 
     def __init__(self, x: np.ndarray, metric: str, max_matrix_mb: float):
-        self.x = np.ascontiguousarray(x, dtype=np.float32)
         self.metric = metric
+        self.zero = np.zeros(len(x), dtype=bool)
+        if metric == "cosine":
+            x64 = np.asarray(x, dtype=np.float64)
+            norms = np.linalg.norm(x64, axis=1)
+            self.zero = norms == 0.0
+            x64 = x64 / np.where(self.zero, 1.0, norms)[:, None]
+            self.x = np.ascontiguousarray(x64, dtype=np.float32)
+        else:
+            self.x = np.ascontiguousarray(x, dtype=np.float32)
         n = len(self.x)
         self.chunk = max(1, int(max_matrix_mb * 2**20 // (4 * max(n, 1))))
         self.full = None
@@ -276,9 +307,15 @@ class Similarity:
                                for j in range(0, n, self.chunk)])
 
     def diagonal(self) -> np.ndarray:
-        return np.full(len(self.x), 1.0 if self.metric == "cosine" else self.dmax)
+        if self.metric == "cosine":
+            return np.where(self.zero, 0.5, 1.0)
+        return np.full(len(self.x), self.dmax)
 
 
 METRIC = Option(str, "cosine", "similarity: cosine ((1 + cos) / 2) or euclidean (d_max - d)", ("cosine", "euclidean"))
+SIMILARITY_INPUT = Option(str, "features", "what the similarity compares: features (the teacher's penultimate "
+                          "features, kdprune's default) or gradients (last-layer gradients, as DeepCore's Submodular)",
+                          ("features", "gradients"))
+SIMILARITY_INPUT_NEEDS = {"input": {"features": ("features",), "gradients": ("gradients",)}}
 MAX_MATRIX_MB = Option(float, 512.0, "largest similarity block held in memory (MiB); larger pools compute columns "
                        "on demand", low=1.0)

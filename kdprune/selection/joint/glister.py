@@ -26,7 +26,8 @@ def validation_gradient(val_features: np.ndarray, val_logits: np.ndarray, val_la
                               "are not submodular, so lazy is an approximation)", ("naive", "lazy"))},
     variant="last-layer (teacher) gradients; gain of j = g_j . mean validation gradient at the last layer moved by "
             "-eta * mean of the picked gradients, recomputed after every pick; validation examples of the same "
-            "class when per class; proper CE on logits (DeepCore applies it to softmax outputs)",
+            "class when per class; CE on the logits, as DeepCore's code; the validation gradient is updated after "
+            "every pick (DeepCore's passes its update as 'upadate_state', which its optimiser never calls)",
     cost="one teacher forward on train and validation; O(k*(N + M)*G) time (naive), O((N + M)*G) memory")
 def glister(inputs, k, rng, eta=0.1, greedy="naive"):
     """Glister: greedily add the example whose gradient step most reduces the validation loss.
@@ -35,7 +36,10 @@ def glister(inputs, k, rng, eta=0.1, greedy="naive"):
     approximated to first order: L_val(theta - eta * mean_{s in S} g_s - eta * g_j) ~ L_val(theta_S)
     - eta * g_j . grad L_val(theta_S), so the gain of j is g_j . grad L_val(theta_S), where
     theta_S = theta - eta * mean_{s in S} g_s and the validation gradient is recomputed in closed
-    form (last layer) after every pick. Ties go to the lowest position.
+    form (last layer) after every pick. Ties go to the lowest position. The validation loss is
+    cross-entropy on the logits, as in DeepCore's ``Glister`` (its criterion on the model's outputs);
+    DeepCore's code passes its validation update as ``upadate_state`` (misspelt), which its greedy
+    optimiser ignores, so there the validation gradient stays at its initial value.
     """
     g = np.asarray(inputs.gradients, dtype=np.float64)
     vf = np.asarray(inputs.val_features, dtype=np.float64)

@@ -62,14 +62,17 @@ def omp(a: np.ndarray, b: np.ndarray, k: int, lam: float = 0.0, tol: float = 1e-
              "tol": Option(float, 1e-4, "stop OMP once ||residual|| <= tol * ||target||", low=0.0)},
     variant="OMP on the teacher's last-layer CE gradients matching the pool's gradient sum, positive selection "
             "rule, ridge refit (DeepCore's parallel OMP); negative weights dropped to 0; when OMP stops early the "
-            "budget is filled by a seeded uniform draw with weight 1 (DeepCore)",
+            "budget is filled by a seeded uniform draw with weight 1 (kdprune's: DeepCore's code returns only the "
+            "picks with nonzero weight, so its subset can fall short of the budget)",
     cost="one teacher forward; O(k*N*G) time, O(N*G + k^2) memory")
 def gradmatch(inputs, k, rng, lam=1.0, tol=1e-4):
     """GradMatch: choose S and weights w >= 0 so that sum_{j in S} w_j g_j matches the pool's full
     gradient sum_i g_i, by orthogonal matching pursuit (see :func:`omp`).
 
     The OMP weights are scaled so that their mean is 1 before the uniform fill (weight 1) is
-    added; the weights multiply each kept example's loss in the student's training.
+    added; the weights multiply each kept example's loss in the student's training. The fill is
+    kdprune's, so every method keeps the same budget: DeepCore's ``GradMatch`` keeps only the
+    examples OMP gave a nonzero weight (``np.nonzero(cur_weights)``) and fills nothing.
     """
     g = np.asarray(inputs.gradients, dtype=np.float64)
     picked, w, _ = omp(g, g.sum(axis=0), k, lam, tol)

@@ -1,4 +1,4 @@
-"""Herding (Welling 2009, "Herding dynamical weights to learn"; as in DeepCore's ``Herding``)."""
+"""Herding (Welling 2009, "Herding dynamical weights to learn"; DeepCore's ``Herding``, with the paper's rule)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +8,9 @@ from kdprune.selection.joint.base import Picked, register_joint
 
 @register_joint(
     "herding", needs=("features",), seeded=False, balance=False,
-    variant="greedy mean matching on the teacher's penultimate features, Euclidean; at step t pick "
-            "argmin_x ||t*mu - sum(S) - x|| (DeepCore's Herding: no kernel, features not normalised)",
+    variant="greedy mean matching on the teacher's penultimate features, Euclidean, no kernel, features not "
+            "normalised; at step t pick argmin_x ||t*mu - sum(S) - x|| (the paper's rule; DeepCore's Herding code "
+            "takes the argmax of this distance)",
     cost="one teacher forward; O(k*N*D) time, O(N*D) memory")
 def herding(inputs, k, rng):
     """Herding: greedily add the example that keeps the mean of the kept features closest to the
@@ -18,7 +19,9 @@ def herding(inputs, k, rng):
     Step t (1-based) picks x_t = argmin over unpicked x of ||t*mu - (x_1 + ... + x_{t-1}) - x||_2,
     i.e. the mean of the first t picks is as close to mu as one more example can make it.
     Ties go to the lowest position. Welling (2009); the coreset form follows Chen, Welling & Smola
-    (2010) and DeepCore (Guo et al. 2022).
+    (2010) and DeepCore's paper (Guo et al. 2022). DeepCore's code (``Herding.herding``) takes
+    ``torch.argmax`` of this distance, i.e. the example that moves the mean furthest from mu;
+    kdprune implements the argmin its paper describes.
     """
     x = np.asarray(inputs.features, dtype=np.float64)
     mu = x.mean(axis=0)
