@@ -56,7 +56,7 @@ ui: setup  ## the MLflow UI on http://127.0.0.1:5000; prints the link to the stu
 	$(BIN)/python -m flows ui --port 5000
 
 prefect-ui: setup  ## print where the Prefect UI is (the local server starts on demand)
-	@$(BIN)/python -c "from tasks.runtime import ensure_prefect_server as e; print('Prefect UI:', e().removesuffix('/api'))"
+	@$(BIN)/python -c "from servers.runtime import configure_env as c, ensure_prefect_server as e; c(); print('Prefect UI:', e().removesuffix('/api'))"
 
 stop:  ## stop the local Prefect server
 	-$(BIN)/python -m flows stop

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from tasks.files import atomic_write_bytes
+from artifacts.files import atomic_write_bytes
 
 
 def fingerprint(*parts: Any) -> str:

@@ -10,7 +10,7 @@ from safetensors.torch import load, save
 from kdprune.data import PreparedSplit
 from kdprune.models import build_model
 from kdprune.train import DeviceData, seeded
-from tasks.files import atomic_write_bytes, atomic_write_json
+from artifacts.files import atomic_write_bytes, atomic_write_json
 
 
 def save_model(directory: Path, model, info: dict) -> None:

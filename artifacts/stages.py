@@ -2,7 +2,7 @@
 ids they are keyed by: prepared data (``data/prepared/<dataset>``), the teacher's per-sample
 dynamics (``models/teacher/dynamics``), score files (``data/scores``: ids and values written and
 verified together), and index manifests (``data/manifests``). Model directories (safetensors +
-model.json) have theirs in tasks/model_io.py.
+model.json) have theirs in artifacts/models.py.
 
 Every per-sample array is keyed by the train split's sample ids: a writer stores the ids beside the
 values, and a reader refuses values whose ids are not the prepared train split's, in its order,
@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from kdprune.data import PreparedSplit
-from tasks.files import IntegrityError, atomic_save_npy, atomic_write_json, sha256_file
+from artifacts.files import IntegrityError, atomic_save_npy, atomic_write_json, sha256_file
 
 
 SPLITS = ("train", "val", "test")

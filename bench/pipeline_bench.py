@@ -27,7 +27,7 @@ from bench.grand_bench import write_rows
 from bench.project import REPO, free_port, make_project
 
 
-def _parent_metrics(proj) -> dict:
+def parent_metrics(proj) -> dict:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{proj.path / 'mlflow.db'}")
@@ -42,12 +42,12 @@ def pipeline_overhead(tmp: Path) -> list[dict]:
     try:
         t0 = time.perf_counter()
         proj.run(sys.executable, "-m", "flows", "stop")  # no-op; imports warm the page cache
-        proj.run(sys.executable, "-c", "from tasks.runtime import ensure_prefect_server as e; e()")
+        proj.run(sys.executable, "-c", "from servers.runtime import configure_env as c, ensure_prefect_server as e; c(); e()")
         server_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         proj.run(sys.executable, "-m", "flows", "pipeline")
         wall = time.perf_counter() - t0
-        m = _parent_metrics(proj)
+        m = parent_metrics(proj)
     finally:
         proj.stop_server()
     from flows.pipeline import STAGES
@@ -77,7 +77,7 @@ def missing_profile_data(profile: Path) -> str | None:
     """Why the profile's dataset cannot be loaded here (with the command that gets it), or None."""
     import yaml
 
-    from flows.tools import missing_data
+    from cli.tools import missing_data
 
     d = yaml.safe_load(profile.read_text())["data"]
     why = missing_data(d["dataset"], d.get("root"))

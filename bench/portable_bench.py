@@ -27,7 +27,7 @@ ARMS = ("native", "portable")
 def one_run(tmp: Path, arm: str, i: int) -> dict:
     proj = make_project(tmp / f"{arm}{i}", free_port(), {"reproducibility": {"cpu": arm}})
     try:
-        proj.run(sys.executable, "-c", "from tasks.runtime import ensure_prefect_server as e; e()")
+        proj.run(sys.executable, "-c", "from servers.runtime import configure_env as c, ensure_prefect_server as e; c(); e()")
         t0 = time.perf_counter()
         proj.run(sys.executable, "-m", "flows", "pipeline", timeout=3600)
         wall = time.perf_counter() - t0

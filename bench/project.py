@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-COPY = ["kdprune", "tasks", "flows", "profiles", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]
+COPY = ["kdprune", "artifacts", "execution", "tasks", "flows", "tracking", "telemetry", "servers", "cli", "profiles", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -49,7 +49,7 @@ def clean_env(port: int) -> dict:
 def run_or_dump(cmd: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, capture_output=True, text=True)``, in its own session. Past ``timeout``:
     every process under it that runs our entrypoint dumps its threads' stacks to stderr (SIGUSR1,
-    flows/__main__.py), then the whole session is killed, not only ``cmd`` (a stage that outlived a
+    cli/main.py), then the whole session is killed, not only ``cmd`` (a stage that outlived a
     killed ``dvc repro`` would hold its outputs and CPU into the next test), and AssertionError says
     which processes were running and where they were."""
     import psutil

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from bench.grand_bench import write_rows
-from bench.pipeline_bench import _parent_metrics
+from bench.pipeline_bench import parent_metrics
 from bench.project import REPO, free_port, make_project
 
 
@@ -76,7 +76,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 proj.run(sys.executable, "-m", "flows", "pipeline", "--force", timeout=1800)
                 pipeline[arm].append(time.perf_counter() - t0)
-                in_pipeline[arm].append(_parent_metrics(proj)["distill_s"])
+                in_pipeline[arm].append(parent_metrics(proj)["distill_s"])
                 print(f"  pipeline --force, {arm}: {pipeline[arm][-1]:.1f}s, its distill stage "
                       f"{in_pipeline[arm][-1]:.1f}s", flush=True)
                 if student_hashes(proj.path) != reference:

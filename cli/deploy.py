@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from flows.pipeline import pipeline
 from flows.sweep import sweep
-from tasks.runtime import project_root
+from servers.runtime import project_root
 
 DEPLOYMENT_NAME = "nightly"
 DEFAULT_CRON = "0 2 * * *"  # 02:00 every day

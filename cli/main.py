@@ -7,11 +7,11 @@ Fashion-MNIST study is ``kdprune sweep --profile fashion_mnist``. ``profile NAME
 
 Params are validated before Prefect is imported, so a bad params.yaml stops with one clear message
 and leaves nothing behind. Commands that track first start MLflow's child process, which imports it (see
-tasks/tracking.py), so that its imports overlap this process's. Then the local Prefect server is made to
+tracking/tracker.py), so that its imports overlap this process's. Then the local Prefect server is made to
 answer (started on 127.0.0.1 on first use, reused after) and the flow runs.
 ``KDPRUNE_PARENT_RUN_ID`` nests a stage's MLflow run under an existing parent run.
 
-``stores up|down|status|import|client`` manages the lab's stores (tasks/stores.py): PostgreSQL, the
+``stores up|down|status|import|client`` manages the lab's stores (servers/stores.py): PostgreSQL, the
 MLflow and Prefect servers on it, the client file every entrypoint reads; ``import`` copies the local
 SQLite store's runs into the server; ``client --host NAME`` prints a colleague's client file.
 ``push`` / ``pull`` run ``dvc push`` / ``dvc pull`` against the DVC remote (KDPRUNE_DVC_REMOTE by default).
@@ -28,8 +28,8 @@ import os
 import sys
 import time
 
-from tasks.runtime import ensure_prefect_server, project_root, stop_prefect_server
-from tasks.tracking import check_tracking_store, import_mlflow_early
+from servers.runtime import configure_env, ensure_prefect_server, project_root, stop_prefect_server
+from tracking.tracker import check_tracking_store, import_mlflow_early
 
 _DONE: list[int] = []  # set when main() has finished cleanly
 
@@ -102,7 +102,7 @@ COMMANDS = {
                "reports/metrics.json with it: equal bytes, or within seed noise (exit 1 when not)", None, ()),
     "init": ("create the MLflow store (part of `make setup`)", None, ()),
     "stop": ("stop the local Prefect server", None, ()),
-    "stores": ("the lab's shared stores (tasks/stores.py): up, down, status, import, client",
+    "stores": ("the lab's shared stores (servers/stores.py): up, down, status, import, client",
                "up, down, status, import or client", ()),
     "push": ("dvc push to the DVC remote", None, ()),
     "pull": ("dvc pull from the DVC remote", None, ()),
@@ -131,22 +131,27 @@ def main(argv: list[str] | None = None) -> None:
             import signal
 
             faulthandler.register(signal.SIGUSR1, all_threads=True)
+    configure_env()  # before Prefect or MLflow is imported: they read their settings once
+    from execution.observe import install
+    from telemetry.observer import StageObserver
+
+    install(StageObserver())  # the stages report through it (execution/observe.py)
     prog = "kdprune" if os.path.basename(sys.argv[0]) == "kdprune" else "python -m flows"
     args = parser(prog).parse_args(argv)
     if args.command in ("stores", "push", "pull"):
         sys.exit(_stores(args))
     if args.command in ("bench", "data", "ui"):
-        from flows import tools
+        from cli import tools
 
         sys.exit(getattr(tools, args.command)(args))
     if args.command in (*STAGES, "validate", "pipeline", "sweep", "deploy", "serve", "verify"):
         # before torch or NumPy loads in this process (or in MLflow's child, or in Ray's workers, which
         # inherit it): the kernels and thread counts `reproducibility` asks for (kdprune/reproducibility.py)
-        from tasks.params import pin_cpu
+        from execution.params import pin_cpu
 
         pin_cpu(project_root(), args.profile if args.command != "verify" else None, args.overrides)
     if args.command == "verify":
-        from flows.verify import verify
+        from cli.verify import verify
 
         sys.exit(verify(args))
     if args.command in (*STAGES, "pipeline", "sweep", "deploy", "serve"):
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         # touches a store until a stage opens it, so bad params below still leave nothing behind
         import_mlflow_early()
     from kdprune.config import ParamsError  # torch and the registries: after MLflow's import has started
-    from tasks.params import load_params, profile_names, sweep_params
+    from execution.params import load_params, profile_names, sweep_params
 
     if args.command == "stop":
         print("stopped the local Prefect server" if stop_prefect_server() else "no local Prefect server was running")
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         _DONE.append(0)
         return
     if args.command == "init":  # the tracking store's tables and experiment, once per project (like `dvc init`)
-        from tasks.tracking import Tracker
+        from tracking.tracker import Tracker
 
         try:
             check_tracking_store()
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         if args.command == "profile":
-            from tasks.params import write_params
+            from execution.params import write_params
 
             if not args.name:
                 raise ParamsError("profile: name one, e.g. `kdprune profile fashion_mnist`; available: "
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"kdprune: {e}", file=sys.stderr)
         sys.exit(3)
     if args.command in ("deploy", "serve"):
-        from flows.deploy import deploy
+        from cli.deploy import deploy
 
         deploy(cron=args.cron, timezone=args.timezone, serve=args.serve, profile=args.profile,
                overrides=args.overrides, paused=args.paused)
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command not in ("deploy", "serve"):
         # a stage's runs may end without waiting for their logging (the teacher's registered model):
         # the command is done when its tracking is; what it could not log, over all its stages, is said last
-        from tasks.tracking import describe_not_logged, not_logged_total
+        from tracking.tracker import describe_not_logged, not_logged_total
 
         if lost := not_logged_total():
             on_disk = ("every stage's models and metrics are on disk (its outputs)" if args.command in ("pipeline", "sweep")
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _stores(args) -> int:
-    from tasks import stores
+    from servers import stores
 
     root = project_root()
     try:

@@ -1,6 +1,6 @@
 """The commands around the pipeline: ``kdprune ui``, ``kdprune bench``, ``kdprune data NAME``.
 
-Each takes the parsed command line (flows/__main__.py) and returns the exit code.
+Each takes the parsed command line (cli/main.py) and returns the exit code.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.runtime import project_root
+from servers.runtime import project_root
 
 BENCHMARKS = ("trainer_bench", "grand_bench", "pipeline_bench", "ray_bench", "portable_bench")
 
@@ -42,7 +42,7 @@ def links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
     registered teacher, the Prefect UI."""
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import EXPERIMENT, STUDENTS_VIEW, ui_url
+    from tracking.tracker import EXPERIMENT, STUDENTS_VIEW, ui_url
 
     out = []
     exp = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(EXPERIMENT)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from tasks.runtime import project_root
+from servers.runtime import project_root
 
 # what the re-run needs of the project: its code, its pipeline and its params (not its outputs)
-COPY = ["kdprune", "tasks", "flows", "profiles", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]
+COPY = ["kdprune", "artifacts", "execution", "tasks", "flows", "tracking", "telemetry", "servers", "cli", "profiles", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]
 MODEL_OUTS = ("models/teacher", "models/teachers", "models/students")
 
 
@@ -104,7 +104,7 @@ def verify(args) -> int:
         return 3
     report, md = agreement(root, run, (committed, c_rows, c_claims), (rerun, r_rows, r_claims))
     out = root / "reports"
-    from tasks.files import atomic_write_json, atomic_write_text
+    from artifacts.files import atomic_write_json, atomic_write_text
 
     atomic_write_json(out / "verify.json", report)
     atomic_write_text(out / "verify.md", md)
@@ -156,7 +156,7 @@ def _log(root: Path, report: dict) -> None:
     """The check as an MLflow run (``verify``) with the table as artifacts; a store that cannot be
     reached is said, not fatal: the files are on disk."""
     try:
-        from tasks.tracking import Tracker
+        from tracking.tracker import Tracker
 
         tr = Tracker(root)
         with tr.run(f"verify {time.strftime('%Y-%m-%d %H:%M:%S')}", None,

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import yaml
 
 from kdprune.config import SCHEMA, ParamsError, validate
-from tasks.files import atomic_write_text
+from artifacts.files import atomic_write_text
 
 
 def load_params(root: Path | str, stage: Optional[str] = None) -> dict:

@@ -26,7 +26,7 @@ import socket
 import sys
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
-from tasks.checkpoints import ray_node_id
+from artifacts.checkpoints import ray_node_id
 
 T = TypeVar("T")
 
@@ -55,17 +55,21 @@ def ray_init_kwargs(params: dict) -> dict[str, Any]:
     if address is None:  # "local": a new instance even where a cluster runs on this machine
         return {"address": "local", "logging_level": "WARNING", "include_dashboard": False,
                 "_node_ip_address": "127.0.0.1", "num_cpus": os.cpu_count() or 1}
-    import flows
+    import artifacts
+    import execution
     import kdprune
     import tasks
 
     from kdprune.reproducibility import environment
 
+    # and the calling flow's package (loaded: it called this), which is above this module
+    shipped = [kdprune, artifacts, execution, tasks, *[sys.modules[m] for m in ("flows",) if m in sys.modules]]
+
     # a cluster's workers start on other machines: the kernels and threads `reproducibility` asks for are
     # in their environment before they import torch (the run's own instance: inherited from this process)
     pinned = environment(params["reproducibility"]["cpu"], params["runner"]["cpus_per_task"])
     return {"address": address, "logging_level": "WARNING",
-            "runtime_env": {"py_modules": [kdprune, tasks, flows], "env_vars": {**worker_env(), **pinned},
+            "runtime_env": {"py_modules": shipped, "env_vars": {**worker_env(), **pinned},
                             "excludes": ["__pycache__", "*.pyc"]}}
 
 
@@ -97,7 +101,7 @@ def fan_out(stage_flow, stage: str, has_tasks: Callable[[dict], bool] = lambda p
     ``runner`` asks for (a Prefect flow's task runner is fixed when it is called, so it is chosen
     here, per call). A stage with nothing to fan out (``has_tasks`` false) runs locally and starts
     no Ray instance."""
-    from tasks.params import load_params
+    from execution.params import load_params
 
     @functools.wraps(stage_flow)
     def run(root: str = ".", parent_run_id: Optional[str] = None) -> dict:

@@ -4,25 +4,22 @@ from typing import Optional
 from prefect import flow, get_run_logger
 
 from kdprune.device import device_count, resolve_device
-from tasks.artifacts import load_prepared
-from tasks.checkpoints import drop_checkpoints
-from tasks.files import atomic_directory
-from tasks.params import load_params
-from tasks.provenance import stage_tags
-from tasks.workclock import work_seconds
+from artifacts.stages import load_prepared
+from artifacts.checkpoints import drop_checkpoints
+from artifacts.files import atomic_directory
+from execution.params import load_params
+from artifacts.outputs import write_task_index
+from execution.observe import observer, work_seconds
+from execution.runner import fan_out, is_ray, run_tasks, task_threads
 from tasks.distill import (
     group_variants, record_student, student_cost, student_inputs, student_variants, teacher_facts, train_student,
 )
-from tasks.progress import progress
-from tasks.runlog import write_record, write_task_index
-from tasks.runner import fan_out, is_ray, run_tasks, task_threads
-from tasks.tracking import Tracker, describe_not_logged, not_logged_total, publish_students_view
 
 
 @flow(name="distill")
 def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     """Stage 5: a student per (manifest, KD setting, seed), with KD and without, on the runner of
-    params.yaml's ``runner`` (tasks/runner.py); this process writes every output and MLflow run."""
+    params.yaml's ``runner`` (execution/runner.py); this process writes every output and MLflow run."""
     log = get_run_logger()
     params = load_params(root, "distill")
     root_p = Path(root)
@@ -35,7 +32,8 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
                else [str(dev)])
     groups = group_variants(variants)
     meta, _ = load_prepared(root_p, params["data"]["dataset"])
-    tr = Tracker(root_p)
+    obs = observer()
+    tr = obs.tracker(root_p)
     log.info(f"sweep: {len(variants)} students ({len(groups)} distinct trainings; students on identical subsets "
              f"with identical settings are trained once) on {params['runner']['kind']} runner, {', '.join(devices)}")
     sel, sp = params["select"], params["student"]
@@ -45,7 +43,7 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
             "teachers": ",".join([params["teacher"]["arch"], *sp["teachers"]]), "students": len(variants)}
     # the sweep's MLflow run; each student is a top-level run tagged kdprune.sweep_run_id = this run's id,
     # comparable by method, fraction, kd_weight, teacher, seed in the shared view STUDENTS_VIEW
-    with tr.run("distill", parent_run_id, tags={**stage_tags(root_p, "distill", meta),
+    with tr.run("distill", parent_run_id, tags={**obs.stage_tags(root_p, "distill", meta),
                                                  "kdprune.sweep": "true"},
                 params={"student": sp, "sweep": grid, "runner": params["runner"]}) as run_id, \
             atomic_directory(root_p / "models" / "students") as tmp, \
@@ -53,7 +51,7 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
         try:
             inputs = student_inputs(root_p, params, variants, dev)
             teachers = teacher_facts(root_p, params)
-            with progress("distill", len(groups), "student") as bar:
+            with obs.progress("distill", len(groups), "student") as bar:
                 finished = iter(range(1, len(groups) + 1))  # a disabled bar (logs, CI) does not count
 
                 def record(i: int, res: dict) -> dict:
@@ -72,13 +70,13 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
             tr.flush()
         write_task_index(tmp / "index.json", results)
         tr.log_metrics(run_id, {"students": len(variants), "trainings": len(results)})
-        publish_students_view(tr, run_id)  # MLflow's shared view "students": this sweep's students side by side
-    lost = not_logged_total()
+        obs.publish_students_view(tr, run_id)  # MLflow's shared view "students": this sweep's students side by side
+    lost = obs.not_logged()
     if lost:
-        log.warning("not logged to MLflow: " + describe_not_logged(lost)
+        log.warning("not logged to MLflow: " + lost
                     + "; every student's model and metrics are on disk under models/students")
-    # per student: its MLflow run, training seconds and node, outside the DVC outs (tasks/runlog.py)
-    write_record(root_p, "distill", {name: run for r in results for name, run in r["runs"].items()})
+    # per student: its MLflow run, training seconds and node, outside the DVC outs (the run record)
+    obs.write_record(root_p, "distill", {name: run for r in results for name, run in r["runs"].items()})
     drop_checkpoints(results)
     return {"students": len(variants), "work_s": work_seconds(results)}
 

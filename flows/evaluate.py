@@ -3,7 +3,7 @@ from typing import Optional
 
 from prefect import flow
 
-from tasks.params import load_params
+from execution.params import load_params
 from tasks.evaluate import evaluate_students
 
 

@@ -24,11 +24,9 @@ from flows.teacher import teacher_flow
 from flows.teachers import teachers_flow
 from flows.validate import validate_stage
 from kdprune.report import FIGURES
-from tasks.params import load_params
-from tasks.provenance import git_commit
-from tasks.runner import ray_session
-from tasks.runtime import project_root
-from tasks.tracking import Tracker, blocked_seconds
+from execution.observe import observer
+from execution.params import load_params
+from execution.runner import ray_session
 
 FAN_OUT = ("teachers", "scores", "distill")  # stages whose tasks run on the runner of params.yaml's `runner`
 STARTS_RAY = ("prepare", "teacher", *FAN_OUT, "select")  # stale: a fan-out stage runs at or after it
@@ -127,11 +125,12 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
     """Run the stale stages in order under one MLflow parent run named ``label``; print the time breakdown."""
     log = get_run_logger()
     params = load_params(root_p)  # validated before anything runs
-    t_start, blocked0 = time.perf_counter(), blocked_seconds()
-    tr = Tracker(root_p)
+    obs = observer()
+    t_start, blocked0 = time.perf_counter(), obs.blocked_seconds()
+    tr = obs.tracker(root_p)
     ran, timings, compute = [], {}, {}
     with tr.run(f"{label} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                tags={"kdprune.stage": "pipeline", "kdprune.label": label, "git_commit": git_commit(root_p)},
+                tags={"kdprune.stage": "pipeline", "kdprune.label": label, **obs.commit_tags(root_p)},
                 params=params) as run_id:
         dvc = Lineage(root_p)
         unrecorded = None  # the stage that ran last, recorded once the next stage's staleness is known
@@ -176,7 +175,7 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
                                 **{f"{k}_overhead_s": v for k, v in overhead.items()},
                                 "pipeline_s": total, "compute_s": sum(compute.values()),
                                 "overhead_s": total - sum(compute.values()),
-                                "tracking_blocked_s": blocked_seconds() - blocked0})  # waits on MLflow so far
+                                "tracking_blocked_s": obs.blocked_seconds() - blocked0})  # waits on MLflow so far
         tr.set_tags(run_id, {"stages_run": ",".join(ran) or "none"})
         reports = root_p / "reports"
         for f in REPORT_FILES:  # the report on the parent run, beside its stage runs
@@ -196,6 +195,6 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
 
 
 @flow(name="pipeline")
-def pipeline(root: Optional[str] = None, force: bool = False) -> dict:
+def pipeline(root: str = ".", force: bool = False) -> dict:
     """prepare -> teacher -> teachers -> scores -> select -> distill -> evaluate; stages DVC finds up to date are skipped."""
-    return run_stages(Path(root) if root else project_root(), "pipeline", force)
+    return run_stages(Path(root), "pipeline", force)

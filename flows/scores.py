@@ -4,10 +4,10 @@ from typing import Optional
 from prefect import flow
 
 from kdprune.device import resolve_device
-from tasks.artifacts import load_prepared
-from tasks.params import load_params
-from tasks.workclock import work_seconds
-from tasks.runner import fan_out, run_tasks, share
+from artifacts.stages import load_prepared
+from execution.params import load_params
+from execution.observe import work_seconds
+from execution.runner import fan_out, run_tasks, share
 from tasks.scores import clear_proxies, compute_scores, keep_proxy, proxy_jobs, proxy_workdir, train_proxy
 
 

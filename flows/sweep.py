@@ -16,8 +16,7 @@ from typing import Optional
 from prefect import flow, get_run_logger
 
 from flows.pipeline import run_stages
-from tasks.params import sweep_params, write_params
-from tasks.runtime import project_root
+from execution.params import sweep_params, write_params
 
 def apply_profile(root: Path, profile: Optional[str], overrides: list[str]) -> bool:
     """Write params.yaml from the profile (or the current file) and the overrides, validated first;
@@ -29,11 +28,11 @@ def apply_profile(root: Path, profile: Optional[str], overrides: list[str]) -> b
 
 
 @flow(name="sweep")
-def sweep(root: Optional[str] = None, profile: Optional[str] = None, overrides: Optional[list[str]] = None,
+def sweep(root: str = ".", profile: Optional[str] = None, overrides: Optional[list[str]] = None,
           force: bool = False) -> dict:
     """Write params.yaml from ``profile`` + ``overrides`` (if given), then run its stale stages under one
     MLflow parent run, with one child run per student under the distill stage's sweep run."""
-    root_p = Path(root) if root else project_root()
+    root_p = Path(root)
     overrides = list(overrides or [])
     if profile or overrides:
         changed = apply_profile(root_p, profile, overrides)

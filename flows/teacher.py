@@ -2,7 +2,7 @@ from typing import Optional
 
 from prefect import flow
 
-from tasks.params import load_params
+from execution.params import load_params
 from tasks.teacher import train_teacher
 
 

@@ -4,16 +4,14 @@ from typing import Optional
 from prefect import flow
 
 from kdprune.device import resolve_device
-from tasks.artifacts import load_prepared
-from tasks.checkpoints import drop_checkpoints
-from tasks.files import atomic_directory
-from tasks.params import load_params
-from tasks.provenance import stage_tags
-from tasks.workclock import work_seconds
-from tasks.runlog import write_record, write_task_index
-from tasks.runner import fan_out, run_tasks, share
+from artifacts.stages import load_prepared
+from artifacts.checkpoints import drop_checkpoints
+from artifacts.files import atomic_directory
+from execution.params import load_params
+from artifacts.outputs import write_task_index
+from execution.observe import observer, work_seconds
+from execution.runner import fan_out, run_tasks, share
 from tasks.teachers import record_extra_teacher, train_extra_teacher
-from tasks.tracking import Tracker
 
 
 @flow(name="teachers")
@@ -25,8 +23,9 @@ def teachers(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     archs = params["student"]["teachers"]
     meta, splits = load_prepared(root_p, params["data"]["dataset"])
     dev = str(resolve_device(params["device"]))
-    tr = Tracker(root_p)
-    with tr.run("teachers", parent_run_id, tags=stage_tags(root_p, "teachers", meta),
+    obs = observer()
+    tr = obs.tracker(root_p)
+    with tr.run("teachers", parent_run_id, tags=obs.stage_tags(root_p, "teachers", meta),
                 params={"archs": ",".join(archs) or "none"}) as run_id, \
             atomic_directory(root_p / "models" / "teachers") as tmp:
         inputs = {"meta": meta, "train": share(splits["train"], params), "val": share(splits["val"], params),
@@ -34,7 +33,7 @@ def teachers(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
         results = run_tasks(params, dev, train_extra_teacher, [(params, a, inputs, dev) for a in archs],
                             lambda i, res: record_extra_teacher(root_p, params, res, tmp, run_id))
         write_task_index(tmp / "index.json", results)
-    write_record(root_p, "teachers", {r["arch"]: {k: r[k] for k in ("mlflow_run_id", "wall_s", "host", "ray_node_id", "ray_node_ip")}
+    obs.write_record(root_p, "teachers", {r["arch"]: {k: r[k] for k in ("mlflow_run_id", "wall_s", "host", "ray_node_id", "ray_node_ip")}
                                       for r in results})
     drop_checkpoints(results)
     return {"teachers": archs, "work_s": work_seconds(results)}

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.files import atomic_write_text
-from tasks.params import load_params
+from artifacts.files import atomic_write_text
+from execution.params import load_params
 
 MARKER = Path("data") / "params-ok"  # git-tracked (cache: false): a fresh clone has it, so validate is up to date
 MARKER_TEXT = "params.yaml passed validation (kdprune/config.py); written by the validate stage\n"

@@ -1,7 +1,7 @@
 """Process environment for every entrypoint: project root, local servers on loopback, defaults.
 
-Imported (via ``tasks/__init__``) before Prefect or MLflow, so the defaults below are in place
-when those libraries read their settings. Every default yields to a value already set in the
+Every entrypoint calls :func:`configure_env` before Prefect or MLflow is imported, so the defaults
+below are in place when those libraries read their settings. Every default yields to a value already set in the
 environment: ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` point at remote servers unchanged.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def project_root() -> Path:
     return here
 
 
-STORES_FILE = ".kdprune/stores.json"  # the lab's stores (tasks/stores.py): URIs and client credentials
+STORES_FILE = ".kdprune/stores.json"  # the lab's stores (servers/stores.py): URIs and client credentials
 _STORES_LOADED = "KDPRUNE_STORES_LOADED"
 
 
@@ -82,7 +82,7 @@ def stores_hint() -> str:
             "the project's local stores)") if path else ""
 
 
-def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as r:
             return r.status == 200
@@ -97,7 +97,7 @@ def ensure_prefect_server(timeout_s: float = 90.0) -> str:
     answer is an error naming the URL. The server is started once and reused by later stages.
     """
     url = os.environ["PREFECT_API_URL"]
-    if _healthy(url):
+    if healthy(url):
         return url
     if os.environ.get(_STARTS_LOCAL_PREFECT) != "1":
         raise RuntimeError(
@@ -109,11 +109,11 @@ def ensure_prefect_server(timeout_s: float = 90.0) -> str:
     port = url.split(":")[-1].split("/")[0]
     with open(home / "kdprune-server.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time; the others then find it healthy
-        if _healthy(url):
+        if healthy(url):
             return url
         pid_file = home / SERVER_PID_FILE
         if pid_file.exists():
-            if _pid_alive(pid_file):
+            if pid_alive(pid_file):
                 # a server of this home is up but not answering yet (still starting): give it time
                 if _wait_healthy(url, timeout_s):
                     return url
@@ -140,7 +140,7 @@ def start_detached(cmd: list[str], log_path: Path, pid_file: Path, health_url: s
     pid_file.write_text(str(proc.pid))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if _healthy(health_url):
+        if healthy(health_url):
             return
         if proc.poll() is not None:
             pid_file.unlink(missing_ok=True)
@@ -149,7 +149,7 @@ def start_detached(cmd: list[str], log_path: Path, pid_file: Path, health_url: s
     raise RuntimeError(f"{what} did not answer at {health_url} within {timeout_s:.0f}s; see {log_path}")
 
 
-def _pid_alive(pid_file: Path) -> bool:
+def pid_alive(pid_file: Path) -> bool:
     """Whether the pid in ``pid_file`` is a live process (a zombie counts as dead)."""
     try:
         pid = int(pid_file.read_text().strip())
@@ -166,7 +166,7 @@ def _pid_alive(pid_file: Path) -> bool:
 def _wait_healthy(url: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if _healthy(url):
+        if healthy(url):
             return True
         time.sleep(0.5)
     return False
@@ -179,16 +179,16 @@ def stop_prefect_server(timeout_s: float = 20.0) -> bool:
 
 def stop_detached(pid_file: Path, timeout_s: float = 20.0) -> bool:
     """Stop a server started by ``start_detached`` (its process group); True if one was running."""
-    if not _pid_alive(pid_file):
+    if not pid_alive(pid_file):
         pid_file.unlink(missing_ok=True)
         return False
     pid = int(pid_file.read_text().strip())
     try:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _pid_alive(pid_file):
+        while time.monotonic() < deadline and pid_alive(pid_file):
             time.sleep(0.2)
-        if _pid_alive(pid_file):
+        if pid_alive(pid_file):
             os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass

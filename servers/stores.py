@@ -6,9 +6,9 @@ system's PostgreSQL tools (``initdb``, ``pg_ctl``), its superuser password gener
 file of mode 0600; it starts the cluster on 127.0.0.1 (only the two servers talk to it), then
 ``mlflow server`` (PostgreSQL backend store, artifacts served by the server from
 ``.kdprune/mlflow/artifacts``) and ``prefect server start`` (``PREFECT_API_DATABASE_CONNECTION_URL``)
-as detached processes with pid files, like the embedded local Prefect server (``tasks.runtime``).
+as detached processes with pid files, like the embedded local Prefect server (``servers.runtime``).
 Finally it writes ``.kdprune/stores.json`` (mode 0600): the client settings (``MLFLOW_TRACKING_URI``,
-``PREFECT_API_URL`` and, with authentication, the credentials), which ``tasks.runtime.configure_env``
+``PREFECT_API_URL`` and, with authentication, the credentials), which ``servers.runtime.configure_env``
 reads at every entrypoint's start, so ``make run``, ``dvc repro`` and any worker that imports
 ``tasks`` use these servers with no other step. A variable already set in the environment wins.
 
@@ -39,7 +39,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from tasks.runtime import STORES_FILE, _healthy, _pid_alive, start_detached, stop_detached, stop_prefect_server
+from servers.runtime import STORES_FILE, healthy, pid_alive, start_detached, stop_detached, stop_prefect_server
 
 STATE = ".kdprune"
 PG_USER = "kdprune"  # the cluster's superuser (a database role, not an OS account)
@@ -336,7 +336,7 @@ def _allowed_hosts(bind: str) -> str:
 def _needs_start(pid_file: Path, url: str, bind: str, port: int, what: str, port_var: str) -> bool:
     """False when the server of ``pid_file`` is alive and answers at ``url``; otherwise clear what is
     left of it and check its port is free (or raise naming ``port_var``): it needs starting."""
-    if _pid_alive(pid_file) and _healthy(url):
+    if pid_alive(pid_file) and healthy(url):
         return False
     stop_detached(pid_file)
     _check_port_free(bind, port, what, port_var)
@@ -461,7 +461,7 @@ def status(root: Path) -> dict:
         return {"created": False}
     cfg = json.loads(p.server.read_text())
     return {"created": True, "postgres": postgres_available() and _pg_running(p),
-            "mlflow": _healthy(_mlflow_url(cfg)), "prefect": _healthy(_prefect_api(cfg)),
+            "mlflow": healthy(_mlflow_url(cfg)), "prefect": healthy(_prefect_api(cfg)),
             "auth": cfg.get("running_auth"), "bind": cfg.get("running_bind")}
 
 

@@ -1,4 +1,1 @@
-"""Prefect tasks: the I/O and tracking boundary around the kdprune core."""
-from tasks.runtime import configure_env
-
-configure_env()
+"""Prefect tasks, one module per stage: read input paths, call the core, write outputs atomically."""

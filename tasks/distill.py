@@ -18,18 +18,15 @@ from kdprune.models import build_model
 from kdprune.selection import SAMPLERS, make_sampler
 from kdprune.distill import kd_settings
 from kdprune.train import evaluate, predict_logits, seeded, train
-from tasks.artifacts import load_manifest, load_prepared
-from tasks.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
-from tasks.files import atomic_write_json, md5_file, sha256_file
-from tasks.provenance import stage_tags
-from tasks.workclock import timed_work
-from tasks.model_io import device_data, load_model, model_from_state, save_model, state_arrays
-from tasks.progress import note
-from tasks.runner import node_tags, share, task_compute, task_device, where
-from tasks.runlog import stable_history
+from artifacts.stages import load_manifest, load_prepared
+from artifacts.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
+from artifacts.files import atomic_write_json, md5_file, sha256_file
+from artifacts.models import device_data, load_model, model_from_state, save_model, state_arrays
+from artifacts.outputs import stable_history
+from execution.observe import observer, timed_work
+from execution.runner import node_tags, share, task_compute, task_device, where
 from tasks.teacher import train_config
 from tasks.teachers import teacher_dir
-from tasks.tracking import Tracker, method_color
 
 
 def student_variants(root: Path, params: dict) -> list[dict]:
@@ -115,7 +112,7 @@ def student_inputs(root: Path, params: dict, variants: list[dict], device: torch
     """What every student task reads, loaded once by the stage: the prepared train and val splits,
     the manifests (ids, weights, sampler), each teacher's weights, and each teacher's logits on the
     training split when students use cached logits. Under Ray each goes into the object store once
-    (:func:`tasks.runner.share`), so a task on another node needs no shared filesystem."""
+    (:func:`execution.runner.share`), so a task on another node needs no shared filesystem."""
     sp = params["student"]
     meta, splits = load_prepared(root, params["data"]["dataset"])
     manifests = {v["manifest"]: load_manifest(root / "data" / "manifests" / v["manifest"], meta) for v in variants}
@@ -177,7 +174,7 @@ def train_student(params: dict, variant: dict, inputs: dict, device: str) -> dic
                               manifest["ids_sha256"], log)
     res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher, teacher_logits=t_logits,
                 checkpoint=ckpt, sampler=sampler, sample_weights=weights,
-                on_epoch=lambda epoch, m: (note(f"{variant['name']} epoch {epoch}/{epochs}"),
+                on_epoch=lambda epoch, m: (observer().note(f"{variant['name']} epoch {epoch}/{epochs}"),
                                            fault_point(inputs["checkpoints"], "distill", epoch)))
     model.load_state_dict(res.best_state)
     val = evaluate(model, val_d)
@@ -230,11 +227,12 @@ def record_student(root: Path, params: dict, variant: dict, aliases: tuple, res:
         "val_acc": res["val_acc"], "val_loss": res["val_loss"], "samples_seen": res["samples_seen"],
         "seen_fraction": res["samples_seen"] / (sp["epochs"] * len(splits["train"])),
     }
-    tr = Tracker.shared(root, parent_run_id)  # one per sweep run: the store is checked once
-    tags = {**stage_tags(root, "distill", meta), "kdprune.role": "student", "method": manifest["method"],
+    obs = observer()
+    tr = obs.shared_tracker(root, parent_run_id)  # one per sweep run: the store is checked once
+    tags = {**obs.stage_tags(root, "distill", meta), "kdprune.role": "student", "method": manifest["method"],
             "manifest_sha256": record["manifest_sha256"], "dvc.manifest_md5": md5_file(mpath),
             **({"kdprune.sweep_run_id": parent_run_id} if parent_run_id else {}),
-            **method_color(manifest["method"], params["select"]["methods"]), **node_tags(res["node"])}
+            **obs.run_color(manifest["method"], params["select"]["methods"]), **node_tags(res["node"])}
     run_params = {**{k: v for k, v in record.items() if k not in RESULT_KEYS}, "student": sp}
     sdir = Path(out_dir) / variant["name"]
     c, h, _ = meta["shape"]
@@ -248,7 +246,7 @@ def record_student(root: Path, params: dict, variant: dict, aliases: tuple, res:
     # under an expanded parent, so nested students cannot be compared side by side (see STUDENTS_VIEW)
     with tr.run(variant["name"], None, tags=tags, params=run_params, wait=False,
                 start_ms=int(res["started"] * 1000), end_ms=int(res["ended"] * 1000)) as run_id:
-        log_manifest_dataset(tr, run_id, mpath, manifest, tags, meta)
+        obs.log_student_data(tr, run_id, mpath, manifest, tags, meta)
         tr.log_history(run_id, res["history"])
         tr.log_metrics(run_id, {"best_val_acc": record["val_acc"], "steps": res["steps"], "wall_s": res["wall_s"],
                                 "n_train": record["n_train"], "samples_seen": res["samples_seen"]})
@@ -274,19 +272,7 @@ def record_student(root: Path, params: dict, variant: dict, aliases: tuple, res:
 RESULT_KEYS = ("name", "steps", "best_epoch", "val_acc", "val_loss", "samples_seen", "seen_fraction")
 
 
-def log_manifest_dataset(tr: Tracker, run_id: str, mpath: Path, manifest: dict, tags: dict, meta: dict) -> None:
-    """The student's training data as an MLflow dataset input (the runs table's Dataset column): the
-    manifest's name, its DVC hash as the digest, and where it lives (path in the DVC repo, hashes)."""
-    tr.log_dataset(
-        run_id, name=mpath.stem, digest=tags["dvc.manifest_md5"][:8], source_type="dvc",
-        source={"path": f"data/manifests/{mpath.name}", "md5": tags["dvc.manifest_md5"],
-                "sha256": tags["manifest_sha256"], "git_commit": tags["git_commit"],
-                "dataset": meta["dataset"], "dataset_sha256": meta["sha256"]},
-        profile={"num_rows": len(manifest["ids"]), "method": manifest["method"], "fraction": manifest["fraction"],
-                 "seed": manifest["seed"], "sampler": (manifest.get("sampler") or {}).get("name")})
-
-
-def record_alias(root: Path, tr: Tracker, methods: list[str], alias: dict, record: dict, run_params: dict, history: list,
+def record_alias(root: Path, tr, methods: list[str], alias: dict, record: dict, run_params: dict, history: list,
                  sdir: Path, out_dir: Path, tags: dict, meta: dict) -> str:
     """Record a student that trains exactly like ``record``'s under its own name, manifest and method;
     returns its MLflow run id."""
@@ -299,10 +285,10 @@ def record_alias(root: Path, tr: Tracker, methods: list[str], alias: dict, recor
     for f in ("model.safetensors", "model.json"):
         shutil.copyfile(sdir / f, adir / f)
     atags = {**tags, "method": m["method"], "manifest_sha256": rec["manifest_sha256"], "dvc.manifest_md5": md5_file(mpath),
-             "kdprune.same_training_as": record["name"], **method_color(m["method"], methods)}
+             "kdprune.same_training_as": record["name"], **observer().run_color(m["method"], methods)}
     same = {k: rec[k] for k in ("manifest", "method", "selection_seed", "same_training_as")}
     with tr.run(alias["name"], None, tags=atags, params={**run_params, **same}, wait=False) as run_id:
-        log_manifest_dataset(tr, run_id, mpath, m, atags, meta)
+        observer().log_student_data(tr, run_id, mpath, m, atags, meta)
         atomic_write_json(adir / "metrics.json", {**rec, "history": stable_history(history)})
         tr.log_history(run_id, history)
         tr.log_metrics(run_id, {"best_val_acc": rec["val_acc"], "steps": rec["steps"], "wall_s": 0.0,

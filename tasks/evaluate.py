@@ -3,7 +3,7 @@ figures, and reports/results.csv (one row per student) + reports/report.md.
 
 What DVC tracks is byte-reproducible: test accuracies, the figures drawn from them. The results
 table and the report also carry what differs between runs (MLflow run ids, training and selection
-seconds, peak memory: from the stages' run records, tasks/runlog.py), so they are written beside
+seconds, peak memory: from the stages' run records, telemetry/runlog.py), so they are written beside
 the DVC outs, not as them, and logged to MLflow.
 """
 from __future__ import annotations
@@ -20,14 +20,11 @@ from kdprune import analysis as A
 from kdprune.report import FIGURES, build_report, dvc_metrics, plot_accuracy, plot_data, plot_teacher_size, plot_weight_heatmap
 from kdprune.device import resolve_device
 from kdprune.train import evaluate
-from tasks.artifacts import load_prepared
-from tasks.files import atomic_write_bytes, atomic_write_json, atomic_write_text
-from tasks.provenance import stage_tags
-from tasks.workclock import timed_work
-from tasks.model_io import device_data, load_model
-from tasks.runlog import read_record
+from artifacts.stages import load_prepared
+from artifacts.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from execution.observe import observer, timed_work
+from artifacts.models import device_data, load_model
 from tasks.teachers import teacher_dir
-from tasks.tracking import Tracker
 
 COLUMNS = [
     "dataset", "method", "fraction", "kd", "kd_weight", "kd_schedule", "kd_setting", "temperature", "seed",
@@ -43,8 +40,8 @@ def selection_costs(root: Path, params: dict) -> dict[str, dict]:
     memory, from the scores stage's run record; NaN where this machine has no record of them."""
     from kdprune.selection import method_from_params
 
-    recorded = read_record(root, "scores").get("costs", {})
-    selected = read_record(root, "select").get("costs", {})  # joint selectors: their cost is the selection
+    recorded = observer().read_record(root, "scores").get("costs", {})
+    selected = observer().read_record(root, "select").get("costs", {})  # joint selectors: their cost is the selection
     costs = {}
     for label in params["select"]["methods"]:
         m = method_from_params(label, params["select"])
@@ -102,10 +99,11 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     student_dirs = sorted(p for p in sroot.iterdir() if (p / "metrics.json").exists()) if sroot.exists() else []
     if not student_dirs:
         raise FileNotFoundError(f"no students under {sroot}; run `dvc repro distill` first")
-    tr = Tracker(root)
+    obs = observer()
+    tr = obs.tracker(root)
     rows = []
     costs = selection_costs(root, params)
-    runs = read_record(root, "distill")  # MLflow run ids and seconds: not in the DVC outs
+    runs = obs.read_record(root, "distill")  # MLflow run ids and seconds: not in the DVC outs
     accs: dict[str, float] = {}
     student_params = None
     records = [(d, json.loads((d / "metrics.json").read_text())) for d in student_dirs]
@@ -153,7 +151,7 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     # beside them: the per-student table and the report, with run ids and costs
     atomic_write_text(out / "results.csv", df.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(out / "report.md", report)
-    with tr.run("evaluate", parent_run_id, tags=stage_tags(root, "evaluate", meta)) as run_id:
+    with tr.run("evaluate", parent_run_id, tags=obs.stage_tags(root, "evaluate", meta)) as run_id:
         tr.log_metrics(run_id, {"teacher_test_acc": teacher_acc, "students": len(df)})
         for f in ("results.csv", "report.md", "metrics.json", "claims.json", "plots/accuracy.csv", *figures):
             tr.log_artifact(run_id, out / f, "report")

@@ -10,11 +10,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from kdprune.data import DATASETS, stratified_split, stratified_subsample
-from tasks.artifacts import prepared_dir
-from tasks.files import atomic_directory, atomic_save_npy, atomic_write_json, combined_sha256, sha256_file
-from tasks.workclock import timed_work
-from tasks.tracking import Tracker
-from tasks.provenance import git_commit
+from artifacts.stages import prepared_dir
+from artifacts.files import atomic_directory, atomic_save_npy, atomic_write_json, combined_sha256, sha256_file
+from execution.observe import observer, timed_work
 
 
 @task(name="prepare-dataset", cache_policy=NO_CACHE, persist_result=False)
@@ -67,8 +65,9 @@ def prepare_dataset(root: str, params: dict, parent_run_id: Optional[str] = None
         atomic_write_json(tmp / "meta.json", meta)
     secs = time.perf_counter() - t0
     log.info(f"prepared {dp['dataset']}: sizes {meta['sizes']}, sha256 {meta['sha256'][:12]} -> {out} ({secs:.1f}s)")
-    tr = Tracker(root)
-    with tr.run("prepare", parent_run_id, tags={"kdprune.stage": "prepare", "git_commit": git_commit(root),
+    obs = observer()
+    tr = obs.tracker(root)
+    with tr.run("prepare", parent_run_id, tags={"kdprune.stage": "prepare", **obs.commit_tags(root),
                                                  "dataset": dp["dataset"], "dataset_sha256": meta["sha256"]},
                 params={"data": dp}) as run_id:
         tr.log_metrics(run_id, {"n_train": meta["sizes"]["train"], "n_val": meta["sizes"]["val"],

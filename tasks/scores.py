@@ -29,18 +29,14 @@ from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.scores import SCORES, ScoreContext, ScoreSpec
 from kdprune.train import predict_logits, seeded, train
-from tasks.artifacts import load_prepared, read_dynamics, ScoreWriter
-from tasks.checkpoints import checkpoint_root, FileCheckpoint, fingerprint
-from tasks.files import atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json
-from tasks.params import inside
-from tasks.provenance import stage_tags
-from tasks.workclock import timed_work
-from tasks.model_io import device_data, load_model, model_from_state, state_arrays, state_tensors
-from tasks.cost import measure_cost
-from tasks.runlog import write_record
-from tasks.runner import task_device, where
+from artifacts.stages import load_prepared, read_dynamics, ScoreWriter
+from artifacts.checkpoints import checkpoint_root, FileCheckpoint, fingerprint
+from artifacts.files import atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json
+from execution.params import inside
+from execution.observe import observer, timed_work
+from artifacts.models import device_data, load_model, model_from_state, state_arrays, state_tensors
+from execution.runner import task_device, where
 from tasks.teacher import train_config
-from tasks.tracking import Tracker
 
 
 def requested(sp: dict) -> dict[str, tuple[ScoreSpec, dict]]:
@@ -231,9 +227,10 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
     train = splits["train"]
     proxy_s = {k: sum(p["seconds"] for p in proxies if p["kind"] == k) for k in ("proxy", "memo")}
     out = root / "data" / "scores"
-    tr = Tracker(root)
+    obs = observer()
+    tr = obs.tracker(root)
     index, costs = [], {}
-    with tr.run("scores", parent_run_id, tags=stage_tags(root, "scores", meta), params={"scores": sp}) as run_id, \
+    with tr.run("scores", parent_run_id, tags=obs.stage_tags(root, "scores", meta), params={"scores": sp}) as run_id, \
             atomic_directory(out) as tmp:
         ctx, logits_at = build_context(root, params, meta, splits, proxies, device)
         files = ScoreWriter(tmp, train.ids, meta)
@@ -241,7 +238,7 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
             ctx.proxy_logits = logits_at[opts["epoch"]] if "proxy_logits" in spec.needs else None
             for seed in (sp["seeds"] if spec.seeded else [None]):
                 ctx.seed = 0 if seed is None else seed
-                with measure_cost() as cost:
+                with obs.measure_cost() as cost:
                     values = spec(ctx, **spec.fn_options(opts))
                 stem = method if seed is None else f"{method}-{seed}"
                 proxy_cost = sum(proxy_s[k] for k in spec.proxies)
@@ -259,7 +256,7 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
                 log.info(f"score {stem}: {cost['seconds'] * 1000:.1f} ms (+{proxy_cost:.1f}s proxy training), "
                          f"peak {cost['peak_mem_mb']:.1f} MiB, range [{values.min():.3g}, {values.max():.3g}]")
         atomic_write_json(tmp / "index.json", index)
-    write_record(root, "scores", {"mlflow_run_id": run_id, "costs": costs})
+    obs.write_record(root, "scores", {"mlflow_run_id": run_id, "costs": costs})
     return {"path": str(out), "scores": [e["file"] for e in index]}
 
 

@@ -21,12 +21,9 @@ from kdprune.device import resolve_device
 from kdprune.scores import SCORES
 from kdprune.selection import (CCS, JOINT, SAMPLERS, ccs_beta_at, method_from_params, run_joint, select,
                                selector_options)
-from tasks.artifacts import load_prepared, ScoreReader, write_manifest
-from tasks.files import atomic_directory, sha256_file
-from tasks.provenance import stage_tags
-from tasks.workclock import timed_work
-from tasks.runlog import write_record
-from tasks.tracking import Tracker
+from artifacts.stages import load_prepared, ScoreReader, write_manifest
+from artifacts.files import atomic_directory, sha256_file
+from execution.observe import observer, timed_work
 
 
 def manifest_name(stem: str, fraction: float, seed: Optional[int]) -> str:
@@ -51,7 +48,7 @@ def plan(params: dict) -> list[dict]:
 def joint_inputs(root: Path, params: dict, meta: dict, splits: dict, needs: set[str]):
     """The teacher's features / gradients / validation data / model for the joint selectors, once."""
     from kdprune.selection.joint.inputs import model_inputs
-    from tasks.model_io import device_data, load_model
+    from artifacts.models import device_data, load_model
 
     device = resolve_device(params["device"])
     tdir = Path(root) / "models" / "teacher"
@@ -80,7 +77,8 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
     train = splits["train"]
     scores_in = ScoreReader(root / "data" / "scores", meta, train)
     out = root / "data" / "manifests"
-    tr = Tracker(root)
+    obs = observer()
+    tr = obs.tracker(root)
     names = []
     sel = params["select"]
     jobs = plan(params)
@@ -89,12 +87,10 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
     needs = set().union(*(JOINT.get(name).inputs_for(opts) for name, opts in joint_opts.items()))
     inputs, teacher_sha, inputs_cost = None, None, {"seconds": 0.0, "peak_mem_mb": 0.0}
     costs = {}
-    if needs:
-        from tasks.cost import measure_cost  # torch and psutil: only when a joint selector runs
-    with tr.run("select", parent_run_id, tags=stage_tags(root, "select", meta), params={"select": sel}) as run_id, \
+    with tr.run("select", parent_run_id, tags=obs.stage_tags(root, "select", meta), params={"select": sel}) as run_id, \
             atomic_directory(out) as tmp:
         if needs:
-            with measure_cost() as inputs_cost:
+            with obs.measure_cost() as inputs_cost:
                 inputs, teacher_sha = joint_inputs(root, params, meta, splits, needs)
             log.info(f"joint selector inputs ({', '.join(sorted(needs))}) from the teacher: "
                      f"{inputs_cost['seconds']:.2f}s, peak {inputs_cost['peak_mem_mb']:.1f} MiB")
@@ -105,7 +101,7 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
             if m.joint is not None:
                 spec, opts = JOINT.get(m.joint), joint_opts[m.joint]
                 base["balanced"] = bool(opts.get("balance"))
-                with measure_cost() as cost:
+                with obs.measure_cost() as cost:
                     kept, weights = run_joint(m.joint, train.ids, inputs, frac, seed=seed or 0, options=opts)
                 extra = {"selector": m.joint, "selector_options": opts, "sampler": None, "keep": None,
                          "score": None, "score_sha256": None, "score_variant": None,
@@ -155,6 +151,6 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
             log.info(f"joint selection {stem}: {c['seconds']:.2f}s (+{c['inputs_s']:.2f}s teacher forward), "
                      f"peak {c['peak_mem_mb']:.1f} MiB")
         tr.log_metrics(run_id, metrics)
-    # volatile figures: beside, never inside, the DVC output (tasks/runlog.py)
-    write_record(root, "select", {"mlflow_run_id": run_id, "costs": costs})
+    # volatile figures: beside, never inside, the DVC output (the run record)
+    obs.write_record(root, "select", {"mlflow_run_id": run_id, "costs": costs})
     return {"path": str(out), "manifests": names}

@@ -1,7 +1,6 @@
 """teacher: full train split -> models/teacher/ (weights, history, per-epoch per-sample dynamics)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -13,15 +12,12 @@ from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.reproducibility import provenance
 from kdprune.train import TrainConfig, evaluate, seeded, train
-from tasks.artifacts import load_prepared, write_dynamics
-from tasks.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
-from tasks.files import atomic_directory, atomic_write_json
-from tasks.provenance import stage_tags
-from tasks.workclock import timed_work
-from tasks.model_io import device_data, save_model
-from tasks.progress import progress
-from tasks.runlog import stable_history, write_record
-from tasks.tracking import Tracker
+from artifacts.stages import load_prepared, write_dynamics
+from artifacts.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
+from artifacts.files import atomic_directory, atomic_write_json
+from artifacts.models import device_data, save_model
+from artifacts.outputs import stable_history
+from execution.observe import observer, timed_work
 
 
 def train_config(section: dict, **extra) -> TrainConfig:
@@ -30,7 +26,7 @@ def train_config(section: dict, **extra) -> TrainConfig:
     return TrainConfig(**{**{k: section[k] for k in keys}, **extra})
 
 
-def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Optional[Tracker], run_id: Optional[str], log,
+def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr, run_id: Optional[str], log,
                 record_dynamics: bool, data: Optional[tuple] = None, device=None):
     """Train a teacher of ``arch`` on the full train split with the teacher params (seed, schedule,
     augmentation); per-epoch metrics go to ``run_id`` (none without ``tr``: a task on the runner
@@ -58,7 +54,7 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr: Optional[Tr
                           fingerprint(tp, arch, meta["sha256"], str(device), torch.get_num_threads(),
                                       params["reproducibility"]["cpu"]), log)
     log.info(f"training {stage} {arch} on {len(train_d)} examples for {tp['epochs']} epochs on {device}")
-    with progress(f"{stage} {arch}", tp["epochs"], "epoch") as bar:
+    with observer().progress(f"{stage} {arch}", tp["epochs"], "epoch") as bar:
         res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)
     if ckpt.resumed_from and tr is not None:  # epochs before the crash were logged to the failed attempt's run
         tr.log_history(run_id, res.history[: ckpt.resumed_from])
@@ -76,37 +72,18 @@ def model_info(arch: str, model, meta: dict, compute: dict) -> dict:
             "n_params": int(sum(p.numel() for p in model.parameters())), "compute": compute}
 
 
-def register_teacher(root: Path, tr: Tracker, run_id: str, model_dir: Path, meta: dict) -> None:
-    """The teacher as an MLflow model in the Model Registry (``kdprune-teacher-<dataset>``, one version
-    per retrain): a pyfunc model from code (tasks/teacher_model.py) with the safetensors weights as an
-    artifact, so nothing is pickled; the core package travels as its code."""
-    import importlib.metadata as md
-
-    import kdprune
-
-    norm = root / ".kdprune" / "mlflow" / run_id / "input.json"  # read by the writer process, later
-    atomic_write_json(norm, {"mean": list(map(float, meta["mean"])), "std": list(map(float, meta["std"]))})
-    c, h, w = meta["shape"]
-    signature = {"inputs": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, c, h, w]}}]),
-                 "outputs": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "float32",
-                                                                           "shape": [-1, meta["num_classes"]]}}])}
-    tr.log_model(run_id, "teacher", f"kdprune-teacher-{meta['dataset']}", Path(__file__).with_name("teacher_model.py"),
-                 {"weights": model_dir / "model.safetensors", "model_json": model_dir / "model.json", "input": norm},
-                 [Path(kdprune.__file__).parent],
-                 [f"{p}=={md.version(p)}" for p in ("mlflow", "torch", "safetensors", "numpy")], signature)
-
-
 @task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1)
 @timed_work
 def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
     log = get_run_logger()
     root = Path(root)
     tp = params["teacher"]
-    tr = Tracker(root)
+    obs = observer()
+    tr = obs.tracker(root)
     meta, _ = load_prepared(root, params["data"]["dataset"])
     # the run ends without waiting for its logging (the registered model takes the writer a second or
     # two): the next stage starts meanwhile; a process's later flush, or its end, waits for it
-    with tr.run("teacher", parent_run_id, tags=stage_tags(root, "teacher", meta),
+    with tr.run("teacher", parent_run_id, tags=obs.stage_tags(root, "teacher", meta),
                 params={"teacher": tp, "device": params["device"]}, wait=False) as run_id:
         model, res, val, meta, splits, ckpt = fit_teacher(root, params, tp["arch"], "teacher", tr, run_id, log,
                                                            record_dynamics=True)
@@ -122,8 +99,8 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
                                 "steps": res.steps})
         tr.log_artifact(run_id, out / "model.safetensors", "model")
         tr.log_artifact(run_id, out / "model.json", "model")
-        register_teacher(root, tr, run_id, out, meta)
-    write_record(root, "teacher", {"mlflow_run_id": run_id, "wall_s": res.seconds})
+        obs.register_teacher(root, tr, run_id, out, meta)
+    obs.write_record(root, "teacher", {"mlflow_run_id": run_id, "wall_s": res.seconds})
     ckpt.clear()
     if tr.summary(wait=False):
         log.warning(f"teacher: {tr.summary(wait=False)}; the model and metrics are on disk in {out}")

@@ -14,15 +14,13 @@ from typing import Optional
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.artifacts import load_prepared
-from tasks.files import atomic_write_json
-from tasks.provenance import stage_tags
-from tasks.workclock import timed_work
-from tasks.model_io import model_from_state, save_model, state_arrays
-from tasks.runner import node_tags, task_compute, task_device, where
+from artifacts.stages import load_prepared
+from artifacts.files import atomic_write_json
+from artifacts.models import model_from_state, save_model, state_arrays
+from artifacts.outputs import stable_history
+from execution.observe import observer, timed_work
+from execution.runner import node_tags, task_compute, task_device, where
 from tasks.teacher import fit_teacher, model_info
-from tasks.runlog import stable_history
-from tasks.tracking import Tracker
 
 
 def teacher_dir(root: Path, params: dict, arch: str) -> Path:
@@ -67,8 +65,9 @@ def record_extra_teacher(root: Path, params: dict, res: dict, out_dir: Path, par
         "arch": arch, "best_epoch": res["best_epoch"], "val_acc": res["val_acc"], "val_loss": res["val_loss"],
         "steps": res["steps"], "n_train": res["n_train"], "n_params": info["n_params"],
         "history": stable_history(res["history"])})
-    tr = Tracker.shared(root, parent_run_id)
-    with tr.run(f"teacher {arch}", parent_run_id, tags={**stage_tags(root, "teachers", meta), "kdprune.role": "teacher",
+    obs = observer()
+    tr = obs.shared_tracker(root, parent_run_id)
+    with tr.run(f"teacher {arch}", parent_run_id, tags={**obs.stage_tags(root, "teachers", meta), "kdprune.role": "teacher",
                                                          "teacher_arch": arch, **node_tags(res["node"])},
                 params={"teacher": {**params["teacher"], "arch": arch}, "runner": params["runner"]},
                 start_ms=int(res["started"] * 1000), end_ms=int(res["ended"] * 1000)) as run_id:

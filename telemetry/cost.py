@@ -1,6 +1,6 @@
 """What a piece of work costs: wall seconds and peak extra memory (the selection cost the report puts
 beside accuracy). Figures that differ from run to run: they go to MLflow and the run records
-(tasks/runlog.py), never into a DVC output."""
+(telemetry/runlog.py), never into a DVC output."""
 from __future__ import annotations
 
 import contextlib

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tasks.files import atomic_write_json
+from artifacts.files import atomic_write_json
 
 
 def record_path(root: Path | str, stage: str) -> Path:
@@ -31,24 +31,3 @@ def read_record(root: Path | str, stage: str) -> dict[str, Any]:
         return json.loads(record_path(root, stage).read_text())
     except (OSError, ValueError):
         return {}
-
-
-# what changes from one run to the next: figures, run ids, where a task ran, and the tasks'
-# bookkeeping (checkpoint path, work clock, per-student run records)
-VOLATILE = ("seconds", "wall_s", "mlflow_run_id", "runs", "checkpoint", "work_s", "host", "pid", "ray_node_id",
-            "ray_node_ip")
-
-
-def without_volatile(d: dict) -> dict:
-    """``d`` without what changes from one run to the next (for DVC outputs)."""
-    return {k: v for k, v in d.items() if k not in VOLATILE}
-
-
-def write_task_index(path: Path, results: list[dict]) -> None:
-    """A stage's index of its training tasks' results, a DVC output: without what changes run to run."""
-    atomic_write_json(path, [without_volatile(r) for r in results])
-
-
-def stable_history(history: list[dict]) -> list[dict]:
-    """A training history for a DVC output: every per-epoch figure except its seconds."""
-    return [without_volatile(h) for h in history]

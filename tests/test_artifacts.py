@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from kdprune.data import PreparedSplit
-from tasks.artifacts import (
+from artifacts.stages import (
     ScoreReader, ScoreWriter, load_manifest, read_dynamics, write_dynamics, write_manifest,
 )
-from tasks.files import IntegrityError
+from artifacts.files import IntegrityError
 
 META = {"sha256": "d" * 64, "dataset": "toy", "num_classes": 3}
 

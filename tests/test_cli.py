@@ -14,10 +14,10 @@ from bench.project import REPO
 
 
 def test_the_console_script_is_the_flows_command_line_and_every_subcommand_has_help(capsys):
-    from flows.__main__ import COMMANDS, parser
+    from cli.main import COMMANDS, parser
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"kdprune": "flows.__main__:main"}
+    assert scripts == {"kdprune": "cli.main:main"}
     ap = parser("kdprune")
     with pytest.raises(SystemExit) as e:
         ap.parse_args(["--help"])
@@ -46,7 +46,7 @@ def test_the_console_script_is_the_flows_command_line_and_every_subcommand_has_h
 
 
 def test_progress_draws_on_a_terminal_and_stays_quiet_in_logs_and_ci(monkeypatch):
-    from tasks.progress import enabled, note, progress
+    from telemetry.progress import enabled, note, progress
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -82,7 +82,7 @@ def _profile(tmp_path: Path, name: str, data: dict) -> Path:
 
 def test_bench_memory_row_is_skipped_with_the_command_that_gets_the_data(tmp_path, capsys):
     from bench.pipeline_bench import teacher_peak_rss
-    from flows.tools import print_bench_table
+    from cli.tools import print_bench_table
 
     empty = tmp_path / "nothing-here"
     empty.mkdir()
@@ -98,7 +98,7 @@ def test_bench_memory_row_is_skipped_with_the_command_that_gets_the_data(tmp_pat
 
 
 def test_data_prints_exact_instructions_when_it_cannot_fetch(tmp_path, monkeypatch, capsys):
-    from flows import tools
+    from cli import tools
 
     monkeypatch.setenv("KDPRUNE_ROOT", str(tmp_path))
     empty = tmp_path / "nothing-here"
@@ -120,7 +120,7 @@ def test_data_prints_exact_instructions_when_it_cannot_fetch(tmp_path, monkeypat
 
 
 def test_the_ui_link_follows_the_experiment_kind_and_the_students_view():
-    from tasks.tracking import STUDENTS_VIEW, students_view_state, ui_url
+    from tracking.tracker import STUDENTS_VIEW, students_view_state, ui_url
 
     view = {f"mlflow.sharedViewState.{STUDENTS_VIEW}": "{}"}
     training = {"mlflow.experimentKind": "custom_model_development", **view}

@@ -1,6 +1,7 @@
-"""Lineage: every stage depends on every project file its command imports (and on nothing else of the
-code), DVC outputs are byte-reproducible, a bad params.yaml loses nothing, and DVC's comparison
-tools (`dvc exp show`, `dvc metrics diff`, `dvc plots diff`) see the results."""
+"""Lineage: every stage depends on every result-determining project file its command imports (and on
+nothing else of the code: output-neutral code never), DVC outputs are byte-reproducible, a bad
+params.yaml loses nothing, and DVC's comparison tools (`dvc exp show`, `dvc metrics diff`,
+`dvc plots diff`) see the results."""
 from __future__ import annotations
 
 import ast
@@ -14,7 +15,14 @@ import yaml
 
 from bench.project import REPO, make_project
 
-PACKAGES = ("kdprune", "tasks", "flows")
+# result-determining: every file of these that a stage's command imports is one of its DVC deps
+RESULT = ("kdprune", "artifacts", "execution", "tasks", "flows")
+# output-neutral: they cannot change an output, no result-determining module imports them (the stages
+# report through execution/observe.py), and they are no DVC deps: fixing a log line re-runs nothing
+NEUTRAL = ("tracking", "telemetry", "servers", "cli")
+PACKAGES = RESULT + NEUTRAL
+# `python -m flows`: the command line's shim (cli/main.py), output-neutral like the rest of the CLI
+SHIM = REPO / "flows" / "__main__.py"
 
 
 def _module_file(name: str) -> Path | None:
@@ -30,35 +38,44 @@ def _with_parents(name: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-DISPATCHER = REPO / "flows" / "__main__.py"  # imports each command's module inside that command's branch
+def imported_names(f: Path, dynamic: bool = False) -> list[str]:
+    """Every project module ``f`` names in an import statement, anywhere in it (inside functions too),
+    and with ``dynamic`` in an ``importlib.import_module("...")`` call with a literal name (the stages'
+    registries load that way only where params name them: the stage's real imports cover those)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(f.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif (dynamic and isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names.append(node.args[0].value)
+    return [n for n in names if n.split(".")[0] in PACKAGES]
+
+
+def is_result_determining(f: Path) -> bool:
+    rel = f.relative_to(REPO)
+    return rel.parts[0] in RESULT and f != SHIM
 
 
 def static_closure(files: set[Path]) -> set[Path]:
-    """Every project file reachable from ``files`` through import statements anywhere in them
-    (module level or inside functions), with the packages' __init__ files. The command-line
-    dispatcher's per-command imports are not followed (the stage's own module is imported for real)."""
+    """Every result-determining project file reachable from ``files`` through import statements anywhere
+    in them (module level or inside functions), with the packages' __init__ files. Output-neutral files
+    are neither followed nor counted (no result-determining file imports one:
+    test_no_result_determining_module_imports_an_output_neutral_one)."""
     seen: set[Path] = set()
-    todo = list(files)
+    todo = [f for f in files if is_result_determining(f)]
     while todo:
         f = todo.pop()
         if f in seen:
             continue
         seen.add(f)
-        tree = ast.parse(f.read_text())
-        nodes = tree.body if f == DISPATCHER else ast.walk(tree)
-        for node in nodes:
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            for name in names:
-                if name.split(".")[0] not in PACKAGES:
-                    continue
-                for mod in _with_parents(name):
-                    mf = _module_file(mod)
-                    if mf is not None and mf not in seen:
-                        todo.append(mf)
+        for name in imported_names(f):
+            for mod in _with_parents(name):
+                mf = _module_file(mod)
+                if mf is not None and mf not in seen and is_result_determining(mf):
+                    todo.append(mf)
     return seen
 
 
@@ -69,17 +86,17 @@ def stage_imports(stage: str) -> set[str]:
     (imports inside functions included, so a code path these params do not take is still covered)."""
     code = (
         "import importlib, json, sys\n"
-        "from tasks.params import pin_cpu\n"
+        "from execution.params import pin_cpu\n"
         "pin_cpu('.')\n"  # as the entrypoint does, before torch loads
         "import flows.__main__\n"
         f"importlib.import_module('flows.{stage}')\n"
-        "from tasks.params import load_params\n"
+        "from execution.params import load_params\n"
         f"load_params('.', {None if stage == 'validate' else repr(stage)})\n"
         "print(json.dumps([getattr(m, '__file__', None) for m in list(sys.modules.values())]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     loaded = {Path(f).resolve() for f in json.loads(out.splitlines()[-1]) if f}
-    ours = {f for f in loaded if f.is_relative_to(REPO) and f.relative_to(REPO).parts[0] in PACKAGES}
+    ours = {f for f in loaded if f.is_relative_to(REPO) and f.relative_to(REPO).parts[0] in RESULT}
     return {str(f.relative_to(REPO)) for f in static_closure(ours)}
 
 
@@ -96,6 +113,8 @@ def test_stage_deps_are_exactly_its_imports(stage):
     spec = dvc_stages()[stage]
     assert spec["cmd"] == f"python -m flows {stage}"
     deps = [d for d in spec.get("deps", []) if d.split("/")[0] in PACKAGES]
+    neutral = [d for d in deps if d.split("/")[0] in NEUTRAL or REPO / d == SHIM]
+    assert not neutral, f"dvc.yaml stage {stage!r} depends on output-neutral code {neutral}"
     imported = stage_imports(stage)
     missing = sorted(f for f in imported if not _covered(f, deps))
     assert not missing, f"dvc.yaml stage {stage!r} imports {missing} but does not depend on them"
@@ -160,7 +179,7 @@ def test_two_clean_runs_of_the_default_pipeline_write_the_same_dvc_lock(tmp_path
     if why_not is None:
         assert _outs(locks[0]) == _outs(committed), "dvc.lock is stale: run `make run` and commit dvc.lock"
         return
-    from flows.verify import agreement
+    from cli.verify import agreement
 
     report, table = agreement(REPO, projects[0].path)
     print(f"bytes cannot match here ({why_not}); the statistical check instead:\n{table}")

@@ -184,7 +184,7 @@ def test_the_runs_own_ray_starts_its_workers_at_the_stage_processes_priority():
     """Ray's default worker niceness is 15: students lost the CPU to any other process on a shared
     machine. The runner's Ray instance starts them at nice 0 (ray_env_defaults)."""
     code = ("import os\n"
-            "from tasks.runner import ray_env_defaults, ray_init_kwargs\n"
+            "from execution.runner import ray_env_defaults, ray_init_kwargs\n"
             "os.nice(-os.nice(0))\n"  # this process at 0 whatever the caller's niceness
             "ray_env_defaults()\n"
             "import ray\n"

@@ -101,8 +101,8 @@ def test_prefect_retry_of_a_failed_student_resumes_from_its_checkpoint(proj):
 
 def _check_outs_complete(root: Path) -> list[str]:
     """Every stage output that exists is whole; returns the outputs found."""
-    from tasks.artifacts import load_manifest
-    from tasks.files import sha256_file
+    from artifacts.stages import load_manifest
+    from artifacts.files import sha256_file
 
     found = []
     prepared = root / "data" / "prepared" / "digits"
@@ -169,13 +169,15 @@ def test_a_failing_stage_leaves_the_stages_before_it_recorded_in_dvc_lock(tmp_pa
     p.env["PREFECT_HOME"] = str(home)
     script = (
         "import sys\n"
+        "from servers.runtime import configure_env\n"
+        "configure_env()\n"  # as the entry point does, before Prefect is imported
         "from prefect import flow\n"
         "import flows.pipeline as fp\n"
         "@flow(name='scores')\n"
         "def broken(root='.', parent_run_id=None):\n"
         "    raise RuntimeError('scores broke on purpose')\n"
         "fp.STAGES['scores'] = broken\n"
-        "from tasks.runtime import ensure_prefect_server\n"
+        "from servers.runtime import ensure_prefect_server\n"
         "ensure_prefect_server()\n"
         "fp.pipeline(root='.')\n"
     )
@@ -193,8 +195,8 @@ def test_a_failing_stage_leaves_the_stages_before_it_recorded_in_dvc_lock(tmp_pa
 def test_corrupt_or_truncated_prepared_data_is_refused(proj, tmp_path):
     import shutil
 
-    from tasks.artifacts import load_prepared
-    from tasks.files import IntegrityError
+    from artifacts.stages import load_prepared
+    from artifacts.files import IntegrityError
 
     for damage in ("flip", "truncate"):
         root = tmp_path / damage
@@ -238,8 +240,8 @@ def test_stage_refuses_a_manifest_of_another_dataset_naming_both_hashes(proj):
 
 def test_eight_concurrent_students_lose_no_run_and_no_metric_point(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    import tasks.tracking as T
-    from tasks.tracking import Tracker
+    import tracking.tracker as T
+    from tracking.tracker import Tracker
 
     monkeypatch.setattr(T, "_MLFLOW", T._Logger())  # a fresh one: nothing of an earlier test's store
 
@@ -329,7 +331,7 @@ def test_tracking_server_lost_mid_run_keeps_the_model_and_says_what_was_not_logg
 # ---------------------------------------------------------------- safety
 
 def test_checkpoints_load_weights_only(tmp_path):
-    from tasks.checkpoints import FileCheckpoint
+    from artifacts.checkpoints import FileCheckpoint
 
     class Evil:
         def __reduce__(self):
@@ -354,7 +356,7 @@ def test_local_servers_bind_loopback_only(proj):
 
 def test_paths_from_params_cannot_escape_the_project(tmp_path):
     from kdprune.config import ParamsError, validate
-    from tasks.params import inside
+    from execution.params import inside
 
     assert inside(tmp_path, "data/x") == (tmp_path / "data" / "x").resolve()
     for bad in ("../outside", "/etc/passwd", "data/../../x"):

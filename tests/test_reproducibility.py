@@ -75,7 +75,7 @@ def test_a_process_that_loaded_torch_unpinned_is_refused():
 
 
 def test_cluster_workers_get_the_pin_in_their_runtime_environment():
-    from tasks.runner import ray_init_kwargs
+    from execution.runner import ray_init_kwargs
 
     params = {"runner": {"address": "auto", "cpus_per_task": 3}, "reproducibility": {"cpu": "portable", "threads": 2}}
     env = ray_init_kwargs(params)["runtime_env"]["env_vars"]

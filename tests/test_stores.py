@@ -28,7 +28,7 @@ from bench.project import REPO, clean_env, free_port, make_project
 from tests.conftest import TINY
 
 sys.path.insert(0, str(REPO))
-from tasks.stores import postgres_available  # noqa: E402
+from servers.stores import postgres_available  # noqa: E402
 
 pytestmark = [
     pytest.mark.integration,

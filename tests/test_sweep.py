@@ -14,7 +14,7 @@ from kdprune.data import stratified_subsample
 from kdprune.distill import SCHEDULES, kd_settings
 from kdprune.models import build_model
 from kdprune.train import DeviceData, TrainConfig, predict_logits, seeded, train
-from tasks.params import parse_params_text, sweep_params, write_params
+from execution.params import parse_params_text, sweep_params, write_params
 
 
 def test_schedules_give_the_weight_of_each_fraction():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 from bench.project import REPO
-from tasks.tracking_writer import Writer
+from tracking.writer import Writer
 
 
 def _client(db: Path):
@@ -33,7 +33,7 @@ def _script(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
 def test_a_tracked_process_logs_everything(tmp_path):
     (tmp_path / "art.txt").write_text("hello")
     out = _script(tmp_path, """
-        from tasks.tracking import Tracker, import_mlflow_early
+        from tracking.tracker import Tracker, import_mlflow_early
         import_mlflow_early()
         tr = Tracker(Path.cwd())
         with tr.run("parent", tags={"kdprune.stage": "pipeline"}, params={"a": {"b": 1}, "c": "x"}) as pid:
@@ -66,7 +66,7 @@ def test_a_tracked_process_logs_everything(tmp_path):
 
 def test_a_failing_call_takes_the_tracker_offline_and_is_counted(tmp_path):
     out = _script(tmp_path, """
-        from tasks.tracking import Tracker, not_logged_total
+        from tracking.tracker import Tracker, not_logged_total
         tr = Tracker(Path.cwd())
         ok = Tracker(Path.cwd())
         rid = ok.start("fine")
@@ -122,7 +122,7 @@ def test_an_unusable_store_stops_tracker_creation_with_the_uri(tmp_path):
     out = _script(tmp_path, f"""
         import os
         os.environ["MLFLOW_TRACKING_URI"] = {bad!r}
-        from tasks.tracking import Tracker, TrackingUnavailable
+        from tracking.tracker import Tracker, TrackingUnavailable
         try:
             Tracker(Path.cwd())
             print("opened")
@@ -137,7 +137,7 @@ def test_a_run_ended_without_waiting_just_before_exit_is_logged_whole(tmp_path):
     """wait=False (students, the teacher): the run's end does not wait, and a process that then exits
     still leaves everything in the store (the queue is written at exit)."""
     out = _script(tmp_path, """
-        import time, tasks.tracking as T
+        import time, tracking.tracker as T
         tr = T.Tracker(Path.cwd())
         with tr.run("student", wait=False) as rid:
             tr.log_history(rid, [{"loss": 1.0 / e, "acc": e / 10} for e in range(1, 41)])
@@ -157,9 +157,9 @@ def test_the_fast_exit_comes_after_the_tracking_flush_and_skips_only_finalizatio
     out = _script(tmp_path, """
         import atexit
         atexit.register(lambda: print("finalized"))  # before the fast exit: must not run
-        import flows.__main__ as M
+        import cli.main as M
         atexit.register(M._fast_exit)
-        import tasks.tracking as T
+        import tracking.tracker as T
         tr = T.Tracker(Path.cwd())
         with tr.run("student", wait=False) as rid:
             tr.log_history(rid, [{"loss": 1.0 / e, "acc": e / 10} for e in range(1, 41)])
@@ -181,7 +181,7 @@ def test_logging_never_waits_on_the_store_but_a_flush_does(tmp_path):
     counted; they are written in the order sent."""
     out = _script(tmp_path, """
         import sqlite3, threading, time
-        import tasks.tracking as T
+        import tracking.tracker as T
         tr = T.Tracker(Path.cwd())
         rid = tr.start("busy")
         tr.flush()

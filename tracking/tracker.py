@@ -4,7 +4,7 @@ With nothing configured the store is SQLite in the project (``mlflow.db``) and a
 ``mlartifacts/``; ``MLFLOW_TRACKING_URI`` points elsewhere unchanged.
 
 MLflow runs in one child process per kdprune process (the standard library's ProcessPoolExecutor
-with one spawned worker; the calls are ``tasks.tracking_writer.Writer``'s): ``import_mlflow_early()``
+with one spawned worker; the calls are ``tracking.writer.Writer``'s): ``import_mlflow_early()``
 starts it, and it imports MLflow and its SQL store (about 2 s of Python) on the other core while this
 process imports torch and Prefect. Measured against MLflow imported on a thread of this process:
 1.2 s less per process start-up (README "Tracking").
@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from tasks import tracking_writer
+from tracking import writer as tracking_writer
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "kdprune")
 # MLflow's experiment kind: model training, not GenAI (its UI's runs table, not traces)
@@ -114,7 +114,7 @@ class _Logger:
         with _blocking():
             try:
                 return self.start().submit(tracking_writer.call, op, args).result()
-            except RuntimeError:  # MLflow's error (tasks.tracking_writer.call), or the child died (BrokenProcessPool)
+            except RuntimeError:  # MLflow's error (tracking.writer.call), or the child died (BrokenProcessPool)
                 raise
             except Exception as e:  # e.g. an argument that cannot be pickled
                 raise RuntimeError(f"{type(e).__name__}: {str(e)[:500]}") from None
@@ -203,7 +203,7 @@ def check_tracking_store(timeout_s: float = 5.0) -> str:
     """Cheap reachability check of MLFLOW_TRACKING_URI, without importing MLflow; raises TrackingUnavailable."""
     import urllib.request
 
-    from tasks.runtime import stores_hint
+    from servers.runtime import stores_hint
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
     if uri.startswith(("http://", "https://")):

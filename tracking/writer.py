@@ -1,4 +1,4 @@
-"""The MLflow calls a kdprune process makes, made in its MLflow child process (``tasks.tracking``
+"""The MLflow calls a kdprune process makes, made in its MLflow child process (``tracking.tracker``
 submits them: opening the store and creating runs waiting for the answer, logging without waiting,
 all in the order sent).
 
@@ -132,7 +132,7 @@ def _say(text: str) -> None:
         pass
 
 
-# ---------------------------------------------------------------- the child process (tasks.tracking._Logger)
+# ---------------------------------------------------------------- the child process (tracking.tracker._Logger)
 _WRITER: Optional[Writer] = None
 
 
