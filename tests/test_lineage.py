@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,103 @@ def test_every_stage_runs_after_validate():
     for name, spec in stages.items():
         if name != "validate":
             assert marker in spec["deps"], f"stage {name} does not depend on the validate stage's {marker}"
+
+
+def project_files(packages: tuple[str, ...]) -> list[Path]:
+    return sorted(f for pkg in packages for f in (REPO / pkg).rglob("*.py") if "__pycache__" not in f.parts)
+
+
+def test_no_result_determining_module_imports_an_output_neutral_one():
+    """Result-determining code reaches tracking, progress, run records and the servers only through
+    execution/observe.py (the entry point installs the real observer), so an output-neutral module is
+    never in a stage's lineage: fixing it cannot re-run a study."""
+    bad = [f"{f.relative_to(REPO)} imports {name}" for f in project_files(RESULT) if is_result_determining(f)
+           for name in imported_names(f, dynamic=True)
+           if name.split(".")[0] in NEUTRAL or _module_file(name) == SHIM]
+    assert not bad, "result-determining code imports output-neutral code: " + "; ".join(bad)
+
+
+def test_nothing_below_flows_imports_flows():
+    bad = [f"{f.relative_to(REPO)} imports {name}" for f in project_files(("kdprune", "artifacts", "execution", "tasks"))
+           for name in imported_names(f, dynamic=True) if name.split(".")[0] == "flows"]
+    assert not bad, "; ".join(bad)
+
+
+def test_no_module_imports_another_modules_private_names():
+    bad = []
+    for f in project_files(PACKAGES + ("bench",)):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES + ("bench",):
+                bad += [f"{f.relative_to(REPO)}: from {node.module} import {a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, "; ".join(bad)
+
+
+def test_importing_the_code_changes_nothing_in_the_process_environment():
+    """No import side effects: the entry point configures the environment (servers.runtime.configure_env)
+    and installs the stages' observer explicitly; importing every module leaves os.environ as it was."""
+    modules = [".".join(f.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+               for f in project_files(PACKAGES) if f != SHIM]
+    code = ("import importlib, json, os\n"
+            "import sklearn\n"  # scikit-learn sets KMP_DUPLICATE_LIB_OK on import: its effect, not ours
+            "before = dict(os.environ)\n"
+            f"for m in {modules!r}:\n"
+            "    importlib.import_module(m)\n"
+            "from execution.observe import Observer, observer\n"
+            "print(json.dumps({'changed': sorted(k for k in {*before, *os.environ} if before.get(k) != os.environ.get(k)),\n"
+            "                  'observer': type(observer()) is Observer}))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "KDPRUNE_", "DVC_"))}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.splitlines()[-1])
+    assert res == {"changed": [], "observer": True}, res
+
+
+def _placeholder_outs(proj_path: Path) -> None:
+    """Every stage output as a placeholder, so that DVC can record each stage without running it."""
+    params = yaml.safe_load((proj_path / "params.yaml").read_text())
+    for spec in dvc_stages().values():
+        for kind in ("outs", "metrics", "plots"):
+            for out in spec.get(kind, []):
+                path = next(iter(out)) if isinstance(out, dict) else out
+                path = proj_path / path.replace("${data.dataset}", params["data"]["dataset"])
+                if path.exists():
+                    continue
+                if path.suffix:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text("placeholder\n")
+                else:
+                    path.mkdir(parents=True)
+                    (path / "placeholder").write_text("placeholder\n")
+
+
+def _stale(proj) -> set[str]:
+    out = proj.run("dvc", "status", "--json").stdout
+    return {k.rsplit(":", 1)[-1] for k in json.loads(out or "{}")}
+
+
+def test_an_output_neutral_edit_leaves_dvc_status_clean_and_a_core_edit_stales_exactly_its_importers(tmp_path):
+    """In a throw-away copy whose every stage DVC has recorded (placeholder outputs: what is checked is
+    the code deps, not the results): a comment added to every output-neutral module, the shim
+    included, leaves `dvc status` clean; a comment in one core module makes exactly the stages that
+    import it stale."""
+    from bench.project import free_port
+
+    proj = make_project(tmp_path / "p", free_port())
+    _placeholder_outs(proj.path)
+    proj.run("dvc", "commit", "--force", "-q")
+    assert _stale(proj) == set()
+    neutral = project_files(NEUTRAL) + [SHIM]
+    assert len(neutral) > 10
+    for f in neutral:
+        copy = proj.path / f.relative_to(REPO)
+        copy.write_text(copy.read_text() + "# a log line fixed\n")
+    assert _stale(proj) == set(), "an edit of output-neutral code re-runs stages"
+    core = "kdprune/train/metrics.py"
+    (proj.path / core).write_text((proj.path / core).read_text() + "# a comment\n")
+    importers = {st for st in dvc_stages() if core in stage_imports(st)}
+    assert importers and importers != set(dvc_stages())
+    assert _stale(proj) == importers
 
 
 def _outs(lock: dict) -> dict[str, str]:
