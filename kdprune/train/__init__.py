@@ -2,12 +2,10 @@
 from kdprune.train.augment import augment_batch, epoch_augmentation  # noqa: F401
 from kdprune.train.trainer import (  # noqa: F401
     CheckpointStore,
-    DeviceData,
-    TrainConfig,
-    TrainResult,
     evaluate,
     lr_factor,
     predict_logits,
     seeded,
     train,
 )
+from kdprune.train.types import DeviceData, TrainConfig, TrainResult  # noqa: F401

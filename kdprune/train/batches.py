@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 
 from kdprune.train.augment import augment_batch, epoch_augmentation
-
-if TYPE_CHECKING:
-    from kdprune.train.trainer import DeviceData, TrainConfig
+from kdprune.train.types import DeviceData, TrainConfig
 
 
 @dataclass

@@ -3,14 +3,11 @@ train loss and accuracy (with the per-example losses a sampler asks for), and th
 dynamics (each example's logits at its presentation in every epoch) that scores read."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 import torch.nn as nn
 
-if TYPE_CHECKING:
-    from kdprune.train.batches import Batch
+from kdprune.train.batches import Batch
 
 
 class EpochMeter:

@@ -9,16 +9,15 @@ against resuming a run with other settings. The caller decides the storage (the 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import Optional, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-if TYPE_CHECKING:
-    from kdprune.train.batches import BatchSource
-    from kdprune.train.metrics import Dynamics
-    from kdprune.train.trainer import TrainConfig, TrainResult
+from kdprune.train.batches import BatchSource
+from kdprune.train.metrics import Dynamics
+from kdprune.train.types import TrainConfig, TrainResult
 
 
 class CheckpointStore(Protocol):

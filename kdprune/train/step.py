@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from kdprune.distill import LOSSES
 
-if TYPE_CHECKING:
-    from kdprune.train.batches import Batch
-    from kdprune.train.trainer import DeviceData, TrainConfig
+from kdprune.train.batches import Batch
+from kdprune.train.types import DeviceData, TrainConfig
 
 
 def autocast(device: torch.device):

@@ -1,6 +1,6 @@
-"""The trainer shared by teacher, proxies and students: its configuration, its result, and the
-loop that wires the batch source (batches.py), the step (step.py), the checkpoint state
-(state.py) and the records (metrics.py).
+"""The trainer shared by teacher, proxies and students: the loop that wires the batch source
+(batches.py), the step (step.py), the checkpoint state (state.py) and the records (metrics.py);
+its configuration and result are in types.py.
 
 Data lives on the training device as one uint8 tensor; a subset is an index tensor into it.
 Each epoch walks a permutation of the subset drawn from (order_seed, epoch) and augments each
@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -25,9 +23,9 @@ from kdprune.train.batches import BatchSource
 from kdprune.train.metrics import Dynamics, EpochMeter
 from kdprune.train.state import CheckpointStore, TrainingState, fingerprint
 from kdprune.train.step import TrainStep, autocast, kd_inputs, lr_factor, progress
+from kdprune.train.types import DeviceData, TrainConfig, TrainResult
 
-__all__ = ["CheckpointStore", "DeviceData", "TrainConfig", "TrainResult", "evaluate", "lr_factor", "predict_logits",
-           "seeded", "train"]
+__all__ = ["CheckpointStore", "evaluate", "lr_factor", "predict_logits", "seeded", "train"]
 
 
 _SEEDED = threading.RLock()
@@ -43,68 +41,6 @@ def seeded(seed: int):
     with _SEEDED, torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-@dataclass
-class DeviceData:
-    """A split on the training device: uint8 images, labels, and per-channel normalisation."""
-
-    x: torch.Tensor  # uint8 [N, C, H, W]
-    y: torch.Tensor  # int64 [N]
-    mean: torch.Tensor  # float [C]
-    std: torch.Tensor  # float [C]
-
-    @classmethod
-    def from_numpy(cls, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device) -> "DeviceData":
-        return cls(
-            x=torch.from_numpy(np.ascontiguousarray(x)).to(device),
-            y=torch.from_numpy(np.ascontiguousarray(y)).to(device),
-            mean=torch.as_tensor(mean, dtype=torch.float32, device=device),
-            std=torch.as_tensor(std, dtype=torch.float32, device=device),
-        )
-
-    def __len__(self) -> int:
-        return self.y.shape[0]
-
-    def normalise(self, xb: torch.Tensor) -> torch.Tensor:
-        return (xb.float().div_(255.0) - self.mean[None, :, None, None]) / self.std[None, :, None, None]
-
-
-@dataclass
-class TrainConfig:
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = True
-    warmup_epochs: float = 1.0
-    pad: int = 0  # random translation of up to `pad` pixels
-    flip: bool = False
-    order_seed: int = 0
-    aug_seed: int = 0
-    loss: str = "ce"
-    kd_weight: float = 0.0
-    temperature: float = 1.0
-    record_dynamics: bool = False
-    eval_batch_size: int = 256
-    max_steps: Optional[int] = None  # equal-steps budget: stop after this many optimizer steps
-    stop_after: Optional[int] = None  # train only the first epochs of the `epochs`-long schedule (proxies read early)
-    compile: bool = False  # torch.compile the training forward passes (student and KD teacher)
-    channels_last: Optional[bool] = None  # NHWC activations (None: on CUDA only); on CPU 1.3-1.8x faster convs
-
-
-@dataclass
-class TrainResult:
-    best_state: dict[str, torch.Tensor]
-    best_epoch: int
-    best_score: float  # the selection metric's value at best_epoch
-    selected_on: str = "val_acc"  # the history metric the model was selected on: val_acc, or train_acc without val
-    history: list[dict[str, float]] = field(default_factory=list)
-    dynamics: Optional[np.ndarray] = None  # float16 [E, n_subset, C], rows in subset order
-    steps: int = 0
-    samples_seen: int = 0
-    seconds: float = 0.0
 
 
 @torch.no_grad()
