@@ -1,11 +1,14 @@
 """Name -> implementation registries used by every pluggable part of the core.
 
-Each method (dataset, model, score, selector, loss) is one module that registers itself
-with a decorator; asking for a name that is not registered fails with the valid names.
+Each method (dataset, model, score, joint selector, loss) is one module that registers itself
+with a decorator, and its package imports every module it holds (:func:`discover`): adding a method
+is adding a file. Asking for a name that is not registered fails with the valid names.
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import importlib
+import pkgutil
+from typing import Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
 
@@ -44,3 +47,10 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+
+def discover(package: str, path: Iterable[str]) -> None:
+    """Import every module of ``package`` (its ``__name__`` and ``__path__``), in name order, so that each
+    registers its methods: a package's face calls it once, and no list of its modules is kept by hand."""
+    for name in sorted(m.name for m in pkgutil.iter_modules(path)):
+        importlib.import_module(f"{package}.{name}")

@@ -1,4 +1,6 @@
-"""Dataset registry -> canonical tensors (uint8 images NCHW, int64 labels, stable int64 ids)."""
+"""Dataset registry -> canonical tensors (uint8 images NCHW, int64 labels, stable int64 ids). Every
+module of this package is imported here, so adding a dataset is adding one file."""
+from kdprune.registry import discover
 from kdprune.data.base import (  # noqa: F401
     DATASETS,
     DatasetFormatError,
@@ -9,4 +11,5 @@ from kdprune.data.base import (  # noqa: F401
     stratified_split,
     stratified_subsample,
 )
-from kdprune.data import cifar, digits, imagefolder, mnist, svhn  # noqa: F401,E402
+
+discover(__name__, __path__)
