@@ -1,4 +1,4 @@
-"""The typed stage artifacts (tasks/artifacts.py): each writer's output is read back by its reader,
+"""The typed stage artifacts (artifacts/stages.py): each writer's output is read back by its reader,
 and a reader refuses values that are not keyed by the prepared train split or differ from their
 recorded hashes, naming the stage to re-run."""
 import json
