@@ -58,12 +58,11 @@ def ray_init_kwargs(params: dict) -> dict[str, Any]:
     import artifacts
     import execution
     import kdprune
-    import tasks
 
     from kdprune.reproducibility import environment
 
-    # and the calling flow's package (loaded: it called this), which is above this module
-    shipped = [kdprune, artifacts, execution, tasks, *[sys.modules[m] for m in ("flows",) if m in sys.modules]]
+    # and the packages of the stage that called this (loaded: they are above this module)
+    shipped = [kdprune, artifacts, execution, *[sys.modules[m] for m in ("tasks", "flows") if m in sys.modules]]
 
     # a cluster's workers start on other machines: the kernels and threads `reproducibility` asks for are
     # in their environment before they import torch (the run's own instance: inherited from this process)
