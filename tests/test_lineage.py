@@ -184,6 +184,18 @@ def test_importing_the_code_changes_nothing_in_the_process_environment():
     assert res == {"changed": [], "observer": True}, res
 
 
+def test_a_stage_whose_entry_point_skipped_the_cpu_pin_is_refused():
+    """The CPU kernels are pinned by the entry point (cli/main.py, output-neutral) before torch loads; the
+    stage's own load_params (result-determining) verifies them, so a command line that forgot the pin
+    cannot change a result: the stage stops before computing."""
+    from kdprune import reproducibility as R
+
+    code = "import flows.teacher\nfrom execution.params import load_params\nload_params('.', 'teacher')\n"
+    env = {k: v for k, v in os.environ.items() if k not in (*R.PORTABLE_ENV, *R.THREAD_VARS)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "did not start under it" in out.stderr, out.stderr[-2000:]
+
+
 def _placeholder_outs(proj_path: Path) -> None:
     """Every stage output as a placeholder, so that DVC can record each stage without running it."""
     params = yaml.safe_load((proj_path / "params.yaml").read_text())
