@@ -28,15 +28,24 @@ PUBLISHED = {
 
 
 def dvc_metrics(df: pd.DataFrame, teachers: pd.DataFrame, main_teacher: str) -> dict:
-    """The DVC metrics file: test accuracy per method, kept fraction and KD arm (mean over seeds) for
-    the main teacher's students, and each teacher's; what `dvc exp show` / `dvc metrics diff` compare."""
+    """The DVC metrics file, what `dvc exp show` / `dvc metrics diff` compare: per method and kept
+    fraction the test accuracy (mean over seeds, main teacher) of no KD (``no_kd``) and of the best KD
+    arm (``kd``), and that arm's weight (``kd_weight``); each teacher's test accuracy. Keys name the
+    arm's kind, not its setting, so an experiment at KD weight 0.5 and one at 0.9 pair cell by cell
+    (every arm's own accuracy is in reports/plots/accuracy.csv and the report)."""
     main = A.main_teacher_rows(A.with_arms(df), main_teacher)
     acc: dict = {}
-    for r in A.cell_stats(main, ["method", "fraction", "arm"]).itertuples():
-        acc.setdefault(r.method, {}).setdefault(f"{r.fraction:g}", {})[r.arm] = round(float(r.mean), 6)
+    weights: dict = {}
+    stats = A.cell_stats(main, ["method", "fraction", "arm"])
+    for r in stats[stats["arm"] == "no KD"].itertuples():
+        acc.setdefault(r.method, {}).setdefault(f"{r.fraction:g}", {})["no_kd"] = round(float(r.mean), 6)
+    for r in A.best_kd(main).itertuples():
+        acc.setdefault(r.method, {}).setdefault(f"{r.fraction:g}", {})["kd"] = round(float(r.mean), 6)
+        rows = main[(main["method"] == r.method) & (main["fraction"] == r.fraction) & (main["arm"] == r.arm)]
+        weights.setdefault(r.method, {})[f"{r.fraction:g}"] = round(float(rows["kd_weight"].mean()), 6)
     return {"students": int(len(df)),
             "teacher_test_acc": {r.arch: round(float(r.test_acc), 6) for r in teachers.itertuples()},
-            "test_acc": acc}
+            "test_acc": acc, "kd_weight": weights}
 
 
 def plot_data(df: pd.DataFrame, main_teacher: str) -> pd.DataFrame:
