@@ -118,7 +118,8 @@ def student_inputs(root: Path, params: dict, variants: list[dict], device: torch
     (:func:`tasks.runner.share`), so a task on another node needs no shared filesystem."""
     sp = params["student"]
     meta, splits = load_prepared(root, params["data"]["dataset"])
-    manifests = {v["manifest"]: load_manifest(root / "data" / "manifests" / v["manifest"], meta) for v in variants}
+    manifests = {v["manifest"]: load_manifest(root / "data" / "manifests" / v["manifest"], meta, splits["train"].ids)
+                 for v in variants}
     teachers, logits = {}, {}
     for arch in dict.fromkeys(v["teacher"] for v in variants if v["teacher"]):
         tdir = teacher_dir(root, params, arch)
