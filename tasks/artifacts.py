@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from kdprune.data import PreparedSplit
-from tasks.files import IntegrityError, atomic_save_npy, atomic_write_json, sha256_file
+from tasks.files import IntegrityError, atomic_save_npy, atomic_write_json, load_json, load_npy, sha256_file
 
 
 SPLITS = ("train", "val", "test")
@@ -32,7 +32,7 @@ def prepared_dir(root: Path, dataset: str) -> Path:
 @functools.lru_cache(maxsize=4)
 def _load_prepared_cached(path: str, sha: str) -> tuple[dict, dict[str, PreparedSplit]]:
     d = Path(path)
-    meta = json.loads((d / "meta.json").read_text())
+    meta = load_json(d / "meta.json")
     splits = {}
     for s in SPLITS:
         arrays = {}
@@ -55,7 +55,7 @@ def load_prepared(root: Path, dataset: str) -> tuple[dict, dict[str, PreparedSpl
     d = prepared_dir(root, dataset)
     if not (d / "meta.json").exists():
         raise FileNotFoundError(f"{d} has no prepared data; run `dvc repro prepare` first")
-    meta = json.loads((d / "meta.json").read_text())
+    meta = load_json(d / "meta.json")
     return _load_prepared_cached(str(d), meta["sha256"])
 
 
@@ -65,7 +65,7 @@ def ids_sha256(ids) -> str:
 
 def _check_keyed(path: Path, train: PreparedSplit, stage: str) -> np.ndarray:
     """The ids stored at ``path``, checked to be the train split's, in its order."""
-    ids = np.load(path)
+    ids = load_npy(path)
     if not np.array_equal(ids, train.ids):
         raise IntegrityError(f"{path} does not match the prepared train split's sample ids; re-run `dvc repro {stage}`")
     return ids
@@ -86,7 +86,7 @@ def write_dynamics(directory: Path, ids: np.ndarray, logits: np.ndarray) -> None
 def read_dynamics(teacher_dir: Path, train: PreparedSplit) -> np.ndarray:
     """The teacher's dynamics (float32), checked to be keyed by the prepared train split."""
     d = Path(teacher_dir) / "dynamics"
-    ids, logits = _check_keyed(d / "ids.npy", train, "teacher"), np.load(d / "logits.npy")
+    ids, logits = _check_keyed(d / "ids.npy", train, "teacher"), load_npy(d / "logits.npy")
     if logits.shape[1] != len(ids):
         raise IntegrityError(f"{d}: {logits.shape[1]} rows for {len(ids)} sample ids; re-run `dvc repro teacher`")
     return logits.astype(np.float32)
@@ -131,12 +131,12 @@ class ScoreReader:
         _check_keyed(self.dir / "ids.npy", train, "scores")
 
     def read(self, stem: str) -> Score:
-        info = json.loads((self.dir / f"{stem}.json").read_text())
+        info = load_json(self.dir / f"{stem}.json")
         sha = sha256_file(self.dir / f"{stem}.npy")
         if sha != info["sha256"] or info["dataset_sha256"] != self.meta["sha256"]:
             raise IntegrityError(f"{self.dir / stem}.npy does not match its {stem}.json (score or dataset sha256 "
                                  "differs); re-run `dvc repro scores`")
-        values = np.load(self.dir / f"{stem}.npy")
+        values = load_npy(self.dir / f"{stem}.npy")
         if values.shape != (info["n"],):
             raise IntegrityError(f"{self.dir / stem}.npy has shape {values.shape}, its JSON says n={info['n']}; "
                                  "re-run `dvc repro scores`")
