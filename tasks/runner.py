@@ -83,6 +83,17 @@ def ray_env_defaults(params: Optional[dict] = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ.setdefault(_RAY_SINGLE_MACHINE, "0")
+    private_ray_token()
+
+
+def private_ray_token() -> None:
+    """Ray's token (token authentication, on by default in Ray 2.60) readable by its owner only: Ray
+    writes ``~/.ray/auth_token`` with the umask (0644), and any local user holding it could run code
+    on the loopback-only instance."""
+    token = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    with contextlib.suppress(OSError):
+        if os.stat(token).st_mode & 0o077:
+            os.chmod(token, 0o600)
 
 
 _RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -144,6 +155,7 @@ def ray_session(params: dict) -> Iterator[None]:
     owned = not ray.is_initialized()
     if owned:
         ray.init(**ray_init_kwargs(params))
+        private_ray_token()  # made by this ray.init if there was none
         # each worker imports torch, Prefect's task engine and the tasks now, while the stages before
         # the fan-out run here (about 5 s per worker on this machine), not when the first student arrives
         warm = ray.remote(num_cpus=params["runner"]["cpus_per_task"])(_import_task_modules)
