@@ -5,8 +5,8 @@
   the same student came out different from run to run, as BLAS threading reacts to the other
   training; separate processes, Ray's, are).
 - ``ray``: prefect-ray's RayTaskRunner. ``runner.address`` null starts a Ray instance for the run on
-  loopback only (every port: :func:`ray_env_defaults`; dashboard and usage stats off); ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` joins a
-  running cluster (``make ray-up`` starts one on loopback).
+  loopback, every port (:func:`ray_env_defaults`; dashboard and usage stats off); ``auto``,
+  ``HOST:PORT`` or ``ray://HOST:PORT`` joins a running cluster (``make ray-up`` starts one on loopback).
 
 The same flow code serves both: a task gets everything it needs as arguments (under Ray the large
 ones go through the object store once, :func:`share`), trains, and returns its result (weights,
@@ -65,7 +65,7 @@ def ray_init_kwargs(params: dict) -> dict[str, Any]:
                             "excludes": ["__pycache__", "*.pyc"]}}
 
 
-def ray_env_defaults(params: Optional[dict] = None) -> None:
+def ray_env_defaults() -> None:
     """Set before Ray is imported here: no usage stats; workers at nice 0. Ray starts its workers at
     nice 15, so on a shared machine any other process (another user's job, a test run) took the CPU
     from the students first (seen: a study's workers at nice 15 losing to an editor's test run); the
@@ -79,7 +79,7 @@ def ray_env_defaults(params: Optional[dict] = None) -> None:
     loopback address is kept, and each server of the run's instance binds to 127.0.0.1 (measured:
     tests/test_ray_network.py). Joining a cluster at another address it changes nothing (the driver
     takes its node's address from the GCS). It is read when ``ray`` is imported, so it is set here,
-    before. ``params`` is accepted for the callers' symmetry."""
+    before."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ.setdefault(_RAY_SINGLE_MACHINE, "0")
@@ -107,7 +107,7 @@ def _check_loopback_possible() -> None:
         raise RuntimeError(
             "ray was imported before tasks.runner.ray_env_defaults() set "
             f"{_RAY_SINGLE_MACHINE}=0, so the run's own Ray instance would listen on every network "
-            f"interface; call ray_env_defaults(params) before importing ray (or set {_RAY_SINGLE_MACHINE}=0 "
+            f"interface; call ray_env_defaults() before importing ray (or set {_RAY_SINGLE_MACHINE}=0 "
             "in the environment), or join a cluster with runner.address")
 
 
@@ -119,7 +119,7 @@ def task_runner(params: dict):
         from kdprune.device import device_count
 
         return ThreadPoolTaskRunner(max_workers=device_count(params["device"]))  # one per CUDA device, or one
-    ray_env_defaults(params)
+    ray_env_defaults()
     from prefect_ray import RayTaskRunner
 
     return RayTaskRunner(init_kwargs=ray_init_kwargs(params))  # the address is one of ray.init's arguments
@@ -149,7 +149,7 @@ def ray_session(params: dict) -> Iterator[None]:
     if not is_ray(params):
         yield
         return
-    ray_env_defaults(params)
+    ray_env_defaults()
     import ray
 
     owned = not ray.is_initialized()

@@ -160,7 +160,7 @@ def test_make_ray_up_listens_on_loopback_only(tmp_path):
         # a run joins it as params.yaml's runner.address says (its workers start in the head's tree)
         join = ("from tasks.runner import ray_env_defaults, ray_init_kwargs\n"
                 f"p = {{'runner': {{'kind': 'ray', 'address': '127.0.0.1:{port}'}}}}\n"
-                "ray_env_defaults(p)\nimport ray\nray.init(**ray_init_kwargs(p))\n"
+                "ray_env_defaults()\nimport ray\nray.init(**ray_init_kwargs(p))\n"
                 "print('JOINED', ray.get(ray.remote(lambda: 1).remote()))\n")
         # an explicit address needs Ray's token mode said (Ray enables it by itself for "auto" only)
         out = subprocess.run([sys.executable, "-c", join], cwd=REPO, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
