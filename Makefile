@@ -62,9 +62,13 @@ stop:  ## stop the local Prefect server
 	-$(BIN)/python -m flows stop
 
 RAY_PORT ?= 6379
-ray-up: setup  ## a local Ray head on 127.0.0.1:$(RAY_PORT) (dashboard off); then runner.kind: ray, runner.address: auto
-	RAY_USAGE_STATS_ENABLED=0 RAY_worker_niceness=0 $(BIN)/ray start --head --node-ip-address=127.0.0.1 --port=$(RAY_PORT) \
-	    --include-dashboard=false --disable-usage-stats
+RAY_START_ARGS ?=
+ray-up: setup  ## a local Ray head on 127.0.0.1:$(RAY_PORT), every port on loopback, token auth, dashboard off; then runner.kind: ray, runner.address: auto
+	@# Ray's token (~/.ray/auth_token) made if missing and kept private; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0:
+	@# Ray keeps 127.0.0.1 as the node's address (else it swaps in the LAN address and binds everywhere)
+	@$(BIN)/ray get-auth-token --generate >/dev/null && chmod 600 $(HOME)/.ray/auth_token
+	RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 RAY_worker_niceness=0 $(BIN)/ray start --head --node-ip-address=127.0.0.1 --port=$(RAY_PORT) \
+	    --include-dashboard=false --disable-usage-stats $(RAY_START_ARGS)
 	@echo "[kdprune] Ray head on 127.0.0.1:$(RAY_PORT): set runner.kind: ray and runner.address: auto (or 127.0.0.1:$(RAY_PORT)) in params.yaml"
 
 ray-down:  ## stop the Ray processes `make ray-up` (or `ray start`) started on this machine

@@ -2,7 +2,6 @@
 prepared splits as device tensors. Used by the stages that train or evaluate models."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from safetensors.torch import load, save
@@ -10,7 +9,7 @@ from safetensors.torch import load, save
 from kdprune.data import PreparedSplit
 from kdprune.models import build_model
 from kdprune.train import DeviceData, seeded
-from artifacts.files import atomic_write_bytes, atomic_write_json
+from artifacts.files import IntegrityError, atomic_write_bytes, atomic_write_json, load_json, rebuild_hint
 
 
 def save_model(directory: Path, model, info: dict) -> None:
@@ -46,9 +45,20 @@ def model_from_state(arch: str, in_channels: int, num_classes: int, image_size: 
 def load_model(directory: Path, device):
     """Rebuild a model saved by :func:`save_model` (no pickle involved)."""
     directory = Path(directory)
-    info = json.loads((directory / "model.json").read_text())
-    model = model_from_state(info["arch"], info["in_channels"], info["num_classes"], info["image_size"],
-                             load((directory / "model.safetensors").read_bytes()))
+    info = load_json(directory / "model.json")
+    try:
+        arch = (info["arch"], info["in_channels"], info["num_classes"], info["image_size"])
+    except (KeyError, TypeError) as e:
+        raise IntegrityError(f"{directory / 'model.json'} is corrupt: no {e} in it; "
+                             f"{rebuild_hint(directory / 'model.json')}") from None
+    weights = directory / "model.safetensors"
+    try:
+        state = load(weights.read_bytes())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{weights} is missing; {rebuild_hint(weights)}") from None
+    except Exception as e:  # safetensors' SafetensorError: a truncated or corrupt file
+        raise IntegrityError(f"{weights} is truncated or corrupt ({e}); {rebuild_hint(weights)}") from None
+    model = model_from_state(*arch, state)
     return model.to(device).eval(), info
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from kdprune.data import PreparedSplit
-from artifacts.files import IntegrityError, atomic_save_npy, atomic_write_json, sha256_file
+from artifacts.files import IntegrityError, atomic_save_npy, atomic_write_json, load_json, load_npy, sha256_file
 
 
 SPLITS = ("train", "val", "test")
@@ -32,7 +32,7 @@ def prepared_dir(root: Path, dataset: str) -> Path:
 @functools.lru_cache(maxsize=4)
 def _load_prepared_cached(path: str, sha: str) -> tuple[dict, dict[str, PreparedSplit]]:
     d = Path(path)
-    meta = json.loads((d / "meta.json").read_text())
+    meta = load_json(d / "meta.json")
     splits = {}
     for s in SPLITS:
         arrays = {}
@@ -55,7 +55,7 @@ def load_prepared(root: Path, dataset: str) -> tuple[dict, dict[str, PreparedSpl
     d = prepared_dir(root, dataset)
     if not (d / "meta.json").exists():
         raise FileNotFoundError(f"{d} has no prepared data; run `dvc repro prepare` first")
-    meta = json.loads((d / "meta.json").read_text())
+    meta = load_json(d / "meta.json")
     return _load_prepared_cached(str(d), meta["sha256"])
 
 
@@ -65,7 +65,7 @@ def ids_sha256(ids) -> str:
 
 def _check_keyed(path: Path, train: PreparedSplit, stage: str) -> np.ndarray:
     """The ids stored at ``path``, checked to be the train split's, in its order."""
-    ids = np.load(path)
+    ids = load_npy(path)
     if not np.array_equal(ids, train.ids):
         raise IntegrityError(f"{path} does not match the prepared train split's sample ids; re-run `dvc repro {stage}`")
     return ids
@@ -86,7 +86,7 @@ def write_dynamics(directory: Path, ids: np.ndarray, logits: np.ndarray) -> None
 def read_dynamics(teacher_dir: Path, train: PreparedSplit) -> np.ndarray:
     """The teacher's dynamics (float32), checked to be keyed by the prepared train split."""
     d = Path(teacher_dir) / "dynamics"
-    ids, logits = _check_keyed(d / "ids.npy", train, "teacher"), np.load(d / "logits.npy")
+    ids, logits = _check_keyed(d / "ids.npy", train, "teacher"), load_npy(d / "logits.npy")
     if logits.shape[1] != len(ids):
         raise IntegrityError(f"{d}: {logits.shape[1]} rows for {len(ids)} sample ids; re-run `dvc repro teacher`")
     return logits.astype(np.float32)
@@ -131,12 +131,12 @@ class ScoreReader:
         _check_keyed(self.dir / "ids.npy", train, "scores")
 
     def read(self, stem: str) -> Score:
-        info = json.loads((self.dir / f"{stem}.json").read_text())
+        info = load_json(self.dir / f"{stem}.json")
         sha = sha256_file(self.dir / f"{stem}.npy")
         if sha != info["sha256"] or info["dataset_sha256"] != self.meta["sha256"]:
             raise IntegrityError(f"{self.dir / stem}.npy does not match its {stem}.json (score or dataset sha256 "
                                  "differs); re-run `dvc repro scores`")
-        values = np.load(self.dir / f"{stem}.npy")
+        values = load_npy(self.dir / f"{stem}.npy")
         if values.shape != (info["n"],):
             raise IntegrityError(f"{self.dir / stem}.npy has shape {values.shape}, its JSON says n={info['n']}; "
                                  "re-run `dvc repro scores`")
@@ -155,25 +155,48 @@ def write_manifest(path: Path, fields: dict[str, Any], kept: np.ndarray, train: 
     labels = train.y[train.positions(kept)]  # unknown ids are an error here
     manifest = {**fields, "n": int(len(kept)), "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
                 "ids": kept.tolist(), "ids_sha256": ids_sha256(kept)}
+    manifest["sha256"] = manifest_sha256(manifest)
     atomic_write_json(path, manifest)
     return manifest
 
 
-def load_manifest(path: Path, meta: Optional[dict] = None) -> dict:
-    """Read an index manifest, checking its ids against their sha256 and, given ``meta``, its dataset hash."""
+def manifest_sha256(m: dict) -> str:
+    """The sha256 that covers everything a manifest says (method, fraction, seed, options, counts, weights,
+    ids...): of its JSON without this field, keys sorted, compact. Editing any field breaks it."""
+    body = {k: v for k, v in m.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+_REBUILD_MANIFEST = "it is written by the select stage: re-create it with `dvc repro select` (or `kdprune select`)"
+
+
+def load_manifest(path: Path, meta: Optional[dict] = None, split_ids: Optional[np.ndarray] = None) -> dict:
+    """Read an index manifest, checking its ids against their sha256, every other field against the
+    manifest's own ``sha256``, given ``meta`` its dataset hash, and given ``split_ids`` (the prepared
+    train split's) that each id is a sample of that split."""
     path = Path(path)
     try:
         m = json.loads(path.read_text())
         ids, want = m["ids"], m["ids_sha256"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise IntegrityError(f"{path} is not a valid manifest ({type(e).__name__}: {e}); "
-                             "re-create it with `dvc repro select`") from None
+        raise IntegrityError(f"{path} is not a valid manifest ({type(e).__name__}: {e}); {_REBUILD_MANIFEST}") from None
     if ids_sha256(ids) != want:
         raise IntegrityError(f"{path}: its sample ids do not match the manifest's ids_sha256 (file corrupted or "
-                             "edited); re-create it with `dvc repro select`")
+                             f"edited); {_REBUILD_MANIFEST}")
+    if m.get("sha256") != manifest_sha256(m):
+        what = "has no sha256 (written by an older kdprune)" if "sha256" not in m else \
+            "does not match its sha256: a field was edited or corrupted (fraction, method, counts, ...)"
+        raise IntegrityError(f"{path} {what}; {_REBUILD_MANIFEST}")
     if meta is not None and m.get("dataset_sha256") != meta["sha256"]:
         raise IntegrityError(
             f"{path} was selected on dataset sha256 {str(m.get('dataset_sha256'))[:12]}... but the prepared "
             f"{meta['dataset']} is {meta['sha256'][:12]}...; re-run `dvc repro select` (or restore that dataset)"
         )
+    if split_ids is not None:
+        arr = np.asarray(ids, dtype=np.int64)
+        pos = np.clip(np.searchsorted(split_ids, arr), 0, max(len(split_ids) - 1, 0))
+        bad = arr[split_ids[pos] != arr] if len(split_ids) else arr
+        if len(bad):
+            raise IntegrityError(f"{path}: {len(bad)} sample ids are not in the prepared train split, e.g. "
+                                 f"{bad[:5].tolist()}; {_REBUILD_MANIFEST}")
     return m

@@ -16,7 +16,9 @@ def load_params(root: Path | str, stage: Optional[str] = None) -> dict:
     path = Path(root) / "params.yaml"
     if not path.exists():
         raise ParamsError(f"{path} not found: run from the project directory (the one with params.yaml)")
-    params = validate(parse_params_text(path, path.read_text()), stage)
+    raw = parse_params_text(path, read_params_text(path))
+    _require_dvc_keys(Path(root), path, raw)
+    params = validate(raw, stage)
     if stage is not None:  # a stage about to compute: its thread count set, the portable pin verified
         from kdprune.reproducibility import check
 
@@ -42,12 +44,84 @@ def pin_cpu(root: Path | str, profile: Optional[str] = None, overrides=()) -> No
         apply(mode, threads)
 
 
+_RESTORE = "restore it from git (`git checkout params.yaml`) or the default profile (`make profile NAME=digits`)"
+
+
+def read_params_text(path: Path) -> str:
+    """A params file's text; bytes that are not UTF-8 are an error naming the file and the place."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ParamsError(f"{path} is not UTF-8 text: byte {data[e.start:e.start + 1]!r} at line {line} "
+                          f"(offset {e.start}); save the file as UTF-8, or {_RESTORE}") from None
+
+
+def _dvc_tracked(root: Path) -> dict[str, list[str]]:
+    """The params.yaml keys dvc.yaml reads (its stages' ``params`` and ``${...}`` in paths), each with the
+    stages that read it. DVC fails on one that is missing, after kdprune would have filled a default."""
+    spec = root / "dvc.yaml"
+    if not spec.exists():
+        return {}
+    import re
+
+    text = spec.read_text()
+    keys: dict[str, list[str]] = {}
+    for name, stage in (yaml.safe_load(text) or {}).get("stages", {}).items():
+        for entry in stage.get("params", []) or []:
+            if isinstance(entry, str):
+                keys.setdefault(entry, []).append(name)
+            elif isinstance(entry, dict) and isinstance(entry.get("params.yaml"), list):
+                for k in entry["params.yaml"]:
+                    keys.setdefault(k, []).append(name)
+        for k in re.findall(r"\$\{\s*([\w.]+)\s*\}", yaml.safe_dump(stage)):
+            keys.setdefault(k, []).append(name)
+    return keys
+
+
+def _require_dvc_keys(root: Path, path: Path, raw: Any) -> None:
+    """An empty params.yaml, or one without a section or key DVC tracks, is an error naming it: kdprune
+    would fill the default and DVC would fail (or track something else), so neither runs."""
+    if raw is None or raw == {}:
+        raise ParamsError(f"{path} is empty: every section (data, teacher, scores, select, student, ...) must "
+                          f"be there for DVC to track it; {_RESTORE}")
+    if not isinstance(raw, dict):
+        return  # validate() names it
+    missing: dict[str, list[str]] = {}
+    for key, stages in _dvc_tracked(root).items():
+        node: Any = raw
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                missing.setdefault(".".join(parts[:i + 1]), []).extend(stages)
+                break
+            node = node[part]
+    if missing:
+        lines = [f"{k}: missing {'section' if '.' not in k else 'key'}; DVC tracks it (stage"
+                 f"{'s' if len(set(s)) > 1 else ''} {', '.join(sorted(set(s)))}), so it must be in params.yaml; "
+                 f"{_RESTORE}, then edit"
+                 for k, s in sorted(missing.items())]
+        raise ParamsError(f"invalid {path.name}:\n  " + "\n  ".join(lines))
+
+
 def _first_difference(a: Any, b: Any, where: str = "") -> str:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in list(a) + [k for k in b if k not in a]:
             if a.get(k, "<missing>") != b.get(k, "<missing>"):
                 return _first_difference(a.get(k, "<missing>"), b.get(k, "<missing>"), f"{where}.{k}" if where else str(k))
     return f"{where or 'the file'}: {a!r} here, {b!r} for DVC"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, NaN equal to NaN (``.nan`` reads as NaN under both parsers; validate() then refuses it)."""
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def parse_params_text(path: Path, text: str) -> dict:
@@ -69,7 +143,7 @@ def parse_params_text(path: Path, text: str) -> dict:
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         raise ParamsError(f"{path}: DVC's YAML parser cannot read it{at}: {getattr(e, 'problem', None) or e}. "
                           "A value holding ':' inside [...] must be quoted, e.g. ['random', 'random:global']") from None
-    if theirs != raw:
+    if not _same(theirs, raw):
         raise ParamsError(f"{path} reads differently under DVC's YAML parser (YAML 1.2) at "
                           f"{_first_difference(raw, theirs)}; quote the value or write true/false") from None
     return raw
@@ -105,6 +179,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
 def sweep_params(root: Path, profile: Optional[str], overrides: list[str]) -> dict:
     """The params a sweep runs with: the profile (or the current params.yaml) plus the overrides, validated."""
     raw = merged_params(Path(root), profile, overrides)
+    _require_dvc_keys(Path(root), Path(root) / (f"{PROFILES}/{profile}.yaml" if profile else "params.yaml"), raw)
     validate(raw)  # every problem named before anything is written
     return raw
 
@@ -118,7 +193,7 @@ def merged_params(root: Path, profile: Optional[str], overrides: list[str]) -> d
                               f"{', '.join(profile_names(root))}")
     else:
         src = root / "params.yaml"
-    raw = parse_params_text(src, src.read_text()) or {}
+    raw = parse_params_text(src, read_params_text(src)) or {}
     for text in overrides:
         path, value = parse_override(text)
         node = raw

@@ -5,8 +5,8 @@
   the same student came out different from run to run, as BLAS threading reacts to the other
   training; separate processes, Ray's, are).
 - ``ray``: prefect-ray's RayTaskRunner. ``runner.address`` null starts a Ray instance for the run on
-  127.0.0.1 (dashboard and usage stats off); ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` joins a
-  running cluster (``make ray-up`` starts one on loopback).
+  loopback, every port (:func:`ray_env_defaults`; dashboard and usage stats off); ``auto``,
+  ``HOST:PORT`` or ``ray://HOST:PORT`` joins a running cluster (``make ray-up`` starts one on loopback).
 
 The same flow code serves both: a task gets everything it needs as arguments (under Ray the large
 ones go through the object store once, :func:`share`), trains, and returns its result (weights,
@@ -53,6 +53,7 @@ def ray_init_kwargs(params: dict) -> dict[str, Any]:
     Ray's pre-started workers take the first tasks (a runtime environment would start new ones)."""
     address = params["runner"]["address"]
     if address is None:  # "local": a new instance even where a cluster runs on this machine
+        _check_loopback_possible()
         return {"address": "local", "logging_level": "WARNING", "include_dashboard": False,
                 "_node_ip_address": "127.0.0.1", "num_cpus": os.cpu_count() or 1}
     import artifacts
@@ -73,12 +74,49 @@ def ray_init_kwargs(params: dict) -> dict[str, Any]:
 
 
 def ray_env_defaults() -> None:
-    """Set before Ray starts here: no usage stats; workers at nice 0. Ray starts its workers at nice 15,
-    so on a shared machine any other process (another user's job, a test run) took the CPU from the
-    students first (seen: a study's workers at nice 15 losing to an editor's test run); the local
-    runner trains at the stage process's priority, and so do Ray's workers now."""
+    """Set before Ray is imported here: no usage stats; workers at nice 0. Ray starts its workers at
+    nice 15, so on a shared machine any other process (another user's job, a test run) took the CPU
+    from the students first (seen: a study's workers at nice 15 losing to an editor's test run); the
+    local runner trains at the stage process's priority, and so do Ray's workers now.
+
+    Loopback stays loopback. Ray 2.60 replaces a loopback address given to it (``ray.init``'s
+    ``_node_ip_address``, an ``address`` of 127.0.0.1:PORT) by the machine's own address
+    (``resolve_ip_for_localhost``): the run's own instance then listened on every interface (GCS,
+    raylet, core workers' gRPC, agents, metrics), and a run could not join ``make ray-up``'s loopback
+    head. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's own switch for single-machine use: a
+    loopback address is kept, and each server of the run's instance binds to 127.0.0.1 (measured:
+    tests/test_ray_network.py). Joining a cluster at another address it changes nothing (the driver
+    takes its node's address from the GCS). It is read when ``ray`` is imported, so it is set here,
+    before."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_worker_niceness", "0")
+    os.environ.setdefault(_RAY_SINGLE_MACHINE, "0")
+    private_ray_token()
+
+
+def private_ray_token() -> None:
+    """Ray's token (token authentication, on by default in Ray 2.60) readable by its owner only: Ray
+    writes ``~/.ray/auth_token`` with the umask (0644), and any local user holding it could run code
+    on the loopback-only instance."""
+    token = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    with contextlib.suppress(OSError):
+        if os.stat(token).st_mode & 0o077:
+            os.chmod(token, 0o600)
+
+
+_RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _check_loopback_possible() -> None:
+    """The run's own instance would listen beyond loopback if ``ray`` was imported before
+    :func:`ray_env_defaults`: refused rather than exposed."""
+    consts = sys.modules.get("ray._private.ray_constants")
+    if consts is not None and getattr(consts, "ENABLE_RAY_CLUSTER", False):
+        raise RuntimeError(
+            "ray was imported before execution.runner.ray_env_defaults() set "
+            f"{_RAY_SINGLE_MACHINE}=0, so the run's own Ray instance would listen on every network "
+            f"interface; call ray_env_defaults() before importing ray (or set {_RAY_SINGLE_MACHINE}=0 "
+            "in the environment), or join a cluster with runner.address")
 
 
 def task_runner(params: dict):
@@ -125,6 +163,7 @@ def ray_session(params: dict) -> Iterator[None]:
     owned = not ray.is_initialized()
     if owned:
         ray.init(**ray_init_kwargs(params))
+        private_ray_token()  # made by this ray.init if there was none
         # each worker imports torch, Prefect's task engine and the tasks now, while the stages before
         # the fan-out run here (about 5 s per worker on this machine), not when the first student arrives
         warm = ray.remote(num_cpus=params["runner"]["cpus_per_task"])(_import_task_modules)

@@ -47,12 +47,16 @@ def metric_cells(metrics: dict) -> dict[str, float]:
 
 
 def spreads(plot_rows: list[dict]) -> dict[str, tuple[float, int]]:
-    """(per-seed std, seeds) of each student cell, from the rows of reports/plots/accuracy.csv."""
-    out = {}
+    """(per-seed std, seeds) of each student cell (``no_kd``, ``kd``), from the rows of
+    reports/plots/accuracy.csv (one per KD arm; the ``kd`` cell takes the widest spread of its arms)."""
+    out: dict[str, tuple[float, int]] = {}
     for r in plot_rows:
         std = float(r["std"]) if r.get("std") not in (None, "") else 0.0
-        out[f"test_acc/{r['method']}/{float(r['fraction']):g}/{r['arm']}"] = (0.0 if math.isnan(std) else std,
-                                                                              int(float(r["seeds"])))
+        std = 0.0 if math.isnan(std) else std
+        kind = "no_kd" if r["arm"] == "no KD" else "kd"
+        name = f"test_acc/{r['method']}/{float(r['fraction']):g}/{kind}"
+        s0, n0 = out.get(name, (0.0, 10 ** 9))
+        out[name] = (max(s0, std), min(n0, int(float(r["seeds"]))))
     return out
 
 

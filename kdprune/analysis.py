@@ -125,6 +125,51 @@ def teacher_summary(df: pd.DataFrame, teachers: pd.DataFrame, max_fraction: floa
         columns={"arch": "teacher_arch", "test_acc": "teacher_test_acc"}), on="teacher_arch", how="left")
 
 
+@dataclass
+class Trust:
+    strength: str  # "weak" | "moderate" | "supported by N seeds"
+    why: str
+    settle: str
+
+
+MIN_SEEDS = 3  # fewer seeds measure no usable spread: a verdict can flip with the next seed
+BASELINE_SLACK = 3.0  # points below published figures beyond which the students are undertrained
+
+
+def trust(main: pd.DataFrame, baseline_gap: float | None) -> Trust:
+    """How far the verdicts on this run can be trusted: the seeds behind each cell, the spread they
+    show, and whether the full-data baseline is healthy (``baseline_gap``: points above/below the best
+    published figure, None when not measured); with what would settle them."""
+    n = int(main.groupby(["method", "fraction", "arm"])["seed"].nunique().min()) if len(main) else 0
+    spread = float(cell_stats(main, ["method", "fraction", "arm"])["std"].mean()) if len(main) else 0.0
+    why, settle, weak = [], [], False
+    if n < 2:
+        weak = True
+        why.append("one seed per cell, so no spread between seeds is measured and a verdict can flip with the next "
+                   "seed (the ± is absent, not zero)")
+    elif n < MIN_SEEDS:
+        weak = True
+        why.append(f"{n} seeds per cell: a spread of {100 * spread:.2f} points on average, from too few seeds to trust")
+    else:
+        why.append(f"{n} seeds per cell, a spread of {100 * spread:.2f} points on average between seeds")
+    if n < MIN_SEEDS:
+        settle.append(f"at least {MIN_SEEDS} seeds (-S student.seeds=[0,1,2] -S scores.seeds=[0,1,2])")
+    if baseline_gap is None:
+        why.append("the full-data baseline is not checked against published figures (no kept fraction 1.0)")
+        settle.append("kept fraction 1.0 in select.fractions, to check the baseline")
+    elif baseline_gap < -BASELINE_SLACK:
+        weak = True
+        why.append(f"the full-data baseline is {-baseline_gap:.1f} points below published figures, so the students are "
+                   "undertrained and the verdicts describe that regime")
+        settle.append("a longer schedule (student.epochs) until the baseline is within "
+                      f"{BASELINE_SLACK:g} points of published figures")
+    else:
+        why.append(f"the full-data baseline is within {BASELINE_SLACK:g} points of published figures "
+                   f"({baseline_gap:+.1f})")
+    strength = "weak" if weak else f"supported by {n} seeds"
+    return Trust(strength, "; ".join(why) + ".", "; ".join(settle) + "." if settle else "")
+
+
 def claims(df: pd.DataFrame, main_teacher: str, teachers: pd.DataFrame, student_params: int | None,
            teachers_max_fraction: float) -> list[Claim]:
     """Verdicts on the paper's five claims from this run's numbers; ``df`` has ``arm``."""

@@ -360,6 +360,10 @@ def _walk(schema: dict, given: Any, prefix: str, errors: list[str]) -> dict:
             v = float(v)
         if spec.kind == "list" and spec.item == "float":
             v = [float(x) for x in v]
+        if any(x != x or x in (float("inf"), float("-inf")) for x in (v if isinstance(v, list) else [v])
+               if isinstance(x, float)):
+            errors.append(f"{name}: got {v!r}, expected a finite number (not .nan or .inf)")
+            continue
         msg = spec.check(v) if spec.check else None
         if msg:
             errors.append(f"{name}: {v!r} {msg}")

@@ -24,6 +24,7 @@ URIs through their environment.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import os
@@ -305,6 +306,11 @@ def _prefect_api(cfg: dict) -> str:
     return f"http://{LOOPBACK}:{cfg['ports']['prefect']}/api"
 
 
+# a server's files (MLflow's artifacts, Prefect's home) created 0600/0700: the command runs under umask 077
+# (``exec`` keeps the pid that start_detached records)
+_PRIVATE = ["/bin/sh", "-c", 'umask 077 && exec "$@"', "kdprune-private"]
+
+
 def _start(cmd: list[str], log: Path, pid_file: Path, url: str, env: dict, what: str) -> None:
     """``start_detached``, and a server that did not come up is stopped again (no stray process)."""
     try:
@@ -324,8 +330,22 @@ def _server_env(extra: dict) -> dict:
     return env
 
 
-def _allowed_hosts(bind: str) -> str:
+def _machine_addresses() -> list[str]:
+    """This machine's IPv4 addresses (every interface): what a server bound to 0.0.0.0 is reached at."""
+    import psutil
+
+    return [a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family == socket.AF_INET]
+
+
+def _allowed_hosts(bind: str, client_hosts: list[str] = ()) -> str:
+    """The Host headers MLflow accepts (its DNS-rebinding guard answers 403 "Invalid Host header" to
+    any other): loopback, the bind address (with 0.0.0.0, every address of this machine), the host
+    names of this machine, each ``--host`` a client file was written for (``stores client``) and
+    ``KDPRUNE_ALLOWED_HOSTS`` (comma-separated), each with any port."""
     hosts = ["localhost", LOOPBACK, bind, socket.gethostname(), socket.getfqdn()]
+    if bind in ("0.0.0.0", "::"):
+        hosts += _machine_addresses()
+    hosts += list(client_hosts)
     hosts += [h for h in os.environ.get("KDPRUNE_ALLOWED_HOSTS", "").split(",") if h.strip()]
     out: list[str] = []
     for h in dict.fromkeys(h.strip() for h in hosts if h and h not in ("0.0.0.0", "::")):
@@ -348,13 +368,15 @@ def _start_mlflow(p: Paths, cfg: dict, bind: str, auth: bool) -> None:
     if not _needs_start(pid_file, _mlflow_url(cfg), bind, port, "the MLflow server", "KDPRUNE_MLFLOW_PORT"):
         return
     (p.mlflow / "artifacts").mkdir(parents=True, exist_ok=True)
+    for d in (p.mlflow, p.mlflow / "artifacts"):  # private like the rest of .kdprune/ (older stores: 0755)
+        os.chmod(d, 0o700)
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    cmd = [mlflow, "server", "--host", bind, "--port", str(port),
+    cmd = _PRIVATE + [mlflow, "server", "--host", bind, "--port", str(port),
            "--workers", os.environ.get("KDPRUNE_MLFLOW_WORKERS", "4"),
            "--artifacts-destination", str((p.mlflow / "artifacts").resolve()), "--serve-artifacts"]
     env = {"MLFLOW_BACKEND_STORE_URI": _pg_url(cfg, "mlflow")}
     if not _is_loopback(bind):
-        cmd += ["--allowed-hosts", _allowed_hosts(bind)]
+        cmd += ["--allowed-hosts", _allowed_hosts(bind, cfg.get("client_hosts", []))]
     if auth:
         ini = p.mlflow / "auth.ini"
         _write_private(ini, "[mlflow]\ndefault_permission = READ\n"
@@ -383,7 +405,8 @@ def _start_prefect(p: Paths, cfg: dict, bind: str, auth: bool) -> None:
         env["PREFECT_SERVER_API_AUTH_STRING"] = cfg["prefect_auth"]
     print(f"[kdprune] starting the Prefect server on {bind}:{port}{' with an API auth string' if auth else ''} "
           f"(log {p.prefect / 'server.log'})", flush=True)
-    _start([prefect, "server", "start", "--host", bind, "--port", str(port)], p.prefect / "server.log", pid_file,
+    os.chmod(p.prefect, 0o700)
+    _start(_PRIVATE + [prefect, "server", "start", "--host", bind, "--port", str(port)], p.prefect / "server.log", pid_file,
            _prefect_api(cfg), env, "the Prefect server")
 
 
@@ -466,11 +489,23 @@ def status(root: Path) -> dict:
 
 
 def colleague_file(root: Path, host: str) -> str:
-    """The client file for another machine: the same settings with ``host`` in the URIs."""
+    """The client file for another machine: the same settings with ``host`` in the URIs. ``host`` joins
+    the MLflow server's allowed hosts (kept in server.json); a running server bound beyond loopback
+    that does not know it yet is restarted with it, so the file works as written."""
     p = Paths(root)
     if not p.server.exists():
         raise StoresError("no stores here yet: run `make stores-up` first")
     cfg = json.loads(p.server.read_text())
+    if host not in cfg.get("client_hosts", []):
+        cfg["client_hosts"] = [*cfg.get("client_hosts", []), host]
+        _write_private(p.server, json.dumps(cfg, indent=2) + "\n")
+        bind = cfg.get("running_bind", LOOPBACK)
+        if not _is_loopback(bind) and pid_alive(p.mlflow / "server.pid"):
+            print(f"[kdprune] restarting the MLflow server to accept requests addressed to {host}",
+                  file=sys.stderr, flush=True)
+            stop_detached(p.mlflow / "server.pid")
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is the client file
+                _start_mlflow(p, cfg, bind, bool(cfg.get("running_auth")))
     return json.dumps({"env": client_settings(cfg, host, bool(cfg.get("running_auth")))}, indent=2,
                       sort_keys=True) + "\n"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import json
 import math
 import shutil
 import time
@@ -20,7 +19,7 @@ from kdprune.distill import kd_settings
 from kdprune.train import evaluate, predict_logits, seeded, train
 from artifacts.stages import load_manifest, load_prepared
 from artifacts.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
-from artifacts.files import atomic_write_json, md5_file, sha256_file
+from artifacts.files import atomic_write_json, load_json, md5_file, sha256_file
 from artifacts.models import device_data, load_model, model_from_state, save_model, state_arrays
 from artifacts.outputs import stable_history
 from execution.observe import observer, timed_work
@@ -115,7 +114,8 @@ def student_inputs(root: Path, params: dict, variants: list[dict], device: torch
     (:func:`execution.runner.share`), so a task on another node needs no shared filesystem."""
     sp = params["student"]
     meta, splits = load_prepared(root, params["data"]["dataset"])
-    manifests = {v["manifest"]: load_manifest(root / "data" / "manifests" / v["manifest"], meta) for v in variants}
+    manifests = {v["manifest"]: load_manifest(root / "data" / "manifests" / v["manifest"], meta, splits["train"].ids)
+                 for v in variants}
     teachers, logits = {}, {}
     for arch in dict.fromkeys(v["teacher"] for v in variants if v["teacher"]):
         tdir = teacher_dir(root, params, arch)
@@ -193,7 +193,7 @@ def teacher_facts(root: Path, params: dict) -> dict[str, dict]:
     for arch in [params["teacher"]["arch"], *params["student"]["teachers"]]:
         tdir = teacher_dir(root, params, arch)
         if (tdir / "model.json").exists():
-            out[arch] = {"info": json.loads((tdir / "model.json").read_text()),
+            out[arch] = {"info": load_json(tdir / "model.json"),
                          "sha256": sha256_file(tdir / "model.safetensors")}
     return out
 

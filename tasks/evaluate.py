@@ -21,7 +21,7 @@ from kdprune.report import FIGURES, build_report, dvc_metrics, plot_accuracy, pl
 from kdprune.device import resolve_device
 from kdprune.train import evaluate
 from artifacts.stages import load_prepared
-from artifacts.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from artifacts.files import atomic_write_bytes, atomic_write_json, atomic_write_text, load_json
 from execution.observe import observer, timed_work
 from artifacts.models import device_data, load_model
 from tasks.teachers import teacher_dir
@@ -106,7 +106,7 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     runs = obs.read_record(root, "distill")  # MLflow run ids and seconds: not in the DVC outs
     accs: dict[str, float] = {}
     student_params = None
-    records = [(d, json.loads((d / "metrics.json").read_text())) for d in student_dirs]
+    records = [(d, load_json(d / "metrics.json")) for d in student_dirs]
     # trained students first, then those recorded from the same training under another method's name
     for d, rec in sorted(records, key=lambda dr: "same_training_as" in dr[1]):
         if rec.get("same_training_as") in accs:
@@ -166,7 +166,7 @@ def evaluate_teachers(root: Path, params: dict, device, test_d) -> pd.DataFrame:
     for arch in [params["teacher"]["arch"], *params["student"]["teachers"]]:
         tdir = teacher_dir(root, params, arch)
         model, _ = load_model(tdir, device)
-        m = json.loads((tdir / "metrics.json").read_text())
+        m = load_json(tdir / "metrics.json")
         rows.append({"arch": arch, "n_params": int(sum(p.numel() for p in model.parameters())),
                      "test_acc": evaluate(model, test_d)["acc"], "val_acc": m["val_acc"], "n_train": m["n_train"],
                      "role": "main" if arch == params["teacher"]["arch"] else "extra"})

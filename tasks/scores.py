@@ -14,7 +14,6 @@ JSON states its definition, variant, keep direction, options and the proxy train
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from kdprune.scores import SCORES, ScoreContext, ScoreSpec
 from kdprune.train import predict_logits, seeded, train
 from artifacts.stages import load_prepared, read_dynamics, ScoreWriter
 from artifacts.checkpoints import checkpoint_root, FileCheckpoint, fingerprint
-from artifacts.files import atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json
+from artifacts.files import atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json, load_json, load_npy
 from execution.params import inside
 from execution.observe import observer, timed_work
 from artifacts.models import device_data, load_model, model_from_state, state_arrays, state_tensors
@@ -160,7 +159,7 @@ def keep_proxy(workdir: Path, res: dict) -> dict:
 def _proxy_model(d: Path, device):
     from safetensors.torch import load
 
-    info = json.loads((d / "info.json").read_text())
+    info = load_json(d / "info.json")
     model = model_from_state(info["arch"], info["in_channels"], info["num_classes"], info["image_size"],
                              load((d / "grand.safetensors").read_bytes()))
     return model.to(device).eval()
@@ -189,12 +188,12 @@ def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: l
     if "inputs" in needs:
         ctx.inputs = train_d.normalise(train_d.x)
     pdirs = [Path(p["path"]) for p in proxies if p["kind"] == "proxy"]
-    logits_at = {e: [np.load(d / f"logits-{e}.npy") for d in pdirs] for e in proxy_reads(sp)["logit_epochs"]}
+    logits_at = {e: [load_npy(d / f"logits-{e}.npy") for d in pdirs] for e in proxy_reads(sp)["logit_epochs"]}
     if "proxy_models" in needs:
         ctx.proxy_models = [_proxy_model(d, device) for d in pdirs]
     mdirs = [Path(p["path"]) for p in proxies if p["kind"] == "memo"]
     if "memo_masks" in needs:
-        ctx.memo_masks = np.stack([np.load(d / "mask.npy") for d in mdirs])
+        ctx.memo_masks = np.stack([load_npy(d / "mask.npy") for d in mdirs])
         ctx.memo_correct = np.stack([np.load(d / "correct.npy") for d in mdirs])
     return ctx, logits_at
 

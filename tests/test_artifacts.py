@@ -71,3 +71,25 @@ def test_manifests_hold_sorted_known_ids_with_their_counts_and_hash(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(edited))
     with pytest.raises(IntegrityError, match="do not match the manifest's ids_sha256"):
         load_manifest(tmp_path / "m.json", META)
+
+
+def test_every_field_of_a_manifest_is_covered_and_its_ids_must_be_in_the_split(tmp_path):
+    """Editing "fraction" (or any field other than the ids) is refused; so is an id that is not in the
+    prepared train split, even with both hashes recomputed; each names the file and `dvc repro select`."""
+    from artifacts.stages import ids_sha256, manifest_sha256
+
+    train = _train()
+    write_manifest(tmp_path / "m.json", {"method": "random", "fraction": 0.1, "seed": 0,
+                                         "dataset_sha256": META["sha256"]}, train.ids[[1, 3]], train, 3)
+    good = json.loads((tmp_path / "m.json").read_text())
+    for field, value in (("fraction", 0.7), ("method", "el2n"), ("n", 3), ("class_counts", [0, 0, 2])):
+        (tmp_path / "m.json").write_text(json.dumps({**good, field: value}))
+        with pytest.raises(IntegrityError, match=r"m\.json does not match its sha256.*dvc repro select"):
+            load_manifest(tmp_path / "m.json", META)
+    forged = {**good, "ids": [int(train.ids[1]), 10_000]}
+    forged["ids_sha256"] = ids_sha256(forged["ids"])
+    forged["sha256"] = manifest_sha256(forged)
+    (tmp_path / "m.json").write_text(json.dumps(forged))
+    with pytest.raises(IntegrityError, match=r"m\.json: 1 sample ids are not in the prepared train split, e\.g\. "
+                                             r"\[10000\].*dvc repro select"):
+        load_manifest(tmp_path / "m.json", META, train.ids)

@@ -63,12 +63,12 @@ def test_verify_reruns_in_a_scratch_copy_and_names_an_edited_cell(tiny_project):
     original = metrics.read_text()
     try:
         edited = json.loads(original)
-        edited["test_acc"]["random"]["0.2"]["no KD"] += 0.01
+        edited["test_acc"]["random"]["0.2"]["no_kd"] += 0.01
         metrics.write_text(json.dumps(edited))
         p = tiny_project.run(sys.executable, "-m", "flows", "verify", "--from", str(scratch), check=False)
         assert p.returncode == 1, p.stdout + p.stderr
-        assert "FAILED: test_acc/random/0.2/no KD outside" in p.stdout
-        assert "| test_acc/random/0.2/no KD |" in p.stdout and "DIFFERS (bytes expected)" in p.stdout
+        assert "FAILED: test_acc/random/0.2/no_kd outside" in p.stdout
+        assert "| test_acc/random/0.2/no_kd |" in p.stdout and "DIFFERS (bytes expected)" in p.stdout
     finally:
         metrics.write_text(original)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -291,7 +291,7 @@ def test_dvc_exp_show_metrics_diff_and_plots_diff_compare_results(tiny_project, 
     metrics = json.loads((tiny_project.path / "reports" / "metrics.json").read_text())
     df = pd.read_csv(tiny_project.path / "reports" / "results.csv")
     random3 = df[(df.method == "random") & (df.fraction == 0.3) & ~df.kd].test_acc.mean()
-    assert metrics["test_acc"]["random"]["0.3"]["no KD"] == pytest.approx(random3, abs=1e-6)
+    assert metrics["test_acc"]["random"]["0.3"]["no_kd"] == pytest.approx(random3, abs=1e-6)
 
     exps = json.loads(tiny_project.run("dvc", "exp", "show", "--json").stdout)
     flat = json.dumps(exps)
@@ -300,10 +300,13 @@ def test_dvc_exp_show_metrics_diff_and_plots_diff_compare_results(tiny_project, 
     tiny_project.write_params({"student": {"kd_weights": [0.9]}}, base=tiny_project.path / "params.yaml")
     tiny_project.run(sys.executable, "-m", "flows", "pipeline")
     tiny_project.run(*git, "commit", "-qam", "kd 0.9")
-    diff = json.loads(tiny_project.run("dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json").stdout)
+    diff = json.loads(tiny_project.run("dvc", "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json").stdout)
     changed = diff["reports/metrics.json"]
-    assert "test_acc.random.0.3.KD a=0.9" in changed and changed["test_acc.random.0.3.KD a=0.9"]["old"] is None
-    assert changed["test_acc.random.0.3.KD a=0.5"]["new"] is None
+    # keys by the arm's kind: the KD arm's accuracy on both sides, its weight beside it
+    assert changed["kd_weight.random.0.3"]["old"] == 0.5 and changed["kd_weight.random.0.3"]["new"] == 0.9
+    kd = changed["test_acc.random.0.3.kd"]
+    assert kd["old"] is not None and kd["new"] is not None
+    assert not any(v["old"] is None or v["new"] is None for v in changed.values()), changed
 
     def plots(*revs):
         out = json.loads(tiny_project.run("dvc", "plots", "diff", *revs, "--json").stdout)

@@ -97,3 +97,52 @@ def test_stage_command_refuses_bad_params_before_writing_anything(tmp_path):
     # nothing was written: no data, no tracking runs, no server state
     assert not (proj.path / "data").exists() and (proj.path / "mlflow.db").read_bytes() == store
     assert not (proj.path / ".prefect").exists()
+
+
+def _params_dir(tmp_path, text: bytes | str):
+    """A directory with the project's dvc.yaml and ``text`` as params.yaml."""
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_bytes(text.encode() if isinstance(text, str) else text)
+    return tmp_path
+
+
+def _without(section: str, key: str | None = None) -> str:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    if key is None:
+        del raw[section]
+    else:
+        del raw[section][key]
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+@pytest.mark.parametrize("text,says", [
+    ("", "params.yaml is empty"),
+    ("# nothing but a comment\n", "params.yaml is empty"),
+    (_without("student"), "student: missing section; DVC tracks it (stages distill, evaluate, teachers)"),
+    (_without("data", "dataset"), "data.dataset: missing key; DVC tracks it"),
+    ((REPO / "params.yaml").read_bytes().replace(b"student:", b"student: # caf\xe9\n", 1) + b"", "is not UTF-8 text"),
+    ((REPO / "params.yaml").read_text().replace("  lr: 0.05", "  lr: .nan"), None),
+], ids=["empty", "comment-only", "no-student", "no-data.dataset", "latin-1", "nan"])
+def test_params_that_dvc_or_kdprune_cannot_use_are_refused_naming_them(tmp_path, text, says):
+    from execution.params import load_params
+
+    with pytest.raises(ParamsError) as e:
+        load_params(_params_dir(tmp_path, text))
+    msg = str(e.value)
+    if says is None:  # .nan: the key and "finite", not a message about quoting booleans
+        assert "student.lr: got nan, expected a finite number" in msg and "true/false" not in msg, msg
+    else:
+        assert says in msg, msg
+        assert "params.yaml" in msg and ("make profile NAME=digits" in msg or "UTF-8" in msg), msg
+
+
+def test_pipeline_refuses_an_empty_or_partial_params_yaml_before_dvc_records_anything(tmp_path):
+    """`make run` (flows pipeline) on an empty params.yaml, or one without the student section: exit 2
+    with the section named, and no dvc.lock written (it used to record the validate stage, then fail)."""
+    proj = make_project(tmp_path / "p", port=1)
+    for text, says in (("", "params.yaml is empty"), (_without("student"), "student: missing section")):
+        (proj.path / "params.yaml").write_text(text)
+        p = proj.run(sys.executable, "-m", "flows", "pipeline", check=False, timeout=120)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert says in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert not (proj.path / "dvc.lock").exists()

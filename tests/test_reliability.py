@@ -213,12 +213,15 @@ def test_corrupt_or_truncated_prepared_data_is_refused(proj, tmp_path):
 
 
 def test_stage_refuses_a_manifest_of_another_dataset_naming_both_hashes(proj):
+    from artifacts.stages import ids_sha256, manifest_sha256
+
     mdir = proj.path / "data" / "manifests"
     f = sorted(mdir.glob("el2n-*.json"))[0]
     original = f.read_text()
     try:
         m = json.loads(original)
         m["dataset_sha256"] = "ab" * 32
+        m["sha256"] = manifest_sha256(m)  # a whole manifest of another dataset, not an edit of this one
         f.write_text(json.dumps(m))
         out = _stage(proj, "distill", check=False)
         assert out.returncode != 0
@@ -229,6 +232,15 @@ def test_stage_refuses_a_manifest_of_another_dataset_naming_both_hashes(proj):
         f.write_text(json.dumps(m))
         out = _stage(proj, "distill", check=False)
         assert out.returncode != 0 and "do not match the manifest's ids_sha256" in out.stdout + out.stderr
+        m = json.loads(original)
+        m["ids"][-1] = 10**9  # an id that is not in the split, every hash recomputed: refused before any task
+        m["ids_sha256"] = ids_sha256(m["ids"])
+        m["sha256"] = manifest_sha256(m)
+        f.write_text(json.dumps(m))
+        out = _stage(proj, "distill", check=False)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0 and f"{f.name}: 1 sample ids are not in the prepared train split" in text, text[-3000:]
+        assert "`dvc repro select`" in text and "KeyError" not in text, text[-3000:]
         f.write_text(original[: len(original) // 2])  # truncated
         out = _stage(proj, "distill", check=False)
         assert out.returncode != 0 and "is not a valid manifest" in out.stdout + out.stderr

@@ -162,3 +162,24 @@ def test_claim_2_compares_random_with_score_based_methods_only_not_with_random_o
     c2 = next(c for c in A.claims(A.with_arms(both), "small_cnn", TEACHERS, 24000, 0.1) if c.number == 2)
     assert c2.verdict == A.HOLDS and "random:global" not in c2.evidence, c2.evidence
     assert "vs el2n" in c2.evidence or "vs forgetting" in c2.evidence
+
+
+def test_verdicts_carry_their_strength_and_what_would_settle_them():
+    """One seed, or a baseline far below published figures: the verdicts say they are weak and what
+    would settle them; three seeds and a healthy baseline: supported (issue 28 item 8)."""
+    one_seed = table()[lambda d: d.seed == 0]
+    md = build_report(one_seed, TEACHERS, CTX)
+    assert "(weak)" in md and "one seed per cell" in md and "at least 3 seeds" in md
+    t = A.trust(A.main_teacher_rows(A.with_arms(table()), "small_cnn"), baseline_gap=-8.5)
+    assert t.strength == "weak" and "8.5 points below published" in t.why and "student.epochs" in t.settle
+    t = A.trust(A.main_teacher_rows(A.with_arms(table()), "small_cnn"), baseline_gap=-1.0)
+    assert t.strength == "supported by 3 seeds" and t.settle == ""
+
+
+def test_the_best_arm_line_agrees_with_the_bold_weight():
+    df = table()
+    df.loc[(df.fraction == 0.5) & ~df.kd, "test_acc"] += 0.2  # no KD best at 0.5
+    md = build_report(df, TEACHERS, CTX)
+    line = next(x for x in md.splitlines() if x.startswith("Best arm per fraction"))
+    assert "0.5: no KD" in line and "0.1: KD a=0.9" in line
+    assert "for none" not in md and "| selection (s) |" in md

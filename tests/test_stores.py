@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -328,6 +329,11 @@ def _check_a_kill_mid_sweep(lab, rc: int, log: str, student: str, started_ms: in
     histories = 0
     for rid, r in before.items():
         a = after[rid]
+        if r.info.status == "RUNNING" and a.info.status == "KILLED" and "kdprune.closed" in a.data.tags:
+            # left RUNNING by the earlier kill (store away until after that sweep): closed by this sweep's
+            # first command, which found the process that opened it gone
+            a.data.tags.pop("kdprune.closed")
+            a.info._status = "RUNNING"
         assert (a.info.status, a.data.params, a.data.tags, a.data.metrics) == \
             (r.info.status, r.data.params, r.data.tags, r.data.metrics), r.info.run_name
         if r.data.tags.get("kdprune.role") == "student":
@@ -336,6 +342,16 @@ def _check_a_kill_mid_sweep(lab, rc: int, log: str, student: str, started_ms: in
                 histories += 1
     _figure(f"{what}_earlier_runs_intact", len(before))
     _figure(f"{what}_earlier_student_histories_checked", histories)
+    if not store_back:  # the store came back after the sweep: the next command closes what it left open
+        left = [r for r in after.values() if r.info.status == "RUNNING"]
+        assert left, "the kill left no RUNNING run: nothing to check"
+        lab.flows("init")  # any command that opens the store
+        after = lab.all_runs()
+    running = [r.info.run_name for r in after.values() if r.info.status == "RUNNING"]
+    assert running == [], running  # every run ended, FINISHED, FAILED or KILLED, with the reason tagged
+    closed = {r.info.run_name: r.data.tags["kdprune.closed"] for r in after.values() if "kdprune.closed" in r.data.tags}
+    assert closed, "no run says it was closed late or for a killed process"
+    _figure(f"{what}_runs_closed_late_or_killed", sorted(closed))
 
 
 def test_killing_the_mlflow_server_mid_sweep(lab):
@@ -437,3 +453,60 @@ def test_import_copies_the_local_sqlite_runs(lab):
         [(s, s / 10) for s in range(1, 6)]
     assert runs[child].data.params == {"method": "el2n"}
     assert [a.path for a in c.list_artifacts(runs[child].info.run_id, "notes")] == ["notes/alone.txt"]
+
+
+def _own_address() -> str:
+    import psutil
+
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return a.address
+    pytest.skip("this machine has no non-loopback IPv4 address")
+
+
+def test_a_colleague_logs_through_the_machines_address_with_the_client_file(lab, tmp_path):
+    """`stores client --host <this machine's address>` writes a file that works: MLflow answered 403
+    "Invalid Host header" to requests addressed to the machine's IP. The artifacts logged through it
+    are private on disk (0700 directories, 0600 files), like the rest of .kdprune/."""
+    from mlflow.tracking import MlflowClient
+
+    lab.flows("stores", "up")
+    ip = _own_address()
+    text = lab.flows("stores", "client", "--host", ip).stdout
+    env = json.loads(text)["env"]
+    assert env["MLFLOW_TRACKING_URI"] == f"http://{ip}:{lab.ports['mlflow']}"
+    creds = _basic(f"{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}")
+    assert _status(env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1", creds) == 200
+    assert _status(env["PREFECT_API_URL"] + "/flow_runs/filter", _basic(env["PREFECT_API_AUTH_STRING"]),
+                   data=b"{}") == 200
+    # log as a colleague would: a fresh process with only the client file's settings
+    (tmp_path / "note.txt").write_text("from a colleague\n")
+    code = ("import json, os, sys\n"
+            "env = json.load(open(sys.argv[1]))['env']\n"
+            "os.environ.update(env)\n"
+            "from mlflow.tracking import MlflowClient\n"
+            "c = MlflowClient(env['MLFLOW_TRACKING_URI'])\n"
+            "exp = c.get_experiment_by_name('colleague') or c.get_experiment(c.create_experiment('colleague'))\n"
+            "r = c.create_run(exp.experiment_id)\n"
+            "c.log_metric(r.info.run_id, 'acc', 0.5)\n"
+            "c.log_artifact(r.info.run_id, sys.argv[2], 'notes')\n"
+            "c.set_terminated(r.info.run_id)\n"
+            "print('RUN', r.info.run_id)\n")
+    (tmp_path / "client.json").write_text(text)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "client.json"), str(tmp_path / "note.txt")],
+                         capture_output=True, text=True, env=clean, timeout=180)
+    assert out.returncode == 0 and "RUN " in out.stdout, out.stdout + out.stderr[-3000:]
+    run_id = out.stdout.split("RUN ")[1].split()[0]
+    c = MlflowClient(f"http://127.0.0.1:{lab.ports['mlflow']}")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = env["MLFLOW_TRACKING_USERNAME"]
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = env["MLFLOW_TRACKING_PASSWORD"]
+    assert c.get_run(run_id).data.metrics["acc"] == 0.5
+    arts = lab.path / ".kdprune" / "mlflow" / "artifacts"
+    note = [f for f in arts.rglob("note.txt")]
+    assert note, "the artifact is not in the lab's artifact store"
+    for f in [arts, *arts.rglob("*")]:
+        if run_id in str(f) or f == arts:
+            want = 0o700 if f.is_dir() else 0o600
+            assert stat.S_IMODE(f.stat().st_mode) == want, (f, oct(f.stat().st_mode))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import sys
 import threading
 import time
@@ -218,13 +219,58 @@ def check_tracking_store(timeout_s: float = 5.0) -> str:
                 "unset MLFLOW_TRACKING_URI to use the project's SQLite store"
             ) from None
     if uri.startswith("sqlite:///"):
-        parent = Path(uri[len("sqlite:///"):]).parent
+        db = Path(uri[len("sqlite:///"):])
+        parent = db.parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise TrackingUnavailable(f"MLFLOW_TRACKING_URI={uri}: directory {parent} does not exist or is not writable")
+        if db.exists():
+            _check_sqlite_store(db)
     return uri
 
 
+def _check_sqlite_store(db: Path) -> None:
+    """A SQLite store that is not a readable database (truncated, overwritten) stops the command here,
+    exit code 3, naming the file and how to recover: the file is the project's own store (made by
+    ``python -m flows init``), so unsetting MLFLOW_TRACKING_URI is no advice. Cheap: the header and the
+    schema page, not a full integrity check."""
+    import sqlite3
+
+    try:
+        with open(db, "rb") as f:
+            header = f.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise sqlite3.DatabaseError("file is not a database (its header is not SQLite's)")
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            con.execute("select count(*) from sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e):  # another kdprune process writing: fine
+            return
+        raise TrackingUnavailable(_corrupt_store(db, e)) from None
+    except (sqlite3.DatabaseError, OSError) as e:
+        raise TrackingUnavailable(_corrupt_store(db, e)) from None
+
+
+def _corrupt_store(db: Path, e: Exception) -> str:
+    return (f"the MLflow store {db} cannot be read ({e}). It is the project's own tracking store (runs, "
+            f"params, metrics; the pipeline's results are in its outputs, not here). Move it aside "
+            f"(`mv {db.name} {db.name}.corrupt`) and run `make setup` (or `python -m flows init`) to create an "
+            "empty one, or restore it from a backup")
+
+
 _REACHED: set[str] = set()  # stores this process has opened: losing one later is "mid-run"
+
+
+def _OWNER() -> str:
+    """The ``kdprune.owner`` tag of the runs this process opens (see tracking_writer.Writer.reap)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()} pid {pid} started {tracking_writer.process_started(pid)}"
+
+
+def _closer() -> str:
+    return f"`{' '.join(['kdprune', *sys.argv[1:]])[:200]}` (pid {os.getpid()} on {socket.gethostname()})"
 OFFLINE = "offline-"  # run ids handed out while the store is unreachable mid-run: counted, never sent
 
 
@@ -255,11 +301,16 @@ class Tracker:
             if self.uri in _REACHED:
                 self.experiment_id, self.lost_reason = None, str(e)
                 return
+            advice = ("check the file (or move it aside and run `python -m flows init` for an empty store)"
+                      if self.uri.startswith("sqlite:") else
+                      "start that server or unset MLFLOW_TRACKING_URI to use the project's SQLite store")
             raise TrackingUnavailable(
-                f"cannot reach the MLflow tracking store at MLFLOW_TRACKING_URI={self.uri}: {e}; "
-                "start that server or unset MLFLOW_TRACKING_URI to use the project's SQLite store"
+                f"cannot reach the MLflow tracking store at MLFLOW_TRACKING_URI={self.uri}: {e}; {advice}"
             ) from None
-        _REACHED.add(self.uri)
+        if self.uri not in _REACHED:  # once per process and store: close runs whose process was killed
+            _REACHED.add(self.uri)
+            _MLFLOW.post(("reap", self.key, "closing of runs left by killed processes", 0, self.uri,
+                          self.experiment_id, socket.gethostname(), _closer()))
 
     @property
     def client(self):
@@ -294,7 +345,8 @@ class Tracker:
               params: Optional[dict] = None, start_ms: Optional[int] = None) -> str:
         """A new run; ``start_ms`` (epoch milliseconds) dates it, e.g. when a task that trained
         elsewhere began, so MLflow's duration is the training's."""
-        t = {"mlflow.runName": name, **{k: str(v) for k, v in (tags or {}).items()}}
+        t = {"mlflow.runName": name, tracking_writer.OWNER_TAG: _OWNER(),
+             **{k: str(v) for k, v in (tags or {}).items()}}
         if parent:
             t["mlflow.parentRunId"] = parent
         try:
@@ -355,22 +407,31 @@ class Tracker:
                           {k: str(Path(v).resolve()) for k, v in artifacts.items()},
                           [str(Path(c).resolve()) for c in code_paths], pip_requirements, signature)
 
-    def end(self, run_id: str, status: str = "FINISHED", wait: bool = True, end_ms: Optional[int] = None) -> None:
+    def end(self, run_id: str, status: str = "FINISHED", wait: bool = True, end_ms: Optional[int] = None,
+            last: bool = False) -> None:
+        """End a run. ``last``: the command's outermost run: afterwards, the run endings MLflow missed
+        while it was unreachable are recorded if it is back (else the next command closes those runs)."""
         self._best_effort("run endings", 1, "terminate", run_id, status, end_ms)
-        if wait:
+        if wait or last:
             self.flush()
+        if last:
+            with contextlib.suppress(RuntimeError):
+                _MLFLOW.call("settle")
 
     @contextlib.contextmanager
     def run(self, name: str, parent: Optional[str] = None, tags: Optional[dict] = None,
             params: Optional[dict] = None, wait: bool = True, start_ms: Optional[int] = None,
             end_ms: Optional[int] = None) -> Iterator[str]:
         run_id = self.start(name, parent, tags, params, start_ms)
+        outermost = parent is None and wait  # a command's own run (students: top-level runs, wait=False)
         try:
             yield run_id
-        except BaseException:
-            self.end(run_id, "FAILED")
+        except BaseException as e:
+            # Ctrl-C or SIGTERM (Prefect's cancellation): KILLED, as MLflow's own fluent API records it
+            self.end(run_id, "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED",
+                     last=outermost)
             raise
-        self.end(run_id, "FINISHED", wait=wait, end_ms=end_ms)
+        self.end(run_id, "FINISHED", wait=wait, end_ms=end_ms, last=outermost)
 
 
 # ---------------------------------------------------------------- what a user opens in MLflow's UI

@@ -22,6 +22,8 @@ class Writer:
         self.handled: dict[str, dict[str, int]] = {}  # tracker key -> kind -> count (logged or not)
         self.lock = threading.Lock()
         self.client_lock = threading.Lock()
+        # run endings that could not be recorded (store unreachable): run id -> (key, uri, status, end_ms)
+        self.unended: dict[str, tuple[str, str, str, Optional[int]]] = {}
 
     def client(self, uri: str):
         from mlflow.tracking import MlflowClient
@@ -107,6 +109,62 @@ class Writer:
     def terminate(self, uri: str, run_id: str, status: str, end_ms: Optional[int] = None) -> None:
         self.client(uri).set_terminated(run_id, status, end_time=end_ms)
 
+    def settle(self) -> tuple[int, int]:
+        """Record the run endings that failed while the store was unreachable, now that the command
+        ends (the store may be back: `stores up` during a sweep). Each such run gets the status it
+        ended with and a tag saying its end was recorded late; the first failure stops (the store is
+        still away: the next command closes the runs, :meth:`reap`). Returns (recorded, left)."""
+        done = 0
+        for run_id, (key, uri, status, end_ms) in list(self.unended.items()):
+            try:
+                c = self.client(uri)
+                c.set_tag(run_id, CLOSED_TAG, f"{status}: its end was recorded late, when the command ended, "
+                          f"because MLflow was unreachable when the run ended ({self.offline.get(key, 'unknown')})")
+                c.set_terminated(run_id, status, end_time=end_ms)
+            except Exception as e:
+                _say(f"MLflow at {uri} still fails ({type(e).__name__}); {len(self.unended)} run(s) stay RUNNING "
+                     "until the next kdprune command finds their process gone and closes them")
+                break
+            del self.unended[run_id]
+            done += 1
+            with self.lock:
+                counts = self.not_logged.get(key, {})
+                if counts.get("run endings", 0) > 0:
+                    counts["run endings"] -= 1
+        if done:
+            _say(f"recorded {done} run ending(s) that MLflow missed while it was unreachable")
+        return done, len(self.unended)
+
+    def reap(self, uri: str, experiment_id: str, host: str, closer: str) -> int:
+        """Close the RUNNING runs this machine's kdprune processes opened whose process is gone (a
+        stage killed, a machine that lost power): status KILLED and a tag saying why and by whom.
+        A run's owner is its ``kdprune.owner`` tag (host, pid, process start time: a reused pid is
+        not taken for the owner); runs of other machines are left to those machines' commands."""
+        try:
+            return self._reap(uri, experiment_id, host, closer)
+        except Exception as e:  # never the reason this process's own logging goes offline
+            _say(f"could not check MLflow for runs left RUNNING by killed processes ({type(e).__name__}: {e})")
+            return 0
+
+    def _reap(self, uri: str, experiment_id: str, host: str, closer: str) -> int:
+        c = self.client(uri)
+        runs = c.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+        closed = 0
+        for r in runs:
+            owner = r.data.tags.get(OWNER_TAG, "")
+            o_host, _, rest = owner.partition(" pid ")
+            pid_text, _, started = rest.partition(" started ")
+            if o_host != host or not pid_text.isdigit() or _alive(int(pid_text), started):
+                continue
+            c.set_tag(r.info.run_id, CLOSED_TAG, f"KILLED by {closer}: the process that opened it ({owner}) no "
+                      "longer runs (killed or crashed before it could end the run)")
+            c.set_terminated(r.info.run_id, "KILLED")
+            closed += 1
+        if closed:
+            _say(f"closed {closed} MLflow run(s) left RUNNING by killed kdprune processes (status KILLED, "
+                 f"tag {CLOSED_TAG})")
+        return closed
+
     def best_effort(self, key: str, what: str, n: int, uri: str, op: str, args: tuple) -> None:
         logged = False
         if key not in self.offline:
@@ -121,8 +179,34 @@ class Writer:
             if not logged:
                 counts = self.not_logged.setdefault(key, {})
                 counts[what] = counts.get(what, 0) + n
+                if op == "terminate":
+                    self.unended[args[0]] = (key, uri, *args[1:3])
             handled = self.handled.setdefault(key, {})
             handled[what] = handled.get(what, 0) + n
+
+
+OWNER_TAG = "kdprune.owner"  # "<host> pid <pid> started <process start time>": the process that opened the run
+CLOSED_TAG = "kdprune.closed"  # why and by whom a run was ended for its process
+
+
+def process_started(pid: int) -> str:
+    """A process's start time (psutil), to tell it from a later process with the same pid."""
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except psutil.Error:
+        return ""
+
+
+def _alive(pid: int, started: str) -> bool:
+    now = process_started(pid)
+    if not now:
+        return False
+    try:
+        return abs(float(now) - float(started)) < 1.0
+    except ValueError:
+        return True  # no start time recorded: a live pid is taken for the owner
 
 
 def _say(text: str) -> None:

@@ -8,7 +8,7 @@ from kdprune.scores.base import ScoreContext, register_score, softmax
     "el2n", balance="class", budget="round_half_up",
     keep="high",
     hard="high",
-    variant="teacher dynamics: one run's training-pass logits at epoch `el2n_epoch` (1-based), no seed averaging",
+    variant="teacher dynamics: one run's training-pass logits at epoch `scores.el2n.epoch` (1-based), no seed averaging",
     needs=("dynamics",),
     options={"epoch": Option(int, 5, "teacher epoch (1-based) the training-pass logits are read at", low=1)},
     check=lambda o, p: (f"scores.el2n.epoch: {o['epoch']} is after the teacher's last epoch; allowed: "
