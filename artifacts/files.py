@@ -159,9 +159,11 @@ def rebuild_hint(path: Path) -> str:
     return f"it is written by the {best} stage: re-create it with `dvc repro {best}` (or `make run`)"
 
 
-def load_npy(path: Path) -> np.ndarray:
+def load_npy(path: Path):
     """``np.load`` (no pickle) of one of the pipeline's arrays; a truncated or corrupt file is an
     IntegrityError naming it, the stage that writes it and the command that re-creates it."""
+    import numpy as np  # here, not at import: entrypoints pin NumPy's kernels before it loads
+
     try:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
