@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         from flows import tools
 
         sys.exit(getattr(tools, args.command)(args))
+    if args.command == "deploy" and args.paused and not args.profile and not args.overrides:
+        sys.exit(_deploy_once(args))
     if args.command in (*STAGES, "pipeline", "sweep", "deploy", "serve"):
         # MLflow's imports (about 2 s) run in its child process while this one imports torch and Prefect; nothing
         # touches a store until a stage opens it, so bad params below still leave nothing behind
@@ -223,6 +225,26 @@ def main(argv: list[str] | None = None) -> None:
             print(f"kdprune: not logged to MLflow at {os.environ.get('MLFLOW_TRACKING_URI')}: "
                   f"{describe_not_logged(lost)}; {on_disk}", file=sys.stderr)
     _DONE.append(0)
+
+
+def _deploy_once(args) -> int:
+    """`make setup`, every time: the nightly deployment registered (paused) on the server this project
+    talks to. Asked of that server, not of a marker file: another project's server, or a new one, has
+    none. The check costs a request; the deployment (imports torch and Prefect) only when it is missing."""
+    from tasks.runtime import deployment_exists
+
+    try:
+        url = ensure_prefect_server()
+        if deployment_exists("pipeline/nightly"):
+            print(f"[kdprune] deployment 'pipeline/nightly' is registered on {url.removesuffix('/api')}", flush=True)
+            return 0
+    except RuntimeError as e:
+        print(f"kdprune: {e}", file=sys.stderr)
+        return 3
+    from flows.deploy import deploy
+
+    deploy(cron=args.cron, timezone=args.timezone, paused=True)
+    return 0
 
 
 def _stores(args) -> int:

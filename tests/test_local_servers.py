@@ -1,0 +1,83 @@
+"""Each checkout's own local servers: its Prefect server (never another checkout's) and `kdprune ui`'s MLflow."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench.project import REPO, clean_env, free_port, make_project
+
+
+def _post(api: str, path: str) -> list[dict]:
+    req = urllib.request.Request(f"{api}/{path}", data=b"{}", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _server_url(proj) -> str:
+    port = (proj.path / ".prefect" / "kdprune-server.port").read_text().strip()
+    return f"http://127.0.0.1:{port}/api"
+
+
+def test_two_clones_each_get_their_own_prefect_server_runs_and_deployment(tmp_path):
+    """Two checkouts on one machine, each doing what `make setup` does (`flows init`, `flows deploy --paused`)
+    and running one stage (prepare: a flow run on its server). The second's stored port is the one the
+    first's server holds (as 4200 is when a second clone comes along): it must move to a port of its own."""
+    a = make_project(tmp_path / "a" / "kdp", free_port())
+    b = make_project(tmp_path / "b" / "kdp", free_port())
+    del a.env["KDPRUNE_PREFECT_PORT"], b.env["KDPRUNE_PREFECT_PORT"]  # the default path: the port each one picks
+    (a.path / ".prefect").mkdir()
+    (a.path / ".prefect" / "kdprune-server.port").write_text(str(free_port()))
+    try:
+        a.run(sys.executable, "-m", "flows", "deploy", "--paused")
+        a_api = _server_url(a)
+        (b.path / ".prefect").mkdir()
+        (b.path / ".prefect" / "kdprune-server.port").write_text(a_api.split(":")[-1].split("/")[0])
+        setup_b = b.run(sys.executable, "-m", "flows", "deploy", "--paused")
+        assert "held by the Prefect server of another project" in setup_b.stdout, setup_b.stdout
+        b_api = _server_url(b)
+        assert b_api != a_api
+        for proj, api in ((a, a_api), (b, b_api)):
+            with urllib.request.urlopen(api + "/admin/settings", timeout=10) as r:
+                assert Path(json.loads(r.read())["home"]).resolve() == (proj.path / ".prefect").resolve()
+            proj.run(sys.executable, "-m", "flows", "prepare")
+            again = proj.run(sys.executable, "-m", "flows", "deploy", "--paused")  # setup a second time: found
+            assert "is registered on" in again.stdout and "starting a local Prefect server" not in again.stdout
+            assert not (proj.path / ".prefect" / "kdprune-deployed").exists()
+        for proj, api in ((a, a_api), (b, b_api)):
+            deps = _post(api, "deployments/filter")
+            assert [(d["name"], d["parameters"]["root"]) for d in deps] == [("nightly", str(proj.path))]
+            runs = _post(api, "flow_runs/filter")
+            assert runs and {r["parameters"].get("root") for r in runs} == {str(proj.path)}, runs
+        # the deployment is asked of the server, not of a marker: a fresh server of b's gets it registered again
+        b.stop_server()
+        (b.path / ".prefect" / "prefect.db").unlink()
+        setup_b = b.run(sys.executable, "-m", "flows", "deploy", "--paused")
+        assert "deployment 'pipeline/nightly'" in setup_b.stdout and "paused" in setup_b.stdout, setup_b.stdout
+        assert [d["name"] for d in _post(_server_url(b), "deployments/filter")] == ["nightly"]
+    finally:
+        a.stop_server()
+        b.stop_server()
+
+
+def test_a_pinned_prefect_port_held_by_another_project_is_an_error(tmp_path):
+    a = make_project(tmp_path / "a" / "kdp", free_port())
+    b = make_project(tmp_path / "b" / "kdp", int(a.env["KDPRUNE_PREFECT_PORT"]))
+    probe = [sys.executable, "-c", "from tasks.runtime import ensure_prefect_server as e; e()"]
+    try:
+        a.run(*probe)
+        p = b.run(*probe, check=False)
+        assert p.returncode != 0 and "held by the Prefect server of another project" in p.stderr, p.stderr[-2000:]
+        assert "KDPRUNE_PREFECT_PORT" in p.stderr
+    finally:
+        a.stop_server()
+        b.stop_server()
