@@ -50,8 +50,8 @@ deploy: setup  ## create the pipeline's deployment with its cron schedule on the
 serve: setup  ## resume and serve the deployment: scheduled runs execute in this process
 	$(BIN)/python -m flows serve
 
-ui: setup  ## the MLflow UI on http://127.0.0.1:5000; prints the link to the students of the latest sweep
-	$(BIN)/python -m flows ui --port 5000
+ui: setup  ## the MLflow UI on http://127.0.0.1:5000 (PORT=N: another); prints the link to the students of the latest sweep
+	$(BIN)/python -m flows ui $(if $(PORT),--port $(PORT))
 
 prefect-ui: setup  ## print where this project's Prefect UI is (its own local server, started on demand)
 	@$(BIN)/python -c "import os; from tasks.runtime import ensure_prefect_server as e; \

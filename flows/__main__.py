@@ -65,7 +65,8 @@ OPTIONS = [
     (("--timezone",), dict(default="UTC", help="the schedule's time zone"), ("deploy", "serve")),
     (("--paused",), dict(action="store_true", help="create it paused, and leave one that exists as it is (what "
                                                    "`make setup` does); `kdprune serve` resumes it"), ("deploy",)),
-    (("--port",), dict(type=int, default=5000, help="the MLflow UI's port"), ("ui",)),
+    (("--port",), dict(type=int, default=None, help="the MLflow UI's port (default 5000, or a free one when 5000 "
+                                                    "is taken; a port named here that is taken is refused)"), ("ui",)),
     (("--no-serve",), dict(action="store_true", help="only print the links (a server already runs)"), ("ui",)),
     (("--only",), dict(action="append", default=[], metavar="BENCH",
                        help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench, ray_bench; "

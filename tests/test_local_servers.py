@@ -1,6 +1,7 @@
 """Each checkout's own local servers: its Prefect server (never another checkout's) and `kdprune ui`'s MLflow."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -81,3 +82,73 @@ def test_a_pinned_prefect_port_held_by_another_project_is_an_error(tmp_path):
     finally:
         a.stop_server()
         b.stop_server()
+
+
+def _ui_env(tmp_path: Path) -> dict:
+    env = clean_env(free_port())
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PREFECT_API_URL="http://127.0.0.1:9/api")
+    return env
+
+
+def test_kdprune_ui_stopped_with_sigterm_leaves_no_server(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "flows", "ui", "--port", str(port)], cwd=REPO, env=_ui_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    tree = []
+    try:
+        seen = []
+        deadline = time.monotonic() + 180
+        for line in proc.stdout:  # until it serves
+            seen.append(line)
+            if "MLflow UI serving" in line or time.monotonic() > deadline:
+                break
+        assert "MLflow UI serving" in "".join(seen), "".join(seen)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert tree and not _port_free(port)
+        proc.send_signal(signal.SIGTERM)  # to the command alone, as a supervisor or `kill` would
+        proc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(tree, timeout=15)
+        assert not alive, [p.cmdline() for p in alive]
+        assert _port_free(port)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for child in tree:  # a server the command left behind (what this test is there to catch)
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_kdprune_ui_refuses_a_taken_port_within_5_s(tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, "-m", "flows", "ui", "--port", str(port)], cwd=REPO, env=_ui_env(tmp_path),
+                           capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - t0
+    assert p.returncode != 0 and f"port {port} on 127.0.0.1 is already in use" in p.stderr, p.stderr[-2000:]
+    assert "--port N" in p.stderr and "http://" not in p.stdout  # no link to whatever holds it
+    assert took < 5, took
+
+
+def test_kdprune_ui_moves_off_a_taken_default_port_and_says_so(monkeypatch):
+    from flows import tools
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        monkeypatch.setattr(tools, "DEFAULT_UI_PORT", held.getsockname()[1])
+        port, note = tools.ui_port(None)
+        assert port != tools.DEFAULT_UI_PORT and f"served on {port} instead" in note
+        with pytest.raises(RuntimeError, match="already in use"):
+            tools.ui_port(tools.DEFAULT_UI_PORT)
