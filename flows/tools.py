@@ -67,7 +67,10 @@ DEFAULT_UI_PORT = 5000  # MLflow's own default
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now (as servers do, with SO_REUSEADDR: the
+    TIME_WAIT connections of a server just stopped do not hold the port)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

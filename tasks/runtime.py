@@ -115,7 +115,10 @@ def server_home(api_url: str, timeout: float = 2.0) -> Path | None:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now (as servers do, with SO_REUSEADDR: the
+    TIME_WAIT connections of a server just stopped do not hold the port)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -120,6 +120,7 @@ def test_kdprune_ui_stopped_with_sigterm_leaves_no_server(tmp_path):
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT do not count
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -152,3 +153,23 @@ def test_kdprune_ui_moves_off_a_taken_default_port_and_says_so(monkeypatch):
         assert port != tools.DEFAULT_UI_PORT and f"served on {port} instead" in note
         with pytest.raises(RuntimeError, match="already in use"):
             tools.ui_port(tools.DEFAULT_UI_PORT)
+
+
+def test_a_killed_server_is_restarted_on_its_port_though_its_connections_linger(tmp_path):
+    """After a SIGKILL the port has connections in TIME_WAIT: the restart must not read that as taken."""
+    proj_env = {**clean_env(free_port()), "PREFECT_HOME": str(tmp_path / "home"), "KDPRUNE_ROOT": str(REPO)}
+    probe = [sys.executable, "-c", "from tasks.runtime import ensure_prefect_server as e, server_home as h; "
+             "u = e(); [h(u) for _ in range(5)]; print(u)"]
+    first = subprocess.run(probe, env=proj_env, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert first.returncode == 0, first.stderr[-2000:]
+    pid_file = tmp_path / "home" / "kdprune-server.pid"
+    try:
+        os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        time.sleep(1)
+        again = subprocess.run(probe, env=proj_env, cwd=REPO, capture_output=True, text=True, timeout=180)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "starting a local Prefect server" in again.stdout
+        assert again.stdout.strip().splitlines()[-1] == first.stdout.strip().splitlines()[-1]  # the same port
+    finally:
+        subprocess.run([sys.executable, "-m", "flows", "stop"], env=proj_env, cwd=REPO, capture_output=True,
+                       timeout=60)
