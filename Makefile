@@ -19,8 +19,9 @@ setup: $(BIN)/.installed
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	@$(BIN)/dvc config core.analytics false
 	@test -f mlflow.db || $(BIN)/python -m flows init
-	@# the nightly deployment, registered once and paused: visible in the Prefect UI, `make serve` turns it on
-	@test -f .prefect/kdprune-deployed || { $(BIN)/python -m flows deploy --paused && mkdir -p .prefect && touch .prefect/kdprune-deployed; }
+	@# the project's own Prefect server (started on demand, never another checkout's) and the nightly
+	@# deployment on it, registered paused when that server lacks it: `make serve` turns it on
+	@$(BIN)/python -m flows deploy --paused
 
 run: setup  ## the whole pipeline on params.yaml (stale stages only), then the report
 	$(BIN)/python -m flows pipeline
@@ -52,11 +53,12 @@ deploy: setup  ## create the pipeline's deployment with its cron schedule on the
 serve: setup  ## resume and serve the deployment: scheduled runs execute in this process
 	$(BIN)/python -m flows serve
 
-ui: setup  ## the MLflow UI on http://127.0.0.1:5000; prints the link to the students of the latest sweep
-	$(BIN)/python -m flows ui --port 5000
+ui: setup  ## the MLflow UI on http://127.0.0.1:5000 (PORT=N: another); prints the link to the students of the latest sweep
+	$(BIN)/python -m flows ui $(if $(PORT),--port $(PORT))
 
-prefect-ui: setup  ## print where the Prefect UI is (the local server starts on demand)
-	@$(BIN)/python -c "from servers.runtime import configure_env as c, ensure_prefect_server as e; c(); print('Prefect UI:', e().removesuffix('/api'))"
+prefect-ui: setup  ## print where this project's Prefect UI is (its own local server, started on demand)
+	@$(BIN)/python -c "import os; from servers.runtime import configure_env as c, ensure_prefect_server as e; c(); \
+	    print('Prefect UI:', e().removesuffix('/api'), '(PREFECT_HOME=' + os.environ['PREFECT_HOME'] + ')')"
 
 stop:  ## stop the local Prefect server
 	-$(BIN)/python -m flows stop

@@ -74,4 +74,4 @@ def deploy(cron: str | None = None, timezone: str = "UTC", serve: bool = False, 
         dep_id = dep.apply()
         print(f"deployment '{name}' ({dep_id}) with cron {cron or DEFAULT_CRON!r} {timezone}"
               + (", paused; `make serve` resumes it and runs its schedule while it serves" if paused
-               else "; serve it with `kdprune serve` (same options)"))
+               else "; serve it with `make serve` (or `kdprune serve`, same options)"))

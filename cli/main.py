@@ -48,13 +48,16 @@ def _fast_exit() -> None:
     os._exit(_DONE[0])
 
 
+NEXT_STEP = "[kdprune] compare the students: run `make ui` and open the link it prints"
 STAGES = ("prepare", "teacher", "teachers", "scores", "select", "distill", "evaluate")  # Prefect flows
 
 # Options, each defined once: (flags, argparse keywords, the commands that take it)
 _SWEEPING = ("pipeline", "sweep", "deploy", "serve")
 OPTIONS = [
-    (("--profile",), dict(default=None, help="sweep: start from profiles/PROFILE.yaml instead of params.yaml; "
-                                             "deploy/serve: a sweep of this profile instead of the pipeline"),
+    (("--profile",), dict(default=None, help={  # one text per command
+        "sweep": "start from profiles/PROFILE.yaml (e.g. fashion_mnist) instead of the current params.yaml",
+        "deploy": "deploy the sweep of profiles/PROFILE.yaml (named sweep/PROFILE) instead of the pipeline",
+        "serve": "serve the sweep of profiles/PROFILE.yaml instead of the pipeline"}),
      ("sweep", "deploy", "serve")),
     (("-S", "--set"), dict(dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                            help="override one param, e.g. -S student.kd_weights=[0.3,0.9] (repeatable)"),
@@ -64,8 +67,9 @@ OPTIONS = [
     (("--cron",), dict(default=None, help="the schedule (default '0 2 * * *': 02:00 every day)"), ("deploy", "serve")),
     (("--timezone",), dict(default="UTC", help="the schedule's time zone"), ("deploy", "serve")),
     (("--paused",), dict(action="store_true", help="create it paused, and leave one that exists as it is (what "
-                                                   "`make setup` does); `kdprune serve` resumes it"), ("deploy",)),
-    (("--port",), dict(type=int, default=5000, help="the MLflow UI's port"), ("ui",)),
+                                                   "'make setup' does); 'kdprune serve' resumes it"), ("deploy",)),
+    (("--port",), dict(type=int, default=None, help="the MLflow UI's port (default 5000, or a free one when 5000 "
+                                                    "is taken; a port named here that is taken is refused)"), ("ui",)),
     (("--no-serve",), dict(action="store_true", help="only print the links (a server already runs)"), ("ui",)),
     (("--only",), dict(action="append", default=[], metavar="BENCH",
                        help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench, ray_bench, portable_bench; "
@@ -79,15 +83,15 @@ OPTIONS = [
     (("--timeout",), dict(type=float, default=7200.0, help="seconds the re-run may take"), ("verify",)),
 ]
 
-# command -> (help, positional `name` (its help, or None for none), aliases)
+# command -> (help, positional `name` (its help, or None for none), other names); in --help's order
 COMMANDS = {
-    "validate": ("check all of params.yaml: DVC's first stage (writes data/params-ok), before any output is "
-                 "touched", None, ()),
-    **{s: (f"run the {s} stage's flow alone (what `dvc repro {s}` runs)", None, ()) for s in STAGES},
-    "pipeline": ("run the whole pipeline: the stale stages in order, then the report", None, ("run",)),
+    "pipeline": ("run the whole pipeline on params.yaml: the stale stages in order, then the report", None, ("run",)),
     "sweep": ("write params.yaml from a profile and -S overrides, then run its stale stages", None, ()),
     "profile": ("write params.yaml from profiles/NAME.yaml (and -S overrides); runs nothing",
                 "the profile's name (profiles/NAME.yaml)", ()),
+    "validate": ("check all of params.yaml: DVC's first stage (writes data/params-ok), before any output is "
+                 "touched", None, ()),
+    **{s: (f"run the {s} stage alone (what 'dvc repro {s}' runs)", None, ()) for s in STAGES},
     "deploy": ("create the pipeline's deployment pipeline/nightly (or a profile's sweep) with a cron schedule",
                None, ()),
     "serve": ("create the deployment and serve it: scheduled and UI-triggered runs execute in this process",
@@ -100,27 +104,57 @@ COMMANDS = {
              "exactly how to", "the profile's name (profiles/NAME.yaml)", ()),
     "verify": ("re-run the pipeline from nothing in a scratch copy and compare every cell of the committed "
                "reports/metrics.json with it: equal bytes, or within seed noise (exit 1 when not)", None, ()),
-    "init": ("create the MLflow store (part of `make setup`)", None, ()),
+    "init": ("create the MLflow store (part of 'make setup')", None, ()),
     "stop": ("stop the local Prefect server", None, ()),
-    "stores": ("the lab's shared stores (servers/stores.py): up, down, status, import, client",
+    "stores": ("the lab's shared stores (PostgreSQL, MLflow and Prefect servers): up, down, status, import, client",
                "up, down, status, import or client", ()),
     "push": ("dvc push to the DVC remote", None, ()),
     "pull": ("dvc pull from the DVC remote", None, ()),
 }
 
 
+DESCRIPTION = """\
+kdprune: data pruning with knowledge distillation, as a reproducible pipeline. It trains a
+teacher, scores every training example, keeps a fraction of them per method, trains students on
+each subset with and without the teacher's soft labels, and reports which method wins.
+
+  make run                          the whole pipeline on params.yaml (= kdprune run)
+  make ui                           compare the students in MLflow's UI
+  kdprune sweep --profile NAME      a study from profiles/NAME.yaml, e.g. fashion_mnist
+  kdprune sweep -S student.kd_weights=[0.3,0.9]    vary a param
+"""
+EPILOG = "'kdprune COMMAND --help' shows a command's options. Outside the virtualenv, 'make' runs the same (see Makefile)."
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return f"kdprune {dist_version('kdprune')}"
+    except PackageNotFoundError:
+        return "kdprune (not installed: 'make setup' installs it)"
+
+
 def parser(prog: str = "kdprune") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=version())
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd, (help_, name_help, aliases) in COMMANDS.items():
-        p = sub.add_parser(cmd, aliases=list(aliases), help=help_, description=help_)
-        p.set_defaults(command=cmd, name=None, profile=None, overrides=[], force=False, cron=None, timezone="UTC",
-                       serve=cmd == "serve", paused=False, host=None, source=None, keep=False, timeout=7200.0)
-        if name_help:
-            p.add_argument("name", nargs="?" if cmd == "stores" else None, default=None, help=name_help)
-        for flags, kw, cmds in OPTIONS:
-            if cmd in cmds:
-                p.add_argument(*flags, **kw)
+        # each name its own parser, so that `kdprune run --help` says `usage: kdprune run`
+        names = (*aliases, cmd)  # the first is the one a user types (run), the others listed as the same
+        for name in names:
+            p = sub.add_parser(name, help=help_ if name == names[0] else f"the same as {names[0]}", description=help_)
+            p.set_defaults(command=cmd, name=None, profile=None, overrides=[], force=False, cron=None, timezone="UTC",
+                           serve=cmd == "serve", paused=False, host=None, source=None, keep=False,
+                           timeout=7200.0)
+            if name_help:
+                p.add_argument("name", nargs="?" if cmd == "stores" else None, default=None, help=name_help)
+            for flags, kw, cmds in OPTIONS:
+                if cmd in cmds:
+                    p.add_argument(*flags, **{**kw, "help": kw["help"][cmd]} if isinstance(kw.get("help"), dict)
+                                   else kw)
     return ap
 
 
@@ -154,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         from cli.verify import verify
 
         sys.exit(verify(args))
+    if args.command == "deploy" and args.paused and not args.profile and not args.overrides:
+        sys.exit(_deploy_once(args))
     if args.command in (*STAGES, "pipeline", "sweep", "deploy", "serve"):
         # MLflow's imports (about 2 s) run in its child process while this one imports torch and Prefect; nothing
         # touches a store until a stage opens it, so bad params below still leave nothing behind
@@ -229,8 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[kdprune] {args.command} finished in {time.perf_counter() - t0:.1f}s; stages run: "
               f"{', '.join(out['stages_run']) or 'none (all up to date)'}; MLflow parent run {out['mlflow_run_id']}",
               flush=True)
-        print("[kdprune] compare the students: `kdprune ui` (or `make ui`), then open the link it prints",
-              flush=True)
+        print(NEXT_STEP, flush=True)
     else:
         flow_fn = getattr(importlib.import_module(f"flows.{args.command}"), f"{args.command}_flow")
         flow_fn(root=str(root), parent_run_id=os.environ.get("KDPRUNE_PARENT_RUN_ID") or None)
@@ -245,6 +280,26 @@ def main(argv: list[str] | None = None) -> None:
             print(f"kdprune: not logged to MLflow at {os.environ.get('MLFLOW_TRACKING_URI')}: "
                   f"{describe_not_logged(lost)}; {on_disk}", file=sys.stderr)
     _DONE.append(0)
+
+
+def _deploy_once(args) -> int:
+    """`make setup`, every time: the nightly deployment registered (paused) on the server this project
+    talks to. Asked of that server, not of a marker file: another project's server, or a new one, has
+    none. The check costs a request; the deployment (imports torch and Prefect) only when it is missing."""
+    from servers.runtime import deployment_exists
+
+    try:
+        url = ensure_prefect_server()
+        if deployment_exists("pipeline/nightly"):
+            print(f"[kdprune] deployment 'pipeline/nightly' is registered on {url.removesuffix('/api')}", flush=True)
+            return 0
+    except RuntimeError as e:
+        print(f"kdprune: {e}", file=sys.stderr)
+        return 3
+    from cli.deploy import deploy
+
+    deploy(cron=args.cron, timezone=args.timezone, paused=True)
+    return 0
 
 
 def _stores(args) -> int:

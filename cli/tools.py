@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -60,21 +63,78 @@ def links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
     return out
 
 
+DEFAULT_UI_PORT = 5000  # MLflow's own default
+
+
+def _port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now (as servers do, with SO_REUSEADDR: the
+    TIME_WAIT connections of a server just stopped do not hold the port)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def ui_port(requested: int | None) -> tuple[int, str]:
+    """The port ``kdprune ui`` serves on, and a note when it is not the one asked for. A port named
+    with --port that is taken is refused (RuntimeError: a link to whatever holds it would mislead);
+    the default (5000) that is taken gives way to a free port, and says so."""
+    port = requested or DEFAULT_UI_PORT
+    if _port_free(port):
+        return port, ""
+    if requested:
+        raise RuntimeError(f"port {port} on 127.0.0.1 is already in use (another MLflow UI, or another program); "
+                           f"pick a free one with --port N (`make ui PORT=N`), or stop what holds it")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    return free, f"port {port} is in use: the MLflow UI is served on {free} instead"
+
+
+def _stop_group(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """Stop the server and every process it started (its own session: MLflow runs its web server as a child)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+        os.killpg(proc.pid, signal.SIGKILL)  # what is left of the group (the web server's workers)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through ui()'s finally, which stops the server
+
+
 def ui(args) -> int:
-    """Serve MLflow's UI on the project's store (127.0.0.1:--port) and print the links."""
+    """Serve MLflow's UI on the project's store (127.0.0.1:--port) and print the links. The server is
+    this command's: Ctrl-C or SIGTERM stops it with the command."""
     uri = os.environ["MLFLOW_TRACKING_URI"]
     proc = None
-    if uri.startswith(("http://", "https://")):
-        base = uri.rstrip("/")  # a tracking server: its UI is already served
-    else:
-        base = f"http://127.0.0.1:{args.port}"
-        if not args.no_serve:
+    try:
+        if uri.startswith(("http://", "https://")):
+            base = uri.rstrip("/")  # a tracking server: its UI is already served
+        elif args.no_serve:
+            base = f"http://127.0.0.1:{args.port or DEFAULT_UI_PORT}"
+        else:
+            port, note = ui_port(args.port)
+            if note:
+                print(f"[kdprune] {note}", flush=True)
+            base = f"http://127.0.0.1:{port}"
             mlflow = shutil.which("mlflow", path=os.pathsep.join([str(Path(sys.executable).parent),
                                                                   os.environ.get("PATH", "")]))
-            # one worker: a local UI for one researcher (MLflow's default, 4, quadruples start-up and memory)
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            # one worker: a local UI for one researcher (MLflow's default, 4, quadruples start-up and memory);
+            # its own session, so that stopping it stops the web server it starts too
             proc = subprocess.Popen([mlflow or "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                                     "--port", str(args.port), "--workers", "1"])
-    try:
+                                     "--port", str(port), "--workers", "1"], start_new_session=True)
         _wait_healthy(base, proc)
         for what, url in links(uri, base):
             print(f"[kdprune] {what}:\n    {url}", flush=True)
@@ -88,12 +148,8 @@ def ui(args) -> int:
         print(f"kdprune: {e}", file=sys.stderr)
         return 3
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if proc is not None:
+            _stop_group(proc)
 
 
 # ---------------------------------------------------------------- kdprune bench

@@ -1,6 +1,7 @@
 """params.yaml and the profiles: read (checked to read the same under DVC's parser), validated, written."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -10,15 +11,38 @@ from kdprune.config import SCHEMA, ParamsError, validate
 from artifacts.files import atomic_write_text
 
 
+class Yaml12Numbers(yaml.SafeLoader):
+    """PyYAML's safe loader reading numbers as YAML 1.2 (DVC's parser, ruamel) does: ``1e-3`` and ``1E5`` are
+    floats there, strings under YAML 1.1's float pattern, which needs a dot. Everything else is PyYAML's."""
+
+
+Yaml12Numbers.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),  # ruamel's YAML 1.2 float (ruamel/yaml/resolver.py)
+    list("-+0123456789."))
+
+
+def read_yaml(text: str):
+    """A params file's or a -S value's YAML, numbers as DVC reads them (Yaml12Numbers)."""
+    return yaml.load(text, Loader=Yaml12Numbers)
+
+
 def load_params(root: Path | str, stage: Optional[str] = None) -> dict:
     """Read and validate ``params.yaml``; raise ParamsError naming every bad key. With ``stage``, names
     are checked only against the registries that stage uses (kdprune.config.STAGE_NAMES)."""
     path = Path(root) / "params.yaml"
     if not path.exists():
         raise ParamsError(f"{path} not found: run from the project directory (the one with params.yaml)")
-    raw = parse_params_text(path, read_params_text(path))
-    _require_dvc_keys(Path(root), path, raw)
-    params = validate(raw, stage)
+    try:
+        raw = parse_params_text(path, read_params_text(path))
+        _require_dvc_keys(Path(root), path, raw)
+        params = validate(raw, stage)
+    except ParamsError as e:
+        raise ParamsError(f"{e}{_uncommitted_note(Path(root), e.errors)}", e.errors) from None
     if stage is not None:  # a stage about to compute: its thread count set, the portable pin verified
         from kdprune.reproducibility import check
 
@@ -105,6 +129,43 @@ def _require_dvc_keys(root: Path, path: Path, raw: Any) -> None:
         raise ParamsError(f"invalid {path.name}:\n  " + "\n  ".join(lines))
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _uncommitted_note(root: Path, errors: list[str]) -> str:
+    """What to say when a bad key's value differs from the committed params.yaml: `dvc exp run -S` rewrites
+    params.yaml before its stages run and leaves the rewrite in place when one fails (here, validate), so
+    every later run meets it too."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(root), "show", "HEAD:params.yaml"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return ""
+        before, now = _flat(read_yaml(head.stdout) or {}), _flat(read_yaml((root / "params.yaml").read_text()) or {})
+    except (OSError, subprocess.SubprocessError, yaml.YAMLError):
+        return ""
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k, "<missing>") != now.get(k, "<missing>"))
+    bad = [k for k in changed if any(e.split(":", 1)[0].strip() in (k, *_parents(k)) for e in errors)]
+    if not bad:
+        return ""
+    return (f"\n{', '.join(bad)} in params.yaml differ from the last commit: a `dvc exp run -S` that failed leaves "
+            "its rewrite of params.yaml in place (DVC does not restore it). Undo it with `git checkout params.yaml`, "
+            "or set a valid value (`dvc exp run -S KEY=VALUE`, or edit params.yaml).")
+
+
+def _parents(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def _first_difference(a: Any, b: Any, where: str = "") -> str:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in list(a) + [k for k in b if k not in a]:
@@ -133,7 +194,7 @@ def parse_params_text(path: Path, text: str) -> dict:
     from ruamel.yaml import YAMLError as RuamelError
 
     try:
-        raw = yaml.safe_load(text)
+        raw = read_yaml(text)
     except yaml.YAMLError as e:
         raise ParamsError(f"{path} is not valid YAML: {e}") from None
     try:
@@ -166,26 +227,52 @@ def profile_names(root: Path) -> list[str]:
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
-    """``student.kd_weights=[0.3,0.9]`` -> (["student", "kd_weights"], [0.3, 0.9]); the value is YAML."""
+    """``student.kd_weights=[0.3,0.9]`` -> (["student", "kd_weights"], [0.3, 0.9]); the value is YAML, its
+    numbers read as DVC reads ``dvc exp run -S`` (``1e-3`` is a float)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ParamsError(f"override {text!r} is not KEY=VALUE (e.g. student.seeds=[0,1,2])")
+        raise ParamsError(f"-S {text!r} is not KEY=VALUE (e.g. -S student.seeds=[0,1,2])")
     try:
-        return key.strip().split("."), yaml.safe_load(value)
+        return key.strip().split("."), read_yaml(value)
     except yaml.YAMLError as e:
-        raise ParamsError(f"override {text!r}: the value is not valid YAML: {e}") from None
+        raise ParamsError(f"-S {text!r}: the value is not valid YAML: {e}") from None
+
+
+def _from_override(error: str, overrides: list[str]) -> str | None:
+    """The -S that set the key an error line names (``teacher.lr: got ...``), or None."""
+    key = error.split(":", 1)[0].strip()
+    for text in reversed(overrides):  # the last one of a key wins, as it was applied
+        over = text.partition("=")[0].strip()
+        if key == over or key.startswith(over + ".") or over.startswith(key + "."):
+            return text
+    return None
 
 
 def sweep_params(root: Path, profile: Optional[str], overrides: list[str]) -> dict:
-    """The params a sweep runs with: the profile (or the current params.yaml) plus the overrides, validated."""
-    raw = merged_params(Path(root), profile, overrides)
-    _require_dvc_keys(Path(root), Path(root) / (f"{PROFILES}/{profile}.yaml" if profile else "params.yaml"), raw)
-    validate(raw)  # every problem named before anything is written
+    """The params a sweep runs with: the profile (or the current params.yaml) plus the overrides, validated.
+    An error names what it came from: the -S that set the key, or the file."""
+    root = Path(root)
+    raw = merged_params(root, profile, overrides)
+    src = root / PROFILES / f"{profile}.yaml" if profile else root / "params.yaml"
+    _require_dvc_keys(root, src, raw)
+    try:
+        validate(raw)  # every problem named before anything is written
+    except ParamsError as e:
+        if not e.errors:
+            raise
+        name = src.relative_to(root) if src.is_relative_to(root) else src
+        lines = []
+        for err in e.errors:
+            over = _from_override(err, overrides)
+            lines.append(f"-S {over}: {err}" if over else f"{name}: {err}")
+        raise ParamsError(f"invalid params ({name}{' with -S overrides' if overrides else ''}):\n  "
+                          + "\n  ".join(lines), e.errors) from None
     return raw
 
 
 def merged_params(root: Path, profile: Optional[str], overrides: list[str]) -> dict:
     """The profile (or the current params.yaml) plus the overrides, as read, not yet validated."""
+    root = Path(root)
     if profile:
         src = root / PROFILES / f"{profile}.yaml"
         if not src.exists():
@@ -199,7 +286,7 @@ def merged_params(root: Path, profile: Optional[str], overrides: list[str]) -> d
         node = raw
         for k in path[:-1]:
             if not isinstance(node.setdefault(k, {}), dict):
-                raise ParamsError(f"override {text!r}: {k} is not a section")
+                raise ParamsError(f"-S {text!r}: {k} is not a section")
             node = node[k]
         node[path[-1]] = value
     return raw
@@ -215,7 +302,7 @@ def write_params(root: Path, raw: dict, origin: str, profile: Optional[str] = No
         text = (f"# kdprune params written by `{origin}`; every key is validated before any compute\n"
                 "# (kdprune/config.py). Restore the default profile with `make profile NAME=digits`.\n"
                 + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None))
-    old = yaml.safe_load(path.read_text()) if path.exists() else None
+    old = read_yaml(path.read_text()) if path.exists() else None
     if old == raw:
         return False
     atomic_write_text(path, text)

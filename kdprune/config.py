@@ -12,6 +12,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from kdprune.registry import did_you_mean
+
 # Name checks import the registry they check against, and only when they run: a stage's command
 # checks the names its stage uses (STAGE_NAMES), so it imports -- and its dvc.yaml deps list --
 # only those parts of the core. The full check (every entrypoint that is not a single stage, and the
@@ -52,7 +54,12 @@ def parse_method(label: str, select: Optional[dict] = None):
 
 
 class ParamsError(ValueError):
-    """params.yaml is invalid; the message says which keys and how to fix them."""
+    """params.yaml is invalid; the message says which keys and how to fix them. ``errors``: one line per
+    bad key, each starting with the key (what a caller names the source of a value by)."""
+
+    def __init__(self, message: str, errors: Optional[list[str]] = None):
+        super().__init__(message)
+        self.errors = list(errors or [])
 
 
 @dataclass
@@ -89,7 +96,8 @@ def _one_of(kind: str) -> Callable[[Any], Optional[str]]:
         if kind not in _CHECKED.get():
             return None
         registry = _registry(kind)
-        return None if v in registry else f"is not a known {registry.kind}; valid names: {', '.join(registry.names())}"
+        return None if v in registry else (f"is not a known {registry.kind}; {did_you_mean(v, registry.names())}"
+                                           f"valid names: {', '.join(registry.names())}")
 
     return check
 
@@ -116,7 +124,10 @@ def _method(v) -> Optional[str]:
     try:
         parse_method(v)
     except ValueError as e:
-        return f"is not a selection method: {e}"
+        methods = importlib.import_module("kdprune.selection.methods")  # in scope with "methods", as parse_method
+        names = [n for n in methods.valid_names() if not n.startswith("<")]
+        hint = did_you_mean(v, names + [f"{n}:{m}" for n in names for m in methods.MODES])
+        return f"is not a selection method; {hint}{e}"
     return None
 
 
@@ -396,7 +407,7 @@ def validate(params: Any, stage: Optional[str] = None) -> dict:
     finally:
         _CHECKED.reset(token)
     if errors:
-        raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(errors))
+        raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(errors), errors)
     return out
 
 

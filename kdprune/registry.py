@@ -6,11 +6,18 @@ is adding a file. Asking for a name that is not registered fails with the valid 
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import pkgutil
 from typing import Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: object, names: Iterable[str]) -> str:
+    """``"did you mean 'random'? "`` for the registered name closest to a misspelt one, or ''."""
+    close = difflib.get_close_matches(str(name), list(names), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 class UnknownNameError(KeyError):
@@ -39,7 +46,8 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}; {did_you_mean(name, self.names())}valid names: "
+                f"{', '.join(self.names())}"
             ) from None
 
     def names(self) -> list[str]:

@@ -11,15 +11,20 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
-DEFAULT_PREFECT_PORT = 4200
+DEFAULT_PREFECT_PORT = 4200  # the first choice; a port another project's server holds is never shared
 SERVER_PID_FILE = "kdprune-server.pid"
+SERVER_PORT_FILE = "kdprune-server.port"  # in PREFECT_HOME: the port this project's server listens on
 _STARTS_LOCAL_PREFECT = "KDPRUNE_LOCAL_PREFECT"
+_PINNED_PORT = "KDPRUNE_PREFECT_PORT"  # a port the user (or a test) chose: used as is, never moved
 
 
 def project_root() -> Path:
@@ -54,9 +59,18 @@ def configure_env() -> None:
     env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     env.setdefault("GIT_PYTHON_REFRESH", "quiet")
     if "PREFECT_API_URL" not in env:
-        port = int(env.get("KDPRUNE_PREFECT_PORT", DEFAULT_PREFECT_PORT))
+        # the project's own server: the port it was started on (kept in its PREFECT_HOME), else 4200;
+        # ensure_prefect_server moves to a free port when another project's server holds this one
+        port = int(env.get(_PINNED_PORT) or _stored_port(Path(env["PREFECT_HOME"])) or DEFAULT_PREFECT_PORT)
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         env[_STARTS_LOCAL_PREFECT] = "1"
+
+
+def _stored_port(home: Path) -> int | None:
+    try:
+        return int((home / SERVER_PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _load_stores_file(root: Path, env) -> None:
@@ -90,42 +104,116 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def server_home(api_url: str, timeout: float = 2.0) -> Path | None:
+    """The PREFECT_HOME of the Prefect server at ``api_url`` (its ``/admin/settings``), or None when
+    it does not say (not a Prefect server, or none answers)."""
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/admin/settings", timeout=timeout) as r:
+            return Path(json.loads(r.read())["home"]).resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now (as servers do, with SO_REUSEADDR: the
+    TIME_WAIT connections of a server just stopped do not hold the port)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def ensure_prefect_server(timeout_s: float = 90.0) -> str:
     """Make sure the Prefect API answers; start the project's local server on loopback if needed.
 
-    Only the default local server is ever started; a user-set PREFECT_API_URL that does not
-    answer is an error naming the URL. The server is started once and reused by later stages.
+    Only the default local server is ever started, and only a server whose PREFECT_HOME is this
+    project's is reused: one of another checkout on the same port is left alone and this project's
+    own starts on a free port, kept in PREFECT_HOME for every later stage (with KDPRUNE_PREFECT_PORT
+    set, that port is used as is, or it is an error). A user-set PREFECT_API_URL that does not answer
+    is an error naming the URL. Sets PREFECT_API_URL for this process and its children; call it
+    before Prefect is imported.
     """
     url = os.environ["PREFECT_API_URL"]
-    if healthy(url):
-        return url
     if os.environ.get(_STARTS_LOCAL_PREFECT) != "1":
+        if healthy(url):
+            return url
         raise RuntimeError(
             f"the Prefect API at PREFECT_API_URL={url} does not answer{stores_hint()}; start that server, "
             "or unset PREFECT_API_URL to let kdprune start a local one on 127.0.0.1"
         )
-    home = Path(os.environ["PREFECT_HOME"])
+    home = Path(os.environ["PREFECT_HOME"]).resolve()
+    if healthy(url) and server_home(url) == home:
+        return url
     home.mkdir(parents=True, exist_ok=True)
-    port = url.split(":")[-1].split("/")[0]
+    pinned = os.environ.get(_PINNED_PORT)
     with open(home / "kdprune-server.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time; the others then find it healthy
-        if healthy(url):
+        port = _stored_port(home) or int(url.split(":")[-1].split("/")[0])
+        if pinned:
+            port = int(pinned)
+        url = os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+        if healthy(url) and server_home(url) == home:
             return url
         pid_file = home / SERVER_PID_FILE
         if pid_file.exists():
             if pid_alive(pid_file):
                 # a server of this home is up but not answering yet (still starting): give it time
-                if _wait_healthy(url, timeout_s):
+                if _wait_healthy(url, timeout_s) and server_home(url) == home:
                     return url
                 raise RuntimeError(f"the local Prefect server (pid in {pid_file}) does not answer at {url}; "
                                    "stop it with `make stop` and run again")
             pid_file.unlink()  # left behind by a server that was killed
+        if not _port_free(port):
+            other = server_home(url)
+            held = (f"the Prefect server of another project (PREFECT_HOME={other})" if other
+                    else "another program")
+            if pinned:
+                raise RuntimeError(f"port {port} (KDPRUNE_PREFECT_PORT) is held by {held}; set KDPRUNE_PREFECT_PORT "
+                                   "to a free port, or unset it to let kdprune pick one")
+            port = _free_port()
+            print(f"[kdprune] 127.0.0.1:{url.split(':')[-1].split('/')[0]} is held by {held}: this project's "
+                  f"Prefect server gets port {port}", flush=True)
+            url = os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
         print(f"[kdprune] starting a local Prefect server on 127.0.0.1:{port} (PREFECT_HOME={home}, "
               f"log {home / 'server.log'})", flush=True)
-        start_detached([prefect, "server", "start", "--host", "127.0.0.1", "--port", port], home / "server.log",
-                       pid_file, url, os.environ.copy(), timeout_s, "the local Prefect server")
+        start_detached([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], home / "server.log",
+                       pid_file, url, {**os.environ, "PREFECT_HOME": str(home)}, timeout_s, "the local Prefect server")
+        if not pinned:
+            (home / SERVER_PORT_FILE).write_text(f"{port}\n")  # under the lock: later stages read it
         return url
+
+
+def deployment_exists(name: str, api_url: str | None = None) -> bool:
+    """Whether the deployment ``flow/deployment`` is registered on the Prefect server at ``api_url``
+    (default PREFECT_API_URL): what `make setup` checks instead of trusting a marker file."""
+    url = (api_url or os.environ["PREFECT_API_URL"]).rstrip("/")
+    req = urllib.request.Request(f"{url}/deployments/name/{urllib.parse.quote(name)}")
+    for k, v in _auth_header().items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status == 200
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return False
+        raise RuntimeError(f"the Prefect API at {url} answered {e.code} for deployment {name}") from None
+
+
+def _auth_header() -> dict:
+    import base64
+
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
 
 
 def start_detached(cmd: list[str], log_path: Path, pid_file: Path, health_url: str, env: dict,

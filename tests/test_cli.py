@@ -29,7 +29,7 @@ def test_the_console_script_is_the_flows_command_line_and_every_subcommand_has_h
             ap.parse_args([cmd, "--help"])
         assert e.value.code == 0
         out = capsys.readouterr().out
-        assert out.startswith(f"usage: kdprune {'pipeline' if cmd == 'run' else cmd}"), out[:200]
+        assert out.startswith(f"usage: kdprune {cmd}"), out[:200]
     # the old spellings keep working
     a = ap.parse_args(["pipeline", "--force"])
     assert (a.command, a.force) == ("pipeline", True)
@@ -43,6 +43,29 @@ def test_the_console_script_is_the_flows_command_line_and_every_subcommand_has_h
     assert (a.serve, a.paused) == (False, True)
     with pytest.raises(SystemExit):
         ap.parse_args(["pipeline", "--cron", "x"])  # an option of another command is refused
+
+
+def test_the_help_reads_as_a_users_and_names_what_to_run(capsys):
+    from flows.__main__ import NEXT_STEP, parser
+
+    ap = parser("kdprune")
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--help"])
+    top = capsys.readouterr().out
+    assert "make run" in top and "make ui" in top and "kdprune sweep --profile" in top
+    for docstring_only in ("``", "KDPRUNE_", "PREFECT_", "MLFLOW_", "tasks/", "python -m flows"):
+        assert docstring_only not in top, docstring_only
+    helps = {}
+    for cmd in ("sweep", "deploy", "serve"):
+        with pytest.raises(SystemExit):
+            ap.parse_args([cmd, "--help"])
+        helps[cmd] = re.search(r"--profile PROFILE\s+(.*?)\n  -", capsys.readouterr().out, re.S).group(1)
+    assert len(set(helps.values())) == 3, helps  # one text per command
+    with pytest.raises(SystemExit) as e:
+        ap.parse_args(["--version"])
+    assert e.value.code == 0 and re.fullmatch(r"kdprune \S+\n", capsys.readouterr().out)
+    # the end-of-run hint names what works without the virtualenv active
+    assert "`make ui`" in NEXT_STEP and "kdprune ui" not in NEXT_STEP
 
 
 def test_progress_draws_on_a_terminal_and_stays_quiet_in_logs_and_ci(monkeypatch):
