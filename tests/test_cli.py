@@ -46,7 +46,7 @@ def test_the_console_script_is_the_flows_command_line_and_every_subcommand_has_h
 
 
 def test_the_help_reads_as_a_users_and_names_what_to_run(capsys):
-    from flows.__main__ import NEXT_STEP, parser
+    from cli.main import NEXT_STEP, parser
 
     ap = parser("kdprune")
     with pytest.raises(SystemExit):
