@@ -413,6 +413,15 @@ def validate(params: Any, stage: Optional[str] = None) -> dict:
 
 def _cross_checks(p: dict, errors: list[str]) -> None:
     sp, sel = p["scores"], p["select"]
+    compiled = [s for s in ("teacher", "student") if p[s]["compile"]]
+    if compiled and p["reproducibility"]["cpu"] == "portable" and not str(p["device"]).startswith("cuda"):
+        from kdprune.device import resolve_device  # auto: CUDA when present
+
+        if p["device"] == "cpu" or resolve_device(p["device"]).type == "cpu":
+            errors.extend(f"{s}.compile: true trains on the CPU here, where torch.compile generates code for this "
+                          "machine's instruction set, which reproducibility.cpu: portable cannot pin (and with ATen "
+                          "pinned at AVX2, torch 2.15's CPU inductor trained to NaN losses here); set compile: false, "
+                          "or reproducibility.cpu: native" for s in compiled)
     if "scores" in _CHECKED.get():  # each computed score's own cross-key rule (its registration's ``check``)
         scores = _registry("scores")
         proxied = []

@@ -105,12 +105,47 @@ def test_student_budget_modes():
     assert student_budget(sp, 1000, rs2, 1000) == (100, 200)
 
 
+COMPILE_PROBE = """
+from kdprune.reproducibility import apply
+apply("native", 2)  # torch.compile on CPU needs the machine's kernels (config refuses it under portable)
+import torch, pytest
+from kdprune.models import build_model
+from kdprune.train import DeviceData, TrainConfig, seeded, train
+{body}
+"""
+
+
 def test_torch_compile_trains_like_eager():
-    """``compile: true`` runs the same training through torch.compile (inductor; needs a C++ compiler on CPU)."""
+    """``compile: true`` runs the same training through torch.compile (inductor; needs a C++ compiler on CPU),
+    in a process with native kernels (this one is pinned portable, under which params refuse compile on CPU)."""
+    import inspect
+    import os
     import shutil
+    import subprocess
+    import sys
+    import textwrap
+
+    from bench.project import REPO
+    from kdprune.reproducibility import PORTABLE_ENV
 
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("torch.compile on CPU needs a C++ compiler")
+    body = textwrap.dedent(inspect.getsource(_compile_vs_eager)).split("\n", 1)[1]
+    env = {k: v for k, v in os.environ.items() if k not in PORTABLE_ENV}
+    out = subprocess.run([sys.executable, "-c", COMPILE_PROBE.format(body=textwrap.dedent(body))], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+
+
+def test_params_refuse_compile_on_cpu_under_portable():
+    from kdprune.config import ParamsError, validate
+
+    with pytest.raises(ParamsError, match="student.compile: true trains on the CPU"):
+        validate({"device": "cpu", "student": {"compile": True}})
+    validate({"device": "cpu", "student": {"compile": True}, "reproducibility": {"cpu": "native"}})
+
+
+def _compile_vs_eager():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
     y = torch.randint(0, 10, (64,), generator=g)
