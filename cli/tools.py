@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from servers.runtime import project_root
+from servers.runtime import port_free, project_root
 
 BENCHMARKS = ("trainer_bench", "grand_bench", "pipeline_bench", "ray_bench", "portable_bench")
 
@@ -66,24 +66,12 @@ def links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
 DEFAULT_UI_PORT = 5000  # MLflow's own default
 
 
-def _port_free(port: int) -> bool:
-    """Whether a server could listen on 127.0.0.1:``port`` now (as servers do, with SO_REUSEADDR: the
-    TIME_WAIT connections of a server just stopped do not hold the port)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def ui_port(requested: int | None) -> tuple[int, str]:
     """The port ``kdprune ui`` serves on, and a note when it is not the one asked for. A port named
     with --port that is taken is refused (RuntimeError: a link to whatever holds it would mislead);
     the default (5000) that is taken gives way to a free port, and says so."""
     port = requested or DEFAULT_UI_PORT
-    if _port_free(port):
+    if port_free(port):
         return port, ""
     if requested:
         raise RuntimeError(f"port {port} on 127.0.0.1 is already in use (another MLflow UI, or another program); "

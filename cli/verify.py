@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from servers.runtime import project_root
+from servers.runtime import free_port, project_root
 
 # what the re-run needs of the project: its code, its pipeline and its params (not its outputs)
 COPY = ["kdprune", "artifacts", "execution", "tasks", "flows", "tracking", "telemetry", "servers", "cli", "profiles", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]
@@ -63,29 +63,26 @@ def scratch_run(root: Path, dest: Path, timeout_s: float) -> Path:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         elif src.exists():
             shutil.copy2(src, dest / name)
-    if (root / ".dvc" / "plots").is_dir():
-        shutil.copytree(root / ".dvc" / "plots", dest / ".dvc" / "plots")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "KDPRUNE_", "DVC_"))}
     env.update(KDPRUNE_ROOT=str(dest), DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               KDPRUNE_PREFECT_PORT=str(_free_port()))
+               KDPRUNE_PREFECT_PORT=str(free_port()))
     git = ["git", "-c", "user.email=kdprune@localhost", "-c", "user.name=kdprune"]
     for cmd in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "verify"],
-                [sys.executable, "-m", "dvc", "init", "-q"], [sys.executable, "-m", "flows", "init"]):
-        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True, text=True)
+                [sys.executable, "-m", "dvc", "init", "-q"], "plots", [sys.executable, "-m", "flows", "init"]):
+        if cmd == "plots":  # the plot templates dvc.yaml names, once `dvc init` has made .dvc/
+            if (root / ".dvc" / "plots").is_dir():
+                shutil.copytree(root / ".dvc" / "plots", dest / ".dvc" / "plots")
+            continue
+        done = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"setting up the scratch copy in {dest}: `{' '.join(cmd)}` exited {done.returncode}: "
+                               f"{(done.stderr or done.stdout).strip()[-1500:]}")
     print(f"[kdprune] verify: re-running the pipeline from nothing in {dest}", flush=True)
     try:
         subprocess.run([sys.executable, "-m", "flows", "pipeline"], cwd=dest, env=env, check=True, timeout=timeout_s)
     finally:
         subprocess.run([sys.executable, "-m", "flows", "stop"], cwd=dest, env=env, capture_output=True, timeout=60)
     return dest
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def verify(args) -> int:
@@ -99,7 +96,7 @@ def verify(args) -> int:
             run = scratch_run(root, keep, args.timeout)
         committed, c_rows, c_claims = _read(root)
         rerun, r_rows, r_claims = _read(run)
-    except (OSError, ValueError, subprocess.SubprocessError) as e:
+    except (OSError, ValueError, RuntimeError, subprocess.SubprocessError) as e:
         print(f"kdprune: verify: {e}", file=sys.stderr)
         return 3
     report, md = agreement(root, run, (committed, c_rows, c_claims), (rerun, r_rows, r_claims))

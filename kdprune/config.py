@@ -415,9 +415,9 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
     sp, sel = p["scores"], p["select"]
     compiled = [s for s in ("teacher", "student") if p[s]["compile"]]
     if compiled and p["reproducibility"]["cpu"] == "portable" and not str(p["device"]).startswith("cuda"):
-        from kdprune.device import resolve_device  # auto: CUDA when present
+        import torch  # device auto: CUDA when present (kdprune.device's rule)
 
-        if p["device"] == "cpu" or resolve_device(p["device"]).type == "cpu":
+        if p["device"] == "cpu" or not torch.cuda.is_available():
             errors.extend(f"{s}.compile: true trains on the CPU here, where torch.compile generates code for this "
                           "machine's instruction set, which reproducibility.cpu: portable cannot pin (and with ATen "
                           "pinned at AVX2, torch 2.15's CPU inductor trained to NaN losses here); set compile: false, "

@@ -114,7 +114,7 @@ def server_home(api_url: str, timeout: float = 2.0) -> Path | None:
         return None
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     """Whether a server could listen on 127.0.0.1:``port`` now (as servers do, with SO_REUSEADDR: the
     TIME_WAIT connections of a server just stopped do not hold the port)."""
     with socket.socket() as s:
@@ -126,7 +126,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -172,14 +172,14 @@ def ensure_prefect_server(timeout_s: float = 90.0) -> str:
                 raise RuntimeError(f"the local Prefect server (pid in {pid_file}) does not answer at {url}; "
                                    "stop it with `make stop` and run again")
             pid_file.unlink()  # left behind by a server that was killed
-        if not _port_free(port):
+        if not port_free(port):
             other = server_home(url)
             held = (f"the Prefect server of another project (PREFECT_HOME={other})" if other
                     else "another program")
             if pinned:
                 raise RuntimeError(f"port {port} (KDPRUNE_PREFECT_PORT) is held by {held}; set KDPRUNE_PREFECT_PORT "
                                    "to a free port, or unset it to let kdprune pick one")
-            port = _free_port()
+            port = free_port()
             print(f"[kdprune] 127.0.0.1:{url.split(':')[-1].split('/')[0]} is held by {held}: this project's "
                   f"Prefect server gets port {port}", flush=True)
             url = os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"

@@ -226,9 +226,10 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
     assert set(df.method) == set(ALL_METHODS) and len(df) == 2 * len(ALL_METHODS)
     n_train = json.loads((proj.path / "data/prepared/digits/meta.json").read_text())["sizes"]["train"]
     rs2 = df[df.method == "rs2"].iloc[0]
-    from kdprune.selection import budget
+    from kdprune.selection import SAMPLERS, budget
 
-    assert rs2.n_train == n_train and rs2.samples_seen == 3 * budget(n_train, 0.3)  # a fresh 30% per epoch
+    per_epoch = SAMPLERS.get("rs2").epoch_size(n_train, ratio=0.3)  # round(0.3 * n), as RS2's code
+    assert rs2.n_train == n_train and rs2.samples_seen == 3 * per_epoch  # a fresh 30% per epoch
     ib = df[df.method == "infobatch"].iloc[0]
     assert ib.fraction == 1.0 and ib.samples_seen < 3 * n_train  # some low-loss examples were skipped
     static = df[~df.method.isin(["rs2", "infobatch", "ccs"])]
@@ -243,7 +244,7 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
     assert len(opts["cut_score_sha256"]) == 64 and ccs["n"] == int(0.3 * n_train)  # the reference's rounding
     report = (proj.path / "reports" / "report.md").read_text()
     assert "- `el2n_proxy`: score el2n_proxy:" in report and "read_at_epoch 2" in report  # which recipe made it
-    assert "| method | selection s | peak MiB | acc 0.3 KD / no KD |" in report
+    assert "| method | selection (s) | peak MiB | acc 0.3 KD / no KD |" in report
     assert "| grand |" in report
     client, runs = _mlflow_runs(proj)
     scores_run = next(r for r in runs if r.info.run_name == "scores")

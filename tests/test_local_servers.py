@@ -143,7 +143,7 @@ def test_kdprune_ui_refuses_a_taken_port_within_5_s(tmp_path):
 
 
 def test_kdprune_ui_moves_off_a_taken_default_port_and_says_so(monkeypatch):
-    from flows import tools
+    from cli import tools
 
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
