@@ -16,8 +16,9 @@ from pathlib import Path
 
 import yaml
 
+from cli.verify import COPY  # what a copy of the project needs (code, pipeline, params): one list
+
 REPO = Path(__file__).resolve().parents[1]
-COPY = ["kdprune", "artifacts", "execution", "tasks", "flows", "tracking", "telemetry", "servers", "cli", "profiles", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]
 
 
 def merge(base: dict, over: dict) -> dict:
