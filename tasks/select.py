@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from kdprune.device import resolve_device
 from kdprune.scores import SCORES
-from kdprune.selection import (CCS, JOINT, SAMPLERS, ccs_beta_at, method_from_params, run_joint, select,
+from kdprune.selection import (JOINT, SAMPLERS, STATIC_METHODS, method_from_params, run_joint, select,
                                selector_options)
 from artifacts.stages import load_prepared, ScoreReader, write_manifest
 from artifacts.files import atomic_directory, sha256_file
@@ -60,12 +60,15 @@ def joint_inputs(root: Path, params: dict, meta: dict, splits: dict, needs: set[
 
 
 def _options(m, params: dict, fraction: float) -> dict:
-    """The selector's options as the manifest records them (JSON)."""
-    if m.selector == "ccs":
-        opts = CCS.resolve(params["select"].get("ccs"))
-        return {"beta": ccs_beta_at(opts["beta"], fraction), "k": opts["strata"], "cut_score": m.cut_score,
-                "cut_end": m.cut_end}
-    return {}
+    """The selector's options as the manifest records them (JSON): a static method's keywords at
+    ``fraction`` (its registration's ``keywords``) and the score its cut reads; none for a score's selector."""
+    if m.selector not in STATIC_METHODS:
+        return {}
+    spec = STATIC_METHODS.get(m.selector)
+    opts = spec.keywords(spec.resolve(params["select"].get(m.selector)), fraction)
+    if m.cut_score is not None:
+        opts.update(cut_score=m.cut_score, cut_end=m.cut_end)
+    return opts
 
 
 @task(name="select-subsets", cache_policy=NO_CACHE, persist_result=False)
@@ -125,7 +128,7 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                 score = scores_in.read(job["score_stem"])
                 opts = _options(m, params, frac)
                 call = dict(opts)
-                if m.cut_score is not None:  # CCS: the array its cut reads, recorded by name and sha256
+                if m.cut_score is not None:  # the array its cut reads (CCS's), recorded by name and sha256
                     cut = scores_in.read(call.pop("cut_score"))
                     call["cut_scores"], opts["cut_score_sha256"] = cut.values, cut.sha256
                 # the balance and count the method's registration rules (recorded as "balanced" and "n")

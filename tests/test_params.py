@@ -16,7 +16,7 @@ BAD = [
     ({"scores": {"methods": ["el2m"]}}, "scores.methods", "valid names: aum, aum_prob, dynamic_uncertainty, el2n, el2n_proxy"),
     ({"select": {"methods": ["el2n:middle"]}}, "select.methods", "valid: aum, "),
     ({"select": {"methods": ["grand"]}}, "select.methods", "scores.methods"),
-    # CCS's options, from its declaration (kdprune/selection/ccs.py)
+    # CCS's options, from its declaration (kdprune/selection/static/ccs.py)
     ({"select": {"ccs": {"beta": 1.0}}}, "select.ccs", "select.ccs.beta: got 1.0, must be in [0.0, 1.0)"),
     ({"select": {"ccs": {"beta": [[0.1, 0.3], [0.1, 0.2]]}}}, "select.ccs", "same kept fraction twice"),
     ({"select": {"methods": ["random", "ccs"], "fractions": [0.9], "ccs": {"beta": 0.2}},

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import kdprune  # noqa: F401
-from kdprune.selection import SAMPLERS, SELECTORS, budget, ccs_allocation, class_quotas, make_sampler, select
-from kdprune.selection.ccs import ccs_strata
+from kdprune.selection import SAMPLERS, SELECTORS, budget, class_quotas, make_sampler, select
+from kdprune.selection.static.ccs import ccs_allocation, ccs_strata
 
 
 def test_registries_hold_every_method():
@@ -256,7 +256,7 @@ def test_ccs_matches_the_reference_selection_logic(kind, fraction, beta):
 
 
 def test_ccs_beta_table_is_linear_between_points_and_flat_beyond():
-    from kdprune.selection import ccs_beta_at
+    from kdprune.selection.static.ccs import ccs_beta_at
 
     table = [[0.1, 0.3], [0.2, 0.2], [0.5, 0.0]]
     assert ccs_beta_at(table, 0.1) == pytest.approx(0.3) and ccs_beta_at(table, 0.2) == pytest.approx(0.2)
@@ -651,8 +651,8 @@ def test_ccs_balanced_splits_its_budget_by_class_and_stratifies_each_class():
 def test_budget_rules_round_as_each_reference_code_on_its_edge_cases():
     from kdprune.budgets import BUDGET_RULES
     from kdprune.scores import SCORES
-    from kdprune.selection import CCS
-    assert CCS.budget == "floor" and SCORES.get("moderate_ds").budget == "median_band"
+    from kdprune.selection import STATIC_METHODS
+    assert STATIC_METHODS.get("ccs").budget == "floor" and SCORES.get("moderate_ds").budget == "median_band"
     assert SAMPLERS.get("rs2").budget == "round"
     # CCS: coreset_num = int(args.coreset_ratio * total_num), no tolerance
     assert BUDGET_RULES["floor"](90, 0.7) == int(0.7 * 90) == 62

@@ -50,6 +50,7 @@ class TrainConfig:
     loss: str = "ce"
     kd_weight: float = 0.0
     temperature: float = 1.0
+    loss_options: dict = field(default_factory=dict)  # the loss's own options (its registration's; student.<loss>)
     record_dynamics: bool = False
     eval_batch_size: int = 256
     max_steps: Optional[int] = None  # equal-steps budget: stop after this many optimizer steps
