@@ -37,7 +37,7 @@ BAD = [
     ({"student": {"batch_size": 0}}, "student.batch_size", ">= 1"),
     ({"student": {"epochz": 3}}, "student.epochz", "did you mean 'student.epochs'"),
     ({"studnt": {}}, "studnt", "did you mean 'student'"),
-    ({"student": {"kd_weights": [1.2]}}, "student.kd_weights", "[0.0, 1.0]"),
+    ({"student": {"kd_weights": [1.2]}}, "student.kd_weights", "item 1.2: must be <= 1.0"),
     ({"student": {"temperature": 0}}, "student.temperature", "> 0"),
     ({"student": {"loss": "kl"}}, "student.loss", "valid names: ce, kd"),
     ({"data": {"dataset": "cifar1000"}}, "data.dataset", "valid names: cifar10, cifar100, digits, fashion_mnist"),
@@ -60,7 +60,7 @@ BAD = [
      "valid options: prune_ratio, delta; infobatch takes: prune_ratio (float, default 0.5), delta (float, default 0.875)"),
     ({"select": {"infobatch_prune_ratio": 0.3}}, "select.infobatch_prune_ratio", "did you mean "
      "'select.infobatch.prune_ratio'? allowed keys here: methods, fractions, balance, or a joint selector or per-epoch "
-     "sampler or selection method's options: cal, ccs, craig"),
+     "sampler or static selection method's options: cal, ccs, craig"),
     ({"select": {"rs2": {"ratio": 0.3}}}, "select.rs2", "valid options: none"),
 ]
 
