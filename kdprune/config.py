@@ -29,7 +29,12 @@ REGISTRIES = {
     "samplers": ("kdprune.selection", "SAMPLERS"),
     "static_methods": ("kdprune.selection", "STATIC_METHODS"),
 }
+# The pipeline's stages, in order, and the registries whose names each one checks: the one list of stages.
+# The pipeline flow (flows/pipeline.py) and the command line (cli/main.py) take theirs from it; dvc.yaml, a
+# literal file, is checked against it (tests/test_stages.py). ``validate`` (DVC's first stage, params only)
+# checks every name.
 STAGE_NAMES: dict[str, tuple[str, ...]] = {
+    "validate": tuple(REGISTRIES),
     "prepare": ("datasets",),
     "teacher": ("datasets", "models"),
     "teachers": ("datasets", "models"),
@@ -38,6 +43,7 @@ STAGE_NAMES: dict[str, tuple[str, ...]] = {
     "distill": tuple(REGISTRIES),
     "evaluate": tuple(REGISTRIES),
 }
+STAGES: tuple[str, ...] = tuple(STAGE_NAMES)
 _CHECKED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("names_checked", default=frozenset(REGISTRIES))
 
 
