@@ -54,7 +54,7 @@ BAD = [
     ({"scores": {"methods": ["random", "el2n", "forgetting", "grand"], "grand_epoch": 9}}, "scores.grand_epoch", "0..scores.proxy_epochs"),
     ({"scores": {"seeds": [0, 1]}}, "scores.seeds", "same seeds"),
     ({"select": {"fractions": 0.5}}, "select.fractions", "expected a list"),
-    # a per-epoch sampler's options, from its registration (kdprune/selection/samplers.py)
+    # a per-epoch sampler's options, from its registration (kdprune/selection/samplers/)
     ({"select": {"infobatch": {"prune_ratio": 1.0}}}, "select.infobatch", "prune_ratio: got 1.0, must be <= 0.9"),
     ({"select": {"infobatch": {"prune": 0.3}}}, "select.infobatch",
      "valid options: prune_ratio, delta; infobatch takes: prune_ratio (float, default 0.5), delta (float, default 0.875)"),

@@ -18,7 +18,7 @@
                        and ``aum_prob`` for its cut, at the cut score's registered ``hard`` end);
                        balanced as its registration's ``balance`` under ``auto``, per class with
                        ``select.balance: true`` or ``<name>:balanced``, over the pool with ``<name>:global``
-    <sampler>          a registered per-epoch sampler (kdprune/selection/samplers.py), options
+    <sampler>          a registered per-epoch sampler (kdprune/selection/samplers/), options
                        under ``select.<name>``: rs2, a fresh random subset each epoch without
                        replacement across epochs (Okanovic et al. 2024; the kept fraction is the
                        per-epoch share); infobatch, drop a share of low-loss examples each epoch,
