@@ -177,7 +177,7 @@ def _method_options(section: str, key: str, v: Any, errors: list[str]) -> Any:
         spec = arguments[key]
         msg = spec.option.check(v)
         if msg:
-            errors.append(f"{section}.{key}: {msg} (the {args[1]} {spec.name!r}'s argument)")
+            errors.append(f"{section}.{key}: {msg} (the argument of {args[1]} {spec.name!r})")
             return None
         return spec.option.convert(v)
     found = [(_registry(kind), what) for kind, what in kinds if key in _registry(kind)]
@@ -188,9 +188,9 @@ def _method_options(section: str, key: str, v: Any, errors: list[str]) -> Any:
         flat = str(key)
         nested = [f"{n}.{flat[len(n) + 1:]}" for r in registries for n in r.names()
                   if flat.startswith(n + "_") and flat[len(n) + 1:] in r.get(n).options]
-        hint = nested or difflib.get_close_matches(str(key), [*SCHEMA[section], *names], n=1)
+        hint = nested or difflib.get_close_matches(str(key), [*SCHEMA[section], *names, *arguments], n=1)
         did = f"did you mean '{section}.{hint[0]}'? " if hint else ""
-        more = f", a {args[1]}'s argument: {', '.join(arguments)}" if arguments else ""
+        more = f", or a {args[1]}'s argument: {', '.join(arguments)}" if arguments else ""
         errors.append(f"{section}.{key}: unknown key; {did}allowed keys here: {', '.join(SCHEMA[section])}, or a "
                       f"{whats}'s options: {', '.join(names)}{more}")
         return None

@@ -37,7 +37,19 @@ BAD = [
     ({"student": {"batch_size": 0}}, "student.batch_size", ">= 1"),
     ({"student": {"epochz": 3}}, "student.epochz", "did you mean 'student.epochs'"),
     ({"studnt": {}}, "studnt", "did you mean 'student'"),
+    # a schedule's argument, from its registration (kdprune/distill/schedules/), and its rule when chosen
     ({"student": {"kd_weights": [1.2]}}, "student.kd_weights", "item 1.2: must be <= 1.0"),
+    ({"student": {"kd_weights": [0.5, 0.5]}}, "student.kd_weights", "has duplicates"),
+    ({"student": {"kd_linear": [0.9]}}, "student.kd_linear", "two KD weights"),
+    ({"student": {"kd_table": [[0.1, 0.9], [0.1, 0.5]]}}, "student.kd_table", "same fraction twice"),
+    ({"student": {"kd_schedule": "table", "kd_table": None}}, "student.kd_table", "kd_schedule 'table' needs"),
+    ({"student": {"kd_tabel": [[0.1, 0.9]]}}, "student.kd_tabel",
+     "did you mean 'student.kd_table'? allowed keys here: arch"),
+    # a KD loss's options (student.<loss>: the built-in losses take none)
+    ({"student": {"kd": {"beta": 0.5}}}, "student.kd", "student.kd.beta: unknown option; valid options: none"),
+    # a sampler's own rule (its registration's check)
+    ({"select": {"methods": ["random", "infobatch"]}, "student": {"budget": "steps"}}, "student.budget",
+     "'steps' cannot be used with select.methods 'infobatch'"),
     ({"student": {"temperature": 0}}, "student.temperature", "> 0"),
     ({"student": {"loss": "kl"}}, "student.loss", "valid names: ce, kd"),
     ({"data": {"dataset": "cifar1000"}}, "data.dataset", "valid names: cifar10, cifar100, digits, fashion_mnist"),
