@@ -515,7 +515,8 @@ def test_ccs_options_under_select_ccs_reach_the_selector_and_its_plan():
     import yaml
 
     from kdprune.config import validate
-    from tasks.select import _options, plan
+    from kdprune.selection import select_settings
+    from tasks.select import plan
     from tests.conftest import REPO
 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -524,11 +525,12 @@ def test_ccs_options_under_select_ccs_reach_the_selector_and_its_plan():
     p = validate(base)
     m = plan(p)[0]["method"]
     assert (m.score, m.cut_score, m.cut_end) == ("el2n", "aum_prob", "low")  # stratify el2n; cut by aum_prob's hard end
-    opts = _options(m, p, 0.3)
+    opts = select_settings(p["select"]).selector_keywords(m, 0.3)
     assert opts["k"] == 7 and opts["beta"] == pytest.approx(0.15)  # halfway between the table's points
     del base["select"]["ccs"]
     p = validate(base)
-    assert plan(p)[0]["method"].score == "aum_prob" and _options(plan(p)[0]["method"], p, 0.1)["k"] == 50
+    m = plan(p)[0]["method"]
+    assert m.score == "aum_prob" and select_settings(p["select"]).selector_keywords(m, 0.1)["k"] == 50
 
 
 # -- balance as each method's code, and budgets as each reference code rounds them -----------------

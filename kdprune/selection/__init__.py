@@ -6,4 +6,6 @@ from kdprune.selection.static import (  # noqa: F401
 )
 from kdprune.selection.samplers import SAMPLERS, Sampler, make_sampler, register_sampler  # noqa: F401
 from kdprune.selection.joint import JOINT, JointInputs, run_joint  # noqa: F401
-from kdprune.selection.methods import Method, method_from_params, parse_method, valid_names  # noqa: F401
+from kdprune.selection.methods import (  # noqa: F401
+    Method, SelectSettings, method_from_params, parse_method, select_settings, valid_names,
+)

@@ -34,7 +34,8 @@ id of the pool plus the sampler and its seed, and the trainer draws the epochs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 from kdprune.budgets import BUDGET_RULES
 from kdprune.scores import SCORES
@@ -137,3 +138,50 @@ def parse_method(label: str, balance="auto", options: Optional[dict] = None) -> 
     end = mode if mode in ("high", "low") else (keep or "high")
     return Method(label, score, f"class_balanced_{end}" if balanced else f"keep_{end}", None, balanced=balanced,
                   budget=spec.budget)
+
+
+@dataclass(frozen=True)
+class SelectSettings:
+    """Params' ``select`` section as one typed, frozen value: every entry of ``select.methods`` parsed once
+    (a :class:`Method`), and the options of every method that takes some (a static method's, a sampler's or a
+    joint selector's, under ``select.<name>``) resolved once, from its registration. What the select stage
+    runs on; build it with :func:`select_settings`."""
+    methods: tuple[Method, ...]
+    fractions: tuple[float, ...]
+    balance: object  # "auto", True or False
+    options: Mapping[str, Mapping]  # method name -> its resolved options (read-only)
+
+    def options_of(self, name: str) -> dict:
+        """The resolved options of method ``name`` (a copy; {} for one that takes none)."""
+        return dict(self.options.get(name, {}))
+
+    def fractions_of(self, m: Method) -> list[float]:
+        """The kept fractions ``m`` runs at: every one of ``select.fractions``, or a full-data sampler's 1.0."""
+        return SAMPLERS.get(m.sampler).fractions(list(self.fractions)) if m.sampler else list(self.fractions)
+
+    def sampler_options(self, m: Method, fraction: float) -> dict:
+        """A per-epoch method's options at kept ``fraction``: what its manifest records and the sampler is built with."""
+        return SAMPLERS.get(m.sampler).options_at(fraction, self.options_of(m.sampler))
+
+    def selector_keywords(self, m: Method, fraction: float) -> dict:
+        """A static method's keywords at kept ``fraction`` as its manifest records them (its registration's
+        ``keywords``), with the score its cut reads; {} for a score's selector."""
+        if m.selector not in STATIC_METHODS:
+            return {}
+        out = STATIC_METHODS.get(m.selector).keywords(self.options_of(m.selector), fraction)
+        if m.cut_score is not None:
+            out.update(cut_score=m.cut_score, cut_end=m.cut_end)
+        return out
+
+
+def select_settings(select: dict) -> SelectSettings:
+    """Parse and resolve a validated ``select`` section once (ValueError for a bad entry, as params validation
+    reports it)."""
+    methods = tuple(method_from_params(label, select) for label in select["methods"])
+    options = {}
+    for m in methods:
+        name = m.joint or m.sampler or (m.selector if m.selector in STATIC_METHODS else None)
+        if name is not None and name not in options:
+            registry = JOINT if m.joint else SAMPLERS if m.sampler else STATIC_METHODS
+            options[name] = MappingProxyType(registry.get(name).resolve(select.get(name)))
+    return SelectSettings(methods, tuple(select["fractions"]), select["balance"], MappingProxyType(options))
