@@ -142,7 +142,7 @@ def test_scores_stage_reads_only_the_declared_statistics_memory_mapped(tmp_path)
 
 def test_auto_records_logits_below_the_threshold_and_statistics_above():
     assert dynamics_format("auto", 30, 1437, 10) == "logits"  # the digits default
-    assert dynamics_format("auto", 200, 50_000, 100) == "stats"  # CIFAR-100 at 200 epochs: 1.9 GB of logits
+    assert dynamics_format("auto", 200, 50_000, 100) == "stats"  # CIFAR-100 (50,000) at 200 epochs: 2 GB of logits
     assert 200 * 45_000 * 10 * 2 < AUTO_LOGITS_MAX_BYTES  # CIFAR-10 at 200 epochs keeps its logits
     assert dynamics_format("stats", 1, 10, 10) == "stats" and dynamics_format("logits", 999, 10**6, 1000) == "logits"
     with pytest.raises(ValueError, match="teacher.dynamics: got 'full', allowed: auto, logits, stats"):
