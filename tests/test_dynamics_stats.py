@@ -219,3 +219,46 @@ def test_workers_record_their_share_and_merge_by_position():
             merge_dynamics([workers[0].part(), workers[0].part(), workers[1].part()])
         with pytest.raises(ValueError, match="recorded 0 times, not once"):
             merge_dynamics([workers[0].part()])
+
+
+def test_resumed_run_records_the_same_statistics():
+    """A run killed after epoch 3 and resumed from its checkpoint records the statistics an uninterrupted
+    run does (the checkpoint keeps the host arrays of the finished epochs)."""
+    import io
+
+    class Memory:
+        blob = None
+
+        def load(self):
+            return None if self.blob is None else torch.load(io.BytesIO(self.blob), weights_only=True)
+
+        def save(self, state):
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            self.blob = buf.getvalue()
+
+    class Crash(Exception):
+        pass
+
+    x, y, classes = _synthetic(300, 20, seed=2)
+    x01 = x / 255.0
+    data = DeviceData.from_numpy(x, y, x01.mean(axis=(0, 2, 3)), x01.std(axis=(0, 2, 3)), torch.device("cpu"))
+    cfg = TrainConfig(epochs=5, batch_size=64, lr=0.05, pad=1, record_dynamics="stats")
+
+    def run(ckpt=None, crash_after=None):
+        def on_epoch(e, _m):
+            if e == crash_after:
+                raise Crash
+        with seeded(0):
+            model = build_model("small_cnn", 1, classes, 8)
+        return train(model, data, cfg, checkpoint=ckpt, on_epoch=on_epoch).dynamics
+
+    whole = run()
+    store = Memory()
+    with pytest.raises(Crash):
+        run(store, crash_after=3)
+    resumed = run(store)
+    assert sorted(resumed) == STATS.names()
+    for k in STATS.names():
+        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    assert not np.isnan(whole["l2_error"]).any() and set(np.unique(whole["correct"])) <= {0, 1}
