@@ -280,7 +280,15 @@ SCHEMA: dict[str, Any] = {
                            doc="keep a stratified random subset of this many training examples (CPU studies); "
                                "null: all"),
     },
-    "teacher": {**_train_fields("small_cnn", 30), "seed": Field("int", 0, check=SEED)},
+    "teacher": {
+        **_train_fields("small_cnn", 30), "seed": Field("int", 0, check=SEED),
+        # kdprune.train.metrics: DYNAMICS_FORMATS, AUTO_LOGITS_MAX_BYTES (not imported here: it loads torch)
+        "dynamics": Field("str", "auto", check=lambda v: None if v in ("auto", "logits", "stats") else
+                          "must be auto (the full logits when epochs x N x classes x 2 bytes is under 256 MiB, else "
+                          "per-example statistics), logits or stats",
+                          doc="what the teacher records per epoch and example for the scores: logits (epochs x N x "
+                              "classes float16) or stats (per-example statistics, independent of the classes)"),
+    },
     "scores": {
         "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_one_of("scores"))),
         "seeds": Field("list", [0], item="int", check=_each(SEED), doc="seeds of stochastic scores (random)"),
@@ -459,6 +467,11 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
             if msg and msg not in errors:  # grand and grand_last_layer share one rule
                 errors.append(msg)
             proxied += [name] if "proxy" in spec.proxies else []
+        needs_logits = [n for n in sp["methods"] if scores.get(n).needs_logits]
+        if needs_logits and p["teacher"]["dynamics"] == "stats":
+            errors.append(f"teacher.dynamics: 'stats' records per-example statistics, but scores.methods "
+                          f"{', '.join(repr(n) for n in needs_logits)} need the full logits (they declare no "
+                          "statistics); allowed with them: logits or auto")
         if proxied and sp["proxy_epochs"] > p["teacher"]["epochs"]:
             errors.append(f"scores.proxy_epochs: {sp['proxy_epochs']} is more than the teacher's schedule; proxies "
                           f"({', '.join(proxied)}) run the first epochs of it: allowed 1..teacher.epochs "
