@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -45,7 +46,9 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     out = root_p / "models" / "students"
     # before the new out replaces it: students of earlier runs in the workspace (kept by DVC's persist), or
     # in the DVC cache (any run DVC recorded, e.g. before a `dvc exp run` or a checkout)
-    earlier = find_earlier(root_p, out, {keys[g[0].name] for g in groups})
+    # (KDPRUNE_RETRAIN=1: train every student anyway, e.g. to time the stage or to exercise its tasks)
+    retrain = os.environ.get("KDPRUNE_RETRAIN", "") not in ("", "0")
+    earlier = {} if retrain else find_earlier(root_p, out, {keys[g[0].name] for g in groups})
     obs = observer()
     tr = obs.tracker(root_p)
     sel, sp = params["select"], params["student"]
@@ -68,7 +71,8 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
                               for e in reused.values()})
             log.info(f"sweep: {len(students)} students, {len(groups)} distinct trainings (students on identical "
                      f"subsets with identical settings are trained once): {len(todo)} to train, {len(reused)} "
-                     f"reused (inputs unchanged; from {', '.join(sources) or 'nowhere'}) on "
+                     f"reused (inputs unchanged; from {', '.join(sources) or 'nowhere'}"
+                     f"{'; KDPRUNE_RETRAIN set: none looked for' if retrain else ''}) on "
                      f"{params['runner']['kind']} runner, {', '.join(devices)}")
             finished = iter(range(1, len(groups) + 1))
             results: list = [None] * len(groups)
