@@ -67,3 +67,47 @@ def test_a_kd_weight_change_trains_only_the_new_students(tmp_path, prefect_port)
     df = pd.read_csv(proj.path / "reports" / "results.csv")
     assert df.reused.all() and df.reused_from.str.startswith("DVC cache").all()
     assert _files(proj) == before
+
+
+def _manifest(method: str, fraction: float, ids: list[int], seed=None) -> dict:
+    return {"method": method, "fraction": fraction, "seed": seed, "ids": ids, "ids_sha256": f"sha-{method}-{fraction}"}
+
+
+def test_plan_gives_each_student_one_kd_setting_and_a_key_of_its_own_inputs():
+    """Pure planning (kdprune/train/plan.py): one typed KD setting per student (None without KD), and a
+    training key that a KD-weight change leaves alone for every student it does not add, while a
+    setting, the teacher, the code or the compute changes it."""
+    from kdprune.config import validate
+    from kdprune.train.plan import group_students, student_variants, training_inputs, training_key
+
+    params = validate({"student": {"kd_weights": [0.5]}})
+    manifests = {"el2n-0.1.json": _manifest("el2n", 0.1, [1, 2, 3]),
+                 "random-0.1-0.json": _manifest("random", 0.1, [4, 5, 6], seed=0)}
+
+    def keys(p, teacher="t", **facts):
+        students = student_variants(manifests, p)
+        f = {"n_total": 100, "dataset_sha256": "d", "code_sha256": "c", "compute": {"threads": 1}, **facts}
+        return students, {s.name: training_key(training_inputs(s, manifests[s.manifest], p,
+                                                                teacher_sha256=None if s.kd is None else teacher, **f))
+                          for s in students}
+
+    students, before = keys(params)
+    assert [s.name for s in students] == ["el2n-0.1__nokd__s0", "el2n-0.1__kd0.5-T4__s0",
+                                          "random-0.1-0__nokd__s0", "random-0.1-0__kd0.5-T4__s0"]
+    nokd, kd = students[0], students[1]
+    assert nokd.kd is None and nokd.loss == "ce" and nokd.kd_setting == "nokd"
+    assert (kd.kd.weight, kd.kd.temperature, kd.kd.teacher, kd.kd.loss, kd.kd_setting) == (0.5, 4.0, "small_cnn", "kd", "kd0.5-T4")
+    assert len(group_students(students, before)) == 4
+
+    _, more = keys(validate({"student": {"kd_weights": [0.5, 0.9]}}))
+    assert {n: k for n, k in more.items() if n in before} == before and len(more) == 6
+    _, lr = keys(validate({"student": {"kd_weights": [0.5], "lr": 0.1}}))
+    assert not set(lr.values()) & set(before.values())
+    for facts in ({"code_sha256": "c2"}, {"compute": {"threads": 2}}, {"dataset_sha256": "d2"}):
+        _, other = keys(params, **facts)
+        assert not set(other.values()) & set(before.values()), facts
+    # the teacher and the KD params enter the KD students' keys only
+    _, teacher = keys(params, teacher="t2")
+    _, temp = keys(validate({"student": {"kd_weights": [0.5], "temperature": 2.0}}))
+    for other in (teacher, temp):
+        assert [n for n in before if other.get(n) == before[n]] == ["el2n-0.1__nokd__s0", "random-0.1-0__nokd__s0"]
