@@ -97,6 +97,7 @@ def fit(root: Path, params: dict, arch: str, cfg, meta: dict, splits: dict,
     recorded per epoch, epochs trained by the last attempt), ``resumed_from`` (None or the epoch the
     last attempt resumed after), ``checkpoint`` (its path on rank 0's node), ``compute`` (the
     workers' thread count and CPU capability), ``device`` ('cuda' or 'cpu')."""
+    ray_env_defaults()  # before ray is imported (a local instance stays on loopback)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue

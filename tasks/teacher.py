@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.reproducibility import provenance
-from kdprune.train import TrainConfig, TrainResult, evaluate, seeded, train
+from kdprune.train import TrainConfig, evaluate, seeded, train
 from artifacts.stages import load_prepared, write_dynamics
 from artifacts.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
 from artifacts.files import atomic_directory, atomic_write_json
@@ -63,50 +63,6 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr, run_id: Opt
     return model, res, val, meta, splits, ckpt
 
 
-def fit_teacher_ddp(root: Path, params: dict, tr, run_id: Optional[str], log):
-    """The teacher on ``teacher.workers`` data-parallel workers (execution/ddp.py): the same training
-    as :func:`fit_teacher`'s cut across the workers, the same outputs. Returns (model, TrainResult,
-    val metrics, meta, splits, checkpoint, compute)."""
-    from execution import ddp
-
-    tp = params["teacher"]
-    arch = tp["arch"]
-    meta, splits = load_prepared(root, params["data"]["dataset"])
-    cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=True)
-    logged: set[int] = set()
-
-    def on_epoch(epoch: int, m: dict) -> None:
-        bar.update(epoch - bar.n)
-        bar.set_postfix_str(f"val_acc {m['val_acc']:.4f}")
-        log.info(f"teacher {arch} epoch {epoch}/{tp['epochs']}: loss {m['train_loss']:.4f} "
-                 f"train_acc {m['train_acc']:.4f} val_acc {m['val_acc']:.4f} ({m['seconds']:.1f}s)")
-        if tr is not None:
-            tr.log_metrics(run_id, m, step=epoch)
-        logged.add(epoch)
-
-    log.info(f"training teacher {arch} on {len(splits['train'])} examples for {tp['epochs']} epochs "
-             f"on {tp['workers']} workers")
-    with observer().progress(f"teacher {arch}", tp["epochs"], "epoch") as bar:
-        out = ddp.fit(root, params, arch, cfg, meta, splits, on_epoch, log)
-    if tr is not None:  # epochs before a crash were logged to the failed attempt's run
-        for epoch, m in enumerate(out["history"], 1):
-            if epoch not in logged:
-                tr.log_metrics(run_id, m, step=epoch)
-    c, h, _ = meta["shape"]
-    with seeded(tp["seed"]):
-        model = build_model(arch, c, meta["num_classes"], h)
-    model.load_state_dict(out["best_state"])
-    res = TrainResult(best_state=out["best_state"], best_epoch=out["best_epoch"], best_score=out["best_score"],
-                      selected_on=out["selected_on"], history=out["history"], dynamics=out["dynamics"],
-                      steps=out["steps"], samples_seen=out["samples_seen"], seconds=out["seconds"])
-    ckpt = ddp.checkpoint(root, params, arch, meta, out["device"], log)  # rank 0's, on this node when it ran here
-    ckpt.resumed_from = out["resumed_from"]
-    rp = params["reproducibility"]
-    compute = {**provenance(rp["cpu"], out["compute"]["threads"]), "cpu_capability": out["compute"]["cpu_capability"],
-               "workers": tp["workers"]}
-    return model, res, out["val"], meta, splits, ckpt, compute
-
-
 def model_info(arch: str, model, meta: dict, compute: dict) -> dict:
     """model.json: architecture, input shape, dataset, and ``compute`` (what explains the weights' bytes:
     kdprune.reproducibility.provenance)."""
@@ -116,9 +72,24 @@ def model_info(arch: str, model, meta: dict, compute: dict) -> dict:
             "n_params": int(sum(p.numel() for p in model.parameters())), "compute": compute}
 
 
+def fit_single(root: Path, params: dict, tr, run_id: Optional[str], log):
+    """The teacher in this process (``teacher.workers`` 1). Returns (model, TrainResult, val metrics,
+    meta, splits, checkpoint, compute)."""
+    rp = params["reproducibility"]
+    model, res, val, meta, splits, ckpt = fit_teacher(root, params, params["teacher"]["arch"], "teacher", tr, run_id,
+                                                       log, record_dynamics=True)
+    return model, res, val, meta, splits, ckpt, provenance(rp["cpu"], rp["threads"])
+
+
 @task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1)
 @timed_work
 def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
+    return teacher_stage(root, params, parent_run_id, fit_single)
+
+
+def teacher_stage(root: str, params: dict, parent_run_id: Optional[str], fit) -> dict:
+    """The stage's work around ``fit`` (:func:`fit_single`, or the data-parallel one of
+    tasks/teacher_ddp.py): its MLflow run, the outputs written atomically, the checkpoint cleared."""
     log = get_run_logger()
     root = Path(root)
     tp = params["teacher"]
@@ -129,13 +100,7 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
     # two): the next stage starts meanwhile; a process's later flush, or its end, waits for it
     with tr.run("teacher", parent_run_id, tags=obs.stage_tags(root, "teacher", meta),
                 params={"teacher": tp, "device": params["device"]}, wait=False) as run_id:
-        rp = params["reproducibility"]
-        if tp["workers"] == 1:
-            model, res, val, meta, splits, ckpt = fit_teacher(root, params, tp["arch"], "teacher", tr, run_id, log,
-                                                               record_dynamics=True)
-            compute = provenance(rp["cpu"], rp["threads"])
-        else:
-            model, res, val, meta, splits, ckpt, compute = fit_teacher_ddp(root, params, tr, run_id, log)
+        model, res, val, meta, splits, ckpt, compute = fit(root, params, tr, run_id, log)
         out = root / "models" / "teacher"
         with atomic_directory(out) as tmp:
             save_model(tmp, model, model_info(tp["arch"], model, meta, compute))
