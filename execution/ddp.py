@@ -96,7 +96,8 @@ def fit(root: Path, params: dict, arch: str, cfg, meta: dict, splits: dict,
     ``dynamics`` (merged, rows in id order), ``val`` (the best model's), ``shares`` (rows each worker
     recorded per epoch, epochs trained by the last attempt), ``resumed_from`` (None or the epoch the
     last attempt resumed after), ``checkpoint`` (its path on rank 0's node), ``compute`` (the
-    workers' thread count and CPU capability), ``device`` ('cuda' or 'cpu')."""
+    workers' thread count and CPU capability), ``device`` ('cuda' or 'cpu'), ``peak_gpu_bytes``
+    (rank 0's peak allocated CUDA memory; None on CPU; never written into an output)."""
     ray_env_defaults()  # before ray is imported (a local instance stays on loopback)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -197,6 +198,7 @@ def train_worker(config: dict) -> None:
               "steps": res.steps, "samples_seen": res.samples_seen, "seconds": res.seconds,
               "dynamics": res.dynamics, "val": val, "shares": shares, "resumed_from": ckpt.resumed_from,
               "checkpoint": str(ckpt.path), "device": device.type,
+              "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
               "compute": {"threads": compute["threads"], "cpu_capability": compute["cpu_capability"]}}
     messages.put(("result", result))  # returns once the queue's actor holds it: it outlives this worker
 
