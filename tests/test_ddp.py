@@ -141,14 +141,20 @@ def _snapshot(out: dict) -> dict:
             "history": [{k: v for k, v in m.items() if k != "seconds"} for m in out["history"]]}
 
 
+@pytest.fixture(scope="module")
+def reference(ray_instance, tmp_path_factory):
+    """An uninterrupted 2-worker run on the module's Ray instance: (result, epochs reported)."""
+    return _fit(tmp_path_factory.mktemp("ddp") / "a", _params(), _digits())
+
+
 @pytest.mark.integration
-def test_ddp_teacher_records_every_id_once_per_epoch_and_resumes_after_a_kill(tmp_path, monkeypatch, ray_instance):
+def test_ddp_teacher_records_every_id_once_per_epoch_and_resumes_after_a_kill(tmp_path, monkeypatch, reference):
     data = _digits()
     meta, splits = data
     n, y = len(splits["train"]), splits["train"].y
     params = _params()
 
-    ref, seen = _fit(tmp_path / "a", params, data)
+    ref, seen = reference
     assert seen == list(range(1, EPOCHS + 1)) and ref["resumed_from"] is None
     dyn = ref["dynamics"]
     assert dyn.shape == (EPOCHS, n, meta["num_classes"]) and dyn.dtype == np.float16
@@ -170,3 +176,23 @@ def test_ddp_teacher_records_every_id_once_per_epoch_and_resumes_after_a_kill(tm
     assert resumed["resumed_from"] == 1 and seen == [1, 2, 3]
     assert [sum(s) for s in resumed["shares"]] == [n] * (EPOCHS - 1)  # the epochs the new group trained
     assert _snapshot(resumed) == _snapshot(ref)
+
+
+@pytest.mark.integration
+def test_the_same_params_train_the_same_teacher_on_a_ray_cluster(tmp_path, reference, ray_instance):
+    """runner.address naming a cluster of two nodes (one CPU each): a worker on each node, the code
+    shipped by the driver, the same bytes as on the run's own Ray instance."""
+    from ray.cluster_utils import Cluster
+
+    ray_instance.shutdown()  # the module's own instance: this test joins a cluster instead
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        params = validate({**_params(), "runner": {"kind": "ray", "address": cluster.address}}, stage="teacher")
+        out, seen = _fit(tmp_path / "c", params, _digits())
+    finally:
+        ray_instance.shutdown()
+        cluster.shutdown()
+    assert seen == list(range(1, EPOCHS + 1))
+    assert _snapshot(out) == _snapshot(reference[0])
