@@ -159,13 +159,13 @@ def rebuild_hint(path: Path) -> str:
     return f"it is written by the {best} stage: re-create it with `dvc repro {best}` (or `make run`)"
 
 
-def load_npy(path: Path):
-    """``np.load`` (no pickle) of one of the pipeline's arrays; a truncated or corrupt file is an
-    IntegrityError naming it, the stage that writes it and the command that re-creates it."""
+def load_npy(path: Path, mmap_mode=None):
+    """``np.load`` (no pickle; ``mmap_mode`` as np.load's) of one of the pipeline's arrays; a truncated or
+    corrupt file is an IntegrityError naming it, the stage that writes it and the command that re-creates it."""
     import numpy as np  # here, not at import: entrypoints pin NumPy's kernels before it loads
 
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} is missing; {rebuild_hint(path)}") from None
     except (ValueError, EOFError, OSError) as e:

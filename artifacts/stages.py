@@ -73,23 +73,67 @@ def _check_keyed(path: Path, train: PreparedSplit, stage: str) -> np.ndarray:
 
 # ---------------------------------------------------------------- the teacher's dynamics
 
-def write_dynamics(directory: Path, ids: np.ndarray, logits: np.ndarray) -> None:
-    """The teacher's training-pass logits per epoch, (epochs, samples, classes) as float16, rows in
-    the order of ``ids`` (saved beside them)."""
-    if logits.shape[1] != len(ids):
-        raise ValueError(f"dynamics: {logits.shape[1]} rows for {len(ids)} sample ids")
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(directory / "logits.npy", logits.astype(np.float16))
+def write_dynamics(directory: Path, ids: np.ndarray, dynamics) -> None:
+    """The teacher's training dynamics, rows in the order of ``ids`` (saved beside them as ``ids.npy``):
+    the logits per epoch, (epochs, samples, classes) as float16 in ``logits.npy``; or per-example
+    statistics (a dict name -> (epochs, samples) array, kdprune.train.metrics.STATS), one
+    ``stats/<name>.npy`` each in its own dtype, epochs x samples x (bytes of the statistics) in all."""
+    directory = Path(directory)
+    if isinstance(dynamics, dict):
+        for name, values in dynamics.items():
+            if values.ndim != 2 or values.shape[1] != len(ids):
+                raise ValueError(f"dynamics statistic {name}: shape {values.shape}, expected (epochs, {len(ids)})")
+        (directory / "stats").mkdir(parents=True, exist_ok=True)
+        for name, values in dynamics.items():
+            atomic_save_npy(directory / "stats" / f"{name}.npy", values)
+    else:
+        if dynamics.shape[1] != len(ids):
+            raise ValueError(f"dynamics: {dynamics.shape[1]} rows for {len(ids)} sample ids")
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_save_npy(directory / "logits.npy", dynamics.astype(np.float16))
     atomic_save_npy(directory / "ids.npy", ids)
 
 
-def read_dynamics(teacher_dir: Path, train: PreparedSplit) -> np.ndarray:
-    """The teacher's dynamics (float32), checked to be keyed by the prepared train split."""
+def dynamics_kind(teacher_dir: Path) -> str:
+    """What the teacher at ``teacher_dir`` recorded: ``"logits"`` or ``"stats"``."""
     d = Path(teacher_dir) / "dynamics"
+    if (d / "logits.npy").exists():
+        return "logits"
+    if (d / "stats").is_dir():
+        return "stats"
+    raise FileNotFoundError(f"{d} holds no dynamics (logits.npy or stats/); re-run `dvc repro teacher`")
+
+
+def read_dynamics(teacher_dir: Path, train: PreparedSplit) -> np.ndarray:
+    """The teacher's dynamics as logits (float32), checked to be keyed by the prepared train split."""
+    d = Path(teacher_dir) / "dynamics"
+    if not (d / "logits.npy").exists() and (d / "stats").is_dir():
+        raise IntegrityError(f"{d} holds per-example statistics, not the full logits (the teacher ran with "
+                             "teacher.dynamics: stats, or auto on a large dataset); set teacher.dynamics: logits "
+                             "and re-run `dvc repro teacher`")
     ids, logits = _check_keyed(d / "ids.npy", train, "teacher"), load_npy(d / "logits.npy")
     if logits.shape[1] != len(ids):
         raise IntegrityError(f"{d}: {logits.shape[1]} rows for {len(ids)} sample ids; re-run `dvc repro teacher`")
     return logits.astype(np.float32)
+
+
+def read_dynamics_stats(teacher_dir: Path, train: PreparedSplit, names) -> dict[str, np.ndarray]:
+    """The statistics ``names`` of the teacher's dynamics, each (epochs, samples) memory-mapped (read only:
+    only the pages a score touches are read), checked to be keyed by the prepared train split."""
+    d = Path(teacher_dir) / "dynamics"
+    ids = _check_keyed(d / "ids.npy", train, "teacher")
+    out, epochs = {}, set()
+    for name in names:
+        values = load_npy(d / "stats" / f"{name}.npy", mmap_mode="r")
+        if values.ndim != 2 or values.shape[1] != len(ids):
+            raise IntegrityError(f"{d / 'stats' / name}.npy has shape {values.shape}, expected (epochs, {len(ids)}); "
+                                 "re-run `dvc repro teacher`")
+        out[name] = values
+        epochs.add(values.shape[0])
+    if len(epochs) > 1:
+        raise IntegrityError(f"{d / 'stats'}: statistics of different epoch counts {sorted(epochs)}; "
+                             "re-run `dvc repro teacher`")
+    return out
 
 
 # ---------------------------------------------------------------- score files

@@ -28,6 +28,7 @@ import os
 import sys
 import time
 
+from kdprune.config import STAGES as ALL_STAGES
 from servers.runtime import configure_env, ensure_prefect_server, project_root, stop_prefect_server
 from tracking.tracker import check_tracking_store, import_mlflow_early
 
@@ -49,7 +50,7 @@ def _fast_exit() -> None:
 
 
 NEXT_STEP = "[kdprune] compare the students: run `make ui` and open the link it prints"
-STAGES = ("prepare", "teacher", "teachers", "scores", "select", "distill", "evaluate")  # Prefect flows
+STAGES = tuple(s for s in ALL_STAGES if s != "validate")  # each a Prefect flow (validate: a command of its own)
 
 # Options, each defined once: (flags, argparse keywords, the commands that take it)
 _SWEEPING = ("pipeline", "sweep", "deploy", "serve")

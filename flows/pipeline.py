@@ -23,16 +23,17 @@ from flows.select import select_flow
 from flows.teacher import teacher_flow
 from flows.teachers import teachers_flow
 from flows.validate import validate_stage
+from kdprune.config import STAGES as STAGE_LIST
 from kdprune.report import FIGURES
 from execution.observe import observer
 from execution.params import load_params
 from execution.runner import ray_session
 
 FAN_OUT = ("teachers", "scores", "distill")  # stages whose tasks run on the runner of params.yaml's `runner`
-STARTS_RAY = ("prepare", "teacher", *FAN_OUT, "select")  # stale: a fan-out stage runs at or after it
+
 REPORT_FILES = ("report.md", "results.csv", *FIGURES)
 
-STAGES = {
+FLOWS = {
     "validate": None,  # params only (flows/validate.py): no subflow
     "prepare": prepare_flow,
     "teacher": teacher_flow,
@@ -42,6 +43,12 @@ STAGES = {
     "distill": distill_flow,
     "evaluate": evaluate_flow,
 }
+if set(FLOWS) != set(STAGE_LIST):
+    raise RuntimeError(f"flows/pipeline.py has a flow for {sorted(FLOWS)}, kdprune/config.py's STAGES are "
+                       f"{list(STAGE_LIST)}: give each stage its flow")
+STAGES = {name: FLOWS[name] for name in STAGE_LIST}  # in the order of kdprune.config.STAGES
+# stale: a fan-out stage runs at or after it, so Ray starts there
+STARTS_RAY = tuple(s for s in STAGE_LIST[: max(STAGE_LIST.index(f) for f in FAN_OUT) + 1] if FLOWS[s] is not None)
 
 
 def no_subflow_heartbeats():

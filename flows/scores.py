@@ -8,7 +8,7 @@ from artifacts.stages import load_prepared
 from execution.params import load_params
 from execution.observe import work_seconds
 from execution.runner import fan_out, run_tasks, share
-from tasks.scores import clear_proxies, compute_scores, keep_proxy, proxy_jobs, proxy_workdir, train_proxy
+from tasks.scores import check_dynamics, clear_proxies, compute_scores, keep_proxy, proxy_jobs, proxy_workdir, train_proxy
 
 
 @flow(name="scores")
@@ -17,6 +17,7 @@ def scores(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     process, which writes them), then one score per example per method."""
     params = load_params(root, "scores")
     root_p = Path(root)
+    check_dynamics(root_p, params)  # a score needing logits the teacher did not record: refused before proxies
     workdir = proxy_workdir(root_p, params)
     jobs = proxy_jobs(params)
     proxies = []

@@ -27,17 +27,23 @@ REGISTRIES = {
     "methods": ("kdprune.selection", "parse_method"),
     "joint": ("kdprune.selection", "JOINT"),
     "samplers": ("kdprune.selection", "SAMPLERS"),
-    "selector_options": ("kdprune.selection", "SELECTOR_OPTIONS"),
+    "static_methods": ("kdprune.selection", "STATIC_METHODS"),
 }
+# The pipeline's stages, in order, and the registries whose names each one checks: the one list of stages.
+# The pipeline flow (flows/pipeline.py) and the command line (cli/main.py) take theirs from it; dvc.yaml, a
+# literal file, is checked against it (tests/test_stages.py). ``validate`` (DVC's first stage, params only)
+# checks every name.
 STAGE_NAMES: dict[str, tuple[str, ...]] = {
+    "validate": tuple(REGISTRIES),
     "prepare": ("datasets",),
     "teacher": ("datasets", "models"),
     "teachers": ("datasets", "models"),
     "scores": ("datasets", "models", "scores"),
-    "select": ("datasets", "scores", "methods", "joint", "samplers", "selector_options"),
+    "select": ("datasets", "scores", "methods", "joint", "samplers", "static_methods"),
     "distill": tuple(REGISTRIES),
     "evaluate": tuple(REGISTRIES),
 }
+STAGES: tuple[str, ...] = tuple(STAGE_NAMES)
 _CHECKED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("names_checked", default=frozenset(REGISTRIES))
 
 
@@ -131,22 +137,49 @@ def _method(v) -> Optional[str]:
     return None
 
 
-# section: the registries whose methods take options named under it (kind, what one is called)
+# section: the registries whose methods take options named under it, ``<section>.<method>: {option: value}``
+# (kind, what one is called); each method declares them in its registration
 OPTION_SECTIONS = {"scores": (("scores", "score"),),
                    "select": (("joint", "joint selector"), ("samplers", "per-epoch sampler"),
-                              ("selector_options", "selection method"))}
+                              ("static_methods", "static selection method")),
+                   "student": (("losses", "KD loss"),)}
+# section: the registry whose methods each take one argument, a key of the section of its own
+# (``<section>.<spec.param>``, e.g. ``student.kd_linear``), declared in the registration (``spec.option``)
+ARGUMENT_SECTIONS = {"student": ("schedules", "KD weight schedule")}
 
 
-def _method_options(section: str, key: str, v: Any, errors: list[str]) -> None:
+def _arguments(section: str) -> dict:
+    """``{param: spec}`` of the methods that take an argument in ``section``; {} when their registry is out of scope."""
+    kind, _ = ARGUMENT_SECTIONS.get(section, (None, None))
+    if kind is None or kind not in _CHECKED.get():
+        return {}
+    registry = _registry(kind)
+    return {registry.get(n).param: registry.get(n) for n in registry.names()}
+
+
+def _method_options(section: str, key: str, v: Any, errors: list[str]) -> Any:
     """``<section>.<method>``: a registered method's options (``scores.<score>``, ``select.<joint
-    selector>``, ``select.<sampler>``), checked against its registration when its registry is in
-    scope; out of scope only their shape is checked (the full check, DVC's validate stage, runs first)."""
+    selector>``, ``select.<sampler>``, ``select.<static method>``, ``student.<loss>``), or a method's
+    argument (``student.kd_linear``), checked against its registration when its registry is in scope
+    (returns them resolved; None after an error); out of scope only their shape is checked (the full
+    check, DVC's validate stage, runs first)."""
     kinds = OPTION_SECTIONS[section]
     whats = " or ".join(what for _, what in kinds)
+    args = ARGUMENT_SECTIONS.get(section)
+    if args and args[0] not in _CHECKED.get():  # out of scope: any key may be a method's argument
+        return None
     if not all(kind in _CHECKED.get() for kind, _ in kinds):
         if not isinstance(v, dict):
             errors.append(f"{section}.{key}: unknown key, or the options of a {whats}, which must be a mapping")
-        return
+        return None
+    arguments = _arguments(section)
+    if key in arguments:  # a method's argument (student.kd_linear: the linear schedule's)
+        spec = arguments[key]
+        msg = spec.option.check(v)
+        if msg:
+            errors.append(f"{section}.{key}: {msg} (the argument of {args[1]} {spec.name!r})")
+            return None
+        return spec.option.convert(v)
     found = [(_registry(kind), what) for kind, what in kinds if key in _registry(kind)]
     if not found:
         registries = [_registry(kind) for kind, _ in kinds]
@@ -155,21 +188,23 @@ def _method_options(section: str, key: str, v: Any, errors: list[str]) -> None:
         flat = str(key)
         nested = [f"{n}.{flat[len(n) + 1:]}" for r in registries for n in r.names()
                   if flat.startswith(n + "_") and flat[len(n) + 1:] in r.get(n).options]
-        hint = nested or difflib.get_close_matches(str(key), [*SCHEMA[section], *names], n=1)
+        hint = nested or difflib.get_close_matches(str(key), [*SCHEMA[section], *names, *arguments], n=1)
         did = f"did you mean '{section}.{hint[0]}'? " if hint else ""
+        more = f", or a {args[1]}'s argument: {', '.join(arguments)}" if arguments else ""
         errors.append(f"{section}.{key}: unknown key; {did}allowed keys here: {', '.join(SCHEMA[section])}, or a "
-                      f"{whats}'s options: {', '.join(names)}")
-        return
+                      f"{whats}'s options: {', '.join(names)}{more}")
+        return None
     registry, what = found[0]
     if not isinstance(v, dict):
         errors.append(f"{section}.{key}: got {v!r}, expected a mapping of {what} {key}'s options")
-        return
+        return None
     spec = registry.get(key)
     try:
-        spec.resolve(v)
+        return spec.resolve(v)
     except ValueError as e:
         describe = importlib.import_module("kdprune.options").describe_options  # imported by the registry above
         errors.append(f"{section}.{key}: {v!r} has bad options: {e}; {key} takes: {describe(spec.options)}")
+        return None
 
 
 def _device(v) -> Optional[str]:
@@ -191,23 +226,6 @@ def _gpus(v) -> Optional[str]:
     if 0.0 < v <= 1.0 or (v > 1.0 and float(v).is_integer()):
         return None
     return "must be a fraction in (0, 1] (several tasks share a GPU) or a whole number of GPUs"
-
-
-def _pair_of_weights(v) -> Optional[str]:
-    if len(v) != 2 or not all(0.0 <= w <= 1.0 for w in v):
-        return "must be two KD weights in [0, 1]: [weight at fraction 0, weight at fraction 1]"
-    return None
-
-
-def _table(v) -> Optional[str]:
-    ok = isinstance(v, list) and v and all(
-        isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)
-        and 0.0 < p[0] <= 1.0 and 0.0 <= p[1] <= 1.0 for p in v)
-    if not ok:
-        return "must be a non-empty list of [fraction in (0, 1], weight in [0, 1]] pairs"
-    if len({p[0] for p in v}) != len(v):
-        return "has the same fraction twice"
-    return None
 
 
 POSITIVE_INT = _range(1)
@@ -243,7 +261,7 @@ SCHEMA: dict[str, Any] = {
                          doc="torch/BLAS/OpenMP threads of each stage's own process (the teacher trains there); "
                              "a task on the runner takes runner.cpus_per_task. Part of the result"),
     },
-    "runner": {  # where the fan-out stages' tasks run (tasks/runner.py)
+    "runner": {  # where the fan-out stages' tasks run (execution/runner.py)
         "kind": Field("str", "local", check=lambda v: None if v in ("local", "ray") else
                       "must be 'local' (threads in the stage's process) or 'ray' (prefect-ray's RayTaskRunner)"),
         "address": Field("str", None, nullable=True, check=_ray_address,
@@ -262,11 +280,19 @@ SCHEMA: dict[str, Any] = {
                            doc="keep a stratified random subset of this many training examples (CPU studies); "
                                "null: all"),
     },
-    "teacher": {**_train_fields("small_cnn", 30), "seed": Field("int", 0, check=SEED),
-                "workers": Field("int", 1, check=POSITIVE_INT,
-                                 doc="data-parallel workers (PyTorch DDP under Ray Train, on runner.address's Ray): "
-                                     "one per GPU on CUDA, else CPU workers of reproducibility.threads / workers "
-                                     "threads each; 1: one process (execution/ddp.py)")},
+    "teacher": {
+        **_train_fields("small_cnn", 30), "seed": Field("int", 0, check=SEED),
+        # kdprune.train.metrics: DYNAMICS_FORMATS, AUTO_LOGITS_MAX_BYTES (not imported here: it loads torch)
+        "dynamics": Field("str", "auto", check=lambda v: None if v in ("auto", "logits", "stats") else
+                          "must be auto (the full logits when epochs x N x classes x 2 bytes is under 256 MiB, else "
+                          "per-example statistics), logits or stats",
+                          doc="what the teacher records per epoch and example for the scores: logits (epochs x N x "
+                              "classes float16) or stats (per-example statistics, independent of the classes)"),
+        "workers": Field("int", 1, check=POSITIVE_INT,
+                         doc="data-parallel workers (PyTorch DDP under Ray Train, on runner.address's Ray): one per "
+                             "GPU on CUDA, else CPU workers of reproducibility.threads / workers threads each; 1: one "
+                             "process (execution/ddp.py)"),
+    },
     "scores": {
         "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_one_of("scores"))),
         "seeds": Field("list", [0], item="int", check=_each(SEED), doc="seeds of stochastic scores (random)"),
@@ -298,15 +324,12 @@ SCHEMA: dict[str, Any] = {
     "student": {
         **_train_fields("small_cnn", 30),
         "seeds": Field("list", [0], item="int", check=_each(SEED)),
-        "loss": Field("str", "kd", check=_one_of("losses"), doc="KD loss; the no-KD baseline (ce) always runs too"),
-        "kd_weights": Field("list", [0.5], item="float", check=_each(_range(0.0, 1.0))),
+        "loss": Field("str", "kd", check=_one_of("losses"),
+                      doc="KD loss; its own options under student.<loss>; the no-KD baseline (ce) always runs too"),
         "kd_schedule": Field("str", "constant", check=_one_of("schedules"),
-                             doc="KD weight vs kept fraction: constant (each of kd_weights), linear (kd_linear), "
-                                 "table (kd_table)"),
-        "kd_linear": Field("list", [0.9, 0.1], item="float", check=_pair_of_weights,
-                           doc="linear schedule: [weight at fraction 0, weight at fraction 1]"),
-        "kd_table": Field("list", None, nullable=True, check=_table,
-                          doc="table schedule: [[fraction, weight], ...], piecewise-linear between points"),
+                             doc="KD weight vs kept fraction: a registered schedule (kdprune/distill/schedules), whose "
+                                 "argument is a student key its registration declares: constant (kd_weights), linear "
+                                 "(kd_linear), table (kd_table)"),
         "temperature": Field("float", 4.0, check=_range(0.0, lo_open=True)),
         "cached_logits": Field("bool", True, doc="with augmentation off (pad 0, no flip), compute each teacher's "
                                                  "logits once instead of on every batch"),
@@ -317,7 +340,8 @@ SCHEMA: dict[str, Any] = {
         "budget": Field("str", "epochs", check=lambda v: None if v in ("epochs", "steps") else
                         "must be 'epochs' (fewer steps on smaller subsets) or 'steps' (compute-matched to the full "
                         "data at student.epochs)"),
-    },
+    },  # plus one key per KD loss: its options (``_method_options``), e.g. ``my_loss: {beta: 0.5}``, and each
+    # schedule's argument (kd_weights, kd_linear, kd_table: ``ARGUMENT_SECTIONS``)
 }
 
 
@@ -402,10 +426,22 @@ def validate(params: Any, stage: Optional[str] = None) -> dict:
                 params = {**params, section: {k: v for k, v in params[section].items() if k in SCHEMA[section]}}
         out = _walk(SCHEMA, params, "", errors)
         for section, opts in method_opts.items():
-            for key, v in opts.items():
-                _method_options(section, key, v, errors)
-            if section in out:
-                out[section].update({k: v for k, v in opts.items() if isinstance(v, dict)})
+            resolved = {key: _method_options(section, key, v, errors) for key, v in opts.items()}
+            if section not in out:
+                continue
+            arguments = _arguments(section)
+            for k, v in opts.items():  # a method's options as given (its consumer resolves them); an argument
+                if k in arguments:     # checked and converted; out of scope as given
+                    out[section][k] = resolved[k]
+                elif isinstance(v, dict) or section in ARGUMENT_SECTIONS:
+                    out[section][k] = v
+            for param, spec in arguments.items():  # every argument has a value: its declared default
+                out[section].setdefault(param, spec.option.convert(spec.option.default))
+        st = out.get("student")
+        if not errors and "losses" in _CHECKED.get() and isinstance(st, dict):
+            loss = _registry("losses").get(st["loss"])
+            if loss.options:  # the chosen loss's own options, resolved: what the trainer passes to it
+                st[loss.name] = loss.resolve(st.get(loss.name))
         if not errors:
             _cross_checks(out, errors)
     finally:
@@ -435,6 +471,11 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
             if msg and msg not in errors:  # grand and grand_last_layer share one rule
                 errors.append(msg)
             proxied += [name] if "proxy" in spec.proxies else []
+        needs_logits = [n for n in sp["methods"] if scores.get(n).needs_logits]
+        if needs_logits and p["teacher"]["dynamics"] == "stats":
+            errors.append(f"teacher.dynamics: 'stats' records per-example statistics, but scores.methods "
+                          f"{', '.join(repr(n) for n in needs_logits)} need the full logits (they declare no "
+                          "statistics); allowed with them: logits or auto")
         if proxied and sp["proxy_epochs"] > p["teacher"]["epochs"]:
             errors.append(f"scores.proxy_epochs: {sp['proxy_epochs']} is more than the teacher's schedule; proxies "
                           f"({', '.join(proxied)}) run the first epochs of it: allowed 1..teacher.epochs "
@@ -446,23 +487,25 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
             if score not in sp["methods"]:
                 errors.append(f"select.methods: {label!r} reads score {score!r}, which scores.methods "
                               f"{sp['methods']} does not compute; add it there")
-    if "selector_options" in _CHECKED.get():  # each selection method's own cross-key rule (its declaration's check)
-        declared = _registry("selector_options")
-        for label in sel["methods"]:
-            spec = declared.get(label) if label in declared else None
-            msg = spec.check(spec.resolve(sel.get(label)), p) if spec and spec.check else None
+    for kind in ("static_methods", "samplers"):  # each selection method's own cross-key rule (its registration's)
+        if kind not in _CHECKED.get():
+            continue
+        declared = _registry(kind)
+        for name in dict.fromkeys(label.partition(":")[0] for label in sel["methods"]):
+            spec = declared.get(name) if name in declared else None
+            msg = spec.check(spec.resolve(sel.get(name)), p) if spec and spec.check else None
             if msg:
                 errors.append(msg)
-    if "infobatch" in sel["methods"] and p["student"]["budget"] == "steps":
-        errors.append("student.budget: 'steps' cannot be used with select.methods 'infobatch' (its epochs have "
-                      "varying sizes); allowed with infobatch: 'epochs'")
     if p["runner"]["kind"] == "local" and p["runner"]["address"] is not None:
         errors.append(f"runner.address: {p['runner']['address']!r} is only used with runner.kind 'ray'; set "
                       "runner.kind: ray to run on that cluster, or address: null")
     _teacher_workers(p, errors)
     st = p["student"]
-    if st["kd_schedule"] == "table" and not st["kd_table"]:
-        errors.append("student.kd_table: missing; kd_schedule 'table' needs [[fraction, weight], ...] pairs")
+    if "schedules" in _CHECKED.get():  # the chosen schedule's own rule on its argument (its registration's check)
+        spec = _registry("schedules").get(st["kd_schedule"])
+        msg = spec.check(st[spec.param], p) if spec.check else None
+        if msg:
+            errors.append(msg)
     if p["teacher"]["arch"] in st["teachers"]:
         errors.append(f"student.teachers: {p['teacher']['arch']!r} is already the teacher (teacher.arch); list only "
                       "the extra architectures")

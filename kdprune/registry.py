@@ -1,8 +1,10 @@
 """Name -> implementation registries used by every pluggable part of the core.
 
-Each method (dataset, model, score, joint selector, loss) is one module that registers itself
-with a decorator, and its package imports every module it holds (:func:`discover`): adding a method
-is adding a file. Asking for a name that is not registered fails with the valid names.
+Each method (dataset, model, score, static selector, per-epoch sampler, joint selector, KD loss, KD weight
+schedule) is one module that registers itself with a decorator declaring its options
+(:class:`kdprune.options.Option`) and its own rules, and its package imports every module it holds
+(:func:`discover`): adding a method is adding a file. Asking for a name that is not registered fails
+with the valid names.
 """
 from __future__ import annotations
 

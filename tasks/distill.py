@@ -163,6 +163,7 @@ def train_student(params: dict, variant: dict, inputs: dict, device: str) -> dic
     # per-example augmentations as the full run of that seed would
     cfg = train_config(sp, epochs=epochs, order_seed=variant["seed"], aug_seed=variant["seed"],
                        loss=sp["loss"] if kd else "ce", kd_weight=variant["kd_weight"] or 0.0,
+                       loss_options=sp.get(sp["loss"], {}) if kd else {},  # student.<loss>, resolved by validation
                        temperature=sp["temperature"], max_steps=max_steps)
     weights = manifest.get("weights")
     weights = None if weights is None else torch.tensor(weights, dtype=torch.float32)

@@ -28,7 +28,7 @@ from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.scores import SCORES, ScoreContext, ScoreSpec
 from kdprune.train import predict_logits, seeded, train
-from artifacts.stages import load_prepared, read_dynamics, ScoreWriter
+from artifacts.stages import dynamics_kind, load_prepared, read_dynamics, read_dynamics_stats, ScoreWriter
 from artifacts.checkpoints import checkpoint_root, FileCheckpoint, fingerprint
 from artifacts.files import atomic_directory, atomic_save_npy, atomic_write_bytes, atomic_write_json, load_json, load_npy
 from execution.params import inside
@@ -165,6 +165,29 @@ def _proxy_model(d: Path, device):
     return model.to(device).eval()
 
 
+def dynamics_reads(sp: dict) -> tuple[list[str], set[str]]:
+    """Of the requested scores: those that read the teacher's full logits (they declare no statistics),
+    and the dynamics statistics the others read."""
+    logits, stats = [], set()
+    for method, (spec, _) in requested(sp).items():
+        if spec.needs_logits:
+            logits.append(method)
+        elif "dynamics" in spec.needs:
+            stats |= set(spec.stats)
+    return logits, stats
+
+
+def check_dynamics(root: Path, params: dict) -> None:
+    """Before any compute: refuse a score needing the full logits when the teacher recorded statistics
+    (teacher.dynamics: stats, or auto on a dataset whose logits are too big), naming it."""
+    logits, _ = dynamics_reads(params["scores"])
+    if logits and dynamics_kind(Path(root) / "models" / "teacher") == "stats":
+        raise ValueError(f"scores.methods: {', '.join(logits)} need the teacher's full logits (no per-example "
+                         f"statistics declared), but the teacher recorded statistics (teacher.dynamics: "
+                         f"{params['teacher']['dynamics']}); set teacher.dynamics: logits and re-run the teacher, or "
+                         "drop them from scores.methods")
+
+
 def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: list[dict], device
                   ) -> tuple[ScoreContext, dict[int, list[np.ndarray]]]:
     """Everything the requested scores read, computed once: only the fields some score needs (or
@@ -173,8 +196,13 @@ def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: l
     train = splits["train"]
     specs = [spec for spec, _ in requested(sp).values()]
     needs = set().union(*(set(s.needs) | set(s.prefers) for s in specs))
-    ctx = ScoreContext(ids=train.ids, labels=train.y, num_classes=meta["num_classes"],
-                       dynamics=read_dynamics(Path(root) / "models" / "teacher", train))
+    ctx = ScoreContext(ids=train.ids, labels=train.y, num_classes=meta["num_classes"])
+    teacher_dir = Path(root) / "models" / "teacher"
+    check_dynamics(root, params)
+    if dynamics_kind(teacher_dir) == "logits":  # every score computes from the full logits
+        ctx.dynamics = read_dynamics(teacher_dir, train)
+    else:  # only the statistics the requested scores declare, memory-mapped
+        ctx.stats = read_dynamics_stats(teacher_dir, train, sorted(dynamics_reads(sp)[1]))
     train_d = None
     if {"final_logits", "embeddings", "inputs"} & needs:
         train_d = device_data(meta, train, device)

@@ -19,8 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from kdprune.device import resolve_device
 from kdprune.scores import SCORES
-from kdprune.selection import (CCS, JOINT, SAMPLERS, ccs_beta_at, method_from_params, run_joint, select,
-                               selector_options)
+from kdprune.selection import JOINT, run_joint, select, select_settings, selector_options
 from artifacts.stages import load_prepared, ScoreReader, write_manifest
 from artifacts.files import atomic_directory, sha256_file
 from execution.observe import observer, timed_work
@@ -30,16 +29,16 @@ def manifest_name(stem: str, fraction: float, seed: Optional[int]) -> str:
     return f"{stem}-{fraction:g}" + ("" if seed is None else f"-{seed}") + ".json"
 
 
-def plan(params: dict) -> list[dict]:
-    """Every manifest the params ask for: (method, fraction, seed) with its score file and selector/sampler."""
-    sel, sp = params["select"], params["scores"]
+def plan(params: dict, settings=None) -> list[dict]:
+    """Every manifest the params ask for: (method, fraction, seed) with its score file and selector/sampler
+    (``settings``: the select section parsed, :func:`kdprune.selection.select_settings`; parsed here when None)."""
+    settings = settings or select_settings(params["select"])
+    sp = params["scores"]
     out = []
-    for label in sel["methods"]:
-        m = method_from_params(label, sel)
+    for m in settings.methods:
         seeds = sp["seeds"] if m.stochastic else [None]
-        fractions = SAMPLERS.get(m.sampler).fractions(sel["fractions"]) if m.sampler else sel["fractions"]
         for seed in seeds:
-            for frac in fractions:
+            for frac in settings.fractions_of(m):
                 stem = f"{m.score}-{seed}" if m.score is not None and SCORES.get(m.score).seeded else m.score
                 out.append({"method": m, "fraction": frac, "seed": seed, "score_stem": stem})
     return out
@@ -59,15 +58,6 @@ def joint_inputs(root: Path, params: dict, meta: dict, splits: dict, needs: set[
     return inputs, sha256_file(tdir / "model.safetensors")
 
 
-def _options(m, params: dict, fraction: float) -> dict:
-    """The selector's options as the manifest records them (JSON)."""
-    if m.selector == "ccs":
-        opts = CCS.resolve(params["select"].get("ccs"))
-        return {"beta": ccs_beta_at(opts["beta"], fraction), "k": opts["strata"], "cut_score": m.cut_score,
-                "cut_end": m.cut_end}
-    return {}
-
-
 @task(name="select-subsets", cache_policy=NO_CACHE, persist_result=False)
 @timed_work
 def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
@@ -81,9 +71,9 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
     tr = obs.tracker(root)
     names = []
     sel = params["select"]
-    jobs = plan(params)
-    joint_opts = {j["method"].joint: JOINT.get(j["method"].joint).resolve(sel.get(j["method"].joint))
-                  for j in jobs if j["method"].joint}
+    settings = select_settings(sel)  # every method parsed, every option resolved: once
+    jobs = plan(params, settings)
+    joint_opts = {m.joint: settings.options_of(m.joint) for m in settings.methods if m.joint}
     needs = set().union(*(JOINT.get(name).inputs_for(opts) for name, opts in joint_opts.items()))
     inputs, teacher_sha, inputs_cost = None, None, {"seconds": 0.0, "peak_mem_mb": 0.0}
     costs = {}
@@ -117,15 +107,15 @@ def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None)
                     "inputs_peak_mem_mb": inputs_cost["peak_mem_mb"], "proxy_train_s": 0.0,
                     "total_s": cost["seconds"] + inputs_cost["seconds"], "cost": spec.cost}
             elif m.sampler is not None:
-                opts = SAMPLERS.get(m.sampler).options_at(frac, sel.get(m.sampler))
+                opts = settings.sampler_options(m, frac)
                 kept = train.ids
                 extra = {"selector": None, "sampler": {"name": m.sampler, "seed": seed, "options": opts},
                          "keep": None, "score_sha256": None, "score_variant": None}
             else:
                 score = scores_in.read(job["score_stem"])
-                opts = _options(m, params, frac)
+                opts = settings.selector_keywords(m, frac)
                 call = dict(opts)
-                if m.cut_score is not None:  # CCS: the array its cut reads, recorded by name and sha256
+                if m.cut_score is not None:  # the array its cut reads (CCS's), recorded by name and sha256
                     cut = scores_in.read(call.pop("cut_score"))
                     call["cut_scores"], opts["cut_score_sha256"] = cut.values, cut.sha256
                 # the balance and count the method's registration rules (recorded as "balanced" and "n")

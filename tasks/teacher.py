@@ -12,6 +12,7 @@ from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.reproducibility import provenance
 from kdprune.train import TrainConfig, evaluate, seeded, train
+from kdprune.train.metrics import dynamics_format
 from artifacts.stages import load_prepared, write_dynamics
 from artifacts.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
 from artifacts.files import atomic_directory, atomic_write_json
@@ -39,6 +40,8 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr, run_id: Opt
     c, h, _ = meta["shape"]
     with seeded(tp["seed"]):
         model = build_model(arch, c, meta["num_classes"], h)
+    if record_dynamics:  # the logits, or per-example statistics where those are too big (teacher.dynamics)
+        record_dynamics = dynamics_format(tp["dynamics"], tp["epochs"], len(train_d), meta["num_classes"])
     cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=record_dynamics)
 
     def on_epoch(epoch: int, m: dict) -> None:

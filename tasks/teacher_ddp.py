@@ -16,6 +16,7 @@ from artifacts.stages import load_prepared
 from kdprune.models import build_model
 from kdprune.reproducibility import provenance
 from kdprune.train import TrainResult, seeded
+from kdprune.train.metrics import dynamics_format
 from tasks.teacher import teacher_stage, train_config
 
 
@@ -32,7 +33,9 @@ def fit_teacher_ddp(root: Path, params: dict, tr, run_id: Optional[str], log):
     tp = params["teacher"]
     arch = tp["arch"]
     meta, splits = load_prepared(root, params["data"]["dataset"])
-    cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=True)
+    # the logits, or per-example statistics where those are too big (teacher.dynamics), as fit_teacher
+    record = dynamics_format(tp["dynamics"], tp["epochs"], len(splits["train"]), meta["num_classes"])
+    cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=record)
     logged: set[int] = set()
 
     def on_epoch(epoch: int, m: dict) -> None:

@@ -196,3 +196,38 @@ def test_the_same_params_train_the_same_teacher_on_a_ray_cluster(tmp_path, refer
         cluster.shutdown()
     assert seen == list(range(1, EPOCHS + 1))
     assert _snapshot(out) == _snapshot(reference[0])
+
+
+@pytest.mark.parametrize("record", ["logits", "stats"])
+def test_one_worker_group_records_what_one_process_records(tmp_path, record):
+    """train_distributed in a group of one (gloo, this process) records the recorder's payload, logits
+    or per-example statistics, at every position, as the single-process trainer does."""
+    import torch.distributed as dist
+
+    from artifacts.models import device_data
+    from kdprune.models import build_model
+    from kdprune.train import TrainConfig, seeded, train
+    from kdprune.train.distributed import train_distributed
+
+    meta, splits = _digits()
+    data = device_data(meta, splits["train"], torch.device("cpu"))
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, pad=1, record_dynamics=record)
+    models = []
+    for _ in range(2):
+        with seeded(0):
+            models.append(build_model("small_cnn", 1, 10, 8))
+    single = train(models[0], data, cfg)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        res, shares = train_distributed(models[1], data, cfg, 0, 1)
+    finally:
+        dist.destroy_process_group()
+    assert shares == [[len(data)]] * 2
+    one, ddp = single.dynamics, res.dynamics
+    if record == "logits":
+        assert ddp.shape == one.shape and np.isfinite(ddp.astype(np.float32)).all()
+        np.testing.assert_allclose(ddp.astype(np.float32), one.astype(np.float32), atol=0.05)
+    else:
+        assert set(ddp) == set(one) and all(ddp[k].shape == (2, len(data)) for k in ddp)
+        for k in ddp:
+            np.testing.assert_allclose(ddp[k].astype(np.float64), one[k].astype(np.float64), atol=0.05, equal_nan=True)

@@ -200,7 +200,8 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
 
     port, home = prefect_port
     proj = make_project(tmp_path / "all", port, {
-        "teacher": {"epochs": 4, "batch_size": 64},
+        # per-example statistics (the default digits run keeps the logits): every score through the stages from them
+        "teacher": {"epochs": 4, "batch_size": 64, "dynamics": "stats"},
         "scores": {"methods": ALL_SCORES, "seeds": [0], "el2n": {"epoch": 2}, "proxy_seeds": [0, 1], "proxy_epochs": 2,
                    "el2n_proxy": {"epoch": 2}, "grand_epoch": 1, "memorization_models": 3, "memorization_epochs": 2},
         "select": {"methods": ALL_METHODS, "fractions": [0.3]},
@@ -208,6 +209,9 @@ def test_every_score_and_selection_scheme_runs_through_the_stages(tmp_path, pref
     })
     proj.env["PREFECT_HOME"] = str(home)
     proj.run("dvc", "repro")
+    dyn = proj.path / "models" / "teacher" / "dynamics"
+    assert not (dyn / "logits.npy").exists() and sorted(p.stem for p in (dyn / "stats").glob("*.npy")) == [
+        "correct", "entropy", "l2_error", "other_logprob", "target_logprob", "top2_logprob"]
     sdir = proj.path / "data" / "scores"
     costs = json.loads((proj.path / ".kdprune" / "runs" / "scores.json").read_text())["costs"]
     for s in ALL_SCORES:

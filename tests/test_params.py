@@ -16,7 +16,7 @@ BAD = [
     ({"scores": {"methods": ["el2m"]}}, "scores.methods", "valid names: aum, aum_prob, dynamic_uncertainty, el2n, el2n_proxy"),
     ({"select": {"methods": ["el2n:middle"]}}, "select.methods", "valid: aum, "),
     ({"select": {"methods": ["grand"]}}, "select.methods", "scores.methods"),
-    # CCS's options, from its declaration (kdprune/selection/ccs.py)
+    # CCS's options, from its declaration (kdprune/selection/static/ccs.py)
     ({"select": {"ccs": {"beta": 1.0}}}, "select.ccs", "select.ccs.beta: got 1.0, must be in [0.0, 1.0)"),
     ({"select": {"ccs": {"beta": [[0.1, 0.3], [0.1, 0.2]]}}}, "select.ccs", "same kept fraction twice"),
     ({"select": {"methods": ["random", "ccs"], "fractions": [0.9], "ccs": {"beta": 0.2}},
@@ -37,7 +37,19 @@ BAD = [
     ({"student": {"batch_size": 0}}, "student.batch_size", ">= 1"),
     ({"student": {"epochz": 3}}, "student.epochz", "did you mean 'student.epochs'"),
     ({"studnt": {}}, "studnt", "did you mean 'student'"),
-    ({"student": {"kd_weights": [1.2]}}, "student.kd_weights", "[0.0, 1.0]"),
+    # a schedule's argument, from its registration (kdprune/distill/schedules/), and its rule when chosen
+    ({"student": {"kd_weights": [1.2]}}, "student.kd_weights", "item 1.2: must be <= 1.0"),
+    ({"student": {"kd_weights": [0.5, 0.5]}}, "student.kd_weights", "has duplicates"),
+    ({"student": {"kd_linear": [0.9]}}, "student.kd_linear", "two KD weights"),
+    ({"student": {"kd_table": [[0.1, 0.9], [0.1, 0.5]]}}, "student.kd_table", "same fraction twice"),
+    ({"student": {"kd_schedule": "table", "kd_table": None}}, "student.kd_table", "kd_schedule 'table' needs"),
+    ({"student": {"kd_tabel": [[0.1, 0.9]]}}, "student.kd_tabel",
+     "did you mean 'student.kd_table'? allowed keys here: arch"),
+    # a KD loss's options (student.<loss>: the built-in losses take none)
+    ({"student": {"kd": {"beta": 0.5}}}, "student.kd", "student.kd.beta: unknown option; valid options: none"),
+    # a sampler's own rule (its registration's check)
+    ({"select": {"methods": ["random", "infobatch"]}, "student": {"budget": "steps"}}, "student.budget",
+     "'steps' cannot be used with select.methods 'infobatch'"),
     ({"student": {"temperature": 0}}, "student.temperature", "> 0"),
     ({"student": {"loss": "kl"}}, "student.loss", "valid names: ce, kd"),
     ({"data": {"dataset": "cifar1000"}}, "data.dataset", "valid names: cifar10, cifar100, digits, fashion_mnist"),
@@ -54,13 +66,13 @@ BAD = [
     ({"scores": {"methods": ["random", "el2n", "forgetting", "grand"], "grand_epoch": 9}}, "scores.grand_epoch", "0..scores.proxy_epochs"),
     ({"scores": {"seeds": [0, 1]}}, "scores.seeds", "same seeds"),
     ({"select": {"fractions": 0.5}}, "select.fractions", "expected a list"),
-    # a per-epoch sampler's options, from its registration (kdprune/selection/samplers.py)
+    # a per-epoch sampler's options, from its registration (kdprune/selection/samplers/)
     ({"select": {"infobatch": {"prune_ratio": 1.0}}}, "select.infobatch", "prune_ratio: got 1.0, must be <= 0.9"),
     ({"select": {"infobatch": {"prune": 0.3}}}, "select.infobatch",
      "valid options: prune_ratio, delta; infobatch takes: prune_ratio (float, default 0.5), delta (float, default 0.875)"),
     ({"select": {"infobatch_prune_ratio": 0.3}}, "select.infobatch_prune_ratio", "did you mean "
      "'select.infobatch.prune_ratio'? allowed keys here: methods, fractions, balance, or a joint selector or per-epoch "
-     "sampler or selection method's options: cal, ccs, craig"),
+     "sampler or static selection method's options: cal, ccs, craig"),
     ({"select": {"rs2": {"ratio": 0.3}}}, "select.rs2", "valid options: none"),
 ]
 

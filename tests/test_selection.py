@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import kdprune  # noqa: F401
-from kdprune.selection import SAMPLERS, SELECTORS, budget, ccs_allocation, class_quotas, make_sampler, select
-from kdprune.selection.ccs import ccs_strata
+from kdprune.selection import SAMPLERS, SELECTORS, budget, class_quotas, make_sampler, select
+from kdprune.selection.static.ccs import ccs_allocation, ccs_strata
 
 
 def test_registries_hold_every_method():
@@ -256,7 +256,7 @@ def test_ccs_matches_the_reference_selection_logic(kind, fraction, beta):
 
 
 def test_ccs_beta_table_is_linear_between_points_and_flat_beyond():
-    from kdprune.selection import ccs_beta_at
+    from kdprune.selection.static.ccs import ccs_beta_at
 
     table = [[0.1, 0.3], [0.2, 0.2], [0.5, 0.0]]
     assert ccs_beta_at(table, 0.1) == pytest.approx(0.3) and ccs_beta_at(table, 0.2) == pytest.approx(0.2)
@@ -515,7 +515,8 @@ def test_ccs_options_under_select_ccs_reach_the_selector_and_its_plan():
     import yaml
 
     from kdprune.config import validate
-    from tasks.select import _options, plan
+    from kdprune.selection import select_settings
+    from tasks.select import plan
     from tests.conftest import REPO
 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -524,11 +525,12 @@ def test_ccs_options_under_select_ccs_reach_the_selector_and_its_plan():
     p = validate(base)
     m = plan(p)[0]["method"]
     assert (m.score, m.cut_score, m.cut_end) == ("el2n", "aum_prob", "low")  # stratify el2n; cut by aum_prob's hard end
-    opts = _options(m, p, 0.3)
+    opts = select_settings(p["select"]).selector_keywords(m, 0.3)
     assert opts["k"] == 7 and opts["beta"] == pytest.approx(0.15)  # halfway between the table's points
     del base["select"]["ccs"]
     p = validate(base)
-    assert plan(p)[0]["method"].score == "aum_prob" and _options(plan(p)[0]["method"], p, 0.1)["k"] == 50
+    m = plan(p)[0]["method"]
+    assert m.score == "aum_prob" and select_settings(p["select"]).selector_keywords(m, 0.1)["k"] == 50
 
 
 # -- balance as each method's code, and budgets as each reference code rounds them -----------------
@@ -651,8 +653,8 @@ def test_ccs_balanced_splits_its_budget_by_class_and_stratifies_each_class():
 def test_budget_rules_round_as_each_reference_code_on_its_edge_cases():
     from kdprune.budgets import BUDGET_RULES
     from kdprune.scores import SCORES
-    from kdprune.selection import CCS
-    assert CCS.budget == "floor" and SCORES.get("moderate_ds").budget == "median_band"
+    from kdprune.selection import STATIC_METHODS
+    assert STATIC_METHODS.get("ccs").budget == "floor" and SCORES.get("moderate_ds").budget == "median_band"
     assert SAMPLERS.get("rs2").budget == "round"
     # CCS: coreset_num = int(args.coreset_ratio * total_num), no tolerance
     assert BUDGET_RULES["floor"](90, 0.7) == int(0.7 * 90) == 62

@@ -1,29 +1,34 @@
-"""KD weight as a function of the kept fraction, registered by name.
+"""KD weight as a function of the kept fraction: the schedule registry, and a sweep's KD arms.
 
-``constant``: the same weight at every fraction (one student variant per weight in
-``student.kd_weights``). ``linear``: ``a(f) = a0 + (a1 - a0) * f`` from ``student.kd_linear = [a0, a1]``
-(the weight at fraction 0 and at fraction 1). ``table``: piecewise-linear through the points
-``student.kd_table = [[fraction, weight], ...]``, held constant beyond the first and last point.
+A schedule is one module of ``kdprune/distill/schedules`` (``constant``, ``linear``, ``table``),
+registered with :func:`register_schedule`, which declares its one argument: the ``student`` key it is
+read from (``param``, e.g. ``student.kd_linear``) and its type, default and rule (``option``, an
+:class:`~kdprune.options.Option`), how the argument makes KD arms (``arms``), and a cross-key rule
+(``check``) params validation runs when ``student.kd_schedule`` names it.
 Ben-Baruch et al. find the best weight is large when little data is kept and small when most is,
 which ``linear`` with a0 > a1 or a ``table`` can express.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+from kdprune.options import Option
 from kdprune.registry import Registry
 
 
 @dataclass(frozen=True)
 class ScheduleSpec:
     """A KD weight schedule: ``fn(fraction, arg)`` -> weight in [0, 1]; ``param``, the ``student``
-    param its arguments come from; ``arms(value of param)`` -> [(arg, label)], one KD arm each."""
+    param its argument comes from, ``option`` its type, default and rule; ``arms(value of param)`` ->
+    [(arg, label)], one KD arm each; ``check(value of param, params)`` -> error text or None."""
 
     name: str
     fn: Callable[[float, Any], float]
     param: str
+    option: Option
     arms: Callable[[Any], list[tuple[Any, str]]]
+    check: Optional[Callable[[Any, dict], Optional[str]]] = None
 
     def __call__(self, fraction: float, arg: Any) -> float:
         return self.fn(fraction, arg)
@@ -32,35 +37,18 @@ class ScheduleSpec:
 SCHEDULES: Registry[ScheduleSpec] = Registry("KD weight schedule")
 
 
-def register_schedule(name: str, param: str, arms: Callable[[Any], list[tuple[Any, str]]]):
-    """Register ``fn(fraction, arg)`` as schedule ``name``, its arms read from ``student.<param>``."""
+def register_schedule(name: str, param: str, option: Option, arms: Callable[[Any], list[tuple[Any, str]]],
+                      check: Optional[Callable[[Any, dict], Optional[str]]] = None):
+    """Register ``fn(fraction, arg)`` as schedule ``name``, its argument ``student.<param>`` (``option``: its
+    type, default and rule), its arms made by ``arms``; ``check``: a cross-key rule run when it is chosen."""
     def deco(fn: Callable[[float, Any], float]) -> Callable[[float, Any], float]:
-        SCHEDULES.register(name)(ScheduleSpec(name, fn, param, arms))
+        taken = [n for n in SCHEDULES.names() if SCHEDULES.get(n).param == param]
+        if taken:
+            raise ValueError(f"schedule {name!r}: student.{param} is already schedule {taken[0]!r}'s argument")
+        SCHEDULES.register(name)(ScheduleSpec(name, fn, param, option, arms, check))
         return fn
 
     return deco
-
-
-@register_schedule("constant", "kd_weights", arms=lambda weights: [(w, f"kd{w:g}") for w in weights])
-def constant(fraction: float, weight: float) -> float:
-    return float(weight)
-
-
-@register_schedule("linear", "kd_linear", arms=lambda p: [([p[0], p[1]], f"kdlin{p[0]:g}-{p[1]:g}")])
-def linear(fraction: float, points: list[float]) -> float:
-    a0, a1 = points
-    return float(a0 + (a1 - a0) * fraction)
-
-
-@register_schedule("table", "kd_table", arms=lambda pts: [([list(x) for x in pts], "kdtable")])
-def table(fraction: float, points: list[list[float]]) -> float:
-    pts = sorted((float(f), float(w)) for f, w in points)
-    if fraction <= pts[0][0]:
-        return pts[0][1]
-    for (f0, w0), (f1, w1) in zip(pts, pts[1:]):
-        if fraction <= f1:
-            return w0 + (w1 - w0) * (fraction - f0) / (f1 - f0)
-    return pts[-1][1]
 
 
 @dataclass(frozen=True)

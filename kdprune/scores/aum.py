@@ -1,7 +1,7 @@
 import numpy as np
 
 from kdprune.options import Option
-from kdprune.scores.base import ScoreContext, register_score, softmax
+from kdprune.scores.base import ScoreContext, read_stats, register_score, softmax
 
 VARIANTS = ("logit", "prob")
 
@@ -21,7 +21,7 @@ def margins(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     hard="low",
     variant="teacher training-pass dynamics; variant='logit' (paper, default: logit margin averaged over "
     "epochs) or 'prob' (CCS code: softmax-probability margin summed over epochs)",
-    needs=("dynamics",),
+    needs=("dynamics",), stats=("target_logprob", "other_logprob"),
     options={"variant": Option(str, "logit", "logit (paper: logit margin averaged over epochs) or prob (CCS code: "
                                "probability margin summed)", choices=("logit", "prob"))},
 )
@@ -33,11 +33,18 @@ def aum(ctx: ScoreContext, variant: str = "logit") -> np.ndarray:
     ``variant="prob"`` is the coverage-centric coreset selection code (Zheng et al. 2023): the same
     margin on softmax probabilities, summed (not averaged) over epochs. Low AUM = hard (very
     negative flags likely mislabels); the usual recipe keeps low, CCS first drops the lowest.
+    From per-example statistics (``ctx.stats``): the logit margin is the log-probability margin
+    (target_logprob - other_logprob: the log-sum-exp cancels), the probabilities their exponentials.
     Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
     every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     if variant not in VARIANTS:
         raise ValueError(f"aum variant must be one of {VARIANTS}, got {variant!r}")
+    if ctx.dynamics is None:
+        target, other = read_stats(ctx, "target_logprob", "other_logprob")
+        if variant == "logit":
+            return (target - other).mean(axis=0)
+        return (np.exp(target) - np.exp(other)).sum(axis=0)
     dyn = np.asarray(ctx.dynamics, dtype=np.float64)
     if variant == "logit":
         return margins(dyn, ctx.labels).mean(axis=0)
@@ -50,7 +57,7 @@ def aum(ctx: ScoreContext, variant: str = "logit") -> np.ndarray:
     hard="low",
     variant="the CCS code's AUM: softmax-probability margin summed over the teacher's training epochs "
     "(= aum with variant 'prob'); CCS always cuts its lowest as the mislabel cut",
-    needs=("dynamics",),
+    needs=("dynamics",), stats=("target_logprob", "other_logprob"),
 )
 def aum_prob(ctx: ScoreContext) -> np.ndarray:
     """AUM as the coverage-centric coreset selection code computes it: assigned-class probability

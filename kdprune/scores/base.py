@@ -17,6 +17,11 @@ needs to know about it, so adding a score is one module:
   function (el2n_proxy's read epoch of its proxies' logits); named and resolved the same way.
 - ``needs``: the :class:`ScoreContext` fields it reads (``PROXY_INPUTS`` says which come from proxy
   trainings); ``prefers``: fields it reads when given and falls back without.
+- ``stats``: for a score reading the teacher's dynamics, the per-example statistics
+  (:data:`kdprune.train.metrics.STATS`) it computes from when the teacher recorded those instead of
+  the full logits (``ctx.stats``); the scores stage reads only these. ``None``: it needs the full
+  logits (``ctx.dynamics``), and a teacher that recorded statistics (``teacher.dynamics: stats``) is
+  refused for it before any compute. With the full logits every score computes from them.
 - ``seeded``: the values depend on ``ctx.seed`` (one score file per seed in ``scores.seeds``).
 - ``check``: an optional cross-key rule ``(resolved options, params) -> error text or None``,
   run by params validation before any compute (e.g. EL2N's epoch within the teacher's epochs).
@@ -30,13 +35,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from kdprune.budgets import balance_error, budget_rule_error
 from kdprune.options import Option, resolve_options
 from kdprune.registry import Registry
+from kdprune.train.metrics import STATS as DYNAMICS_STATS
 
 if TYPE_CHECKING:  # the context only carries torch objects; the scores that use them import torch
     import torch
@@ -50,6 +56,9 @@ class ScoreContext:
     seed: int = 0
     # teacher training dynamics: logits of every example at every epoch, [E, N, C]
     dynamics: Optional[np.ndarray] = None
+    # or, when the teacher recorded per-example statistics instead (teacher.dynamics: stats): name ->
+    # [E, N] (kdprune.train.metrics.STATS), the ones the scores declare (``stats=``), memory-mapped
+    stats: Optional[Mapping[str, np.ndarray]] = None
     # Optional inputs of the other scores; every array/tensor is in the order of ``ids``.
     # el2n_proxy: one [N, C] logit array per independently initialised proxy run: a clean eval-mode
     # pass at the read epoch
@@ -89,6 +98,12 @@ class ScoreSpec:
     check: Optional[Callable[[dict, dict], Optional[str]]] = None
     balance: str = "class"  # the balance its published code uses: "class" or "global"
     budget: str = "round_half_up"  # its budget rule (kdprune.budgets.BUDGET_RULES)
+    stats: Optional[tuple[str, ...]] = None  # dynamics statistics it computes from; None: needs the full logits
+
+    @property
+    def needs_logits(self) -> bool:
+        """It reads the teacher's dynamics and cannot compute from the per-example statistics."""
+        return "dynamics" in self.needs and self.stats is None
 
     @property
     def definition(self) -> str:
@@ -110,7 +125,16 @@ class ScoreSpec:
 
     def __call__(self, ctx: ScoreContext, **options) -> np.ndarray:
         for need in self.needs:
-            if getattr(ctx, need) is None:
+            if need == "dynamics" and ctx.dynamics is None and ctx.stats is not None:
+                if self.stats is None:
+                    raise ValueError(f"score {self.name!r} needs the teacher's full logits (it declares no dynamics "
+                                     "statistics), but the dynamics are per-example statistics; set "
+                                     "teacher.dynamics: logits")
+                missing = [s for s in self.stats if s not in ctx.stats]
+                if missing:
+                    raise ValueError(f"score {self.name!r} reads the dynamics statistics {missing}, which the "
+                                     "context lacks")
+            elif getattr(ctx, need) is None:
                 raise ValueError(f"score {self.name!r} needs {need}, which the context lacks")
         out = np.asarray(self.fn(ctx, **options), dtype=np.float64)
         if out.shape != ctx.ids.shape:
@@ -119,7 +143,8 @@ class ScoreSpec:
 
 
 SCORES: Registry[ScoreSpec] = Registry("score")
-CONTEXT_FIELDS = tuple(f.name for f in fields(ScoreContext) if f.name not in ("ids", "labels", "num_classes", "seed"))
+CONTEXT_FIELDS = tuple(f.name for f in fields(ScoreContext)
+                       if f.name not in ("ids", "labels", "num_classes", "seed", "stats"))  # stats: ``stats=``
 
 
 def _check_signature(name: str, fn: Callable, options: dict[str, Option]) -> None:
@@ -141,7 +166,7 @@ def register_score(name: str, *, keep: Optional[str], hard: Optional[str], varia
                    prefers: Sequence[str] = (), seeded: bool = False, options: Optional[dict[str, Option]] = None,
                    input_options: Optional[dict[str, Option]] = None,
                    check: Optional[Callable[[dict, dict], Optional[str]]] = None, balance: str = "class",
-                   budget: str = "round_half_up"):
+                   budget: str = "round_half_up", stats: Optional[Sequence[str]] = None):
     """Register a score (see the module docstring for what each argument declares)."""
     for msg in (balance_error(balance), budget_rule_error(budget)):
         if msg:
@@ -152,6 +177,10 @@ def register_score(name: str, *, keep: Optional[str], hard: Optional[str], varia
     bad = sorted((set(needs) | set(prefers)) - set(CONTEXT_FIELDS))
     if bad:
         raise ValueError(f"score {name!r} reads unknown context fields {bad}; known: {', '.join(CONTEXT_FIELDS)}")
+    unknown = sorted(set(stats or ()) - set(DYNAMICS_STATS.names()))
+    if unknown:
+        raise ValueError(f"score {name!r} reads unknown dynamics statistics {unknown}; known: "
+                         f"{', '.join(DYNAMICS_STATS.names())}")
     fn_opts, in_opts = dict(options or {}), dict(input_options or {})
     if set(fn_opts) & set(in_opts):
         raise ValueError(f"score {name!r}: {sorted(set(fn_opts) & set(in_opts))} are both function and input options")
@@ -159,7 +188,8 @@ def register_score(name: str, *, keep: Optional[str], hard: Optional[str], varia
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         _check_signature(name, fn, fn_opts)
         SCORES.register(name)(ScoreSpec(name, fn, keep, hard, variant, tuple(needs), tuple(prefers), seeded,
-                                        {**fn_opts, **in_opts}, tuple(in_opts), check, balance, budget))
+                                        {**fn_opts, **in_opts}, tuple(in_opts), check, balance, budget,
+                                        None if stats is None else tuple(stats)))
         return fn
 
     return deco
@@ -169,3 +199,8 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     z = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def read_stats(ctx: ScoreContext, *names: str) -> list[np.ndarray]:
+    """The dynamics statistics ``names`` of the context as float64 [E, N] arrays."""
+    return [np.asarray(ctx.stats[n], dtype=np.float64) for n in names]

@@ -1,7 +1,7 @@
 import numpy as np
 
 from kdprune.options import Option
-from kdprune.scores.base import ScoreContext, register_score, softmax
+from kdprune.scores.base import ScoreContext, read_stats, register_score, softmax
 
 
 def windowed_std(series: np.ndarray, window: int, ddof: int = 0) -> np.ndarray:
@@ -23,7 +23,7 @@ def windowed_std(series: np.ndarray, window: int, ddof: int = 0) -> np.ndarray:
     hard="high",
     variant="teacher training-pass dynamics; window 10 (whole run if fewer epochs); population std "
     "(ddof=0) by default",
-    needs=("dynamics",),
+    needs=("dynamics",), stats=("target_logprob",),
     options={"window": Option(int, 10, "sliding window (epochs); the whole run if it has fewer", low=1),
              "ddof": Option(int, 0, "delta degrees of freedom of the std (0: population, 1: sample)", choices=(0, 1))},
 )
@@ -34,12 +34,15 @@ def dynamic_uncertainty(ctx: ScoreContext, window: int = 10, ddof: int = 0) -> n
     ``window`` consecutive epochs (J = 10 in the paper) take the std of softmax(logits)[label], then
     average over the E - J + 1 windows. If E < window the whole run is one window. ``ddof=1`` gives
     the sample std; with equal-length windows it only rescales, so the ranking is the same.
-    High = hard; the usual recipe keeps high.
+    High = hard; the usual recipe keeps high. From per-example statistics: exp(``target_logprob``).
     Selection: per class by default (``balance="class"``: DeepCore, the KD paper's framework, balances
     every method it runs), budget ``round_half_up`` (kdprune's: every method at a fraction keeps the same count).
     """
     if window < 1:
         raise ValueError(f"dynamic_uncertainty window must be >= 1, got {window}")
-    p = softmax(np.asarray(ctx.dynamics, dtype=np.float64))
-    target = p[:, np.arange(p.shape[1]), ctx.labels]  # [E, N]
+    if ctx.dynamics is None:
+        target = np.exp(read_stats(ctx, "target_logprob")[0])  # [E, N]
+    else:
+        p = softmax(np.asarray(ctx.dynamics, dtype=np.float64))
+        target = p[:, np.arange(p.shape[1]), ctx.labels]  # [E, N]
     return windowed_std(target, window, ddof)

@@ -11,13 +11,14 @@
     <score>:high|low   keep that end explicitly (balanced as ``select.balance`` says)
     <score>:balanced   class-balanced at the recipe's end, whatever ``select.balance`` says
     <score>:global     over the whole pool at the recipe's end, whatever ``select.balance`` says
-    ccs                coverage-centric selection (Zheng et al. 2023) on ``select.ccs.score``
-                       (the CCS code's AUM, ``aum_prob``, by default): the beta hardest by
-                       ``aum_prob`` cut (its registration's ``hard`` end, low), k equal-width strata;
-                       options under ``select.ccs`` (kdprune/selection/ccs.py: score, beta, strata);
-                       over the whole pool under ``auto`` (its code's), per class with
-                       ``select.balance: true`` or ``ccs:balanced`` (``ccs:global`` as ``auto``)
-    <sampler>          a registered per-epoch sampler (kdprune/selection/samplers.py), options
+    <static method>    a static selector registered as a selection method of its own
+                       (``method=True``, kdprune/selection/static), e.g. ``ccs``: coverage-centric
+                       selection (Zheng et al. 2023); it reads the scores its registration's
+                       ``reads`` names from its options (``select.<name>``; CCS: ``select.ccs.score``,
+                       and ``aum_prob`` for its cut, at the cut score's registered ``hard`` end);
+                       balanced as its registration's ``balance`` under ``auto``, per class with
+                       ``select.balance: true`` or ``<name>:balanced``, over the pool with ``<name>:global``
+    <sampler>          a registered per-epoch sampler (kdprune/selection/samplers/), options
                        under ``select.<name>``: rs2, a fresh random subset each epoch without
                        replacement across epochs (Okanovic et al. 2024; the kept fraction is the
                        per-epoch share); infobatch, drop a share of low-loss examples each epoch,
@@ -33,13 +34,14 @@ id of the pool plus the sampler and its seed, and the trainer draws the epochs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from types import MappingProxyType
+from typing import Mapping, Optional
 
 from kdprune.budgets import BUDGET_RULES
 from kdprune.scores import SCORES
-from kdprune.selection.ccs import CCS
 from kdprune.selection.joint import JOINT
 from kdprune.selection.samplers import SAMPLERS
+from kdprune.selection.static import STATIC_METHODS
 
 MODES = ("high", "low", "balanced", "global")
 BALANCE_SETTINGS = ("auto", True, False)  # select.balance: as the method's code, per class, over the whole pool
@@ -63,7 +65,8 @@ class Method:
         if self.joint is not None:
             return JOINT.get(self.joint).seeded
         seeded_score = self.score is not None and SCORES.get(self.score).seeded
-        return seeded_score or self.selector == "ccs" or self.sampler is not None
+        seeded_method = self.selector in STATIC_METHODS and STATIC_METHODS.get(self.selector).seeded
+        return seeded_score or seeded_method or self.sampler is not None
 
     def size(self, n: int, fraction: float) -> int:
         """How many of ``n`` examples it keeps at ``fraction``: its registration's budget rule."""
@@ -75,11 +78,9 @@ class Method:
 
 
 def valid_names() -> list[str]:
-    return [*SCORES.names(), *(f"<score>:{m}" for m in MODES), "ccs", "ccs:balanced", "ccs:global", *SAMPLERS.names(),
+    return [*SCORES.names(), *(f"<score>:{m}" for m in MODES),
+            *(f"{n}{m}" for n in STATIC_METHODS.names() for m in ("", ":balanced", ":global")), *SAMPLERS.names(),
             *JOINT.names()]
-
-
-CCS_CUT_SCORE = "aum_prob"  # the CCS code cuts its lowest accumulated probability margin, whatever it stratifies
 
 
 def hard_end(score: str) -> str:
@@ -92,8 +93,9 @@ def hard_end(score: str) -> str:
 
 
 def method_from_params(label: str, select: dict) -> Method:
-    """``parse_method`` with the settings params' ``select`` section gives it (``balance``, ``ccs.score``)."""
-    return parse_method(label, CCS.resolve(select.get("ccs"))["score"], select["balance"])
+    """``parse_method`` with the settings params' ``select`` section gives it (``balance``, a static
+    method's options ``select.<name>``)."""
+    return parse_method(label, select["balance"], select.get(label.partition(":")[0]))
 
 
 def _balanced(mode: str, balance, declared: str) -> bool:
@@ -106,12 +108,16 @@ def _balanced(mode: str, balance, declared: str) -> bool:
     return declared == "class" if balance == "auto" else bool(balance)
 
 
-def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE, balance="auto") -> Method:
-    """Interpret one ``select.methods`` entry (``balance``: ``select.balance``, ``auto``, true or false);
-    unknown names raise ValueError listing the valid ones."""
-    if label.partition(":")[0] == "ccs" and label.partition(":")[2] in ("", "balanced", "global"):
-        return Method(label, ccs_score, "ccs", None, cut_score=CCS_CUT_SCORE, cut_end=hard_end(CCS_CUT_SCORE),
-                      balanced=_balanced(label.partition(":")[2], balance, CCS.balance), budget=CCS.budget)
+def parse_method(label: str, balance="auto", options: Optional[dict] = None) -> Method:
+    """Interpret one ``select.methods`` entry (``balance``: ``select.balance``, ``auto``, true or false;
+    ``options``: a static method's ``select.<name>``, None for its defaults); unknown names raise
+    ValueError listing the valid ones."""
+    name, _, mode = label.partition(":")
+    if name in STATIC_METHODS and mode in ("", "balanced", "global"):
+        spec = STATIC_METHODS.get(name)
+        score, cut = spec.reads(spec.resolve(options))
+        return Method(label, score, name, None, cut_score=cut, cut_end=None if cut is None else hard_end(cut),
+                      balanced=_balanced(mode, balance, spec.balance), budget=spec.budget)
     if label in SAMPLERS:
         return Method(label, None, None, label)
     if label in JOINT and label not in SCORES:
@@ -132,3 +138,50 @@ def parse_method(label: str, ccs_score: str = CCS_CUT_SCORE, balance="auto") -> 
     end = mode if mode in ("high", "low") else (keep or "high")
     return Method(label, score, f"class_balanced_{end}" if balanced else f"keep_{end}", None, balanced=balanced,
                   budget=spec.budget)
+
+
+@dataclass(frozen=True)
+class SelectSettings:
+    """Params' ``select`` section as one typed, frozen value: every entry of ``select.methods`` parsed once
+    (a :class:`Method`), and the options of every method that takes some (a static method's, a sampler's or a
+    joint selector's, under ``select.<name>``) resolved once, from its registration. What the select stage
+    runs on; build it with :func:`select_settings`."""
+    methods: tuple[Method, ...]
+    fractions: tuple[float, ...]
+    balance: object  # "auto", True or False
+    options: Mapping[str, Mapping]  # method name -> its resolved options (read-only)
+
+    def options_of(self, name: str) -> dict:
+        """The resolved options of method ``name`` (a copy; {} for one that takes none)."""
+        return dict(self.options.get(name, {}))
+
+    def fractions_of(self, m: Method) -> list[float]:
+        """The kept fractions ``m`` runs at: every one of ``select.fractions``, or a full-data sampler's 1.0."""
+        return SAMPLERS.get(m.sampler).fractions(list(self.fractions)) if m.sampler else list(self.fractions)
+
+    def sampler_options(self, m: Method, fraction: float) -> dict:
+        """A per-epoch method's options at kept ``fraction``: what its manifest records and the sampler is built with."""
+        return SAMPLERS.get(m.sampler).options_at(fraction, self.options_of(m.sampler))
+
+    def selector_keywords(self, m: Method, fraction: float) -> dict:
+        """A static method's keywords at kept ``fraction`` as its manifest records them (its registration's
+        ``keywords``), with the score its cut reads; {} for a score's selector."""
+        if m.selector not in STATIC_METHODS:
+            return {}
+        out = STATIC_METHODS.get(m.selector).keywords(self.options_of(m.selector), fraction)
+        if m.cut_score is not None:
+            out.update(cut_score=m.cut_score, cut_end=m.cut_end)
+        return out
+
+
+def select_settings(select: dict) -> SelectSettings:
+    """Parse and resolve a validated ``select`` section once (ValueError for a bad entry, as params validation
+    reports it)."""
+    methods = tuple(method_from_params(label, select) for label in select["methods"])
+    options = {}
+    for m in methods:
+        name = m.joint or m.sampler or (m.selector if m.selector in STATIC_METHODS else None)
+        if name is not None and name not in options:
+            registry = JOINT if m.joint else SAMPLERS if m.sampler else STATIC_METHODS
+            options[name] = MappingProxyType(registry.get(name).resolve(select.get(name)))
+    return SelectSettings(methods, tuple(select["fractions"]), select["balance"], MappingProxyType(options))

@@ -171,9 +171,11 @@ class RankStore:
 
 
 def _epoch_record(recorder: Dynamics, positions: torch.Tensor) -> Any:
-    """The rows a one-epoch recorder holds for ``positions`` (numpy, on the host)."""
+    """The rows a one-epoch recorder holds for ``positions`` (numpy, on the host): the logits
+    [k, classes], or a dict of per-example statistics [k] each."""
+    recorder.end_epoch(1)
     pos = positions.cpu().numpy()
-    return tree_map(lambda a: np.ascontiguousarray(a[0][pos]), recorder.numpy())
+    return tree_map(lambda a: np.ascontiguousarray(a[0][pos]), recorder.result())
 
 
 def train_distributed(model: nn.Module, data: DeviceData, cfg: TrainConfig, rank: int, world: int,
@@ -210,7 +212,7 @@ def train_distributed(model: nn.Module, data: DeviceData, cfg: TrainConfig, rank
         ddp.train()
         ep = batches.epoch(epoch)
         meter = EpochMeter(ep.size, device, keep_losses=False)
-        recorder = Dynamics(model, 1, batches.n, device) if dynamics is not None else None
+        recorder = Dynamics.for_model(model, cfg.record_dynamics, 1, batches.n, device) if dynamics is not None else None
         mine = []
         for batch in ep.batches(shard=(rank, world)):
             whole = min(cfg.batch_size, ep.size - batch.start)
@@ -219,7 +221,7 @@ def train_distributed(model: nn.Module, data: DeviceData, cfg: TrainConfig, rank
             per_example, logits = step(batch, progress(cfg, epoch, batch.index, ep.num_batches, result.steps))
             meter.add(batch, per_example, logits)
             if recorder is not None:
-                recorder.record(1, batch.local, logits)
+                recorder.record(1, batch.local, logits, batch.y)
                 mine.append(batch.local)
             result.steps += 1
         seen = torch.tensor(meter.seen, device=device)

@@ -42,7 +42,7 @@ def kd_inputs(cfg: "TrainConfig", data: "DeviceData", teacher: Optional[nn.Modul
               teacher_logits: Optional[torch.Tensor]) -> tuple[Optional[nn.Module], Optional[torch.Tensor]]:
     """Check the teacher arguments against the loss and augmentation; returns (teacher,
     teacher_logits), at most one of them set (cached logits win: float32 on the data's device)."""
-    if cfg.loss != "ce" and teacher is None and teacher_logits is None:
+    if LOSSES.get(cfg.loss).teacher and teacher is None and teacher_logits is None:
         raise ValueError(f"loss {cfg.loss!r} needs a teacher model or its cached logits")
     if teacher_logits is None:
         return teacher, None
@@ -81,13 +81,13 @@ class TrainStep:
             teacher.to(device).eval()
         self.model, self.cfg, self.device = model, cfg, device
         self.optimizer = sgd(model, cfg)
-        self.loss_fn = LOSSES.get(cfg.loss)
+        self.loss_fn = LOSSES.get(cfg.loss)  # its options: cfg.loss_options (student.<loss> in params)
         self.warmup = min(1.0, cfg.warmup_epochs / cfg.epochs)
-        self.teacher_logits = teacher_logits if cfg.loss != "ce" else None
+        self.teacher_logits = teacher_logits if self.loss_fn.teacher else None
         # torch.compile wraps the same module: parameters, state_dict and checkpoints are shared with
         # ``model``; evaluation runs the plain module (no recompilation for the eval batch size)
         self.forward = torch.compile(model) if cfg.compile else model
-        teacher = teacher if cfg.loss != "ce" else None
+        teacher = teacher if self.loss_fn.teacher else None
         self.teacher = torch.compile(teacher) if cfg.compile and teacher is not None else teacher
 
     @property
@@ -107,7 +107,7 @@ class TrainStep:
                     t_logits = self.teacher(batch.x)
             logits = self.forward(batch.x)
             per_example = self.loss_fn(logits.float(), batch.y, None if t_logits is None else t_logits.float(),
-                                       cfg.kd_weight, cfg.temperature)
+                                       cfg.kd_weight, cfg.temperature, **cfg.loss_options)
             loss = (per_example * batch.weights).mean() if batch.weights is not None else per_example.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -107,7 +107,7 @@ def train(
     device = data.x.device
     step = TrainStep(model, cfg, device, batches.channels_last, teacher, teacher_logits)
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
-    dynamics = Dynamics(model, last_epoch, batches.n, device) if cfg.record_dynamics else None
+    dynamics = Dynamics.for_model(model, cfg.record_dynamics, last_epoch, batches.n, device) if cfg.record_dynamics else None
     result = TrainResult(best_state={}, best_epoch=0, best_score=-1.0,
                          selected_on="train_acc" if val is None else "val_acc")
     state = TrainingState(checkpoint, fingerprint(cfg, batches, teacher is not None or teacher_logits is not None),
@@ -125,9 +125,11 @@ def train(
             per_example, logits = step(batch, progress(cfg, epoch, batch.index, ep.num_batches, result.steps))
             meter.add(batch, per_example, logits)
             if dynamics is not None:
-                dynamics.record(epoch, batch.local, logits)
+                dynamics.record(epoch, batch.local, logits, batch.y)
             result.steps += 1
         result.samples_seen += meter.seen
+        if dynamics is not None:
+            dynamics.end_epoch(epoch)
         ep.report(meter.seen, meter.losses)
         metrics = {**meter.metrics(), "lr": step.lr, "samples_seen": float(result.samples_seen)}
         if val is not None:
@@ -143,5 +145,5 @@ def train(
             on_epoch(epoch, metrics)
     result.seconds = time.perf_counter() - t0
     if dynamics is not None:
-        result.dynamics = dynamics.numpy()
+        result.dynamics = dynamics.result()
     return result

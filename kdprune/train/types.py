@@ -50,7 +50,8 @@ class TrainConfig:
     loss: str = "ce"
     kd_weight: float = 0.0
     temperature: float = 1.0
-    record_dynamics: bool = False
+    loss_options: dict = field(default_factory=dict)  # the loss's own options (its registration's; student.<loss>)
+    record_dynamics: bool | str = False  # True or "logits": the logits; "stats": per-example statistics (metrics.py)
     eval_batch_size: int = 256
     max_steps: Optional[int] = None  # equal-steps budget: stop after this many optimizer steps
     stop_after: Optional[int] = None  # train only the first epochs of the `epochs`-long schedule (proxies read early)
@@ -65,7 +66,8 @@ class TrainResult:
     best_score: float  # the selection metric's value at best_epoch
     selected_on: str = "val_acc"  # the history metric the model was selected on: val_acc, or train_acc without val
     history: list[dict[str, float]] = field(default_factory=list)
-    dynamics: Optional[np.ndarray] = None  # float16 [E, n_subset, C], rows in subset order
+    # float16 [E, n_subset, C] logits, or (record_dynamics "stats") name -> [E, n_subset]; rows in subset order
+    dynamics: Optional[np.ndarray | dict[str, np.ndarray]] = None
     steps: int = 0
     samples_seen: int = 0
     seconds: float = 0.0

@@ -29,9 +29,9 @@ import numpy as np
 
 from kdprune.options import Option
 from kdprune.budgets import budget_floor
-from kdprune.selection.static import class_quotas, declare_options, register_selector, tie_ranks
+from kdprune.selection.static.base import class_quotas, register_selector, tie_ranks
 
-
+CUT_SCORE = "aum_prob"  # the CCS code cuts its lowest accumulated probability margin, whatever it stratifies
 
 def ccs_allocation(stratum_sizes, total: int) -> np.ndarray:
     """Per-stratum counts for a budget ``total`` (pure; the CCS ``bin_allocate``).
@@ -112,14 +112,14 @@ def _cut_fits(opts: dict, params: dict) -> str | None:
 
 
 # params: select.ccs: {score, beta, strata}
-CCS = declare_options("ccs", {
+OPTIONS = {
     "score": Option(str, "aum_prob", "the score CCS stratifies (default: the CCS code's AUM)", validate=_score_error),
     "beta": Option(object, [[0.1, 0.3], [0.2, 0.2], [0.5, 0.0]],
                    "mislabel cut, share of N cut as hardest by aum_prob: a number, or a table [[kept fraction, "
                    "beta], ...] linear between its points and constant beyond them (ccs_beta_at)",
                    validate=beta_error),
     "strata": Option(int, 50, "number of equal-width strata (k)", low=1),
-}, check=_cut_fits, balance="global", budget="floor")
+}
 
 
 def ccs_budget(n: int, fraction: float) -> int:
@@ -127,7 +127,9 @@ def ccs_budget(n: int, fraction: float) -> int:
     return budget_floor(n, fraction)
 
 
-@register_selector("ccs")
+@register_selector("ccs", method=True, options=OPTIONS, check=_cut_fits, balance="global", budget="floor",
+                   seeded=True, reads=lambda o: (o["score"], CUT_SCORE),
+                   keywords=lambda o, fraction: {"beta": ccs_beta_at(o["beta"], fraction), "k": o["strata"]})
 def ccs(ids, labels, scores, fraction, seed, beta: float = 0.0, k: int = 50, cut_scores=None, cut_end: str = "low",
         balance: bool = False):
     """Coverage-centric coreset selection (see the module docstring for the recipe).

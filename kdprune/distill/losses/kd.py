@@ -1,4 +1,4 @@
-"""Hinton knowledge distillation and the plain cross-entropy baseline.
+"""Hinton knowledge distillation.
 
 Losses return one value per example ([B]); the trainer takes their (optionally weighted) mean,
 so the batch loss is exactly the usual one and per-example losses are there for samplers that
@@ -8,8 +8,6 @@ need them (InfoBatch).
 KL summed over classes and averaged over the batch ("batchmean"), ``a`` the KD weight and ``T``
 the temperature (Hinton et al. 2015, as used by Ben-Baruch et al. 2024). The T^2 factor keeps
 the soft-target gradients on the same scale as the hard-target ones when T changes.
-
-``ce``: the no-KD baseline, cross-entropy on the ground-truth labels only.
 """
 from __future__ import annotations
 
@@ -32,10 +30,3 @@ def hinton_kd(
     log_p_t = F.log_softmax(teacher.float() / temperature, dim=1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(1)  # per example
     return (1.0 - weight) * ce + weight * temperature**2 * kl
-
-
-@register_loss("ce")
-def cross_entropy(
-    student: torch.Tensor, y: torch.Tensor, teacher: Optional[torch.Tensor], weight: float, temperature: float
-) -> torch.Tensor:
-    return F.cross_entropy(student, y, reduction="none")
