@@ -68,7 +68,7 @@ def main() -> None:
     from kdprune.models import build_model
     from kdprune.reproducibility import check
     from kdprune.train import seeded, train
-    from tasks.teacher import train_config
+    from kdprune.train import train_config
 
     check("portable", args.threads)
     shape = (1, 28, 28)

@@ -62,7 +62,7 @@ def main() -> int:
     from kdprune.config import validate
     from kdprune.models import MODELS, build_model
     from kdprune.train import seeded, train
-    from tasks.teacher import train_config
+    from kdprune.train import train_config
 
     device = torch.device(args.device)
     arch = args.arch or ("resnet50" if "resnet50" in MODELS else "resnet18")

@@ -44,7 +44,7 @@ def build(teacher_epochs: int, max_train: int | None) -> None:
     from kdprune.models import build_model
     from kdprune.selection.joint.inputs import model_inputs
     from kdprune.train import DeviceData, seeded, train
-    from tasks.teacher import train_config
+    from kdprune.train import train_config
 
     if (WORK / "inputs.npz").exists():
         return

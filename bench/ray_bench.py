@@ -60,6 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         proj = make_project(Path(tmp) / "ray", free_port())
+        proj.env["KDPRUNE_RETRAIN"] = "1"  # time the students' training: no student reused from an earlier run
         try:
             print("ray bench: the default pipeline once ...", flush=True)
             proj.run(sys.executable, "-m", "flows", "pipeline", timeout=1800)

@@ -56,6 +56,17 @@ def plot_data(df: pd.DataFrame, main_teacher: str) -> pd.DataFrame:
     return g[["method", "arm", "fraction", "test_acc", "std", "seeds"]]
 
 
+def reuse_line(df: pd.DataFrame) -> list[str]:
+    """How many students this run copied from earlier runs instead of training them (their inputs were
+    unchanged: the ``reused`` column); nothing when every student trained or it is not recorded."""
+    if "reused" not in df or not df["reused"].fillna(False).astype(bool).any():
+        return []
+    n = int(df["reused"].fillna(False).astype(bool).sum())
+    return [f"{n} of {len(df)} students were reused from earlier runs, not retrained: their inputs (manifest, teacher, "
+            "settings, code) were unchanged, so their bytes are what training them again gives (results.csv: "
+            "`reused`, `reused_from`)."]
+
+
 def selection_line(df: pd.DataFrame) -> str:
     """Which methods selected with class-balanced budgets and which over the whole pool (select.balance)."""
     if "balanced" not in df or df["balanced"].isna().all():
@@ -95,6 +106,7 @@ def build_report(df: pd.DataFrame, teachers: pd.DataFrame, ctx: dict) -> str:
         f"Students: {ctx['student_arch']} ({ctx['student_params']:,} parameters), {df['epochs'].max()} epochs on "
         f"each subset ({df['budget'].iloc[0]} budget); seeds {seeds}. Test accuracy (%), mean ± std over seeds.",
         selection_line(df),
+        *reuse_line(df),
         "",
         f"## Accuracy by method and kept fraction (teacher {main_t})",
         "",

@@ -30,7 +30,7 @@ COLUMNS = [
     "dataset", "method", "fraction", "kd", "kd_weight", "kd_schedule", "kd_setting", "temperature", "seed",
     "teacher_arch", "teacher_params", "teacher_logits", "student_arch",
     "test_acc", "val_acc", "n_train", "samples_seen", "seen_fraction", "steps", "epochs", "budget", "sampler", "balanced",
-    "wall_s", "selection_s", "selection_peak_mb", "selection_seed", "same_training_as", "name",
+    "wall_s", "selection_s", "selection_peak_mb", "selection_seed", "same_training_as", "reused", "reused_from", "name",
     "manifest", "manifest_sha256", "teacher_sha256", "mlflow_run_id",
 ]
 

@@ -35,7 +35,7 @@ from execution.params import inside
 from execution.observe import observer, timed_work
 from artifacts.models import device_data, load_model, model_from_state, state_arrays, state_tensors
 from execution.runner import task_device, where
-from tasks.teacher import train_config
+from kdprune.train import train_config
 
 
 def requested(sp: dict) -> dict[str, tuple[ScoreSpec, dict]]:

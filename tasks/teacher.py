@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.reproducibility import provenance
-from kdprune.train import TrainConfig, evaluate, seeded, train
+from kdprune.train import evaluate, seeded, train, train_config
 from kdprune.train.metrics import dynamics_format
 from artifacts.stages import load_prepared, write_dynamics
 from artifacts.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
@@ -19,12 +19,6 @@ from artifacts.files import atomic_directory, atomic_write_json
 from artifacts.models import device_data, save_model
 from artifacts.outputs import stable_history
 from execution.observe import observer, timed_work
-
-
-def train_config(section: dict, **extra) -> TrainConfig:
-    """TrainConfig from a teacher/student params section."""
-    keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "pad", "flip", "compile", "channels_last")
-    return TrainConfig(**{**{k: section[k] for k in keys}, **extra})
 
 
 def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr, run_id: Optional[str], log,

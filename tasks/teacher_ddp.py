@@ -15,9 +15,9 @@ from execution.observe import observer, timed_work
 from artifacts.stages import load_prepared
 from kdprune.models import build_model
 from kdprune.reproducibility import provenance
-from kdprune.train import TrainResult, seeded
+from kdprune.train import TrainResult, seeded, train_config
 from kdprune.train.metrics import dynamics_format
-from tasks.teacher import teacher_stage, train_config
+from tasks.teacher import teacher_stage
 
 
 @task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1)

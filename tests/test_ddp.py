@@ -125,7 +125,7 @@ def ray_instance():
 
 def _fit(root: Path, params: dict, data):
     from execution import ddp
-    from tasks.teacher import train_config
+    from kdprune.train import train_config
 
     tp = params["teacher"]
     cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=True)

@@ -194,7 +194,7 @@ from kdprune.config import ParamsError, validate
 
 params = validate(json.loads(sys.argv[1]))
 from kdprune.data import DATASETS
-from kdprune.distill import kd_settings
+from kdprune.distill import kd_arms
 from kdprune.models import build_model
 from kdprune.scores import SCORES, ScoreContext
 from kdprune.selection import (JOINT, SAMPLERS, STATIC_METHODS, JointInputs, make_sampler, method_from_params,
@@ -222,7 +222,7 @@ out["by_norm"] = len(kept)
 opts = SAMPLERS.get("window").options_at(0.5, sel.get("window"))
 sampler = make_sampler(method_from_params("window", sel).sampler, len(ids), 3, **opts)
 out["window"] = {"options": opts, "epoch2": sampler.epoch_positions(1)[:2].tolist() + sampler.epoch_positions(2)[:2].tolist()}
-out["kd"] = [[s.label, s.weight(0.5), s.weight(0.7)] for s in kd_settings(params["student"])]
+out["kd"] = [[s.label, s.weight(0.5), s.weight(0.7)] for s in kd_arms(params["student"])]
 sp = params["student"]
 data = DeviceData.from_numpy(raw.train_x, raw.train_y, [0.5], [0.25], torch.device("cpu"))
 teacher_logits = torch.randn(len(ids), 4, generator=torch.Generator().manual_seed(0))

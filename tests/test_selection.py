@@ -477,7 +477,7 @@ def test_samplers_declare_options_fractions_and_epoch_size_and_the_stages_follow
     import yaml
 
     from kdprune.config import validate
-    from tasks.distill import student_budget
+    from kdprune.train.plan import student_budget
     from tasks.select import plan
     from tests.conftest import REPO
 

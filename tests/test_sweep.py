@@ -11,7 +11,7 @@ import yaml
 
 from kdprune.config import ParamsError, validate
 from kdprune.data import stratified_subsample
-from kdprune.distill import SCHEDULES, kd_settings
+from kdprune.distill import SCHEDULES, kd_arms
 from kdprune.models import build_model
 from kdprune.train import DeviceData, TrainConfig, predict_logits, seeded, train
 from execution.params import parse_params_text, sweep_params, write_params
@@ -26,10 +26,10 @@ def test_schedules_give_the_weight_of_each_fraction():
     assert table(0.75, pts) == pytest.approx(0.35)
 
 
-def test_kd_settings_follow_the_student_params():
+def test_kd_arms_follow_the_student_params():
     sp = validate({})["student"]
-    assert [s.label for s in kd_settings({**sp, "kd_weights": [0.3, 0.9]})] == ["kd0.3", "kd0.9"]
-    lin = kd_settings({**sp, "kd_schedule": "linear", "kd_linear": [1.0, 0.0]})
+    assert [s.label for s in kd_arms({**sp, "kd_weights": [0.3, 0.9]})] == ["kd0.3", "kd0.9"]
+    lin = kd_arms({**sp, "kd_schedule": "linear", "kd_linear": [1.0, 0.0]})
     assert len(lin) == 1 and lin[0].weight(0.2) == pytest.approx(0.8) and lin[0].label == "kdlin1-0"
 
 

@@ -94,7 +94,7 @@ def test_max_steps_stops_exactly_and_rs2_sees_its_share(data):
 
 
 def test_student_budget_modes():
-    from tasks.distill import student_budget
+    from kdprune.train.plan import student_budget
 
     sp = {"epochs": 10, "batch_size": 50, "budget": "epochs"}
     assert student_budget(sp, 1000, {}, 100) == (10, None)

@@ -52,8 +52,9 @@ def register_schedule(name: str, param: str, option: Option, arms: Callable[[Any
 
 
 @dataclass(frozen=True)
-class KDSetting:
-    """One KD arm of a sweep: a label for names and reports, and its weight at a kept fraction."""
+class KDArm:
+    """One KD arm of a sweep: a label for names and reports, and its weight at a kept fraction (a
+    student's own KD setting, with its weight at its fraction: ``kdprune.train.plan.KDSetting``)."""
 
     schedule: str
     arg: object  # the weight (constant), [a0, a1] (linear) or the points (table)
@@ -63,8 +64,8 @@ class KDSetting:
         return SCHEDULES.get(self.schedule)(fraction, self.arg)
 
 
-def kd_settings(student: dict) -> list[KDSetting]:
+def kd_arms(student: dict) -> list[KDArm]:
     """The KD arms ``student`` params ask for (the no-KD baseline is separate and always runs): the
     schedule's registration says which param holds its arguments and how they make arms."""
     spec = SCHEDULES.get(student["kd_schedule"])  # unknown names fail with the valid ones
-    return [KDSetting(spec.name, arg, label) for arg, label in spec.arms(student[spec.param])]
+    return [KDArm(spec.name, arg, label) for arg, label in spec.arms(student[spec.param])]

@@ -8,4 +8,4 @@ from kdprune.train.trainer import (  # noqa: F401
     seeded,
     train,
 )
-from kdprune.train.types import DeviceData, TrainConfig, TrainResult  # noqa: F401
+from kdprune.train.types import DeviceData, TrainConfig, TrainResult, train_config  # noqa: F401

@@ -59,6 +59,17 @@ class TrainConfig:
     channels_last: Optional[bool] = None  # NHWC activations (None: on CUDA only); on CPU 1.3-1.8x faster convs
 
 
+# the params a teacher or student section shares with TrainConfig, taken as they are
+SECTION_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "pad", "flip", "compile",
+                "channels_last")
+
+
+def train_config(section: dict, **extra) -> TrainConfig:
+    """TrainConfig from a teacher or student params section (its schedule, optimiser and augmentation
+    keys), with ``extra`` fields (seeds, loss, budget) set or overridden by the caller."""
+    return TrainConfig(**{**{k: section[k] for k in SECTION_KEYS}, **extra})
+
+
 @dataclass
 class TrainResult:
     best_state: dict[str, torch.Tensor]

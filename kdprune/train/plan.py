@@ -1,0 +1,167 @@
+"""The distill stage's plan, as pure code: which students the params ask for, each one's KD setting,
+training budget and expected cost, and what determines its bytes (its training key).
+
+Nothing here reads a file: the stage reads the manifests once and passes them in (file name -> parsed
+manifest), with the facts only it can know (hashes of the dataset, the teachers and the stage's code).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from kdprune.distill import LOSSES, kd_arms
+from kdprune.selection import SAMPLERS
+
+# student params that say WHICH students exist (the sweep's axes) or that enter a student's training only
+# through its KDSetting; every other student param is one of its training settings (a param added later
+# counts as a setting: it may retrain a student for nothing, never reuse one wrongly)
+SWEEP_KEYS = ("seeds", "kd_weights", "kd_schedule", "kd_linear", "kd_table", "teachers", "teachers_max_fraction",
+              "loss", "temperature", "cached_logits")
+
+
+@dataclass(frozen=True)
+class KDSetting:
+    """How a student distils: the KD loss, its weight at the student's kept fraction, the temperature, the
+    teacher's architecture, and the sweep arm it belongs to (the weight schedule and the arm's label).
+    A student without KD has ``kd = None``: the baseline trains on cross-entropy alone."""
+
+    loss: str
+    weight: float
+    temperature: float
+    teacher: str
+    schedule: str
+    label: str  # the arm, e.g. "kd0.5", "kdlin0.9-0.1"
+    options: tuple = ()  # the loss's own options (its registration's, params student.<loss>), as sorted (name, value) pairs
+
+    @property
+    def setting(self) -> str:
+        """The arm with its temperature, as in student names and reports: ``kd0.5-T4``."""
+        return f"{self.label}-T{self.temperature:g}"
+
+
+@dataclass(frozen=True)
+class Student:
+    """One student of the sweep: its name, the manifest (file name under data/manifests) it trains on, its
+    seed, the manifest's kept fraction, and its KD setting (None: no KD)."""
+
+    name: str
+    manifest: str
+    seed: int
+    fraction: float
+    kd: Optional[KDSetting]
+
+    @property
+    def kd_setting(self) -> str:
+        return "nokd" if self.kd is None else self.kd.setting
+
+    @property
+    def loss(self) -> str:
+        return "ce" if self.kd is None else self.kd.loss
+
+
+def student_variants(manifests: dict[str, dict], params: dict) -> list[Student]:
+    """Every student the params ask for: manifests (in file-name order) x seeds x (no KD + each KD arm x
+    each teacher). KD arms come from the weight schedule (:func:`kdprune.distill.kd_arms`): one per constant
+    weight, or one whose weight follows the kept fraction. Extra teachers (``student.teachers``) are used for
+    manifests kept at ``student.teachers_max_fraction`` or below. A seeded manifest (random) is paired with
+    the student of the same seed."""
+    sp = params["student"]
+    main = params["teacher"]["arch"]
+    arms = kd_arms(sp)
+    loss_options = tuple(sorted((sp.get(sp["loss"]) or {}).items()))  # resolved by validation
+    out = []
+    for fname in sorted(manifests):
+        m = manifests[fname]
+        frac = float(m["fraction"])
+        teachers = [main] + [t for t in sp["teachers"] if frac <= sp["teachers_max_fraction"] + 1e-9]
+        stem = fname.removesuffix(".json")
+        for seed in [m["seed"]] if m["seed"] is not None else sp["seeds"]:
+            settings = [None] + [KDSetting(sp["loss"], arm.weight(frac), sp["temperature"], t, arm.schedule, arm.label,
+                                           loss_options)
+                                 for arm in arms for t in teachers]
+            for kd in settings:
+                name = (f"{stem}__{'nokd' if kd is None else kd.setting}"
+                        + ("" if kd is None or kd.teacher == main else f"__t-{kd.teacher}") + f"__s{seed}")
+                out.append(Student(name, fname, seed, frac, kd))
+    return out
+
+
+def student_budget(sp: dict, n_total: int, manifest: dict, n_pool: int) -> tuple[int, int | None]:
+    """(epochs, max_steps) of a student. ``epochs``: student.epochs over its subset (fewer steps on
+    smaller subsets). ``steps``: the steps the full train split takes in student.epochs epochs,
+    spread over as many epochs of the subset (or of the RS2 per-epoch draw) as that needs."""
+    if sp["budget"] == "epochs":
+        return sp["epochs"], None
+    full_steps = sp["epochs"] * math.ceil(n_total / sp["batch_size"])
+    s = manifest.get("sampler")
+    per_epoch = SAMPLERS.get(s["name"]).epoch_size(n_pool, **s["options"]) if s else n_pool
+    return math.ceil(full_steps / math.ceil(per_epoch / sp["batch_size"])), full_steps
+
+
+def cached_logits(sp: dict) -> bool:
+    """Students use each teacher's logits computed once: asked for, and the teacher's input never
+    changes (augmentation off)."""
+    return sp["cached_logits"] and sp["pad"] == 0 and not sp["flip"]
+
+
+def student_cost(sp: dict, student: Student, n_train: int) -> float:
+    """A student's expected training cost, for ordering submissions: its subset's size ``n_train`` (steps
+    under the ``epochs`` budget; the ``steps`` budget gives every student the same), times 1.5 when a live
+    teacher runs on every batch."""
+    n = n_train if sp["budget"] == "epochs" else 1
+    live = student.kd is not None and not cached_logits(sp)
+    return n * (1.5 if live else 1.0)
+
+
+def _sha256(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def training_inputs(student: Student, manifest: dict, params: dict, *, n_total: int, dataset_sha256: str,
+                    teacher_sha256: Optional[str], code_sha256: str, compute: dict) -> dict:
+    """Everything that determines the bytes a student's training gives (weights, model.json, its result),
+    and nothing that only names it: the data (dataset hash, the manifest's ids hash, weights and sampler),
+    its settings (every student param but the sweep's axes, with the budget resolved), its seed, its KD
+    setting with the teacher's weights hash and whether its logits are cached (None without KD), the code
+    that trains it (``code_sha256``) and the compute it runs on (``compute``: kernels, threads, torch,
+    device). Two students with equal inputs train to the same bytes: one trains, or an earlier one is
+    reused."""
+    sp = params["student"]
+    epochs, max_steps = student_budget(sp, n_total, manifest, len(manifest["ids"]))
+    weights = manifest.get("weights")
+    kd = None
+    if student.kd is not None:
+        kd = {"loss": student.kd.loss, "weight": student.kd.weight, "temperature": student.kd.temperature,
+              "options": dict(student.kd.options), "teacher": student.kd.teacher, "teacher_sha256": teacher_sha256,
+              "teacher_logits": "cached" if cached_logits(sp) else "live"}
+    return {
+        "data": {"dataset_sha256": dataset_sha256, "ids_sha256": manifest["ids_sha256"],
+                 "weights_sha256": None if weights is None else _sha256(weights), "sampler": manifest.get("sampler")},
+        # a loss's own options (student.<loss>) enter through the KD setting: a no-KD student does not depend on them
+        "settings": {k: v for k, v in sp.items() if k not in SWEEP_KEYS and k not in LOSSES},
+        "epochs": epochs, "max_steps": max_steps, "seed": student.seed, "kd": kd,
+        "code_sha256": code_sha256, "compute": compute,
+    }
+
+
+def training_key(inputs: dict) -> str:
+    """The sha256 of a student's :func:`training_inputs`."""
+    return _sha256(inputs)
+
+
+def group_students(students: list[Student], keys: dict[str, str]) -> list[list[Student]]:
+    """Students grouped by training key (identical training), in first-seen order: the first of each
+    group trains (or is reused), the others are recorded from it under their own names (e.g. every
+    method at fraction 1.0)."""
+    groups: dict[str, list[Student]] = {}
+    for s in students:
+        groups.setdefault(keys[s.name], []).append(s)
+    return list(groups.values())
+
+
+def as_record(kd: Optional[KDSetting]) -> dict:
+    """A KD setting as plain values (MLflow params, JSON)."""
+    return {} if kd is None else asdict(kd)
