@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run repro test verify bench deploy serve ui prefect-ui stop clean profile study data stores-up stores-down push pull ray-up ray-down
+.PHONY: setup run repro test verify bench gpu-check deploy serve ui prefect-ui stop clean profile study data stores-up stores-down push pull ray-up ray-down
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ verify: setup  ## re-run the pipeline in a scratch copy; every committed result 
 
 bench: setup  ## every benchmark that can run here -> reports/bench.json (see bench/); missing data: a skipped row
 	$(BIN)/python -m flows bench
+
+gpu-check: setup  ## on CUDA: teacher (1 GPU and every GPU via teacher.workers) and a KD student on synthetic 224 px images; images/s, peak GPU memory as JSON
+	$(BIN)/python -m bench.gpu_check
 
 data: setup  ## fetch the data profile $(NAME) needs (Debian package when apt is usable), e.g. make data NAME=fashion_mnist
 	$(BIN)/python -m flows data $(NAME)

@@ -73,7 +73,7 @@ OPTIONS = [
                                                     "is taken; a port named here that is taken is refused)"), ("ui",)),
     (("--no-serve",), dict(action="store_true", help="only print the links (a server already runs)"), ("ui",)),
     (("--only",), dict(action="append", default=[], metavar="BENCH",
-                       help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench, ray_bench, portable_bench; "
+                       help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench, ray_bench, portable_bench, ddp_bench; "
                             "repeatable)"), ("bench",)),
     (("--host",), dict(default=None, help="stores client: the host name colleagues reach the servers at"),
      ("stores",)),

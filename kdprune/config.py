@@ -288,6 +288,10 @@ SCHEMA: dict[str, Any] = {
                           "per-example statistics), logits or stats",
                           doc="what the teacher records per epoch and example for the scores: logits (epochs x N x "
                               "classes float16) or stats (per-example statistics, independent of the classes)"),
+        "workers": Field("int", 1, check=POSITIVE_INT,
+                         doc="data-parallel workers (PyTorch DDP under Ray Train, on runner.address's Ray): one per "
+                             "GPU on CUDA, else CPU workers of reproducibility.threads / workers threads each; 1: one "
+                             "process (execution/ddp.py)"),
     },
     "scores": {
         "methods": Field("list", ["random", "el2n", "forgetting"], item="str", check=_each(_one_of("scores"))),
@@ -495,6 +499,7 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
     if p["runner"]["kind"] == "local" and p["runner"]["address"] is not None:
         errors.append(f"runner.address: {p['runner']['address']!r} is only used with runner.kind 'ray'; set "
                       "runner.kind: ray to run on that cluster, or address: null")
+    _teacher_workers(p, errors)
     st = p["student"]
     if "schedules" in _CHECKED.get():  # the chosen schedule's own rule on its argument (its registration's check)
         spec = _registry("schedules").get(st["kd_schedule"])
@@ -512,3 +517,24 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
             f"({', '.join(stochastic)}) must run at the same seeds as the students of every other method: set both "
             "to the same list"
         )
+
+
+def _teacher_workers(p: dict, errors: list[str]) -> None:
+    """teacher.workers > 1: the device the workers can train on, and a thread for each CPU worker."""
+    workers, device, threads = p["teacher"]["workers"], str(p["device"]), p["reproducibility"]["threads"]
+    if workers == 1:
+        return
+    if device.startswith("cuda:"):
+        errors.append(f"device: {device!r} names one GPU, but teacher.workers: {workers} trains one worker per GPU "
+                      "(Ray gives each its own); set device: cuda or auto")
+    if workers > threads and (device == "cpu" or (device == "auto" and p["runner"]["address"] is None
+                                                   and not _cuda_here())):  # CPU workers on this machine
+        errors.append(f"teacher.workers: {workers} CPU workers share reproducibility.threads ({threads}) and would "
+                      f"leave {workers - threads} of them without a thread; allowed at most {threads} workers, or "
+                      "raise reproducibility.threads (each worker runs threads // workers torch threads)")
+
+
+def _cuda_here() -> bool:
+    import torch  # device auto: CUDA when present (kdprune.device's rule)
+
+    return torch.cuda.is_available()

@@ -69,9 +69,24 @@ def model_info(arch: str, model, meta: dict, compute: dict) -> dict:
             "n_params": int(sum(p.numel() for p in model.parameters())), "compute": compute}
 
 
+def fit_single(root: Path, params: dict, tr, run_id: Optional[str], log):
+    """The teacher in this process (``teacher.workers`` 1). Returns (model, TrainResult, val metrics,
+    meta, splits, checkpoint, compute)."""
+    rp = params["reproducibility"]
+    model, res, val, meta, splits, ckpt = fit_teacher(root, params, params["teacher"]["arch"], "teacher", tr, run_id,
+                                                       log, record_dynamics=True)
+    return model, res, val, meta, splits, ckpt, provenance(rp["cpu"], rp["threads"])
+
+
 @task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1)
 @timed_work
 def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
+    return teacher_stage(root, params, parent_run_id, fit_single)
+
+
+def teacher_stage(root: str, params: dict, parent_run_id: Optional[str], fit) -> dict:
+    """The stage's work around ``fit`` (:func:`fit_single`, or the data-parallel one of
+    tasks/teacher_ddp.py): its MLflow run, the outputs written atomically, the checkpoint cleared."""
     log = get_run_logger()
     root = Path(root)
     tp = params["teacher"]
@@ -82,12 +97,10 @@ def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) 
     # two): the next stage starts meanwhile; a process's later flush, or its end, waits for it
     with tr.run("teacher", parent_run_id, tags=obs.stage_tags(root, "teacher", meta),
                 params={"teacher": tp, "device": params["device"]}, wait=False) as run_id:
-        model, res, val, meta, splits, ckpt = fit_teacher(root, params, tp["arch"], "teacher", tr, run_id, log,
-                                                           record_dynamics=True)
+        model, res, val, meta, splits, ckpt, compute = fit(root, params, tr, run_id, log)
         out = root / "models" / "teacher"
         with atomic_directory(out) as tmp:
-            rp = params["reproducibility"]
-            save_model(tmp, model, model_info(tp["arch"], model, meta, provenance(rp["cpu"], rp["threads"])))
+            save_model(tmp, model, model_info(tp["arch"], model, meta, compute))
             write_dynamics(tmp / "dynamics", splits["train"].ids, res.dynamics)
             summary = {"best_epoch": res.best_epoch, "val_acc": val["acc"], "val_loss": val["loss"],
                        "steps": res.steps, "n_train": len(splits["train"]), "history": stable_history(res.history)}

@@ -44,14 +44,20 @@ class Epoch:
         gen.manual_seed(cfg.order_seed * 1_000_003 + epoch)
         self.order = torch.randperm(self.size, generator=gen).to(positions.device)  # indices into positions
 
-    def batches(self, limit: Optional[int] = None) -> Iterator[Batch]:
-        """The epoch's batches in order, at most ``limit`` of them (the rest of a step budget)."""
+    def batches(self, limit: Optional[int] = None, shard: Optional[tuple[int, int]] = None) -> Iterator[Batch]:
+        """The epoch's batches in order, at most ``limit`` of them (the rest of a step budget).
+
+        ``shard`` (rank, world): this data-parallel worker's share of every batch, its rows
+        rank, rank + world, ... of the batch (kdprune/train/distributed.py); the batches, their
+        order and augmentation are those of one process, so the world's batch is the whole batch."""
         data, pad, bs = self.source.data, self.source.cfg.pad, self.source.cfg.batch_size
         aug = self.aug
         for b, i in enumerate(range(0, self.size, bs)):
             if limit is not None and b >= limit:
                 return
             idx = self.order[i : i + bs]
+            if shard is not None:
+                idx = idx[shard[0] :: shard[1]]
             local = self.positions[idx]
             rows = self.source.subset[local]
             x = augment_batch(data.x[rows], aug.dy[rows], aug.dx[rows], None if aug.flip is None else aug.flip[rows], pad)
