@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
 
             faulthandler.register(signal.SIGUSR1, all_threads=True)
     configure_env()  # before Prefect or MLflow is imported: they read their settings once
+    # DVC, used as a library by the pipeline (dvc status, dvc commit), draws a progress bar per file it
+    # hashes or commits while its logger passes INFO; its warnings and errors still show
+    logging.getLogger("dvc").setLevel(logging.WARNING)
     from execution.observe import install
     from telemetry.observer import StageObserver
 
@@ -262,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
             from flows.sweep import sweep
 
             out = sweep(root=str(root), profile=args.profile, overrides=args.overrides, force=args.force)
+        _publish_study(root, out["mlflow_run_id"])
         print(f"[kdprune] {args.command} finished in {time.perf_counter() - t0:.1f}s; stages run: "
               f"{', '.join(out['stages_run']) or 'none (all up to date)'}; MLflow parent run {out['mlflow_run_id']}",
               flush=True)
@@ -269,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         flow_fn = getattr(importlib.import_module(f"flows.{args.command}"), f"{args.command}_flow")
         flow_fn(root=str(root), parent_run_id=os.environ.get("KDPRUNE_PARENT_RUN_ID") or None)
+        if args.command == "evaluate":  # `dvc repro`: the summary on the evaluate stage's own run
+            _publish_study(root, None)
     if args.command not in ("deploy", "serve"):
         # a stage's runs may end without waiting for their logging (the teacher's registered model):
         # the command is done when its tracking is; what it could not log, over all its stages, is said last
@@ -280,6 +286,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"kdprune: not logged to MLflow at {os.environ.get('MLFLOW_TRACKING_URI')}: "
                   f"{describe_not_logged(lost)}; {on_disk}", file=sys.stderr)
     _DONE.append(0)
+
+
+def _publish_study(root, run_id) -> None:
+    """The study's summary in MLflow (tracking/study.py): best effort, never the reason a run fails."""
+    from tracking.study import publish_study
+
+    try:
+        publish_study(root, run_id)
+    except Exception as e:  # e.g. a results table of an older layout: the results are on disk all the same
+        print(f"kdprune: the study's summary was not published to MLflow ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def _deploy_once(args) -> int:
