@@ -166,9 +166,11 @@ def main(argv: list[str] | None = None) -> None:
 
             faulthandler.register(signal.SIGUSR1, all_threads=True)
     configure_env()  # before Prefect or MLflow is imported: they read their settings once
-    # DVC, used as a library by the pipeline (dvc status, dvc commit), draws a progress bar per file it
-    # hashes or commits while its logger passes INFO; its warnings and errors still show
-    logging.getLogger("dvc").setLevel(logging.WARNING)
+    # DVC, used as a library by the pipeline (dvc status, dvc commit), draws a bar per file it hashes or
+    # commits (a fraction of a second each, hundreds of lines a run) unless the loggers that decide its
+    # bars are above ERROR; those two loggers log nothing else, DVC's own warnings and errors still show
+    for bars in ("dvc.progress", "dvc_data.callbacks"):
+        logging.getLogger(bars).setLevel(logging.CRITICAL)
     from execution.observe import install
     from telemetry.observer import StageObserver
 

@@ -8,6 +8,7 @@ what was not logged.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -101,9 +102,8 @@ class Writer:
 
         Quiet: MLflow's two warnings here say what does not apply to this model (it has an explicit
         tensor signature, so neither type hints nor an input example infer one), and its registration
-        lines ("Successfully registered model", "Created version") are said by the version's page."""
-        import warnings
-
+        lines ("Successfully registered model", "Created version") are said by the version's page
+        (the warnings: :func:`quiet_warnings`)."""
         import mlflow
         import mlflow.pyfunc
         from mlflow.models import Model, ModelSignature
@@ -115,17 +115,14 @@ class Writer:
             mlflow.set_registry_uri(uri)
             # the logged model's experiment (and so its artifact location) is the fluent one, not its run's
             mlflow.set_experiment(experiment_id=experiment_id)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Add type hints to the `predict` method", category=UserWarning)
-            warnings.filterwarnings("ignore", message=r"An input example was not provided", category=UserWarning)
-            logging_utils.disable_logging()  # MLflow's own switch for its event lines (eprint)
-            try:
-                info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
-                                 registered_model_name=registered_name, python_model=model_code, artifacts=artifacts,
-                                 code_paths=code_paths, pip_requirements=pip_requirements,
-                                 signature=ModelSignature.from_dict(signature), await_registration_for=0)
-            finally:
-                logging_utils.enable_logging()
+        logging_utils.disable_logging()  # MLflow's own switch for its event lines (eprint)
+        try:
+            info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                             registered_model_name=registered_name, python_model=model_code, artifacts=artifacts,
+                             code_paths=code_paths, pip_requirements=pip_requirements,
+                             signature=ModelSignature.from_dict(signature), await_registration_for=0)
+        finally:
+            logging_utils.enable_logging()
         version = getattr(info, "registered_model_version", None)
         if version is not None:
             self.model_version(uri, registered_name, str(version), description, tags or {})
@@ -259,11 +256,33 @@ def _say(text: str) -> None:
 _WRITER: Optional[Writer] = None
 
 
+# MLflow's warnings that do not apply to kdprune's models: they have an explicit tensor signature, so neither
+# type hints on ``predict`` nor an input example would infer one
+_NOT_APPLICABLE = ("Add type hints to the `predict` method", "An input example was not provided when logging the model")
+
+
+class _NotApplicable(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(n in text for n in _NOT_APPLICABLE)
+
+
+def quiet_warnings() -> None:
+    """Drop MLflow's warnings in _NOT_APPLICABLE, in this (the child) process. A warnings filter
+    cannot: MLflow wraps the call that warns in its own ``catch_warnings`` + ``simplefilter("once")``
+    (``filter_user_warnings_once``), which overrides the caller's filters. So warnings go through
+    logging (the standard library's ``logging.captureWarnings``), where a filter on ``py.warnings``
+    drops those two; every other warning is still printed."""
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addFilter(_NotApplicable())
+
+
 def serve(parent_pid: int) -> None:
     """The child's start: its Writer, and a watch that ends the child when its parent is gone (a
     killed stage: nothing is left to take the calls, and the executor's pipes would keep it waiting)."""
     global _WRITER
     _WRITER = Writer()
+    quiet_warnings()
 
     def watch() -> None:
         import time
