@@ -69,7 +69,15 @@ def links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
             out.append(("students of the latest sweep, side by side (Chart: test_acc_pct vs fraction, coloured "
                         "by KD arm)", ui_url(base, exp.experiment_id, exp.tags)))
         out.append(("every run of the experiment", ui_url(base, exp.experiment_id, exp.tags, view=None)))
-        out.append(("the teacher in the Model Registry", f"{base.rstrip('/')}/#/models{flow}"))
+        # the registered model's own page: its versions with their tags (test_acc) and descriptions, on the
+        # model-training side (the registry's list page opens on the GenAI side with a promotion pop-up)
+        from tracking.models import teacher_model_name
+
+        teachers = client.search_registered_models(f"name LIKE '{teacher_model_name('')}%'",
+                                                   order_by=["last_updated_timestamp DESC"], max_results=1)
+        registry = (f"{base.rstrip('/')}/#/models/{teachers[0].name}{flow}" if teachers
+                    else f"{base.rstrip('/')}/#/models{flow}")
+        out.append(("the teacher in the Model Registry (its versions, with test accuracy and description)", registry))
     prefect = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
     if prefect:
         out.append(("Prefect: flow runs, the report and results artifacts, the nightly deployment", prefect))

@@ -155,7 +155,7 @@ def test_the_ui_link_follows_the_experiment_kind_and_the_students_view():
     state = students_view_state("abc")
     assert state["searchFilter"] == "tags.`kdprune.sweep_run_id` = 'abc'" and state["runsHiddenMode"] == "SHOW_ALL"
     assert {"metrics.`test_acc_pct`", "tags.`acc_over_seeds`", "params.`method`", "params.`fraction`",
-            "tags.`kd_arm`", "params.`kd_weight`", "params.`seed`", "attributes.`Dataset`"} <= set(state["selectedColumns"])
+            "tags.`kd_arm`", "params.`kd_weight`", "params.`seed`"} <= set(state["selectedColumns"])
     assert state["groupBy"] is None  # group rows would average different students' fractions and KD weights
     chart = state["compareRunCharts"][0]
     assert (chart["type"], chart["xaxis"], chart["yaxis"]) == (

@@ -37,7 +37,7 @@ def teacher_description(info: dict, meta: dict, metrics: dict, test_acc: Optiona
 
 
 def teacher_tags(info: dict, meta: dict, metrics: dict) -> dict:
-    return {"dataset": meta["dataset"], "dataset_sha256": meta.get("sha256", ""), "arch": info.get("arch", ""),
+    return {"dataset": meta["dataset"], "arch": info.get("arch", ""),
             "n_params": info.get("n_params", ""), "n_train": metrics.get("n_train", ""),
             "val_acc": _fmt(metrics.get("val_acc"), ".4f"), "best_epoch": metrics.get("best_epoch", "")}
 
