@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     # bars are above ERROR; those two loggers log nothing else, DVC's own warnings and errors still show
     for bars in ("dvc.progress", "dvc_data.callbacks"):
         logging.getLogger(bars).setLevel(logging.CRITICAL)
+    # and its "Updating lock file 'dvc.lock'" (twice: its handler and Prefect's) says what the pipeline's
+    # "recorded in dvc.lock: <stages>" says
+    logging.getLogger("dvc.dvcfile").setLevel(logging.WARNING)
     from execution.observe import install
     from telemetry.observer import StageObserver
 

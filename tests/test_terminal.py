@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from bench.project import free_port, make_project
+from bench.project import REPO, free_port, make_project
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.integration
@@ -34,6 +34,7 @@ NOISE = {
     "MLflow's artifact bars": re.compile(r"Downloading artifacts"),
     "DVC's per-file bars": re.compile(r"Collecting files and computing hashes|Checking cache in|Committing .* to cache"),
     "Prefect's telemetry notice": re.compile(r"Prefect collects anonymous usage data"),
+    "DVC's lock file line": re.compile(r"Updating lock file"),
 }
 
 
@@ -118,3 +119,30 @@ def test_make_run_prints_one_clean_line_per_event_and_nothing_after_the_report(t
     assert end == len(lines) - 1, "printed after the report's last line:\n" + "\n".join(lines[end:])
     after = lines[report:end]
     assert not [l for l in after if re.match(r"^\(|^\[\d", l) or "Task run" in l], "\n".join(after[-30:])
+
+
+def test_a_log_line_while_a_bar_is_drawn_gets_a_line_of_its_own():
+    """telemetry.progress on a terminal: Prefect's console handler (a stream handler on the root logger)
+    writes while a bar is drawn; each record is a line of its own, and the handler is back after the bar."""
+    code = (
+        "import logging, sys, time\n"
+        "from prefect.logging.handlers import PrefectConsoleHandler\n"
+        "h = PrefectConsoleHandler(stream=sys.stderr)\n"
+        "h.setFormatter(logging.Formatter('%(asctime)s.%(msecs)03d | %(levelname)-7s | %(message)s', '%H:%M:%S'))\n"
+        "logging.getLogger().addHandler(h); logging.getLogger().setLevel(logging.INFO)\n"
+        "from telemetry.progress import progress\n"
+        "with progress('distill', 3, 'student') as bar:\n"
+        "    for i in range(3):\n"
+        "        bar.update(1); bar.refresh(); time.sleep(0.15)\n"
+        "        logging.getLogger('x').info(f'student {i + 1}/3 done')\n"
+        "assert logging.getLogger().handlers == [h], logging.getLogger().handlers\n"
+        "logging.getLogger('x').info('after the bar')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("KDPRUNE_PROGRESS", "CI")}
+    env["PYTHONPATH"] = str(REPO)
+    raw = run_on_a_terminal([sys.executable, "-c", code], REPO, env, timeout_s=120)
+    lines = visible_lines(raw)
+    assert "distill: 1/3 students" in raw, raw  # the bar was drawn
+    assert glued(lines) == [], "\n".join(lines)
+    assert [l.split(" | ")[-1] for l in lines if LOG_LINE.match(l)] == [
+        "student 1/3 done", "student 2/3 done", "student 3/3 done", "after the bar"], lines
