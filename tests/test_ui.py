@@ -170,7 +170,7 @@ def test_mlflow_opens_the_students_side_by_side_with_their_test_accuracy(project
         assert _cell(r, "acc_over_seeds").startswith(f"{100 * c['mean']:.2f} ± {std:.2f} ("), (s.name, _cell(r, "acc_over_seeds"))
     # the chart view: test accuracy against kept fraction, a point per student, coloured by KD arm
     page.evaluate("() => document.querySelector('input[value=CHART]').click()")
-    page.wait_for_selector("text=colour = KD arm", timeout=30_000)
+    page.wait_for_selector("text=fraction vs. test_acc_pct", timeout=30_000)
     page.wait_for_function(f"document.querySelectorAll('.scatterlayer .point').length >= {len(results)}",
                            timeout=30_000)
     page.wait_for_timeout(1000)

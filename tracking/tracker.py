@@ -480,7 +480,12 @@ def students_view_state(sweep_run_id: str) -> dict:
         "orderByKey": "params.`method`", "orderByAsc": True, "startTime": "ALL", "lifecycleFilter": "Active",
         "datasetsFilter": [], "modelVersionFilter": "All Runs",
         "selectedColumns": [f"{kind}.`{key}`" for kind, key in STUDENT_COLUMNS],
-        "columnOrder": [], "columnWidths": {}, "runsExpanded": {}, "runsPinned": [], "runsHidden": [],
+        # MLflow applies columnWidths to the columns named in columnOrder only
+        "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration",
+                        *[f"{kind}.`{key}`" for kind, key in STUDENT_COLUMNS]],
+        "columnWidths": {"attributes.`Run Name`": 220, "runDateAndNestInfo": 100, "duration": 75,
+                         "params.`teacher_arch`": 110, "tags.`acc_over_seeds`": 180},
+        "runsExpanded": {}, "runsPinned": [], "runsHidden": [],
         "runsVisibilityMap": {}, "runsHiddenMode": "SHOW_ALL",
         "compareRunCharts": [
             {"uuid": "kdprune-acc-vs-fraction", "type": "SCATTER", "runsCountToCompare": 10000,
