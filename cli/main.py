@@ -158,6 +158,11 @@ def parser(prog: str = "kdprune") -> argparse.ArgumentParser:
     return ap
 
 
+class _RayTokenOnNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def main(argv: list[str] | None = None) -> None:
     if argv is None:  # the command line, not a caller in this process
         atexit.register(_fast_exit)
@@ -174,6 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     # and its "Updating lock file 'dvc.lock'" (twice: its handler and Prefect's) says what the pipeline's
     # "recorded in dvc.lock: <stages>" says
     logging.getLogger("dvc.dvcfile").setLevel(logging.WARNING)
+    # Ray 2.60 warns, at each run's own Ray instance, that it turned token authentication on (as it should);
+    # its warning that authentication is *off* still shows. Not RAY_AUTH_MODE=token: a driver in token mode
+    # joining a cluster started without it is refused by that cluster's workers
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_RayTokenOnNote())
     from execution.observe import install
     from telemetry.observer import StageObserver
 

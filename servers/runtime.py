@@ -72,9 +72,6 @@ def quiet_libraries(env) -> None:
     nothing after the report). Each a default: a variable already set wins, e.g. ``RAY_LOG_TO_DRIVER=1``
     to see the workers' output again while debugging.
 
-    - ``RAY_AUTH_MODE=token``: Ray 2.60 turns token authentication on by default for a local instance
-      and warns that it did; naming the mode is Ray's way to choose it without the warning (the same
-      mode `make ray-up` starts its head with).
     - ``RAY_LOG_TO_DRIVER=0``: Ray copies every worker's output to the driver ("(train-student pid=N)"
       lines, deduplication notes, some arriving after the report). The workers' task logs are the
       Prefect task runs' (in the Prefect UI), the students' lines are the stage's own, and a task's
@@ -87,7 +84,6 @@ def quiet_libraries(env) -> None:
     - ``DO_NOT_TRACK=1``: the clients' anonymous usage reports (Prefect's SDK telemetry and its notice,
       MLflow's) are off, as the servers' already are (PREFECT_SERVER_ANALYTICS_ENABLED, DVC_NO_ANALYTICS).
     """
-    env.setdefault("RAY_AUTH_MODE", "token")
     env.setdefault("RAY_LOG_TO_DRIVER", "0")
     env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
