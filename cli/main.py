@@ -159,6 +159,11 @@ def parser(prog: str = "kdprune") -> argparse.ArgumentParser:
     return ap
 
 
+class _RayTokenOnNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def main(argv: list[str] | None = None) -> None:
     if argv is None:  # the command line, not a caller in this process
         atexit.register(_fast_exit)
@@ -167,6 +172,18 @@ def main(argv: list[str] | None = None) -> None:
 
             faulthandler.register(signal.SIGUSR1, all_threads=True)
     configure_env()  # before Prefect or MLflow is imported: they read their settings once
+    # DVC, used as a library by the pipeline (dvc status, dvc commit), draws a bar per file it hashes or
+    # commits (a fraction of a second each, hundreds of lines a run) unless the loggers that decide its
+    # bars are above ERROR; those two loggers log nothing else, DVC's own warnings and errors still show
+    for bars in ("dvc.progress", "dvc_data.callbacks"):
+        logging.getLogger(bars).setLevel(logging.CRITICAL)
+    # and its "Updating lock file 'dvc.lock'" (twice: its handler and Prefect's) says what the pipeline's
+    # "recorded in dvc.lock: <stages>" says
+    logging.getLogger("dvc.dvcfile").setLevel(logging.WARNING)
+    # Ray 2.60 warns, at each run's own Ray instance, that it turned token authentication on (as it should);
+    # its warning that authentication is *off* still shows. Not RAY_AUTH_MODE=token: a driver in token mode
+    # joining a cluster started without it is refused by that cluster's workers
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_RayTokenOnNote())
     from execution.observe import install
     from telemetry.observer import StageObserver
 
@@ -263,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
             from flows.sweep import sweep
 
             out = sweep(root=str(root), profile=args.profile, overrides=args.overrides, force=args.force)
+        _publish_study(root, out["mlflow_run_id"])
         print(f"[kdprune] {args.command} finished in {time.perf_counter() - t0:.1f}s; stages run: "
               f"{', '.join(out['stages_run']) or 'none (all up to date)'}; MLflow parent run {out['mlflow_run_id']}",
               flush=True)
@@ -270,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         flow_fn = getattr(importlib.import_module(f"flows.{args.command}"), f"{args.command}_flow")
         flow_fn(root=str(root), parent_run_id=os.environ.get("KDPRUNE_PARENT_RUN_ID") or None)
+        if args.command == "evaluate":  # `dvc repro`: the summary on the evaluate stage's own run
+            _publish_study(root, None)
     if args.command not in ("deploy", "serve"):
         # a stage's runs may end without waiting for their logging (the teacher's registered model):
         # the command is done when its tracking is; what it could not log, over all its stages, is said last
@@ -281,6 +301,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"kdprune: not logged to MLflow at {os.environ.get('MLFLOW_TRACKING_URI')}: "
                   f"{describe_not_logged(lost)}; {on_disk}", file=sys.stderr)
     _DONE.append(0)
+
+
+def _publish_study(root, run_id) -> None:
+    """The study's summary in MLflow (tracking/study.py): best effort, never the reason a run fails."""
+    from tracking.study import publish_study
+
+    try:
+        publish_study(root, run_id)
+    except Exception as e:  # e.g. a results table of an older layout: the results are on disk all the same
+        print(f"kdprune: the study's summary was not published to MLflow ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def _deploy_once(args) -> int:

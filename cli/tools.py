@@ -41,22 +41,43 @@ def _wait_healthy(url: str, proc: subprocess.Popen | None, timeout_s: float = 30
 
 
 def links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
-    """(what, URL) for each thing worth opening: the students of the latest sweep, the experiment, the
-    registered teacher, the Prefect UI."""
+    """(what, URL) for each thing worth opening, the answer first: the study's figure (accuracy against
+    kept fraction per KD arm, mean ± std over seeds) on the latest summary run, the students of the
+    latest sweep, the experiment, the registered teacher, the Prefect UI."""
     from mlflow.tracking import MlflowClient
 
-    from tracking.tracker import EXPERIMENT, STUDENTS_VIEW, ui_url
+    from tracking.study import SUMMARY_TAG
+    from tracking.tracker import EXPERIMENT, STUDENTS_VIEW, _TRAINING_KINDS, ui_url
 
     out = []
-    exp = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(EXPERIMENT)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
         out.append(("MLflow (no kdprune experiment yet: `make run` first)", base + "/"))
     else:
+        training = exp.tags.get("mlflow.experimentKind") in _TRAINING_KINDS
+        flow = "?workflowType=machine_learning" if training else ""
+        summary = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SUMMARY_TAG}` != ''", max_results=1,
+                                     order_by=["attributes.start_time DESC"])
+        if summary:
+            r = summary[0]
+            out.append((f"does KD help? test accuracy vs kept fraction per KD arm, mean ± std over seeds "
+                        f"(run '{r.info.run_name}'; its table: summary/accuracy_mean_std.csv)",
+                        f"{base.rstrip('/')}/#/experiments/{exp.experiment_id}/runs/{r.info.run_id}/artifactPath/"
+                        f"{r.data.tags[SUMMARY_TAG]}{flow}"))
         if f"mlflow.sharedViewState.{STUDENTS_VIEW}" in exp.tags:
-            out.append(("students of the latest sweep, side by side (Chart: test_acc vs fraction)",
-                        ui_url(base, exp.experiment_id, exp.tags)))
+            out.append(("students of the latest sweep, side by side (Chart: test_acc_pct vs fraction, coloured "
+                        "by KD arm)", ui_url(base, exp.experiment_id, exp.tags)))
         out.append(("every run of the experiment", ui_url(base, exp.experiment_id, exp.tags, view=None)))
-        out.append(("the teacher in the Model Registry", base + "/#/models?workflowType=machine_learning"))
+        # the registered model's own page: its versions with their tags (test_acc) and descriptions, on the
+        # model-training side (the registry's list page opens on the GenAI side with a promotion pop-up)
+        from tracking.models import teacher_model_name
+
+        teachers = client.search_registered_models(f"name LIKE '{teacher_model_name('')}%'",
+                                                   order_by=["last_updated_timestamp DESC"], max_results=1)
+        registry = (f"{base.rstrip('/')}/#/models/{teachers[0].name}{flow}" if teachers
+                    else f"{base.rstrip('/')}/#/models{flow}")
+        out.append(("the teacher in the Model Registry (its versions, with test accuracy and description)", registry))
     prefect = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
     if prefect:
         out.append(("Prefect: flow runs, the report and results artifacts, the nightly deployment", prefect))

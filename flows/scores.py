@@ -6,7 +6,7 @@ from prefect import flow
 from kdprune.device import resolve_device
 from artifacts.stages import load_prepared
 from execution.params import load_params
-from execution.observe import work_seconds
+from execution.observe import observer, work_seconds
 from execution.runner import fan_out, run_tasks, share
 from tasks.scores import check_dynamics, clear_proxies, compute_scores, keep_proxy, proxy_jobs, proxy_workdir, train_proxy
 
@@ -25,8 +25,9 @@ def scores(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
         meta, splits = load_prepared(root_p, params["data"]["dataset"])
         dev = str(resolve_device(params["device"]))
         inputs = {"meta": meta, "train": share(splits["train"], params), "checkpoints": str(root_p)}
-        proxies = run_tasks(params, dev, train_proxy, [(params, kind, seed, inputs, dev) for kind, seed in jobs],
-                            lambda i, res: keep_proxy(workdir, res))
+        with observer().progress("scores: proxy runs", len(jobs), "run") as bar:
+            proxies = run_tasks(params, dev, train_proxy, [(params, kind, seed, inputs, dev) for kind, seed in jobs],
+                                lambda i, res: (bar.update(1), keep_proxy(workdir, res))[1])
     out = compute_scores(root, params, parent_run_id, proxies)
     clear_proxies(workdir, proxies)
     return {**out, "work_s": work_seconds([*proxies, out])}

@@ -30,8 +30,9 @@ def teachers(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
             atomic_directory(root_p / "models" / "teachers") as tmp:
         inputs = {"meta": meta, "train": share(splits["train"], params), "val": share(splits["val"], params),
                   "checkpoints": str(root_p)}
-        results = run_tasks(params, dev, train_extra_teacher, [(params, a, inputs, dev) for a in archs],
-                            lambda i, res: record_extra_teacher(root_p, params, res, tmp, run_id))
+        with obs.progress("teachers", len(archs), "teacher") as bar:
+            results = run_tasks(params, dev, train_extra_teacher, [(params, a, inputs, dev) for a in archs],
+                                lambda i, res: (bar.update(1), record_extra_teacher(root_p, params, res, tmp, run_id))[1])
         write_task_index(tmp / "index.json", results)
     obs.write_record(root_p, "teachers", {r["arch"]: {k: r[k] for k in ("mlflow_run_id", "wall_s", "host", "ray_node_id", "ray_node_ip")}
                                       for r in results})

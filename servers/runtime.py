@@ -58,12 +58,36 @@ def configure_env() -> None:
     env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     env.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    quiet_libraries(env)
     if "PREFECT_API_URL" not in env:
         # the project's own server: the port it was started on (kept in its PREFECT_HOME), else 4200;
         # ensure_prefect_server moves to a free port when another project's server holds this one
         port = int(env.get(_PINNED_PORT) or _stored_port(Path(env["PREFECT_HOME"])) or DEFAULT_PREFECT_PORT)
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         env[_STARTS_LOCAL_PREFECT] = "1"
+
+
+def quiet_libraries(env) -> None:
+    """The libraries' own switches for what they print that tells a user nothing (one line per event;
+    nothing after the report). Each a default: a variable already set wins, e.g. ``RAY_LOG_TO_DRIVER=1``
+    to see the workers' output again while debugging.
+
+    - ``RAY_LOG_TO_DRIVER=0``: Ray copies every worker's output to the driver ("(train-student pid=N)"
+      lines, deduplication notes, some arriving after the report). The workers' task logs are the
+      Prefect task runs' (in the Prefect UI), the students' lines are the stage's own, and a task's
+      error comes back as its exception; Ray keeps the workers' output in its session logs
+      (/tmp/ray/session_latest/logs).
+    - ``MLFLOW_LOGGING_LEVEL=WARNING``: MLflow's info lines (creating the store's tables, registering
+      a model version) are what kdprune says in its own words; its warnings still show.
+    - ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``: MLflow drew a "Downloading artifacts" bar per file
+      while registering the teacher (copies between local folders, a fraction of a second each).
+    - ``DO_NOT_TRACK=1``: the clients' anonymous usage reports (Prefect's SDK telemetry and its notice,
+      MLflow's) are off, as the servers' already are (PREFECT_SERVER_ANALYTICS_ENABLED, DVC_NO_ANALYTICS).
+    """
+    env.setdefault("RAY_LOG_TO_DRIVER", "0")
+    env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    env.setdefault("DO_NOT_TRACK", "1")
 
 
 def _stored_port(home: Path) -> int | None:

@@ -107,24 +107,28 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     accs: dict[str, float] = {}
     student_params = None
     records = [(d, load_json(d / "metrics.json")) for d in student_dirs]
+    log.info(f"testing {len(records)} students and {1 + len(params['student']['teachers'])} teacher(s) on "
+             f"{meta['sizes']['test']:,} test images ({device})")
     # trained students first, then those recorded from the same training under another method's name
-    for d, rec in sorted(records, key=lambda dr: "same_training_as" in dr[1]):
-        if rec.get("same_training_as") in accs:
-            rec["test_acc"] = accs[rec["same_training_as"]]
-        else:
-            model, _ = load_model(d, device)
-            student_params = int(sum(p.numel() for p in model.parameters()))
-            rec["test_acc"] = evaluate(model, test_d)["acc"]
-        accs[rec["name"]] = rec["test_acc"]
-        rec.update(costs.get(rec["method"], {}))
-        rec.update(runs.get(rec["name"], {}))
-        rec["manifest"] = f"data/manifests/{rec['manifest']}"
-        rows.append({c: rec.get(c) for c in COLUMNS})
-        if rec.get("mlflow_run_id"):
-            try:
-                tr.log_metrics(rec["mlflow_run_id"], {"test_acc": rec["test_acc"]})
-            except Exception as e:  # a student run from another store; the CSV still has it
-                log.warning(f"could not log test_acc to MLflow run {rec['mlflow_run_id']}: {e}")
+    with obs.progress("evaluate", len(records), "student") as bar:
+        for d, rec in sorted(records, key=lambda dr: "same_training_as" in dr[1]):
+            if rec.get("same_training_as") in accs:
+                rec["test_acc"] = accs[rec["same_training_as"]]
+            else:
+                model, _ = load_model(d, device)
+                student_params = int(sum(p.numel() for p in model.parameters()))
+                rec["test_acc"] = evaluate(model, test_d)["acc"]
+            bar.update(1)
+            accs[rec["name"]] = rec["test_acc"]
+            rec.update(costs.get(rec["method"], {}))
+            rec.update(runs.get(rec["name"], {}))
+            rec["manifest"] = f"data/manifests/{rec['manifest']}"
+            rows.append({c: rec.get(c) for c in COLUMNS})
+            if rec.get("mlflow_run_id"):
+                try:
+                    tr.log_metrics(rec["mlflow_run_id"], {"test_acc": rec["test_acc"]})
+                except Exception as e:  # a student run from another store; the CSV still has it
+                    log.warning(f"could not log test_acc to MLflow run {rec['mlflow_run_id']}: {e}")
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values(["method", "fraction", "kd", "kd_weight", "seed"])
     teachers = evaluate_teachers(root, params, device, test_d)
     main_t = params["teacher"]["arch"]

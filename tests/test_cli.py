@@ -154,8 +154,9 @@ def test_the_ui_link_follows_the_experiment_kind_and_the_students_view():
     assert ui_url("http://h:5000", "7", view) == "http://h:5000/#/experiments/7"  # no kind: MLflow's own landing
     state = students_view_state("abc")
     assert state["searchFilter"] == "tags.`kdprune.sweep_run_id` = 'abc'" and state["runsHiddenMode"] == "SHOW_ALL"
-    assert {"metrics.`test_acc`", "params.`method`", "params.`fraction`", "params.`kd_weight`",
-            "params.`seed`", "attributes.`Dataset`"} <= set(state["selectedColumns"])
+    assert {"metrics.`test_acc_pct`", "tags.`acc_over_seeds`", "params.`method`", "params.`fraction`",
+            "tags.`kd_arm`", "params.`kd_weight`", "params.`seed`"} <= set(state["selectedColumns"])
+    assert state["groupBy"] is None  # group rows would average different students' fractions and KD weights
     chart = state["compareRunCharts"][0]
     assert (chart["type"], chart["xaxis"], chart["yaxis"]) == (
-        "SCATTER", {"key": "fraction", "type": "PARAM"}, {"key": "test_acc", "type": "METRIC"})
+        "SCATTER", {"key": "fraction", "type": "PARAM"}, {"key": "test_acc_pct", "type": "METRIC"})

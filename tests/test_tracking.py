@@ -205,3 +205,73 @@ def test_logging_never_waits_on_the_store_but_a_flush_does(tmp_path):
     rows = sqlite3.connect(tmp_path / "mlflow.db").execute(
         "select value from metrics where run_uuid=? and key='m' order by rowid", (res["rid"],)).fetchall()
     assert [r[0] for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+def test_the_study_summary_tells_the_kd_arms_apart_with_mean_and_std_over_seeds(tmp_path):
+    """publish_study on a results table of 2 arms x 2 seeds: the summary run gets the figure and the
+    mean ± std table, every student run its arm (tag and colour), its accuracy in % and its cell's
+    mean ± std; the teacher's registered version its test accuracy."""
+    import pandas as pd
+
+    from tracking.study import NO_KD_COLOR, SUMMARY_TAG, summary_table
+
+    rows = [{"name": f"random-0.5__{'kd0.5' if kd else 'nokd'}__s{s}", "method": "random", "fraction": 0.5, "kd": kd,
+             "kd_weight": 0.5 if kd else 0.0, "kd_schedule": "constant" if kd else "none", "kd_setting": "",
+             "seed": s, "teacher_arch": "small_cnn", "dataset": "digits", "test_acc": acc}
+            for kd, s, acc in [(False, 0, 0.90), (False, 1, 0.92), (True, 0, 0.95), (True, 1, 0.96)]]
+    table, arms = summary_table(pd.DataFrame(rows))
+    assert arms == ["no KD", "KD a=0.5"]
+    assert table[["kd_arm", "test_acc_mean_pct", "test_acc_std_pct", "seeds"]].values.tolist() == [
+        ["no KD", 91.0, 1.41, 2], ["KD a=0.5", 95.5, 0.71, 2]]
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "accuracy_vs_fraction.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "reports" / "metrics.json").write_text(json.dumps({"teacher_test_acc": {"small_cnn": 0.9889}}))
+    for sub, body in (("models/teacher/model.json", {"arch": "small_cnn", "n_params": 24058}),
+                      ("models/teacher/metrics.json", {"val_acc": 0.99, "n_train": 1295, "best_epoch": 17}),
+                      ("data/prepared/digits/meta.json", {"dataset": "digits", "shape": [1, 8, 8], "num_classes": 10,
+                                                          "sizes": {"test": 359}, "sha256": "ab"})):
+        (tmp_path / sub).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / sub).write_text(json.dumps(body))
+    pd.DataFrame(rows).to_csv(tmp_path / "rows.csv", index=False)
+    out = _script(tmp_path, """
+        import pandas as pd, mlflow
+        from tracking.tracker import Tracker
+        from tracking.study import publish_study
+        from telemetry.runlog import write_record
+        tr = Tracker(Path.cwd())
+        df = pd.read_csv("rows.csv")
+        df["mlflow_run_id"] = [tr.start(n) for n in df["name"]]
+        df.to_csv("reports/results.csv", index=False)
+        with tr.run("teacher") as teacher:
+            (Path.cwd() / "model.py").write_text("import mlflow\\nclass M(mlflow.pyfunc.PythonModel):\\n"
+                                                 "    def predict(self, context, model_input, params=None):\\n"
+                                                 "        return model_input\\nmlflow.models.set_model(M())\\n")
+            tr.log_model(teacher, "teacher", "kdprune-teacher-digits", Path("model.py"), {}, [], [], {
+                "inputs": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, 1, 8, 8]}}]),
+                "outputs": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 10]}}])},
+                "described at registration", {"arch": "small_cnn"})
+        write_record(Path.cwd(), "teacher", {"mlflow_run_id": teacher})
+        with tr.run("pipeline") as parent:
+            pass
+        assert publish_study(Path.cwd(), parent) == parent
+        print(json.dumps({"parent": parent, "students": dict(zip(df["name"], df["mlflow_run_id"]))}))
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "UserWarning" not in out.stderr and "Successfully registered" not in out.stderr, out.stderr
+    ids = json.loads(out.stdout.strip().splitlines()[-1])
+    c = _client(tmp_path / "mlflow.db")
+    parent = c.get_run(ids["parent"])
+    assert parent.data.tags[SUMMARY_TAG] == "summary/accuracy_vs_fraction.png"
+    assert {a.path for a in c.list_artifacts(ids["parent"], "summary")} == {
+        "summary/accuracy_vs_fraction.png", "summary/accuracy_mean_std.csv"}
+    for name, run_id in ids["students"].items():
+        r = c.get_run(run_id).data
+        kd = "kd0.5" in name
+        assert r.tags["kd_arm"] == ("KD a=0.5" if kd else "no KD")
+        assert r.tags["acc_over_seeds"] == ("95.50 ± 0.71 (2 seeds)" if kd else "91.00 ± 1.41 (2 seeds)")
+        assert (r.tags["mlflow.runColor"] == NO_KD_COLOR) != kd
+        assert r.metrics["test_acc_pct"] in (90.0, 92.0, 95.0, 96.0)
+    colors = {c.get_run(i).data.tags["mlflow.runColor"] for i in ids["students"].values()}
+    assert len(colors) == 2  # one colour per arm
+    (v,) = c.search_model_versions("name = 'kdprune-teacher-digits'")
+    assert v.tags["test_acc"] == "0.9889" and v.tags["arch"] == "small_cnn" and v.tags["val_acc"] == "0.9900"
+    assert "test accuracy 98.89%" in v.description and "models:/kdprune-teacher-digits/" in v.description

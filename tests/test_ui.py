@@ -52,29 +52,36 @@ def project(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mlflow_link(project):
-    """`kdprune ui` on a free port: serves MLflow's UI on the project's store; the link it prints."""
+def mlflow_links(project):
+    """`kdprune ui` on a free port: serves MLflow's UI on the project's store; the links it prints, by
+    what they open (the first words of each description)."""
     proc = subprocess.Popen([sys.executable, "-m", "flows", "ui", "--port", str(free_port())], cwd=project.path,
                             env=project.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines: list[str] = []
-    link = threading.Event()
-    found: list[str] = []
+    served = threading.Event()
 
     def read() -> None:
         for line in proc.stdout:
             lines.append(line)
-            if found == [] and lines[-2:-1] and "students of the latest sweep" in lines[-2]:
-                found.append(line.strip())
-                link.set()
+            if "MLflow UI serving" in line:
+                served.set()
 
     threading.Thread(target=read, daemon=True).start()
     try:
-        assert link.wait(360), "kdprune ui printed no link to the students:\n" + "".join(lines[-40:])
-        yield found[0]
+        assert served.wait(360), "kdprune ui did not serve:\n" + "".join(lines[-40:])
+        links = {lines[i].removeprefix("[kdprune] ").strip(): lines[i + 1].strip()
+                 for i in range(len(lines) - 1) if lines[i + 1].startswith("    http")}
+        yield links
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+def _link(links: dict, start: str) -> str:
+    hits = [url for what, url in links.items() if what.startswith(start)]
+    assert hits, f"kdprune ui printed no link for {start!r}: {links}"
+    return hits[0]
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +92,8 @@ def browser():
         b.close()
 
 
-def _page(browser):
-    ctx = browser.new_context(viewport={"width": 1920, "height": 1300})
+def _page(browser, width: int = 1600):
+    ctx = browser.new_context(viewport={"width": width, "height": 1000})
     # MLflow's assistant panel opens itself on a first visit; a returning user has closed it
     ctx.add_init_script("localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true')")
     return ctx.new_page()
@@ -114,35 +121,108 @@ def _cell(row: dict, key: str) -> str:
     return hits[0]
 
 
-def test_mlflow_opens_the_students_side_by_side_with_their_test_accuracy(project, mlflow_link, browser):
-    results = pd.read_csv(project.path / "reports" / "results.csv")
+COLUMN_BOXES = """() => Array.from(document.querySelectorAll('.ag-header-cell[col-id]')).map(h => {
+  const r = h.getBoundingClientRect();
+  return {id: h.getAttribute('col-id'), left: r.left, right: r.right, width: r.width};
+})"""
+
+POINT_FILLS = """() => Array.from(document.querySelectorAll('.scatterlayer .point')).map(p => getComputedStyle(p).fill)"""
+
+
+def _rgb(hex_color: str) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
+
+def test_mlflow_opens_the_students_side_by_side_with_their_test_accuracy(project, mlflow_links, browser):
+    """The students link at 1,600 px: every student a row, the columns that tell them apart all on screen,
+    accuracy in % with the cell's mean ± std over seeds, and the chart's points coloured by KD arm."""
+    from kdprune import analysis as A
+    from tracking.study import arm_colors
+
+    results = A.with_arms(pd.read_csv(project.path / "reports" / "results.csv"))
     page = _page(browser)
-    page.goto(mlflow_link)
+    page.goto(_link(mlflow_links, "students of the latest sweep"))
     # opened on the runs (model training), not on GenAI's traces overview
     page.wait_for_selector(".ag-row", timeout=60_000)
     page.wait_for_function(f"document.querySelectorAll('.ag-row').length >= {len(results)}", timeout=60_000)
     assert "/runs" in page.url and "workflowType=machine_learning" in page.url, page.url
     assert page.get_by_role("heading", name="Runs").first.is_visible()
+    page.wait_for_timeout(1000)
     _shot(page, "mlflow_students_table.png")
+    # the columns that matter are on screen, none scrolled off to the right
+    boxes = page.evaluate(COLUMN_BOXES)
+    for key in ("test_acc_pct", "method", "fraction", "kd_arm", "kd_weight", "seed", "acc_over_seeds"):
+        hit = [b for b in boxes if b["id"].endswith(f"`{key}`")]
+        assert hit and hit[0]["left"] >= 0 and hit[0]["right"] <= 1600, (key, hit, [b["id"] for b in boxes])
     rows = page.evaluate(GRID_ROWS)
-    # a student's row (not a method's group row): its name after its colour chip
-    by_name = {_cell(r, "Run Name").split("\n")[-1]: r for r in rows if "Group:" not in _cell(r, "Run Name")}
+    by_name = {_cell(r, "Run Name").split("\n")[-1]: r for r in rows}
     assert set(by_name) == set(results["name"]), "the table should hold exactly the students of results.csv"
+    cells = results.groupby(["method", "fraction", "arm"])["test_acc"].agg(["mean", "std", "count"])
     for s in results.itertuples():
         r = by_name[s.name]
-        assert float(_cell(r, "test_acc")) == pytest.approx(s.test_acc, abs=1e-6), s.name
+        assert float(_cell(r, "test_acc_pct")) == pytest.approx(round(100 * s.test_acc, 2), abs=1e-9), s.name
         assert _cell(r, "method") == s.method and float(_cell(r, "fraction")) == s.fraction
         assert float(_cell(r, "kd_weight")) == s.kd_weight and int(_cell(r, "seed")) == s.seed
-        # the Dataset column: the manifest that trained it, with its DVC hash as the digest
-        stem = s.name.split("__")[0]
-        md5 = __import__("hashlib").md5((project.path / "data" / "manifests" / f"{stem}.json").read_bytes()).hexdigest()
-        assert f"{stem} ({md5[:8]})" in _cell(r, "Dataset"), (s.name, _cell(r, "Dataset"))
-    # the chart view: test accuracy against kept fraction, a point per student
+        assert _cell(r, "kd_arm") == s.arm
+        c = cells.loc[(s.method, s.fraction, s.arm)]
+        std = 0.0 if c["count"] < 2 else 100 * c["std"]
+        assert _cell(r, "acc_over_seeds").startswith(f"{100 * c['mean']:.2f} ± {std:.2f} ("), (s.name, _cell(r, "acc_over_seeds"))
+    # the chart view: test accuracy against kept fraction, a point per student, coloured by KD arm
     page.evaluate("() => document.querySelector('input[value=CHART]').click()")
-    page.wait_for_selector("text=fraction vs. test_acc", timeout=30_000)
+    page.wait_for_selector("text=fraction vs. test_acc_pct", timeout=30_000)
     page.wait_for_function(f"document.querySelectorAll('.scatterlayer .point').length >= {len(results)}",
                            timeout=30_000)
+    page.wait_for_timeout(1000)
     _shot(page, "mlflow_students_chart.png")
+    fills = page.evaluate(POINT_FILLS)
+    colors = arm_colors(A.arms_in_order(results))
+    assert sorted(fills) == sorted(_rgb(colors[a]) for a in results["arm"]), (fills, colors)
+    assert len(set(fills)) == len(colors) >= 2  # the arms told apart
+    page.context.close()
+
+
+def test_mlflow_answers_does_kd_help_in_one_click_with_mean_and_std_over_seeds(project, mlflow_links, browser):
+    """The first link kdprune ui prints opens the study's figure (accuracy vs kept fraction, a line per KD
+    arm, error bars: std over seeds) on the pipeline's run; its table of mean ± std is beside it."""
+    from tracking.study import summary_table
+
+    page = _page(browser)
+    page.goto(_link(mlflow_links, "does KD help?"))
+    page.wait_for_selector("text=summary/accuracy_vs_fraction.png", timeout=60_000)
+    # the figure, drawn (MLflow's image viewer loads it as a blob: the logo is the only other image)
+    page.wait_for_function("Array.from(document.images).some(i => i.complete && i.naturalWidth > 400)",
+                           timeout=60_000)
+    _shot(page, "mlflow_kd_summary.png")
+    page.get_by_text("accuracy_mean_std.csv", exact=True).click()
+    page.wait_for_selector("text=test_acc_std_pct", timeout=30_000)
+    body = page.inner_text("body")
+    table, _ = summary_table(pd.read_csv(project.path / "reports" / "results.csv"))
+    for r in table.itertuples():
+        assert f"{r.test_acc_mean_pct:g}" in body, (r, body[-2000:])
+    page.context.close()
+
+
+def test_the_registry_link_opens_the_teachers_versions_with_their_test_accuracy(project, mlflow_links, browser):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=f"sqlite:///{project.path / 'mlflow.db'}")
+    ev = c.search_runs([c.get_experiment_by_name("kdprune").experiment_id], "tags.`kdprune.stage` = 'evaluate'")
+    acc = ev[0].data.metrics["teacher_test_acc"]  # what the evaluate stage measured
+    page = _page(browser)
+    page.goto(_link(mlflow_links, "the teacher in the Model Registry"))
+    page.wait_for_selector("text=kdprune-teacher-digits", timeout=60_000)
+    page.wait_for_selector("text=Version 1", timeout=60_000)
+    page.wait_for_timeout(1000)
+    body = page.inner_text("body")
+    assert "Flexible, governed deployments" not in body  # not the list page's pop-up
+    assert "Judges" not in body and "Playground" not in body  # the model-training side, not GenAI's
+    assert re.search(rf"test_acc\s*:\s*{acc:.4f}", body), body[:2000]
+    _shot(page, "mlflow_teacher_registry.png")
+    page.get_by_text("Version 1", exact=True).click()
+    page.wait_for_selector("text=Description", timeout=30_000)
+    page.wait_for_function("document.body.innerText.includes('test accuracy')", timeout=30_000)
+    assert f"test accuracy {100 * acc:.2f}%" in page.inner_text("body")
     page.context.close()
 
 

@@ -26,7 +26,6 @@ last one's metrics and artifacts are written; the stage's own run end waits for 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 import sys
@@ -364,6 +363,15 @@ class Tracker:
             self.log_params(run_id, params)
         return run_id
 
+    def latest_run(self, filter_string: str) -> Optional[str]:
+        """The id of this experiment's latest run matching ``filter_string`` (MLflow's search syntax), or None."""
+        if self.experiment_id is None:
+            return None
+        try:
+            return _MLFLOW.call("latest_run", self.uri, self.experiment_id, filter_string)
+        except RuntimeError:
+            return None
+
     def log_params(self, run_id: str, params: dict) -> None:
         items = [(k, str(v)[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):
@@ -401,11 +409,19 @@ class Tracker:
         self._best_effort("experiment tags", 1, "experiment_tag", self.experiment_id, key, value)
 
     def log_model(self, run_id: str, name: str, registered_name: str, model_code: Path, artifacts: dict[str, Path],
-                  code_paths: list[Path], pip_requirements: list[str], signature: dict) -> None:
-        """A pyfunc model from code (no pickle), registered as a new version of ``registered_name``."""
+                  code_paths: list[Path], pip_requirements: list[str], signature: dict, description: str = "",
+                  tags: Optional[dict] = None) -> None:
+        """A pyfunc model from code (no pickle), registered as a new version of ``registered_name`` with
+        ``description`` and ``tags`` on the version."""
         self._best_effort("models", 1, "model", run_id, name, registered_name, str(Path(model_code).resolve()),
                           {k: str(Path(v).resolve()) for k, v in artifacts.items()},
-                          [str(Path(c).resolve()) for c in code_paths], pip_requirements, signature)
+                          [str(Path(c).resolve()) for c in code_paths], pip_requirements, signature, description,
+                          {k: str(v) for k, v in (tags or {}).items()})
+
+    def describe_model_version(self, registered_name: str, run_id: str, description: str, tags: dict) -> None:
+        """Description and tags of the version of ``registered_name`` that run ``run_id`` logged."""
+        self._best_effort("model version tags", 1, "teacher_version", registered_name, run_id, description,
+                          {k: str(v) for k, v in tags.items()})
 
     def end(self, run_id: str, status: str = "FINISHED", wait: bool = True, end_ms: Optional[int] = None,
             last: bool = False) -> None:
@@ -436,47 +452,52 @@ class Tracker:
 
 # ---------------------------------------------------------------- what a user opens in MLflow's UI
 
-STUDENT_COLUMNS = [("attributes", "Dataset"), ("metrics", "test_acc"), ("params", "method"), ("params", "fraction"),
-                   ("params", "kd_weight"), ("params", "seed"), ("params", "teacher_arch")]
-
-
-_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-            "#17becf")
+# the runs table's columns: what a researcher compares (test accuracy in %, rounded; the cell's mean ± std
+# over seeds) and what tells the students apart (method, kept fraction, KD arm and weight, seed, teacher).
+# MLflow lays them out by kind (metrics, params, tags); all fit beside the run names at 1,600 px. The
+# training data (the Dataset column, 250 px) is on each run's page and one click away (Columns).
+STUDENT_COLUMNS = [("metrics", "test_acc_pct"), ("params", "method"), ("params", "fraction"),
+                   ("params", "kd_weight"), ("params", "seed"), ("params", "teacher_arch"), ("tags", "kd_arm"),
+                   ("tags", "acc_over_seeds")]
 
 
 def method_color(method: str, methods: list[str]) -> dict[str, str]:
-    """The run-colour tag MLflow's UI reads (``mlflow.runColor``): one colour per selection method, so
-    the students chart's points say which method each is."""
-    names = sorted(methods)
-    i = names.index(method) if method in names else int(hashlib.md5(method.encode()).hexdigest(), 16)
-    return {"mlflow.runColor": _PALETTE[i % len(_PALETTE)]}
+    """The run-colour tag of a student when its run is created: none. The students are coloured by KD
+    arm (``mlflow.runColor``, as the accuracy figure colours its lines) once the evaluate stage has
+    measured them (tracking/study.py); until then MLflow picks the colours."""
+    return {}
 
 
 def students_view_state(sweep_run_id: str) -> dict:
     """MLflow UI state (the format its "share view" stores in the experiment tag
-    ``mlflow.sharedViewState.<key>``) for one sweep's students: every student as a row with method,
-    fraction, KD weight, seed and test accuracy as columns, and a chart of test accuracy against the
-    kept fraction, one colour per method (runs grouped by method)."""
+    ``mlflow.sharedViewState.<key>``) for one sweep's students: every student as a row (no grouping:
+    MLflow's group rows would average the fractions and KD weights of different students) with the
+    columns of STUDENT_COLUMNS, and a chart of test accuracy (%) against the kept fraction whose points
+    are coloured by KD arm (the run colours tracking/study.py sets: black is no KD, as in the figure)."""
     section = "kdprune-students"
     return {
         "searchFilter": f"tags.`kdprune.sweep_run_id` = '{sweep_run_id}'",
         "orderByKey": "params.`method`", "orderByAsc": True, "startTime": "ALL", "lifecycleFilter": "Active",
         "datasetsFilter": [], "modelVersionFilter": "All Runs",
         "selectedColumns": [f"{kind}.`{key}`" for kind, key in STUDENT_COLUMNS],
-        "columnOrder": [], "columnWidths": {}, "runsExpanded": {}, "runsPinned": [], "runsHidden": [],
+        # MLflow applies columnWidths to the columns named in columnOrder only
+        "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration",
+                        *[f"{kind}.`{key}`" for kind, key in STUDENT_COLUMNS]],
+        "columnWidths": {"attributes.`Run Name`": 220, "runDateAndNestInfo": 100, "duration": 75,
+                         "params.`teacher_arch`": 110, "tags.`acc_over_seeds`": 180},
+        "runsExpanded": {}, "runsPinned": [], "runsHidden": [],
         "runsVisibilityMap": {}, "runsHiddenMode": "SHOW_ALL",
         "compareRunCharts": [
             {"uuid": "kdprune-acc-vs-fraction", "type": "SCATTER", "runsCountToCompare": 10000,
              "metricSectionId": section, "deleted": False, "isGenerated": False,
-             "displayName": "test accuracy vs kept fraction",
-             "xaxis": {"key": "fraction", "type": "PARAM"}, "yaxis": {"key": "test_acc", "type": "METRIC"}},
+             "displayName": "test accuracy (%) vs kept fraction; colour = KD arm (black: no KD)",
+             "xaxis": {"key": "fraction", "type": "PARAM"}, "yaxis": {"key": "test_acc_pct", "type": "METRIC"}},
         ],
         "compareRunSections": [{"uuid": section, "name": "Students", "display": True, "isReordered": False,
                                 "deleted": False, "isGenerated": False}],
         "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False,
         "useGroupedValuesInCharts": False, "hideEmptyCharts": True,
-        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": "method"}]},
-        "groupsExpanded": {}, "autoRefreshEnabled": True,
+        "groupBy": None, "groupsExpanded": {}, "autoRefreshEnabled": True,
         "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
     }
 

@@ -8,6 +8,7 @@ what was not logged.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -64,6 +65,11 @@ class Writer:
             raise RuntimeError(f"logging went offline earlier in this process ({self.offline[key]})")
         return self.client(uri).create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name).info.run_id
 
+    def latest_run(self, uri: str, experiment_id: str, filter_string: str) -> Optional[str]:
+        runs = self.client(uri).search_runs([experiment_id], filter_string=filter_string, max_results=1,
+                                            order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs else None
+
     # ------------------------------------------------------------------ best-effort logging
     def batch(self, uri: str, run_id: str, metrics: list, params: list, tags: list) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -88,12 +94,20 @@ class Writer:
         self.client(uri).set_experiment_tag(experiment_id, key, value)
 
     def model(self, uri: str, run_id: str, name: str, registered_name: str, model_code: str, artifacts: dict,
-              code_paths: list, pip_requirements: list, signature: dict) -> None:
+              code_paths: list, pip_requirements: list, signature: dict, description: str = "",
+              tags: Optional[dict] = None) -> None:
         """Log a pyfunc model from code (``model_code``, a Python file: nothing is pickled) with its
-        ``artifacts`` under ``run_id`` and register it as a new version of ``registered_name``."""
+        ``artifacts`` under ``run_id`` and register it as a new version of ``registered_name``, with
+        ``description`` and ``tags`` on that version (the Model Registry's page of the version).
+
+        Quiet: MLflow's two warnings here say what does not apply to this model (it has an explicit
+        tensor signature, so neither type hints nor an input example infer one), and its registration
+        lines ("Successfully registered model", "Created version") are said by the version's page
+        (the warnings: :func:`quiet_warnings`)."""
         import mlflow
         import mlflow.pyfunc
         from mlflow.models import Model, ModelSignature
+        from mlflow.utils import logging_utils
 
         experiment_id = self.client(uri).get_run(run_id).info.experiment_id
         with self.client_lock:  # the fluent URIs and experiment are process-wide
@@ -101,10 +115,32 @@ class Writer:
             mlflow.set_registry_uri(uri)
             # the logged model's experiment (and so its artifact location) is the fluent one, not its run's
             mlflow.set_experiment(experiment_id=experiment_id)
-        Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
-                  registered_model_name=registered_name, python_model=model_code, artifacts=artifacts,
-                  code_paths=code_paths, pip_requirements=pip_requirements,
-                  signature=ModelSignature.from_dict(signature), await_registration_for=0)
+        logging_utils.disable_logging()  # MLflow's own switch for its event lines (eprint)
+        try:
+            info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                             registered_model_name=registered_name, python_model=model_code, artifacts=artifacts,
+                             code_paths=code_paths, pip_requirements=pip_requirements,
+                             signature=ModelSignature.from_dict(signature), await_registration_for=0)
+        finally:
+            logging_utils.enable_logging()
+        version = getattr(info, "registered_model_version", None)
+        if version is not None:
+            self.model_version(uri, registered_name, str(version), description, tags or {})
+
+    def model_version(self, uri: str, name: str, version: str, description: Optional[str], tags: dict) -> None:
+        """A registered model version's description (None: left as it is) and tags."""
+        c = self.client(uri)
+        if description is not None:
+            c.update_model_version(name, version, description=description)
+        for k, v in tags.items():
+            c.set_model_version_tag(name, version, k, str(v))
+
+    def teacher_version(self, uri: str, name: str, run_id: str, description: str, tags: dict) -> None:
+        """The version of registered model ``name`` logged by run ``run_id`` (the teacher stage's run):
+        its description and tags (e.g. the test accuracy the evaluate stage measured)."""
+        versions = self.client(uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        for v in versions:
+            self.model_version(uri, name, v.version, description, tags)
 
     def terminate(self, uri: str, run_id: str, status: str, end_ms: Optional[int] = None) -> None:
         self.client(uri).set_terminated(run_id, status, end_time=end_ms)
@@ -220,11 +256,33 @@ def _say(text: str) -> None:
 _WRITER: Optional[Writer] = None
 
 
+# MLflow's warnings that do not apply to kdprune's models: they have an explicit tensor signature, so neither
+# type hints on ``predict`` nor an input example would infer one
+_NOT_APPLICABLE = ("Add type hints to the `predict` method", "An input example was not provided when logging the model")
+
+
+class _NotApplicable(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(n in text for n in _NOT_APPLICABLE)
+
+
+def quiet_warnings() -> None:
+    """Drop MLflow's warnings in _NOT_APPLICABLE, in this (the child) process. A warnings filter
+    cannot: MLflow wraps the call that warns in its own ``catch_warnings`` + ``simplefilter("once")``
+    (``filter_user_warnings_once``), which overrides the caller's filters. So warnings go through
+    logging (the standard library's ``logging.captureWarnings``), where a filter on ``py.warnings``
+    drops those two; every other warning is still printed."""
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addFilter(_NotApplicable())
+
+
 def serve(parent_pid: int) -> None:
     """The child's start: its Writer, and a watch that ends the child when its parent is gone (a
     killed stage: nothing is left to take the calls, and the executor's pipes would keep it waiting)."""
     global _WRITER
     _WRITER = Writer()
+    quiet_warnings()
 
     def watch() -> None:
         import time
