@@ -47,7 +47,7 @@ def links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
     from mlflow.tracking import MlflowClient
 
     from tracking.study import SUMMARY_TAG
-    from tracking.tracker import EXPERIMENT, STUDENTS_VIEW, _TRAINING_KINDS, ui_url
+    from tracking.tracker import EXPERIMENT, STUDENTS_VIEW, TRAINING_KINDS, ui_url
 
     out = []
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -55,7 +55,7 @@ def links(tracking_uri: str, base: str) -> list[tuple[str, str]]:
     if exp is None:
         out.append(("MLflow (no kdprune experiment yet: `make run` first)", base + "/"))
     else:
-        training = exp.tags.get("mlflow.experimentKind") in _TRAINING_KINDS
+        training = exp.tags.get("mlflow.experimentKind") in TRAINING_KINDS
         flow = "?workflowType=machine_learning" if training else ""
         summary = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SUMMARY_TAG}` != ''", max_results=1,
                                      order_by=["attributes.start_time DESC"])

@@ -510,7 +510,7 @@ def publish_students_view(tracker: "Tracker", sweep_run_id: str) -> None:
 
 
 # MLflow's experiment kinds of model training (its UI's "Model training" workflow)
-_TRAINING_KINDS = {"custom_model_development", "custom_model_development_inferred", "finetuning", "forecasting",
+TRAINING_KINDS = {"custom_model_development", "custom_model_development_inferred", "finetuning", "forecasting",
                    "classification", "regression", "automl"}
 
 
@@ -521,7 +521,7 @@ def ui_url(base: str, experiment_id: str, experiment_tags: dict, view: Optional[
     ``view`` (a shared view) applied when the experiment has it."""
     base = base.rstrip("/")
     kind = experiment_tags.get("mlflow.experimentKind")
-    if kind not in _TRAINING_KINDS:
+    if kind not in TRAINING_KINDS:
         return f"{base}/#/experiments/{experiment_id}" + ("?workflowType=genai" if kind else "")
     query = "workflowType=machine_learning"
     if view and f"mlflow.sharedViewState.{view}" in experiment_tags:
