@@ -44,8 +44,8 @@ verify: setup  ## re-run the pipeline in a scratch copy; every committed result 
 bench: setup  ## every benchmark that can run here -> reports/bench.json (see bench/); missing data: a skipped row
 	$(BIN)/python -m flows bench
 
-data: setup  ## fetch the data profile $(NAME) needs (Debian package when apt is usable), e.g. make data NAME=fashion_mnist
-	$(BIN)/python -m flows data $(NAME)
+data: setup  ## fetch the data profile $(NAME) needs (Debian package when apt is usable), e.g. make data NAME=fashion_mnist; NAME=synthetic ARGS="--out DIR --classes 1000 --images 100000 --size 64" writes a synthetic image folder, NAME=export ARGS="--dataset fashion_mnist --out DIR" a dataset as one
+	$(BIN)/python -m flows data $(NAME) $(ARGS)
 
 deploy: setup  ## create the pipeline's deployment with its cron schedule on the local Prefect server
 	$(BIN)/python -m flows deploy
