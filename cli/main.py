@@ -72,7 +72,8 @@ OPTIONS = [
                                                     "is taken; a port named here that is taken is refused)"), ("ui",)),
     (("--no-serve",), dict(action="store_true", help="only print the links (a server already runs)"), ("ui",)),
     (("--only",), dict(action="append", default=[], metavar="BENCH",
-                       help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench, ray_bench, portable_bench; "
+                       help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench, ray_bench, portable_bench, "
+                            "stream_bench; "
                             "repeatable)"), ("bench",)),
     (("--out",), dict(default=None, metavar="DIR", help="synthetic / export: the image folder to write"), ("data",)),
     (("--classes",), dict(type=int, default=1000, help="synthetic: number of classes (default 1000)"), ("data",)),

@@ -20,7 +20,7 @@ import yaml
 
 from servers.runtime import port_free, project_root
 
-BENCHMARKS = ("trainer_bench", "grand_bench", "pipeline_bench", "ray_bench", "portable_bench")
+BENCHMARKS = ("trainer_bench", "grand_bench", "pipeline_bench", "ray_bench", "portable_bench", "stream_bench")
 
 
 # ---------------------------------------------------------------- kdprune ui

@@ -18,7 +18,8 @@ from kdprune.models import build_model
 from kdprune.train import TrainConfig, predict_logits, seeded, train
 from artifacts.files import IntegrityError
 from artifacts.models import device_data
-from artifacts.stages import _load_prepared_cached, load_prepared, prepared_dir
+import artifacts.stages as stages
+from artifacts.stages import load_prepared, prepared_dir
 from tasks.prepare import write_prepared
 
 LOG = logging.getLogger("test_stream")
@@ -168,7 +169,7 @@ def test_prepared_index_and_files_are_checked(synthetic_jpg, tmp_path):
         f.write_bytes(original)
     # the index itself edited: load_prepared refuses it
     d = prepared_dir(tmp_path, "imagefolder")
-    _load_prepared_cached.cache_clear()
+    stages._load_prepared_cached.cache_clear()  # a fresh process would read it anew
     np.save(d / "train_y.npy", np.zeros_like(splits["train"].y))
     with pytest.raises(IntegrityError, match="train_y.npy"):
         load_prepared(tmp_path, "imagefolder")
