@@ -63,11 +63,11 @@ def child(args) -> None:
                       "images_per_s": res.samples_seen / res.seconds}))
 
 
-def _tree_memory(proc) -> tuple[int, int, int]:
-    """(summed RSS, summed PSS, processes) of ``proc`` and its descendants."""
+def _tree_memory(proc) -> tuple[int, int, int, int]:
+    """(summed RSS, summed PSS, processes, largest one process's RSS) of ``proc`` and its descendants."""
     import psutil
 
-    rss = pss = n = 0
+    rss = pss = n = top = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
             mi = p.memory_full_info()
@@ -76,7 +76,8 @@ def _tree_memory(proc) -> tuple[int, int, int]:
         rss += mi.rss
         pss += getattr(mi, "pss", mi.rss)
         n += 1
-    return rss, pss, n
+        top = max(top, mi.rss)
+    return rss, pss, n, top
 
 
 def measure(cmd: list[str], env: dict) -> dict:
@@ -84,13 +85,14 @@ def measure(cmd: list[str], env: dict) -> dict:
 
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
     proc = psutil.Process(p.pid)
-    peak = {"rss": 0, "pss": 0, "procs": 0}
+    peak = {"rss": 0, "pss": 0, "procs": 0, "top": 0}
     done = threading.Event()
 
     def sample():
         while not done.is_set():
-            rss, pss, n = _tree_memory(proc)
+            rss, pss, n, top = _tree_memory(proc)
             peak["rss"], peak["pss"], peak["procs"] = max(peak["rss"], rss), max(peak["pss"], pss), max(peak["procs"], n)
+            peak["top"] = max(peak["top"], top)
             time.sleep(0.2)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -101,7 +103,7 @@ def measure(cmd: list[str], env: dict) -> dict:
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {p.returncode}")
     return {**json.loads(out.strip().splitlines()[-1]), "peak_rss_gb": peak["rss"] / 1e9,
-            "peak_pss_gb": peak["pss"] / 1e9, "max_processes": peak["procs"]}
+            "peak_pss_gb": peak["pss"] / 1e9, "max_processes": peak["procs"], "peak_one_process_rss_gb": peak["top"] / 1e9}
 
 
 def main() -> None:
