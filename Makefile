@@ -47,8 +47,8 @@ bench: setup  ## every benchmark that can run here -> reports/bench.json (see be
 gpu-check: setup  ## on CUDA: teacher (1 GPU and every GPU via teacher.workers) and a KD student on synthetic 224 px images; images/s, peak GPU memory as JSON
 	$(BIN)/python -m bench.gpu_check
 
-data: setup  ## fetch the data profile $(NAME) needs (Debian package when apt is usable), e.g. make data NAME=fashion_mnist
-	$(BIN)/python -m flows data $(NAME)
+data: setup  ## fetch the data profile $(NAME) needs (Debian package when apt is usable), e.g. make data NAME=fashion_mnist; NAME=synthetic ARGS="--out DIR --classes 1000 --images 100000 --size 64" writes a synthetic image folder, NAME=export ARGS="--dataset fashion_mnist --out DIR" a dataset as one
+	$(BIN)/python -m flows data $(NAME) $(ARGS)
 
 deploy: setup  ## create the pipeline's deployment with its cron schedule on the local Prefect server
 	$(BIN)/python -m flows deploy

@@ -3,12 +3,15 @@ prepared splits as device tensors. Used by the stages that train or evaluate mod
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from safetensors.torch import load, save
 
 from kdprune.data import PreparedSplit
+from kdprune.data.stream import StreamDataset, StreamSpec, default_workers
 from kdprune.models import build_model
 from kdprune.train import DeviceData, seeded
+from kdprune.train.stream import StreamData
 from artifacts.files import IntegrityError, atomic_write_bytes, atomic_write_json, load_json, rebuild_hint
 
 
@@ -62,8 +65,26 @@ def load_model(directory: Path, device):
     return model.to(device).eval(), info
 
 
-def device_data(meta: dict, split: PreparedSplit, device) -> DeviceData:
-    """A prepared split on ``device``, normalised with the training split's mean and std. Arrays
-    read from Ray's object store are read-only; torch gets its own copy of those."""
+def device_data(meta: dict, split: PreparedSplit, device, params: Optional[dict] = None) -> "DeviceData | StreamData":
+    """A prepared split as the trainer's data source, normalised with the training split's mean and std:
+    on ``device`` as one tensor, or, for a streamed dataset, read from ``params``' data.root by
+    data.workers processes in batches (``params`` required then). Arrays read from Ray's object store
+    are read-only; torch gets its own copy of those."""
+    if split.streamed:
+        return stream_data(meta, split, device, params)
     x, y = (a if a.flags.writeable else a.copy() for a in (split.x, split.y))
     return DeviceData.from_numpy(x, y, meta["mean"], meta["std"], device)
+
+
+def stream_data(meta: dict, split: PreparedSplit, device, params: Optional[dict]) -> StreamData:
+    """A streamed split (its index from the prepare stage) read from data.root with data.workers processes."""
+    if params is None:
+        raise ValueError(f"{meta['dataset']} is streamed from files: device_data needs the params (data.root, "
+                         "data.workers)")
+    dp = params["data"]
+    if dp["root"] is None:
+        raise ValueError(f"{meta['dataset']} is streamed from files: data.root must name their directory")
+    workers = default_workers() if dp.get("workers") is None else dp["workers"]
+    files, sizes, ids, y = (a if a.flags.writeable else a.copy() for a in (split.files, split.sizes, split.ids, split.y))
+    dataset = StreamDataset(Path(dp["root"]).expanduser(), files, sizes, ids, StreamSpec.from_meta(meta["stream"]))
+    return StreamData(dataset, y, meta["mean"], meta["std"], device, workers)

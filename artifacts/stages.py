@@ -23,6 +23,8 @@ from artifacts.files import IntegrityError, atomic_save_npy, atomic_write_json, 
 
 
 SPLITS = ("train", "val", "test")
+# the files of each split: pixels in memory, or the index of a streamed dataset (meta.json "loader": "stream")
+PARTS = {"memory": ("x", "y", "ids"), "stream": ("files", "sizes", "y", "ids")}
 
 
 def prepared_dir(root: Path, dataset: str) -> Path:
@@ -36,7 +38,7 @@ def _load_prepared_cached(path: str, sha: str) -> tuple[dict, dict[str, Prepared
     splits = {}
     for s in SPLITS:
         arrays = {}
-        for part in ("x", "y", "ids"):
+        for part in PARTS[meta.get("loader", "memory")]:
             f = d / f"{s}_{part}.npy"
             want = meta["files"].get(f.name)
             got = sha256_file(f)
@@ -46,12 +48,13 @@ def _load_prepared_cached(path: str, sha: str) -> tuple[dict, dict[str, Prepared
                     "re-create it with `dvc repro prepare` (or `dvc checkout`)"
                 )
             arrays[part] = np.load(f, allow_pickle=False)
-        splits[s] = PreparedSplit(**arrays)
+        splits[s] = PreparedSplit(**{"x": None, **arrays})
     return meta, splits
 
 
 def load_prepared(root: Path, dataset: str) -> tuple[dict, dict[str, PreparedSplit]]:
-    """Meta and splits of a prepared dataset, each file checked against its recorded sha256."""
+    """Meta and splits of a prepared dataset, each file checked against its recorded sha256. A streamed
+    dataset's splits hold its index (files, sizes, labels, ids) and no pixels (``split.x`` None)."""
     d = prepared_dir(root, dataset)
     if not (d / "meta.json").exists():
         raise FileNotFoundError(f"{d} has no prepared data; run `dvc repro prepare` first")

@@ -73,8 +73,23 @@ OPTIONS = [
                                                     "is taken; a port named here that is taken is refused)"), ("ui",)),
     (("--no-serve",), dict(action="store_true", help="only print the links (a server already runs)"), ("ui",)),
     (("--only",), dict(action="append", default=[], metavar="BENCH",
-                       help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench, ray_bench, portable_bench, ddp_bench; "
+                       help="run only this benchmark module (trainer_bench, grand_bench, pipeline_bench, ray_bench, portable_bench, "
+                            "ddp_bench, stream_bench; "
                             "repeatable)"), ("bench",)),
+    (("--out",), dict(default=None, metavar="DIR", help="synthetic / export: the image folder to write"), ("data",)),
+    (("--classes",), dict(type=int, default=1000, help="synthetic: number of classes (default 1000)"), ("data",)),
+    (("--images",), dict(type=int, default=100_000, help="synthetic: training images (default 100000)"), ("data",)),
+    (("--test-images",), dict(type=int, default=None, help="synthetic: test images (default images / 10)"),
+     ("data",)),
+    (("--size",), dict(type=int, default=64, help="synthetic: image side in pixels (default 64)"), ("data",)),
+    (("--format",), dict(dest="fmt", default=None, choices=("jpg", "png", "bmp"),
+                         help="synthetic / export: file format (default jpg for synthetic, png for export)"),
+     ("data",)),
+    (("--seed",), dict(type=int, default=0, help="synthetic: the seed every image is drawn from"), ("data",)),
+    (("--workers",), dict(type=int, default=None, help="synthetic / export: writing processes (default: all CPUs)"),
+     ("data",)),
+    (("--dataset",), dict(default=None, help="export: the registered dataset to write as an image folder "
+                                             "(e.g. fashion_mnist)"), ("data",)),
     (("--host",), dict(default=None, help="stores client: the host name colleagues reach the servers at"),
      ("stores",)),
     (("--from",), dict(dest="source", default=None, metavar="DIR",
@@ -102,7 +117,9 @@ COMMANDS = {
     "bench": ("run every benchmark in bench/ that can run here -> reports/bench.json; a benchmark whose data "
               "is missing is reported as skipped, with the command that gets the data", None, ()),
     "data": ("fetch the data a profile needs (Fashion-MNIST: the Debian package when apt is usable), or print "
-             "exactly how to", "the profile's name (profiles/NAME.yaml)", ()),
+             "exactly how to; 'data synthetic --out DIR' writes a synthetic image folder, 'data export --dataset "
+             "NAME --out DIR' writes a dataset as one", "a profile's name (profiles/NAME.yaml), synthetic or export",
+             ()),
     "verify": ("re-run the pipeline from nothing in a scratch copy and compare every cell of the committed "
                "reports/metrics.json with it: equal bytes, or within seed noise (exit 1 when not)", None, ()),
     "init": ("create the MLflow store (part of 'make setup')", None, ()),

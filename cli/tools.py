@@ -20,7 +20,8 @@ import yaml
 
 from servers.runtime import port_free, project_root
 
-BENCHMARKS = ("trainer_bench", "grand_bench", "pipeline_bench", "ray_bench", "portable_bench", "ddp_bench")
+BENCHMARKS = ("trainer_bench", "grand_bench", "pipeline_bench", "ray_bench", "portable_bench", "ddp_bench",
+              "stream_bench")
 
 
 # ---------------------------------------------------------------- kdprune ui
@@ -195,11 +196,13 @@ def bench(args) -> int:
 # ---------------------------------------------------------------- kdprune data NAME
 
 def missing_data(dataset: str, root: str | None) -> str | None:
-    """None when ``dataset`` loads from ``root``; otherwise why not and how to get it."""
+    """None when ``dataset`` loads from ``root`` (a streamable one: lists its files); otherwise why not and
+    how to get it."""
     from kdprune.data import DATASETS, DatasetUnavailable
+    from kdprune.data.stream import FILE_DATASETS
 
     try:
-        DATASETS.get(dataset)(root=root)
+        (FILE_DATASETS if dataset in FILE_DATASETS else DATASETS).get(dataset)(root=root)
     except DatasetUnavailable as e:
         return str(e)
     return None
@@ -214,11 +217,68 @@ def _apt_usable() -> str | None:
     return None
 
 
+def _progress(total: int, what: str):
+    done = [0, time.monotonic()]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if time.monotonic() - done[1] > 5 or done[0] == total:
+            done[1] = time.monotonic()
+            print(f"[kdprune] {what}: {done[0]}/{total} images", flush=True)
+
+    return tick
+
+
+def synthetic(args) -> int:
+    """``kdprune data synthetic --out DIR --classes C --images N --size S --format jpg``."""
+    from kdprune.data.synthetic import write_synthetic
+
+    if not args.out:
+        print("kdprune: data synthetic: --out DIR is required (the image folder to write)", file=sys.stderr)
+        return 2
+    test = args.test_images if args.test_images is not None else max(args.classes, args.images // 10)
+    t0 = time.monotonic()
+    try:
+        info = write_synthetic(args.out, args.classes, args.images, test, args.size, args.fmt or "jpg", args.seed,
+                               args.workers, progress=_progress(args.images + test, f"writing {args.out}"))
+    except ValueError as e:
+        print(f"kdprune: data synthetic: {e}", file=sys.stderr)
+        return 2
+    print(f"[kdprune] wrote {info['train']} + {info['test']} {info['size']} px {info['format']} images of "
+          f"{info['classes']} classes to {info['out']} in {time.monotonic() - t0:.0f}s; use it with data.dataset: "
+          f"imagefolder, data.root: {info['out']}", flush=True)
+    return 0
+
+
+def export(args) -> int:
+    """``kdprune data export --dataset fashion_mnist --out DIR [--format png]``: a dataset as an image folder."""
+    from kdprune.data import DATASETS, DatasetUnavailable
+    from kdprune.data.synthetic import export_folder
+
+    if not args.out or not args.dataset:
+        print("kdprune: data export: --dataset NAME and --out DIR are required", file=sys.stderr)
+        return 2
+    try:
+        raw = DATASETS.get(args.dataset)(root=None)
+    except (KeyError, DatasetUnavailable) as e:
+        print(f"kdprune: data export: {e}", file=sys.stderr)
+        return 1
+    t0 = time.monotonic()
+    info = export_folder(raw, args.out, args.fmt or "png", args.workers,
+                         progress=_progress(len(raw.train_y) + len(raw.test_y), f"writing {args.out}"))
+    print(f"[kdprune] wrote {args.dataset} ({info['train']} + {info['test']} images, {info['format']}) to "
+          f"{info['out']} in {time.monotonic() - t0:.0f}s; use it with data.dataset: imagefolder, data.root: "
+          f"{info['out']}", flush=True)
+    return 0
+
+
 def data(args) -> int:
     """Get the data profile ``args.name`` needs: the Debian package where the dataset has one and
-    apt-get is usable, otherwise print exactly what to do."""
+    apt-get is usable, otherwise print exactly what to do. ``synthetic`` and ``export`` write image folders."""
     from kdprune.data import DATASETS
 
+    if args.name in ("synthetic", "export"):
+        return synthetic(args) if args.name == "synthetic" else export(args)
     root = project_root()
     prof = root / "profiles" / f"{args.name}.yaml"
     if not args.name or not prof.exists():

@@ -175,6 +175,9 @@ def train_worker(config: dict) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     meta, splits = ray.get(config["data"])
+    if splits["train"].streamed:  # the streamed batch source has no shard option yet
+        raise ValueError(f"teacher.workers: {tp['workers']} trains in-memory data only; {meta['dataset']} is streamed "
+                         "from files (data.loader): set teacher.workers: 1, or data.loader: memory if it fits")
     train_d, val_d = device_data(meta, splits["train"], device), device_data(meta, splits["val"], device)
     c, h, _ = meta["shape"]
     with seeded(tp["seed"]):

@@ -228,6 +228,15 @@ def _gpus(v) -> Optional[str]:
     return "must be a fraction in (0, 1] (several tasks share a GPU) or a whole number of GPUs"
 
 
+LOADERS = ("memory", "stream", "auto")
+
+
+def _crop_scale(v) -> Optional[str]:
+    if len(v) != 2 or not 0.0 < v[0] <= v[1] <= 1.0:
+        return "must be [min, max] with 0 < min <= max <= 1 (shares of the image area)"
+    return None
+
+
 POSITIVE_INT = _range(1)
 FRACTION = _range(0.0, 1.0, lo_open=True)  # (0, 1]
 SEED = _range(0)
@@ -279,6 +288,23 @@ SCHEMA: dict[str, Any] = {
         "max_train": Field("int", None, nullable=True, check=_range(10),
                            doc="keep a stratified random subset of this many training examples (CPU studies); "
                                "null: all"),
+        # the streaming path (kdprune/data/stream.py, docs/imagenet.md)
+        "loader": Field("str", "auto", check=lambda v: None if v in LOADERS else
+                        f"must be one of {', '.join(LOADERS)} (memory: decoded into one tensor on the training "
+                        "device; stream: read from files while training; auto: stream when the decoded dataset "
+                        "would exceed data.memory_budget_gb)"),
+        "memory_budget_gb": Field("float", 4.0, check=_range(0.0, lo_open=True),
+                                  doc="auto: stream datasets whose decoded uint8 pixels (all splits) exceed this"),
+        "image_size": Field("int", 224, check=_range(8, 4096), doc="stream: side of the square crops trained on"),
+        "resize": Field("int", 256, check=_range(8, 4096),
+                        doc="stream: evaluation resizes the shorter side to this, then centre-crops image_size"),
+        "random_crop": Field("bool", True, doc="stream: random-resized crops for training (else the evaluation "
+                                               "transform); flips follow teacher/student.flip"),
+        "crop_scale": Field("list", [0.08, 1.0], item="float", check=_crop_scale,
+                            doc="stream: the random-resized crop's share of the image area, [min, max]"),
+        "workers": Field("int", None, nullable=True, check=_range(0),
+                         doc="stream: decoding processes (DataLoader workers); null: the CPUs this process may "
+                             "use, at most 8; 0: decode in the training process. Output-neutral"),
     },
     "teacher": {
         **_train_fields("small_cnn", 30), "seed": Field("int", 0, check=SEED),
@@ -451,7 +477,35 @@ def validate(params: Any, stage: Optional[str] = None) -> dict:
     return out
 
 
+def _data_checks(p: dict, errors: list[str]) -> None:
+    """data.loader against the dataset (which can stream, which can be held in memory), the stream sizes,
+    and the in-memory translation (pad) that a streamed dataset does not have."""
+    d = p["data"]
+    if d["resize"] < d["image_size"]:
+        errors.append(f"data.resize: {d['resize']} is smaller than data.image_size {d['image_size']}; evaluation "
+                      "resizes the shorter side to data.resize and centre-crops data.image_size from it")
+    if "datasets" not in _CHECKED.get():
+        return
+    streamable = importlib.import_module("kdprune.data.stream").FILE_DATASETS
+    dataset, loader = d["dataset"], d["loader"]
+    if loader == "stream" and dataset not in streamable:
+        errors.append(f"data.loader: 'stream' but dataset {dataset!r} is not read from image files; streamable "
+                      f"datasets: {', '.join(streamable.names())}; use loader memory (or auto) for {dataset}")
+    has_memory_form = not getattr(_registry("datasets").get(dataset), "streamed_only", False)
+    if loader == "memory" and not has_memory_form:
+        errors.append(f"data.loader: 'memory' but dataset {dataset!r} has no in-memory form (it is streamed from "
+                      "files); set data.loader: stream (or auto)")
+    streamed = dataset in streamable and (loader == "stream" or not has_memory_form)
+    if streamed:
+        for s in ("teacher", "student"):
+            if p[s]["pad"]:
+                errors.append(f"{s}.pad: {p[s]['pad']} with a streamed dataset ({dataset}, data.loader {loader}); "
+                              "translation is the in-memory augmentation, streamed data is augmented by "
+                              "random-resized crops (data.random_crop): set pad: 0")
+
+
 def _cross_checks(p: dict, errors: list[str]) -> None:
+    _data_checks(p, errors)
     sp, sel = p["scores"], p["select"]
     compiled = [s for s in ("teacher", "student") if p[s]["compile"]]
     if compiled and p["reproducibility"]["cpu"] == "portable" and not str(p["device"]).startswith("cuda"):

@@ -128,7 +128,7 @@ def student_inputs(root: Path, params: dict, students: list[Student], manifests:
         model, info = load_model(teacher_dir(root, params, arch), device)
         teachers[arch] = share({"state": state_arrays(model), "info": info}, params)
         if cached_logits(sp):  # computed once here, for every student of this teacher
-            logits[arch] = share(predict_logits(model, device_data(meta, splits["train"], device), batch_size=512)
+            logits[arch] = share(predict_logits(model, device_data(meta, splits["train"], device, params), batch_size=512)
                                  .cpu().numpy(), params)
     return {"meta": meta, "train": share(splits["train"], params), "val": share(splits["val"], params),
             "manifests": {k: share(manifests[k].manifest, params) for k in dict.fromkeys(s.manifest for s in students)},
@@ -152,7 +152,7 @@ def train_student(params: dict, student: Student, key: str, inputs: dict, device
     train_split = inputs["train"]
     subset = torch.from_numpy(train_split.positions(np.asarray(manifest["ids"], dtype=np.int64)))
     c, h, _ = meta["shape"]
-    train_d, val_d = device_data(meta, train_split, dev), device_data(meta, inputs["val"], dev)
+    train_d, val_d = device_data(meta, train_split, dev, params), device_data(meta, inputs["val"], dev, params)
     teacher, t_logits = None, None
     if kd is not None and kd.teacher in inputs["logits"]:
         t_logits = torch.tensor(inputs["logits"][kd.teacher])  # a copy: Ray's object store is read-only

@@ -94,7 +94,7 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     root = Path(root)
     device = resolve_device(params["device"])
     meta, splits = load_prepared(root, params["data"]["dataset"])
-    test_d = device_data(meta, splits["test"], device)
+    test_d = device_data(meta, splits["test"], device, params)
     sroot = root / "models" / "students"
     student_dirs = sorted(p for p in sroot.iterdir() if (p / "metrics.json").exists()) if sroot.exists() else []
     if not student_dirs:

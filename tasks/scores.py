@@ -86,7 +86,7 @@ def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -
     sp, tp = params["scores"], params["teacher"]
     dev = task_device(params, device)
     meta = inputs["meta"]
-    train_d = device_data(meta, inputs["train"], dev)
+    train_d = device_data(meta, inputs["train"], dev, params)
     c, h, _ = meta["shape"]
     arch = sp["proxy_arch"] or tp["arch"]
     with seeded(1000 + seed):
@@ -205,7 +205,7 @@ def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: l
         ctx.stats = read_dynamics_stats(teacher_dir, train, sorted(dynamics_reads(sp)[1]))
     train_d = None
     if {"final_logits", "embeddings", "inputs"} & needs:
-        train_d = device_data(meta, train, device)
+        train_d = device_data(meta, train, device, params)
     if "final_logits" in needs:  # the teacher in eval mode
         teacher, _ = load_model(Path(root) / "models" / "teacher", device)
         ctx.final_logits = predict_logits(teacher, train_d).cpu().numpy()

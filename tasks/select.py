@@ -52,8 +52,8 @@ def joint_inputs(root: Path, params: dict, meta: dict, splits: dict, needs: set[
     device = resolve_device(params["device"])
     tdir = Path(root) / "models" / "teacher"
     model, _ = load_model(tdir, device)
-    train_d = device_data(meta, splits["train"], device)
-    val_d = device_data(meta, splits["val"], device) if "validation" in needs else None
+    train_d = device_data(meta, splits["train"], device, params)
+    val_d = device_data(meta, splits["val"], device, params) if "validation" in needs else None
     inputs = model_inputs(model, train_d, val_d, needs, meta["num_classes"])
     return inputs, sha256_file(tdir / "model.safetensors")
 

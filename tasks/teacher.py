@@ -30,7 +30,7 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr, run_id: Opt
     tp = params["teacher"]
     device = torch.device(device) if device else resolve_device(params["device"])
     meta, splits = data or load_prepared(root, params["data"]["dataset"])
-    train_d, val_d = device_data(meta, splits["train"], device), device_data(meta, splits["val"], device)
+    train_d, val_d = device_data(meta, splits["train"], device, params), device_data(meta, splits["val"], device, params)
     c, h, _ = meta["shape"]
     with seeded(tp["seed"]):
         model = build_model(arch, c, meta["num_classes"], h)

@@ -12,7 +12,7 @@ from kdprune.train import seeded
 DIGITS, MNIST, CIFAR = (1, 8, 8), (1, 28, 28), (3, 32, 32)
 # Too slow on 2 CPU cores for a full forward+backward at 28x28/32x32: checked at 8x8 only,
 # plus one batch-1 forward at 32x32 (test_big_models_cifar_forward).
-BIG = {"resnet34", "resnet110", "wrn16_8", "wrn28_10"}
+BIG = {"resnet34", "resnet110", "wrn16_8", "wrn28_10", "resnet50_imagenet"}
 # Published parameter counts (10 classes, 3 input channels).
 PUBLISHED = {
     "resnet18": 11.17e6,  # He et al. 2016 / CIFAR stem, e.g. kuangliu/pytorch-cifar

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -43,11 +43,18 @@ class RawDataset:
 
 @dataclass
 class PreparedSplit:
-    """One split as stored on disk: images, labels and stable sample ids."""
+    """One split as stored on disk: images, labels and stable sample ids. A streamed split has no
+    images (``x`` None) but its index: each row's file (relative to data.root) and byte size."""
 
-    x: np.ndarray  # uint8 [N, C, H, W]
+    x: Optional[np.ndarray]  # uint8 [N, C, H, W]; None when streamed
     y: np.ndarray  # int64 [N]
     ids: np.ndarray  # int64 [N], sorted ascending
+    files: Optional[np.ndarray] = None  # bytes [N]: UTF-8 paths relative to data.root (streamed)
+    sizes: Optional[np.ndarray] = None  # int64 [N]: each file's size in bytes when prepared (streamed)
+
+    @property
+    def streamed(self) -> bool:
+        return self.x is None
 
     def __len__(self) -> int:
         return len(self.y)

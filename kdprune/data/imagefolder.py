@@ -10,10 +10,14 @@ are found recursively inside a class folder, like torchvision, with the extensio
 .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp (any case); other files and hidden entries are
 ignored. Sample ids are the order of (class, relative path) sorted by name.
 
-Images are decoded with Pillow and not resized: all images must have the same width and height
+In memory (``data.loader: memory``) images are decoded with Pillow and not resized: all images must have the same width and height
 (the error names the first file that differs). If every image is greyscale (modes 1, L, LA)
 they are kept as one channel, otherwise all are converted to RGB (alpha dropped). Only 8-bit
 modes are accepted. Result: uint8 [N, C, H, W].
+
+Streamed (``data.loader: stream``, or ``auto`` above the memory budget) the folder may hold any number
+of images of any sizes: the lister below returns the same files in the same order (so the same
+sample ids), and kdprune/data/stream.py reads them while training.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from kdprune.data.base import DatasetFormatError, DatasetUnavailable, RawDataset, register_dataset
+from kdprune.data.stream import FileListing, register_files
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 GREY_MODES = {"1", "L", "LA"}
@@ -139,3 +144,26 @@ def load_imagefolder(root: str | None = None) -> RawDataset:
         source=(f"image folder {r.resolve()} (train/, test/: {n} + {m} images, {len(classes)} classes, "
                 f"{mode} {ref[1][0]}x{ref[1][1]})"),
     )
+
+
+def _root(root: str | None) -> Path:
+    if root is None:
+        raise DatasetUnavailable(f"imagefolder: data.root is not set; point it at a directory laid out as {LAYOUT}")
+    r = Path(root).expanduser()
+    if not r.is_dir():
+        raise DatasetUnavailable(f"imagefolder: data.root {r} is not a directory; it must be laid out as {LAYOUT}")
+    return r
+
+
+@register_files("imagefolder")
+def list_imagefolder(root: str | None = None) -> FileListing:
+    """The folder's images as files (no decoding): the ids and labels the in-memory loader gives."""
+    r = _root(root)
+    classes, splits = _scan(r)
+    out = {}
+    for split in ("train", "test"):
+        out[f"{split}_files"] = [f.relative_to(r).as_posix() for f, _ in splits[split]]
+        out[f"{split}_y"] = np.array([label for _, label in splits[split]], dtype=np.int64)
+    n, m = len(out["train_y"]), len(out["test_y"])
+    return FileListing(root=r, classes=classes, source=(f"image folder {r.resolve()} (train/, test/: {n} + {m} "
+                                                        f"images, {len(classes)} classes, streamed)"), **out)

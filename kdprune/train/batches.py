@@ -5,7 +5,8 @@ those a per-epoch sampler picks (RS2, InfoBatch), with loss weights from the sam
 per-example coreset weights. The positions are walked in a permutation drawn from
 (order_seed, epoch); each batch gathers its rows of the uint8 data, shifts and flips them on the
 device with the epoch's per-example parameters (augment.py), normalises them and, when asked,
-lays them out channels-last. Everything is a pure function of (seeds, epoch, sampler state):
+lays them out channels-last. A split streamed from files (kdprune/train/stream.py) is walked in the
+same order; its workers read, crop and flip each image from (aug_seed, epoch, sample id). Everything is a pure function of (seeds, epoch, sampler state):
 nothing draws from torch's global RNG, so a resumed run sees the batches of an uninterrupted one.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Iterator, Optional
 import torch
 
 from kdprune.train.augment import augment_batch, epoch_augmentation
+from kdprune.train.stream import StreamData
 from kdprune.train.types import DeviceData, TrainConfig
 
 
@@ -39,7 +41,8 @@ class Epoch:
         self.source, self.epoch, self.positions, self.weights = source, epoch, positions, weights
         self.size = positions.numel()
         self.num_batches = math.ceil(self.size / cfg.batch_size)
-        self.aug = epoch_augmentation(len(source.data), epoch, cfg.aug_seed, cfg.pad, cfg.flip, positions.device)
+        self.aug = None if source.streamed else epoch_augmentation(len(source.data), epoch, cfg.aug_seed, cfg.pad,
+                                                                    cfg.flip, positions.device)
         gen = torch.Generator(device="cpu")
         gen.manual_seed(cfg.order_seed * 1_000_003 + epoch)
         self.order = torch.randperm(self.size, generator=gen).to(positions.device)  # indices into positions
@@ -52,6 +55,11 @@ class Epoch:
         order and augmentation are those of one process, so the world's batch is the whole batch."""
         data, pad, bs = self.source.data, self.source.cfg.pad, self.source.cfg.batch_size
         aug = self.aug
+        streamed = None
+        if self.source.streamed:  # the workers read the epoch's rows in order, a batch at a time
+            cfg = self.source.cfg
+            streamed = data.train_batches(self.source.subset[self.positions[self.order]], self.epoch, cfg.aug_seed,
+                                          cfg.flip, bs, limit)
         for b, i in enumerate(range(0, self.size, bs)):
             if limit is not None and b >= limit:
                 return
@@ -60,7 +68,11 @@ class Epoch:
                 idx = idx[shard[0] :: shard[1]]
             local = self.positions[idx]
             rows = self.source.subset[local]
-            x = augment_batch(data.x[rows], aug.dy[rows], aug.dx[rows], None if aug.flip is None else aug.flip[rows], pad)
+            if streamed is not None:
+                x = next(streamed)
+            else:
+                x = augment_batch(data.x[rows], aug.dy[rows], aug.dx[rows], None if aug.flip is None else aug.flip[rows],
+                                  pad)
             x = data.normalise(x)
             if self.source.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -77,9 +89,13 @@ class Epoch:
 class BatchSource:
     """Training batches from ``data[subset]`` (see ``train`` for the arguments)."""
 
-    def __init__(self, data: "DeviceData", cfg: "TrainConfig", subset: Optional[torch.Tensor] = None, sampler=None,
-                 sample_weights: Optional[torch.Tensor] = None):
-        device = data.x.device
+    def __init__(self, data: "DeviceData | StreamData", cfg: "TrainConfig", subset: Optional[torch.Tensor] = None,
+                 sampler=None, sample_weights: Optional[torch.Tensor] = None):
+        device = data.device
+        self.streamed = isinstance(data, StreamData)
+        if self.streamed and cfg.pad:
+            raise ValueError(f"pad {cfg.pad}: translation is the in-memory augmentation; a streamed dataset is "
+                             "augmented by random-resized crops (data.random_crop): set pad: 0")
         subset = torch.arange(len(data), device=device) if subset is None else subset.to(device)
         n = subset.numel()
         if n == 0:

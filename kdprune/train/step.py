@@ -46,12 +46,12 @@ def kd_inputs(cfg: "TrainConfig", data: "DeviceData", teacher: Optional[nn.Modul
         raise ValueError(f"loss {cfg.loss!r} needs a teacher model or its cached logits")
     if teacher_logits is None:
         return teacher, None
-    if cfg.pad or cfg.flip:
-        raise ValueError("cached teacher logits need augmentation off (pad 0, flip false): with augmentation "
-                         "the teacher must see each augmented batch; pass the teacher model instead")
+    if cfg.pad or cfg.flip or getattr(data, "random_crop", False):
+        raise ValueError("cached teacher logits need augmentation off (pad 0, flip false, no random crops): with "
+                         "augmentation the teacher must see each augmented batch; pass the teacher model instead")
     if teacher_logits.shape[0] != len(data):
         raise ValueError(f"teacher_logits has {teacher_logits.shape[0]} rows, the data {len(data)}")
-    return None, teacher_logits.to(device=data.x.device, dtype=torch.float32)
+    return None, teacher_logits.to(device=data.device, dtype=torch.float32)
 
 
 def sgd(model: nn.Module, cfg: "TrainConfig") -> torch.optim.SGD:

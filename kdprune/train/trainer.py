@@ -2,8 +2,8 @@
 (batches.py), the step (step.py), the checkpoint state (state.py) and the records (metrics.py);
 its configuration and result are in types.py.
 
-Data lives on the training device as one uint8 tensor; a subset is an index tensor into it.
-Each epoch walks a permutation of the subset drawn from (order_seed, epoch) and augments each
+Data lives on the training device as one uint8 tensor, or streams from files (StreamData,
+kdprune/train/stream.py); a subset is an index tensor into its rows. Each epoch walks a permutation of the subset drawn from (order_seed, epoch) and augments each
 batch on the device with parameters drawn per example from (aug_seed, epoch) (see augment.py).
 For KD the teacher runs under no_grad on the student's exact augmented batch. Metrics are
 accumulated on the device and read once per epoch; the model is selected on validation accuracy,
@@ -23,6 +23,7 @@ from kdprune.train.batches import BatchSource
 from kdprune.train.metrics import Dynamics, EpochMeter
 from kdprune.train.state import CheckpointStore, TrainingState, fingerprint
 from kdprune.train.step import TrainStep, autocast, kd_inputs, lr_factor, progress
+from kdprune.train.stream import StreamData
 from kdprune.train.types import DeviceData, TrainConfig, TrainResult
 
 __all__ = ["CheckpointStore", "evaluate", "lr_factor", "predict_logits", "seeded", "train"]
@@ -44,11 +45,18 @@ def seeded(seed: int):
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: DeviceData, batch_size: int = 256, features: bool = False) -> torch.Tensor:
-    """Logits (or penultimate features) for every example of ``data``, in order, as float32."""
+def predict_logits(model: nn.Module, data: "DeviceData | StreamData", batch_size: int = 256,
+                   features: bool = False) -> torch.Tensor:
+    """Logits (or penultimate features) for every example of ``data``, in order, as float32 (a
+    streamed split: its evaluation transform, a batch at a time)."""
     model.eval()
     out = []
     fn = model.features if features else model
+    if isinstance(data, StreamData):
+        for xb in data.eval_batches(batch_size):
+            with autocast(data.device):
+                out.append(fn(data.normalise(xb)).float())
+        return torch.cat(out)
     for i in range(0, len(data), batch_size):
         with autocast(data.x.device):
             out.append(fn(data.normalise(data.x[i : i + batch_size])).float())
@@ -56,7 +64,7 @@ def predict_logits(model: nn.Module, data: DeviceData, batch_size: int = 256, fe
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 256) -> dict[str, float]:
+def evaluate(model: nn.Module, data: "DeviceData | StreamData", batch_size: int = 256) -> dict[str, float]:
     logits = predict_logits(model, data, batch_size)
     loss = torch.nn.functional.cross_entropy(logits, data.y)
     acc = (logits.argmax(1) == data.y).float().mean()
@@ -65,7 +73,7 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 256) -> dict[
 
 def train(
     model: nn.Module,
-    data: DeviceData,
+    data: "DeviceData | StreamData",
     cfg: TrainConfig,
     subset: Optional[torch.Tensor] = None,
     val: Optional[DeviceData] = None,
@@ -104,7 +112,7 @@ def train(
     """
     teacher, teacher_logits = kd_inputs(cfg, data, teacher, teacher_logits)
     batches = BatchSource(data, cfg, subset, sampler, sample_weights)
-    device = data.x.device
+    device = data.device
     step = TrainStep(model, cfg, device, batches.channels_last, teacher, teacher_logits)
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
     dynamics = Dynamics.for_model(model, cfg.record_dynamics, last_epoch, batches.n, device) if cfg.record_dynamics else None

@@ -27,6 +27,10 @@ class DeviceData:
             std=torch.as_tensor(std, dtype=torch.float32, device=device),
         )
 
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
     def __len__(self) -> int:
         return self.y.shape[0]
 
