@@ -29,7 +29,8 @@ def _params(args) -> dict:
         "device": "cpu",
         "data": {"dataset": "imagefolder", "root": str(args.root), "loader": "stream", "image_size": args.image_size,
                  "resize": args.resize, "workers": args.workers, "val_fraction": 0.1},
-        "teacher": {"arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size, "pad": 0, "flip": True},
+        "teacher": {"arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size, "pad": 0, "flip": True,
+                    "dynamics": args.dynamics if args.dynamics in ("logits", "stats") else "auto"},
         "scores": {"methods": ["random"]}, "select": {"methods": ["random"]}, "student": {"pad": 0}})
 
 
@@ -55,7 +56,7 @@ def child(args) -> None:
 
     t0 = time.perf_counter()
     model, res, val, meta, splits, ckpt = fit_teacher(work, params, args.arch, "teacher", None, None, log,
-                                                      record_dynamics=args.dynamics == "on", device="cpu")
+                                                      record_dynamics=args.dynamics != "off", device="cpu")
     if res.dynamics is not None:
         write_dynamics(work / "dynamics", splits["train"].ids, res.dynamics)
     ckpt.clear()
@@ -117,8 +118,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dynamics", choices=("on", "off"), default="off",
-                    help="record the teacher's dynamics (today: full logits, epochs x N x classes float16)")
+    ap.add_argument("--dynamics", choices=("off", "on", "logits", "stats"), default="stats",
+                    help="record the teacher's dynamics: per-example statistics (epochs x N x 21 bytes), full logits "
+                         "(epochs x N x classes float16), on (teacher.dynamics: auto) or off")
     ap.add_argument("--phase", choices=("prepare", "teacher"), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
