@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run repro test verify bench gpu-check deploy serve ui prefect-ui stop clean profile study data stores-up stores-down push pull ray-up ray-down
+.PHONY: setup run repro test verify bench exp gpu-check deploy serve ui prefect-ui stop clean profile study data stores-up stores-down push pull ray-up ray-down
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ verify: setup  ## re-run the pipeline in a scratch copy; every committed result 
 
 bench: setup  ## every benchmark that can run here -> reports/bench.json (see bench/); missing data: a skipped row
 	$(BIN)/python -m flows bench
+
+exp: setup  ## the experiments side by side, readable: `dvc exp show` with only the columns that differ
+	$(BIN)/dvc exp show --only-changed --drop 'Created|kd_weight'
 
 gpu-check: setup  ## on CUDA: teacher (1 GPU and every GPU via teacher.workers) and a KD student on synthetic 224 px images; images/s, peak GPU memory as JSON
 	$(BIN)/python -m bench.gpu_check
