@@ -7,6 +7,13 @@ from kdprune.reproducibility import apply as _pin_cpu
 # pinned as an entrypoint pins itself, before torch or NumPy loads (kdprune/reproducibility.py)
 _pin_cpu("portable", 2)
 
+import os  # noqa: E402
+
+# Ray reads its single-machine switch when it is imported: tests that start Ray in this process (test_ddp)
+# would otherwise find it imported by an earlier module without it, and the runner refuses (loopback only)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 import subprocess  # noqa: E402
 import sys
 

@@ -91,7 +91,8 @@ def test_prefect_retry_of_a_failed_student_resumes_from_its_checkpoint(proj):
     _stage(proj, "distill")
     reference = _students(proj.path)
     assert len(reference) == 12
-    out = _stage(proj, "distill", env={"KDPRUNE_FAULT": "distill:3", "KDPRUNE_RETRAIN": "1"})  # trained, not reused
+    # trained, not reused; the Ray workers' lines (the fault, the resume) copied to this output
+    out = _stage(proj, "distill", env={"KDPRUNE_FAULT": "distill:3", "KDPRUNE_RETRAIN": "1", "RAY_LOG_TO_DRIVER": "1"})
     text = out.stdout + out.stderr
     assert "injected fault after distill epoch 3" in text
     assert "Retry 1/1 will start" in text or "AwaitingRetry" in text

@@ -101,7 +101,9 @@ class Lab:
         started_ms = int(time.time() * 1000)
         with open(log, "w") as out:
             # unbuffered: ``restart_when`` reaches the log when it is printed, not when a buffer fills
-            proc = subprocess.Popen(args, cwd=self.path, env={**self.proj.env, **self.env, "PYTHONUNBUFFERED": "1"},
+            proc = subprocess.Popen(args, cwd=self.path, env={**self.proj.env, **self.env, "PYTHONUNBUFFERED": "1",
+                                                                          # every student trains (none reused): the kill lands mid-training
+                                                                          "KDPRUNE_RETRAIN": "1"},
                                     stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 300
