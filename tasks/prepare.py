@@ -20,6 +20,18 @@ from artifacts.files import atomic_directory, atomic_save_npy, atomic_write_json
 from execution.observe import observer, timed_work
 
 
+def write_arrays(directory, splits: dict, parts: tuple) -> dict[str, str]:
+    """Each split's arrays as ``<split>_<part>.npy`` in ``directory`` (``parts`` names them in order);
+    returns file name -> sha256, as meta.json records them."""
+    files = {}
+    for name, arrays in splits.items():
+        for part, arr in zip(parts, arrays):
+            f = directory / f"{name}_{part}.npy"
+            atomic_save_npy(f, np.ascontiguousarray(arr))
+            files[f.name] = sha256_file(f)
+    return files
+
+
 @task(name="prepare-dataset", cache_policy=NO_CACHE, persist_result=False)
 @timed_work
 def prepare_dataset(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
@@ -53,12 +65,7 @@ def write_prepared(root: Path, params: dict, log) -> tuple[dict, Path]:
     std = np.maximum(x01.std(axis=(0, 2, 3)), 1e-6).tolist()
     out = prepared_dir(root, dp["dataset"])
     with atomic_directory(out) as tmp:
-        files = {}
-        for name, (x, y, ids) in splits.items():
-            for part, arr in (("x", x), ("y", y), ("ids", ids)):
-                f = tmp / f"{name}_{part}.npy"
-                atomic_save_npy(f, np.ascontiguousarray(arr))
-                files[f.name] = sha256_file(f)
+        files = write_arrays(tmp, splits, ("x", "y", "ids"))
         meta = {
             "dataset": dp["dataset"],
             "source": raw.source,
@@ -159,12 +166,7 @@ def prepare_stream(root: Path, params: dict, listing: FileListing, log) -> tuple
     classes = listing.classes
     out = prepared_dir(root, dp["dataset"])
     with atomic_directory(out) as tmp:
-        files = {}
-        for name, arrays in splits.items():
-            for part, arr in zip(("files", "sizes", "y", "ids"), arrays):
-                f = tmp / f"{name}_{part}.npy"
-                atomic_save_npy(f, np.ascontiguousarray(arr))
-                files[f.name] = sha256_file(f)
+        files = write_arrays(tmp, splits, ("files", "sizes", "y", "ids"))
         meta = {
             "dataset": dp["dataset"],
             "source": listing.source,

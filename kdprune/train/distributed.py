@@ -47,7 +47,7 @@ from kdprune.train.batches import BatchSource
 from kdprune.train.metrics import Dynamics, EpochMeter
 from kdprune.train.state import CheckpointStore, TrainingState, fingerprint
 from kdprune.train.step import TrainStep, progress
-from kdprune.train.trainer import evaluate
+from kdprune.train.trainer import close_epoch, evaluate
 from kdprune.train.types import DeviceData, TrainConfig, TrainResult
 
 
@@ -244,14 +244,7 @@ def train_distributed(model: nn.Module, data: DeviceData, cfg: TrainConfig, rank
             box = [evaluate(model, val, cfg.eval_batch_size) if rank == 0 else None]
             dist.broadcast_object_list(box, src=0)
             metrics.update(val_acc=box[0]["acc"], val_loss=box[0]["loss"])
-        if metrics[result.selected_on] >= result.best_score:
-            result.best_score, result.best_epoch = metrics[result.selected_on], epoch
-            result.best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        metrics["seconds"] = time.perf_counter() - t0
-        result.history.append(metrics)
-        state.save(epoch, metrics["seconds"])
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
+        close_epoch(result, model, state, epoch, metrics, t0, on_epoch)
     result.seconds = time.perf_counter() - t0
     if dynamics is not None:
         result.dynamics = dynamics.numpy()

@@ -26,7 +26,7 @@ from kdprune.train.step import TrainStep, autocast, kd_inputs, lr_factor, progre
 from kdprune.train.stream import StreamData
 from kdprune.train.types import DeviceData, TrainConfig, TrainResult
 
-__all__ = ["CheckpointStore", "evaluate", "lr_factor", "predict_logits", "seeded", "train"]
+__all__ = ["CheckpointStore", "close_epoch", "evaluate", "lr_factor", "predict_logits", "seeded", "train"]
 
 
 _SEEDED = threading.RLock()
@@ -69,6 +69,22 @@ def evaluate(model: nn.Module, data: "DeviceData | StreamData", batch_size: int 
     loss = torch.nn.functional.cross_entropy(logits, data.y)
     acc = (logits.argmax(1) == data.y).float().mean()
     return {"acc": float(acc), "loss": float(loss)}
+
+
+def close_epoch(result: TrainResult, model: nn.Module, state: TrainingState, epoch: int, metrics: dict[str, float],
+                t0: float, on_epoch: Optional[Callable[[int, dict[str, float]], None]]) -> None:
+    """The end of an epoch, shared by one process (``train``) and data-parallel workers
+    (``distributed.train_distributed``): keep the weights when the selection metric is at least the best
+    so far (the later epoch on a tie), record the epoch's metrics with the seconds since ``t0``, save the
+    checkpoint state, then call ``on_epoch``."""
+    if metrics[result.selected_on] >= result.best_score:
+        result.best_score, result.best_epoch = metrics[result.selected_on], epoch
+        result.best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    metrics["seconds"] = time.perf_counter() - t0
+    result.history.append(metrics)
+    state.save(epoch, metrics["seconds"])
+    if on_epoch is not None:
+        on_epoch(epoch, metrics)
 
 
 def train(
@@ -143,14 +159,7 @@ def train(
         if val is not None:
             v = evaluate(model, val, cfg.eval_batch_size)
             metrics.update(val_acc=v["acc"], val_loss=v["loss"])
-        if metrics[result.selected_on] >= result.best_score:
-            result.best_score, result.best_epoch = metrics[result.selected_on], epoch
-            result.best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        metrics["seconds"] = time.perf_counter() - t0
-        result.history.append(metrics)
-        state.save(epoch, metrics["seconds"])
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
+        close_epoch(result, model, state, epoch, metrics, t0, on_epoch)
     result.seconds = time.perf_counter() - t0
     if dynamics is not None:
         result.dynamics = dynamics.result()
