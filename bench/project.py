@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from cli.verify import COPY  # what a copy of the project needs (code, pipeline, params): one list
+from cli.verify import scratch_copy, scratch_env as clean_env  # noqa: F401 (clean_env: the tests' name for it)
+from servers.runtime import free_port  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,25 +25,6 @@ def merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(port: int) -> dict:
-    """This process's environment without kdprune/Prefect/MLflow/DVC settings, on its own Prefect port."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "KDPRUNE_", "DVC_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        KDPRUNE_PREFECT_PORT=str(port),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DVC_NO_ANALYTICS="1",
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    return env
 
 
 def run_or_dump(cmd: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
@@ -104,21 +84,8 @@ class Project:
 
 
 def make_project(dest: Path, port: int, params: dict | None = None, base: Path = REPO / "params.yaml") -> Project:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, dest / name)
+    """A scratch copy of this checkout in ``dest`` (cli/verify.py's, as `make verify` makes it) with
+    ``params`` over ``base`` as its params.yaml, on Prefect port ``port``."""
     proj = Project(dest, port)
-    proj.write_params(params or {}, base)
-    git = ("git", "-c", "user.email=kdprune@localhost", "-c", "user.name=kdprune")
-    proj.run("git", "init", "-q")
-    proj.run(*git, "add", "-A")
-    proj.run(*git, "commit", "-qm", "init")
-    proj.run("dvc", "init", "-q")
-    proj.run("dvc", "config", "core.analytics", "false")
-    shutil.copytree(REPO / ".dvc" / "plots", dest / ".dvc" / "plots")  # the plot templates dvc.yaml names
-    proj.run(sys.executable, "-m", "flows", "init")  # what `make setup` does: the MLflow store, once
+    scratch_copy(REPO, dest, proj.env, prepare=lambda d: proj.write_params(params or {}, base))
     return proj

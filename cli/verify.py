@@ -54,29 +54,50 @@ def _read(run: Path) -> tuple[dict, list[dict], dict]:
     return metrics, rows, claims
 
 
-def scratch_run(root: Path, dest: Path, timeout_s: float) -> Path:
-    """The project's code and params in ``dest``, with a git and DVC repo of its own, and the pipeline
-    run there from nothing, its output shown as it goes."""
+def scratch_env(port: int) -> dict:
+    """This process's environment without kdprune/Prefect/MLflow/DVC settings, on its own Prefect port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "KDPRUNE_", "DVC_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        KDPRUNE_PREFECT_PORT=str(port),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DVC_NO_ANALYTICS="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    return env
+
+
+def scratch_copy(root: Path, dest: Path, env: dict, prepare=None) -> None:
+    """The project's code and params (``COPY``) in ``dest`` with a git and DVC repo of its own and its
+    MLflow store, as `make setup` leaves a checkout; ``prepare(dest)`` runs before the first commit
+    (e.g. to write other params)."""
+    dest.mkdir(parents=True, exist_ok=True)
     for name in COPY:
         src = root / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         elif src.exists():
             shutil.copy2(src, dest / name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "KDPRUNE_", "DVC_"))}
-    env.update(KDPRUNE_ROOT=str(dest), DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               KDPRUNE_PREFECT_PORT=str(free_port()))
+    if prepare is not None:
+        prepare(dest)
     git = ["git", "-c", "user.email=kdprune@localhost", "-c", "user.name=kdprune"]
-    for cmd in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "verify"],
+    for cmd in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "init"],
                 [sys.executable, "-m", "dvc", "init", "-q"], "plots", [sys.executable, "-m", "flows", "init"]):
         if cmd == "plots":  # the plot templates dvc.yaml names, once `dvc init` has made .dvc/
             if (root / ".dvc" / "plots").is_dir():
                 shutil.copytree(root / ".dvc" / "plots", dest / ".dvc" / "plots")
             continue
-        done = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True)
+        done = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"setting up the scratch copy in {dest}: `{' '.join(cmd)}` exited {done.returncode}: "
                                f"{(done.stderr or done.stdout).strip()[-1500:]}")
+
+
+def scratch_run(root: Path, dest: Path, timeout_s: float) -> Path:
+    """The project's code and params in ``dest`` (``scratch_copy``), and the pipeline run there from
+    nothing, its output shown as it goes."""
+    env = {**scratch_env(free_port()), "KDPRUNE_ROOT": str(dest)}
+    scratch_copy(root, dest, env)
     print(f"[kdprune] verify: re-running the pipeline from nothing in {dest}", flush=True)
     try:
         subprocess.run([sys.executable, "-m", "flows", "pipeline"], cwd=dest, env=env, check=True, timeout=timeout_s)
