@@ -264,7 +264,7 @@ SCHEMA: dict[str, Any] = {
     "device": Field("str", "auto", check=_device),
     "reproducibility": {  # kdprune/reproducibility.py: what makes a CPU result the same on another machine
         "cpu": Field("str", "portable", check=lambda v: None if v in ("portable", "native") else
-                     "must be 'portable' (CPU kernels pinned at AVX2: the same bytes on any x86-64 CPU with AVX2) "
+                     "must be 'portable' (CPU kernels pinned at AVX2 and MKL's COMPATIBLE branch: the same bytes on x86-64 CPUs with AVX2) "
                      "or 'native' (the machine's fastest kernels; bytes differ between CPUs)"),
         "threads": Field("int", 2, check=POSITIVE_INT,
                          doc="torch/BLAS/OpenMP threads of each stage's own process (the teacher trains there); "

@@ -7,12 +7,13 @@ AVX2, both) trained four different digits teachers. Two settings of params.yaml 
 - ``reproducibility.threads``: torch's, MKL's, OpenMP's and OpenBLAS's thread count in each stage's
   own process (a task on the runner takes ``runner.cpus_per_task``), never the machine's core count.
 - ``reproducibility.cpu``: ``portable`` pins every instruction-set choice measured to change a result
-  at AVX2, so the same params give the same bytes on any x86-64 CPU with AVX2 (README
+  at AVX2 (MKL: its COMPATIBLE branch), so the same params give the same bytes on x86-64 CPUs with AVX2 (README
   "Reproducibility"); ``native`` leaves them to the machine (its best kernels; bytes differ between CPUs).
 
 What ``portable`` pins, each measured here to change the bytes when left native (AVX-512 machine):
 ATen's CPU kernels (``ATEN_CPU_CAPABILITY``), oneDNN's convolutions (``ONEDNN_MAX_CPU_ISA``), MKL's
-GEMMs (``MKL_CBWR``: Intel's conditional numerical reproducibility, with dynamic thread counts off), and
+GEMMs and vector maths (``MKL_CBWR``: Intel's conditional numerical reproducibility, with dynamic thread
+counts off; its ``COMPATIBLE`` branch, the one MKL keeps on every vendor's CPU: see ``PORTABLE_ENV``), and
 NumPy's float64 ``exp``/``log`` (``NPY_DISABLE_CPU_FEATURES``: its AVX-512 loops round differently
 from the AVX2 ones, which moves every softmax-based score). OpenBLAS (NumPy's and SciPy's BLAS,
 scikit-learn's k-means) is held at its Haswell kernels. All of them are read once, when the library
@@ -29,12 +30,16 @@ from typing import MutableMapping
 
 MODES = ("portable", "native")
 
-# MKL: "the same results on every Intel CPU supporting AVX2" (MKL_CBWR=AVX2), which needs a fixed
-# thread count and no dynamic adjustment of it (MKL_DYNAMIC / OMP_DYNAMIC false).
+# MKL: a fixed code branch (conditional numerical reproducibility), with a fixed thread count and no
+# dynamic adjustment of it (MKL_DYNAMIC / OMP_DYNAMIC false). The branch is COMPATIBLE, not AVX2: MKL
+# keeps a branch pin other than COMPATIBLE on Intel CPUs only. On an AMD EPYC, MKL_CBWR=AVX2 ran the
+# AUTO branch (MKL_VERBOSE "CNR:AUTO", mkl_cbwr_get 2), so the committed dvc.lock recorded on an Intel
+# CPU was not reproduced there (teacher and everything after it differed). COMPATIBLE measured no slower
+# on the default pipeline (42.0 s vs 43.6 s): its GEMMs are small, convolutions run in oneDNN.
 PORTABLE_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "MKL_CBWR": "AVX2",
+    "MKL_CBWR": "COMPATIBLE",
     "MKL_DYNAMIC": "FALSE",
     "OMP_DYNAMIC": "FALSE",
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy 2.x's AVX-512 dispatch targets
@@ -77,6 +82,12 @@ def check(mode: str, threads: int) -> dict:
     if mode == "portable":
         wrong = {k: os.environ.get(k) for k, v in PORTABLE_ENV.items() if os.environ.get(k) != v}
         expected = "AVX2" if cpu_supports_avx2() else cap  # a CPU without AVX2 cannot run them: recorded as is
+        branch = mkl_branch()
+        if branch not in (None, PORTABLE_ENV["MKL_CBWR"]) and not wrong and cap == expected:
+            raise RuntimeError(f"reproducibility.cpu is 'portable' but MKL runs its {branch} branch although "
+                               f"MKL_CBWR={PORTABLE_ENV['MKL_CBWR']}: this MKL does not keep that pin on this CPU "
+                               f"({_cpu_model() or platform.processor()}), so its results would differ from other "
+                               "CPUs'. Use reproducibility.cpu: native here, and `make verify` to compare results")
         if cap != expected or wrong:
             why = (f"ATen runs {cap} kernels" if cap != expected else
                    "the environment has " + ", ".join(f"{k}={v}" for k, v in wrong.items()))
@@ -99,6 +110,30 @@ _CHECKED: dict = {}  # what this process last verified (check): the stage's MLfl
 def checked() -> dict:
     """The setting this process verified last (empty before any :func:`check`)."""
     return dict(_CHECKED)
+
+
+# mkl_cbwr.h: MKL_CBWR_BRANCH selects the branch in mkl_cbwr_get; the values it returns
+_MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX",
+                 10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
+
+
+def mkl_branch() -> str | None:
+    """The code branch torch's MKL runs in this process ("COMPATIBLE", "AUTO", ...), as MKL itself reports
+    it (``mkl_cbwr_get``, exported by libtorch_cpu as ``mkl_serv_cbwr_get``); None for a torch without MKL."""
+    import ctypes
+
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        return None
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        get = lib.mkl_serv_cbwr_get
+    except (OSError, AttributeError):  # another build layout (e.g. MKL as a shared library of its own)
+        return None
+    get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+    code = get(1) & 0xFFFF  # MKL_CBWR_BRANCH; the STRICT flag (0x10000) masked off
+    return _MKL_BRANCHES.get(code, str(code))
 
 
 def _numpy_avx512_on() -> bool:

@@ -47,6 +47,18 @@ def test_portable_results_do_not_depend_on_the_starting_environment():
                                   "cpu_capability": "AVX2"}
 
 
+def test_mkl_runs_the_branch_portable_pins():
+    """MKL keeps a branch pin other than COMPATIBLE on Intel CPUs only (on an AMD EPYC, MKL_CBWR=AVX2 ran
+    its AUTO branch): the pin must be one MKL keeps on this CPU, as MKL itself reports it."""
+    env = {**{k: v for k, v in os.environ.items() if k not in (*R.PORTABLE_ENV, *R.THREAD_VARS)},
+           "PYTHONPATH": str(REPO)}
+    code = ("from kdprune.reproducibility import apply, check, mkl_branch\napply('portable', 1)\n"
+            "import torch\ncheck('portable', 1)\nprint(mkl_branch())\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] in ("None", R.PORTABLE_ENV["MKL_CBWR"])
+
+
 @needs_avx2
 def test_native_results_do_depend_on_it():
     """The control: without the setting the same starts give other bytes, so the test above can fail."""
@@ -58,7 +70,7 @@ def test_native_results_do_depend_on_it():
 def test_the_environment_overrides_what_the_shell_set():
     env = dict(NEW_CPU)
     R.apply("portable", 3, env)
-    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and env["MKL_CBWR"] == "AVX2"
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and env["MKL_CBWR"] == "COMPATIBLE"
     assert env["NPY_DISABLE_CPU_FEATURES"] and all(env[v] == "3" for v in R.THREAD_VARS)
     env = dict(NEW_CPU)
     R.apply("native", 1, env)
