@@ -76,22 +76,22 @@ def main() -> None:
     teacher = {"epochs": args.epochs, "batch_size": args.batch_size, "pad": 2}
     params = {w: validate({"device": "cpu", "reproducibility": {"threads": args.threads},
                            "teacher": {**teacher, "workers": w}}, stage="teacher") for w in (1, 2)}
-    tp = params[1]["teacher"]
-    cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=True)
+    tp = params[1].teacher
+    cfg = train_config(tp, order_seed=tp.seed, aug_seed=tp.seed, record_dynamics=True)
     log = logging.getLogger("ddp_bench")
     cpu = torch.device("cpu")
 
     def one_worker(root: Path) -> dict:
         train_d, val_d = device_data(meta, splits["train"], cpu), device_data(meta, splits["val"], cpu)
-        with seeded(tp["seed"]):
-            model = build_model(tp["arch"], *shape[:1], 10, shape[1])
+        with seeded(tp.seed):
+            model = build_model(tp.arch, *shape[:1], 10, shape[1])
         t0 = time.perf_counter()
         res = train(model, train_d, cfg, val=val_d, checkpoint=FileCheckpoint(root, "teacher", "one", "bench"))
         return {"wall": time.perf_counter() - t0, "history": res.history, "val": res.best_score}
 
     def two_workers(root: Path) -> dict:
         t0 = time.perf_counter()
-        out = ddp.fit(root, params[2], tp["arch"], cfg, meta, splits, lambda e, m: None, log)
+        out = ddp.fit(root, params[2], tp.arch, cfg, meta, splits, lambda e, m: None, log)
         wall = time.perf_counter() - t0
         n = len(splits["train"])
         assert out["dynamics"].shape[:2] == (args.epochs, n) and not np.isnan(out["dynamics"]).any()
@@ -121,7 +121,7 @@ def main() -> None:
           f"wall ratio {wall_ratio:.2f}, per-epoch ratio {epoch_ratio:.2f}; Ray start {ray_init_s:.1f} s")
     write_rows([{
         "name": "ddp_teacher_2_vs_1_worker_wall_ratio", "value": round(wall_ratio, 3), "unit": "x",
-        "target": "report (correctness first on 2 cores)", "device": "cpu", "arch": tp["arch"],
+        "target": "report (correctness first on 2 cores)", "device": "cpu", "arch": tp.arch,
         "shape": list(shape), "n": args.n, "epochs": args.epochs, "batch_size": args.batch_size,
         "threads": args.threads, "estimator": f"median over {args.rounds} interleaved rounds of 2-worker/1-worker wall",
         "epoch_ratio": round(epoch_ratio, 3), "ray_init_s": round(ray_init_s, 2),

@@ -62,6 +62,7 @@ def main() -> int:
     from kdprune.config import validate
     from kdprune.models import MODELS, build_model
     from kdprune.train import seeded, train
+    from kdprune.distill import KDSetting
     from kdprune.train import train_config
 
     device = torch.device(args.device)
@@ -120,12 +121,12 @@ def main() -> int:
     # 3. a KD student on half the data, the teacher live on each augmented batch
     reset()
     subset = torch.from_numpy(__import__("numpy").random.default_rng(0).permutation(args.n)[: args.n // 2])
-    sp = params["student"]
-    scfg = train_config(sp, order_seed=0, aug_seed=0, loss="kd", kd_weight=0.5, temperature=4.0)
+    scfg = train_config(params.student, order_seed=0, aug_seed=0)
+    kd = KDSetting("kd", 0.5, 4.0, params.teacher.arch, "constant", "kd0.5")
     with seeded(1):
         student = build_model(arch, 3, args.classes, args.size)
     t0 = time.perf_counter()
-    sres = train(student, train_d, scfg, subset=subset, val=val_d, teacher=teacher)
+    sres = train(student, train_d, scfg, subset=subset, val=val_d, teacher=teacher, kd=kd)
     if device.type == "cuda":
         torch.cuda.synchronize()
     out["student_kd_1_gpu"] = {**_rates(len(subset), sres.history, time.perf_counter() - t0),

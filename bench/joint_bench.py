@@ -21,6 +21,7 @@ a markdown table on stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -44,12 +45,13 @@ def build(teacher_epochs: int, max_train: int | None) -> None:
     from kdprune.models import build_model
     from kdprune.selection.joint.inputs import model_inputs
     from kdprune.train import DeviceData, seeded, train
+    from kdprune.config import validate
     from kdprune.train import train_config
 
     if (WORK / "inputs.npz").exists():
         return
-    prof = yaml.safe_load((REPO / "profiles" / "fashion_mnist.yaml").read_text())
-    dp, tp = prof["data"], prof["teacher"]
+    prof = validate(yaml.safe_load((REPO / "profiles" / "fashion_mnist.yaml").read_text()), stage="teacher")
+    dp, tp = prof["data"], dataclasses.replace(prof.teacher, compile=False)
     raw = DATASETS.get("fashion_mnist")(root=dp["root"])
     keep, held = stratified_split(raw.train_y, dp["val_fraction"], dp["split_seed"])
     if max_train is not None and max_train < len(keep):
@@ -59,15 +61,15 @@ def build(teacher_epochs: int, max_train: int | None) -> None:
     dev = torch.device("cpu")
     tr = DeviceData.from_numpy(raw.train_x[keep], raw.train_y[keep], mean, std, dev)
     va = DeviceData.from_numpy(raw.train_x[held], raw.train_y[held], mean, std, dev)
-    with seeded(tp["seed"]):
-        model = build_model(tp["arch"], 1, 10, 28)
+    with seeded(tp.seed):
+        model = build_model(tp.arch, 1, 10, 28)
     t0 = time.perf_counter()
-    res = train(model, tr, train_config({**tp, "compile": False}, epochs=teacher_epochs), val=va)
+    res = train(model, tr, train_config(tp, epochs=teacher_epochs), val=va)
     model.load_state_dict(res.best_state)
     print(f"teacher: {teacher_epochs} epochs, {time.perf_counter() - t0:.0f}s, val acc {res.best_score:.4f}",
           flush=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    torch.save({"state": model.state_dict(), "arch": tp["arch"]}, WORK / "teacher.pt")
+    torch.save({"state": model.state_dict(), "arch": tp.arch}, WORK / "teacher.pt")
     t0 = time.perf_counter()
     inp = model_inputs(model, tr, va, {"features", "gradients", "validation"}, 10)
     np.savez(WORK / "inputs.npz", ids=keep, labels=inp.labels, features=inp.features,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 import kdprune  # noqa: F401
 from kdprune.device import resolve_device
+from kdprune.distill import KDSetting
 from kdprune.models import build_model
 from kdprune.train import DeviceData, TrainConfig, augment_batch, epoch_augmentation, seeded, train
 
@@ -119,11 +120,11 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, pad=args.pad, warmup_epochs=0.0)
     teacher = fresh(1).eval()
     samples = args.n * args.epochs
-    kd_cfg = TrainConfig(**{**cfg.__dict__, "loss": "kd", "kd_weight": 0.5, "temperature": 4.0})
+    kd = KDSetting("kd", 0.5, 4.0, args.arch, "constant", "kd0.5")
     times = _timed_rounds({
         "bare": lambda: bare_epochs(fresh(), data, args.epochs, args.batch_size, 0.05, args.pad, False),
         "trainer": lambda: train(fresh(), data, cfg),
-        "kd": lambda: train(fresh(), data, kd_cfg, teacher=teacher),
+        "kd": lambda: train(fresh(), data, cfg, teacher=teacher, kd=kd),
     }, device, args.repeats)
     ratio, kd_ratio = paired_ratio(times["bare"], times["trainer"]), paired_ratio(times["kd"], times["trainer"])
     best = {k: min(v) for k, v in times.items()}

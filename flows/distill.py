@@ -33,7 +33,7 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     manifests = read_manifests(root_p, meta, splits["train"].ids)
     if not manifests:
         raise FileNotFoundError(f"no manifests under {root_p / 'data' / 'manifests'}; run `dvc repro select` first")
-    students = student_variants({k: m.manifest for k, m in manifests.items()}, params)
+    students = student_variants({k: m.manifest for k, m in manifests.items()}, params.student, params.teacher.arch)
     dev = resolve_device(params["device"])
     n_dev = device_count(params["device"])
     devices = ([f"cuda:{i}" for i in range(n_dev)] if dev.type == "cuda" and dev.index is None and not is_ray(params)
@@ -51,16 +51,16 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     earlier = {} if retrain else find_earlier(root_p, out, {keys[g[0].name] for g in groups})
     obs = observer()
     tr = obs.tracker(root_p)
-    sel, sp = params["select"], params["student"]
+    sel, st = params["select"], params.student
     grid = {"methods": ",".join(sel["methods"]), "fractions": ",".join(f"{f:g}" for f in sel["fractions"]),
-            "kd_schedule": sp["kd_schedule"], "kd_weights": ",".join(f"{w:g}" for w in sp["kd_weights"]),
-            "seeds": ",".join(map(str, sp["seeds"])),
-            "teachers": ",".join([params["teacher"]["arch"], *sp["teachers"]]), "students": len(students)}
+            "kd_schedule": st.kd_schedule, "kd_weights": ",".join(f"{w:g}" for w in params["student"]["kd_weights"]),
+            "seeds": ",".join(map(str, st.seeds)),
+            "teachers": ",".join([params.teacher.arch, *st.teachers]), "students": len(students)}
     # the sweep's MLflow run; each student is a top-level run tagged kdprune.sweep_run_id = this run's id,
     # comparable by method, fraction, kd_weight, teacher, seed in the shared view STUDENTS_VIEW
     with tr.run("distill", parent_run_id, tags={**obs.stage_tags(root_p, "distill", meta),
                                                  "kdprune.sweep": "true"},
-                params={"student": sp, "sweep": grid, "runner": params["runner"]}) as run_id, \
+                params={"student": params["student"], "sweep": grid, "runner": params["runner"]}) as run_id, \
             atomic_directory(out) as tmp, \
             task_threads(params["runner"]["cpus_per_task"]):  # teacher logits too: the same bits on any machine
         try:
@@ -91,7 +91,7 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
 
                     # longest first (steps, live-teacher students a little longer): the last to finish are
                     # short ones, so parallel workers end together instead of one waiting on a long student
-                    cost = [student_cost(sp, groups[i][0], len(manifests[groups[i][0].manifest].manifest["ids"]))
+                    cost = [student_cost(st, groups[i][0], len(manifests[groups[i][0].manifest].manifest["ids"]))
                             for i in todo]
                     order = sorted(range(len(todo)), key=lambda k: -cost[k])
                     rank = {k: r for r, k in enumerate(order)}  # devices taken in turn, in submission order

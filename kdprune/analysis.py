@@ -41,12 +41,22 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def _fixed_weight(schedule) -> bool:
+    """Whether a KD student's arm is one weight at every fraction: its schedule's registration says so (a row
+    without a schedule, from before schedules were recorded, is)."""
+    if schedule is None or pd.isna(schedule) or schedule == "":
+        return True
+    from kdprune.distill import SCHEDULES  # the registry, only when a KD row is labelled
+
+    return schedule in SCHEDULES and SCHEDULES.get(schedule).fixed
+
+
 def arm(row) -> str:
     """The KD arm of a student row: 'no KD', 'KD a=0.5', or 'KD linear(0.9→0.1)' style labels."""
     if not row["kd"]:
         return "no KD"
-    sched = row.get("kd_schedule") or "constant"
-    if sched in ("constant", "none") or pd.isna(sched):
+    sched = row.get("kd_schedule")
+    if _fixed_weight(sched):
         return f"KD a={row['kd_weight']:g}"
     setting = str(row.get("kd_setting") or sched).split("-T")[0]
     return f"KD {sched} ({setting})"

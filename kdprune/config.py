@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextvars
 import difflib
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Optional
 
 from kdprune.registry import did_you_mean
+from kdprune.settings import Params, StudentSettings, TeacherSettings, TrainSettings  # noqa: F401
 
 # Name checks import the registry they check against, and only when they run: a stage's command
 # checks the names its stage uses (STAGE_NAMES), so it imports -- and its dvc.yaml deps list --
@@ -461,8 +462,10 @@ def validate(params: Any, stage: Optional[str] = None) -> dict:
                     out[section][k] = resolved[k]
                 elif isinstance(v, dict) or section in ARGUMENT_SECTIONS:
                     out[section][k] = v
-            for param, spec in arguments.items():  # every argument has a value: its declared default
-                out[section].setdefault(param, spec.option.convert(spec.option.default))
+        for section in ARGUMENT_SECTIONS:  # every argument has a value (its declared default), section given or not
+            for param, spec in _arguments(section).items():
+                if isinstance(out.get(section), dict):
+                    out[section].setdefault(param, spec.option.convert(spec.option.default))
         st = out.get("student")
         if not errors and "losses" in _CHECKED.get() and isinstance(st, dict):
             loss = _registry("losses").get(st["loss"])
@@ -470,11 +473,12 @@ def validate(params: Any, stage: Optional[str] = None) -> dict:
                 st[loss.name] = loss.resolve(st.get(loss.name))
         if not errors:
             _cross_checks(out, errors)
+        typed = {} if errors else _typed(out)
     finally:
         _CHECKED.reset(token)
     if errors:
         raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(errors), errors)
-    return out
+    return Params(out, typed)
 
 
 def _data_checks(p: dict, errors: list[str]) -> None:
@@ -592,3 +596,28 @@ def _cuda_here() -> bool:
     import torch  # device auto: CUDA when present (kdprune.device's rule)
 
     return torch.cuda.is_available()
+
+
+# -- the typed sections: what validation gives the stages ---------------------------------------------------
+
+
+def _section(cls, section: dict, **resolved):
+    return cls(**{f.name: resolved[f.name] if f.name in resolved else section[f.name] for f in fields(cls)
+                  if f.name in resolved or f.name in section})
+
+
+def _typed(p: dict) -> dict:
+    """The typed sections of validated params ``p`` (the registries in scope resolve the methods' parts)."""
+    st = p["student"]
+    arms = None
+    if {"losses", "schedules"} <= _CHECKED.get():
+        distill = importlib.import_module("kdprune.distill")  # in scope: "losses", "schedules"
+        schedule = _registry("schedules").get(st["kd_schedule"])
+        arms = distill.kd_arms(schedule.name, st[schedule.param], st["loss"], st["temperature"],
+                               tuple(sorted((st.get(st["loss"]) or {}).items())))
+    return {
+        "teacher": _section(TeacherSettings, p["teacher"]),
+        "student": _section(StudentSettings, st, seeds=tuple(st["seeds"]), teachers=tuple(st["teachers"]),
+                            cached_logits=bool(st["cached_logits"] and st["pad"] == 0 and not st["flip"]),
+                            kd_arms=arms),
+    }

@@ -24,7 +24,8 @@ from kdprune.models import build_model
 from kdprune.reproducibility import provenance
 from kdprune.selection import make_sampler
 from kdprune.train import evaluate, predict_logits, seeded, train, train_config
-from kdprune.train.plan import Student, cached_logits, student_budget, training_inputs, training_key
+from kdprune.distill import kd_record
+from kdprune.train.plan import Student, student_budget, training_inputs, training_key
 from artifacts.stages import load_manifest
 from artifacts.checkpoints import checkpoint_root, fault_point, FileCheckpoint
 from artifacts.files import atomic_write_json, load_json, md5_file, sha256_file
@@ -81,7 +82,7 @@ def teacher_facts(root: Path, params: dict) -> dict[str, dict]:
     """Per teacher architecture, what a student's record says of it: model.json and the weights'
     sha256 (read once per stage, not once per student)."""
     out = {}
-    for arch in [params["teacher"]["arch"], *params["student"]["teachers"]]:
+    for arch in [params.teacher.arch, *params.student.teachers]:
         tdir = teacher_dir(root, params, arch)
         if (tdir / "model.json").exists():
             out[arch] = {"info": load_json(tdir / "model.json"),
@@ -101,7 +102,7 @@ def compute_facts(params: dict, device: torch.device) -> dict:
 def plan_keys(students: list[Student], manifests: dict[str, ManifestFile], params: dict, meta: dict, n_train: int,
               teachers: dict[str, dict], code: str, compute: dict) -> tuple[dict[str, dict], dict[str, str]]:
     """Per student name, its training inputs (:func:`kdprune.train.plan.training_inputs`) and their key."""
-    inputs = {s.name: training_inputs(s, manifests[s.manifest].manifest, params, n_total=n_train,
+    inputs = {s.name: training_inputs(s, manifests[s.manifest].manifest, params.student, n_total=n_train,
                                       dataset_sha256=meta["sha256"], code_sha256=code, compute=compute,
                                       teacher_sha256=None if s.kd is None else teachers[s.kd.teacher]["sha256"])
               for s in students}
@@ -122,12 +123,11 @@ def student_inputs(root: Path, params: dict, students: list[Student], manifests:
     the manifests (ids, weights, sampler), each teacher's weights, and each teacher's logits on the
     training split when students use cached logits. Under Ray each goes into the object store once
     (:func:`execution.runner.share`), so a task on another node needs no shared filesystem."""
-    sp = params["student"]
     teachers, logits = {}, {}
     for arch in dict.fromkeys(s.kd.teacher for s in students if s.kd is not None):
         model, info = load_model(teacher_dir(root, params, arch), device)
         teachers[arch] = share({"state": state_arrays(model), "info": info}, params)
-        if cached_logits(sp):  # computed once here, for every student of this teacher
+        if params.student.cached_logits:  # computed once here, for every student of this teacher
             logits[arch] = share(predict_logits(model, device_data(meta, splits["train"], device, params), batch_size=512)
                                  .cpu().numpy(), params)
     return {"meta": meta, "train": share(splits["train"], params), "val": share(splits["val"], params),
@@ -144,7 +144,7 @@ def train_student(params: dict, student: Student, key: str, inputs: dict, device
     the stage's process records the result (:func:`record_student`)."""
     log = get_run_logger()
     started = time.time()
-    sp = params["student"]
+    st = params.student
     kd = student.kd
     dev = task_device(params, device)
     meta = inputs["meta"]
@@ -161,13 +161,11 @@ def train_student(params: dict, student: Student, key: str, inputs: dict, device
         teacher = model_from_state(t["info"]["arch"], t["info"]["in_channels"], t["info"]["num_classes"],
                                    t["info"]["image_size"], t["state"]).to(dev).eval()
     with seeded(student.seed):
-        model = build_model(sp["arch"], c, meta["num_classes"], h)
-    epochs, max_steps = student_budget(sp, n_total=len(train_split), manifest=manifest, n_pool=int(subset.numel()))
+        model = build_model(st.arch, c, meta["num_classes"], h)
+    epochs, max_steps = student_budget(st, n_total=len(train_split), manifest=manifest, n_pool=int(subset.numel()))
     # order/augmentation seeds are the student seed: every subset of one seed sees the same
     # per-example augmentations as the full run of that seed would
-    cfg = train_config(sp, epochs=epochs, order_seed=student.seed, aug_seed=student.seed, loss=student.loss,
-                       kd_weight=0.0 if kd is None else kd.weight, loss_options={} if kd is None else dict(kd.options),
-                       temperature=sp["temperature"] if kd is None else kd.temperature, max_steps=max_steps)
+    cfg = train_config(st, epochs=epochs, order_seed=student.seed, aug_seed=student.seed, max_steps=max_steps)
     weights = manifest.get("weights")
     weights = None if weights is None else torch.tensor(weights, dtype=torch.float32)
     sampler = None
@@ -176,7 +174,7 @@ def train_student(params: dict, student: Student, key: str, inputs: dict, device
         sampler = make_sampler(s["name"], int(subset.numel()), epochs, seed=s["seed"] or 0, **s["options"])
     ckpt = student_checkpoint(Path(inputs["checkpoints"]), student, key, log)
     res = train(model, train_d, cfg, subset=subset, val=val_d, teacher=teacher, teacher_logits=t_logits,
-                checkpoint=ckpt, sampler=sampler, sample_weights=weights,
+                checkpoint=ckpt, sampler=sampler, sample_weights=weights, kd=kd,
                 on_epoch=lambda epoch, m: (observer().note(f"{student.name} epoch {epoch}/{epochs}"),
                                            fault_point(inputs["checkpoints"], "distill", epoch)))
     model.load_state_dict(res.best_state)
@@ -185,7 +183,7 @@ def train_student(params: dict, student: Student, key: str, inputs: dict, device
             "history": res.history, "val_acc": val["acc"], "val_loss": val["loss"], "steps": res.steps,
             "best_epoch": res.best_epoch, "samples_seen": res.samples_seen, "epochs": epochs,
             "teacher_logits": "cached" if t_logits is not None else "live" if kd is not None else "none",
-            "loss": cfg.loss, "weighted": weights is not None, "n_train": int(subset.numel()), "wall_s": res.seconds,
+            "loss": student.loss, "weighted": weights is not None, "n_train": int(subset.numel()), "wall_s": res.seconds,
             "started": started, "ended": time.time(), "node": where(), "checkpoint": str(ckpt.path)}
 
 
@@ -199,25 +197,26 @@ def reused_result(earlier: Earlier) -> dict:
 
 def student_record(stage: Stage, student: Student, res: dict) -> dict:
     """A student's metrics.json (without its history): who it is, how it trained, its best-epoch results."""
-    sp = stage.params["student"]
+    st = stage.params.student
     mf = stage.manifests[student.manifest]
     m = mf.manifest
     kd = student.kd
-    tinfo = stage.teachers[stage.params["teacher"]["arch"] if kd is None else kd.teacher]["info"]
+    tinfo = stage.teachers[stage.params.teacher.arch if kd is None else kd.teacher]["info"]
+    kd_fields = kd_record(kd)
     return {
         "name": student.name, "manifest": student.manifest, "method": m["method"],
         "fraction": m["fraction"], "selection_seed": m["seed"], "seed": student.seed,
-        "kd": kd is not None, "loss": res["loss"], "kd_weight": 0.0 if kd is None else kd.weight,
-        "kd_schedule": "none" if kd is None else kd.schedule, "kd_setting": student.kd_setting,
-        "temperature": None if kd is None else kd.temperature, "teacher_logits": res["teacher_logits"],
-        "teacher_arch": tinfo["arch"], "teacher_params": tinfo.get("n_params"), "student_arch": sp["arch"],
+        "kd": kd_fields["kd"], "loss": res["loss"], "kd_weight": kd_fields["kd_weight"],
+        "kd_schedule": kd_fields["kd_schedule"], "kd_setting": kd_fields["kd_setting"],
+        "temperature": kd_fields["temperature"], "teacher_logits": res["teacher_logits"],
+        "teacher_arch": tinfo["arch"], "teacher_params": tinfo.get("n_params"), "student_arch": st.arch,
         "dataset": stage.meta["dataset"], "manifest_sha256": mf.sha256,
         "teacher_sha256": None if kd is None else stage.teachers[kd.teacher]["sha256"],
-        "n_train": res["n_train"], "epochs": res["epochs"], "budget": sp["budget"],
+        "n_train": res["n_train"], "epochs": res["epochs"], "budget": st.budget,
         "sampler": (m.get("sampler") or {}).get("name"), "balanced": m.get("balanced"),
         "weighted": res["weighted"], "steps": res["steps"], "best_epoch": res["best_epoch"],
         "val_acc": res["val_acc"], "val_loss": res["val_loss"], "samples_seen": res["samples_seen"],
-        "seen_fraction": res["samples_seen"] / (sp["epochs"] * stage.n_train),
+        "seen_fraction": res["samples_seen"] / (st.epochs * stage.n_train),
     }
 
 
@@ -230,14 +229,14 @@ def record_student(stage: Stage, student: Student, aliases: tuple, res: dict, ou
     ``out_dir``. Returns the task index entry."""
     log = get_run_logger()
     params, meta = stage.params, stage.meta
-    sp = params["student"]
+    st = params.student
     mf = stage.manifests[student.manifest]
     reused = res.get("reused_from")
     sdir = Path(out_dir) / student.name
     if not reused:
         c, h, _ = meta["shape"]
-        model = model_from_state(sp["arch"], c, meta["num_classes"], h, res["state"])
-        save_model(sdir, model, {"arch": sp["arch"], "in_channels": c, "num_classes": meta["num_classes"],
+        model = model_from_state(st.arch, c, meta["num_classes"], h, res["state"])
+        save_model(sdir, model, {"arch": st.arch, "in_channels": c, "num_classes": meta["num_classes"],
                                  "image_size": h, "dataset": meta["dataset"], "dataset_sha256": meta["sha256"],
                                  "compute": task_compute(params, res["node"])})
         result = {k: res[k] for k in RESULT_FIELDS if k != "history"} | {"history": stable_history(res["history"])}
@@ -252,7 +251,7 @@ def record_student(stage: Stage, student: Student, aliases: tuple, res: dict, ou
             **({"kdprune.sweep_run_id": parent_run_id} if parent_run_id else {}),
             **({"kdprune.reused_from": reused} if reused else {}),
             **obs.run_color(record["method"], params["select"]["methods"]), **node_tags(res["node"])}
-    run_params = {**{k: v for k, v in record.items() if k not in RESULT_KEYS}, "student": sp}
+    run_params = {**{k: v for k, v in record.items() if k not in RESULT_KEYS}, "student": params["student"]}
     # a top-level run, not a child of the sweep's run: MLflow's runs table and charts show children only
     # under an expanded parent, so nested students cannot be compared side by side (see STUDENTS_VIEW)
     with tr.run(student.name, None, tags=tags, params=run_params, wait=False,

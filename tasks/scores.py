@@ -47,17 +47,21 @@ def requested(sp: dict) -> dict[str, tuple[ScoreSpec, dict]]:
     return out
 
 
+# the file of a proxy's weights snapshot, read by the scores that declare ``proxy_models`` in their needs
+PROXY_WEIGHTS = "weights"
+
+
 def proxy_reads(sp: dict) -> dict:
     """What the proxy runs must record for the requested scores: the epochs their logits are read at
-    (each ``proxy_logits`` score's input option ``epoch``) and whether the weights at
-    scores.grand_epoch are needed (``proxy_models``)."""
+    (each ``proxy_logits`` score's input option ``epoch``) and the epoch their weights are taken at
+    (``weights_at``: scores.grand_epoch when a score declares ``proxy_models``, else None)."""
     scores = requested(sp).values()
     return {"logit_epochs": sorted({o["epoch"] for s, o in scores if "proxy_logits" in s.needs}),
-            "weights": any("proxy_models" in s.needs for s, _ in scores)}
+            "weights_at": sp["grand_epoch"] if any("proxy_models" in s.needs for s, _ in scores) else None}
 
 
 def proxy_workdir(root: Path, params: dict) -> Path:
-    key = fingerprint(params["scores"], params["teacher"], params["data"], params["device"])
+    key = fingerprint(params["scores"], params["teacher"], params["data"], params["device"], PROXY_WEIGHTS)
     return Path(root) / ".kdprune" / "proxies" / key
 
 
@@ -83,12 +87,12 @@ def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -
     logits at each read epoch. ``memo``: a random
     scores.memorization_fraction subset, then which training examples the final model classifies correctly."""
     log = get_run_logger()
-    sp, tp = params["scores"], params["teacher"]
+    sp, tp = params["scores"], params.teacher
     dev = task_device(params, device)
     meta = inputs["meta"]
     train_d = device_data(meta, inputs["train"], dev, params)
     c, h, _ = meta["shape"]
-    arch = sp["proxy_arch"] or tp["arch"]
+    arch = sp["proxy_arch"] or tp.arch
     with seeded(1000 + seed):
         model = build_model(arch, c, meta["num_classes"], h)
     files: dict[str, np.ndarray | dict] = {}
@@ -97,18 +101,18 @@ def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -
     t0 = time.perf_counter()
     if kind == "proxy":
         reads = proxy_reads(sp)
-        wanted = {"grand"} if reads["weights"] else set()
+        wanted = set() if reads["weights_at"] is None else {PROXY_WEIGHTS}
         wanted |= {f"logits-{e}" for e in reads["logit_epochs"]}
 
         def keep_weights(tag: str) -> None:
             files[tag] = state_arrays(model)
 
-        if reads["weights"] and sp["grand_epoch"] == 0:
-            keep_weights("grand")
+        if reads["weights_at"] == 0:  # at initialisation
+            keep_weights(PROXY_WEIGHTS)
 
         def at_epoch(e: int, _m: dict) -> None:
-            if reads["weights"] and e == sp["grand_epoch"]:
-                keep_weights("grand")
+            if e == reads["weights_at"]:
+                keep_weights(PROXY_WEIGHTS)
             if e in reads["logit_epochs"]:  # a read point: a clean eval-mode pass over the train split
                 files[f"logits-{e}"] = predict_logits(model, train_d).cpu().numpy()
 
@@ -161,7 +165,7 @@ def _proxy_model(d: Path, device):
 
     info = load_json(d / "info.json")
     model = model_from_state(info["arch"], info["in_channels"], info["num_classes"], info["image_size"],
-                             load((d / "grand.safetensors").read_bytes()))
+                             load((d / f"{PROXY_WEIGHTS}.safetensors").read_bytes()))
     return model.to(device).eval()
 
 
@@ -234,7 +238,7 @@ def recipe(spec: ScoreSpec, opts: dict, params: dict) -> Optional[dict]:
         if "proxy_logits" in spec.needs:
             out.update(read_at_epoch=opts["epoch"], **{"pass": "eval mode, clean inputs"})
         if "proxy_models" in spec.needs:
-            out["at_epoch"] = sp["grand_epoch"]
+            out["at_epoch"] = proxy_reads(sp)["weights_at"]
         return out
     if "memo" in spec.proxies:
         return {"runs": sp["memorization_models"], "epochs": sp["memorization_epochs"]}

@@ -27,31 +27,31 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr, run_id: Opt
     augmentation); per-epoch metrics go to ``run_id`` (none without ``tr``: a task on the runner
     returns its history instead). ``data``: (meta, splits) when the caller has them, else read from
     the project. Returns (model, TrainResult, val metrics, meta, splits, checkpoint)."""
-    tp = params["teacher"]
+    tp = params.teacher
     device = torch.device(device) if device else resolve_device(params["device"])
     meta, splits = data or load_prepared(root, params["data"]["dataset"])
     train_d, val_d = device_data(meta, splits["train"], device, params), device_data(meta, splits["val"], device, params)
     c, h, _ = meta["shape"]
-    with seeded(tp["seed"]):
+    with seeded(tp.seed):
         model = build_model(arch, c, meta["num_classes"], h)
     if record_dynamics:  # the logits, or per-example statistics where those are too big (teacher.dynamics)
-        record_dynamics = dynamics_format(tp["dynamics"], tp["epochs"], len(train_d), meta["num_classes"])
-    cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=record_dynamics)
+        record_dynamics = dynamics_format(tp.dynamics, tp.epochs, len(train_d), meta["num_classes"])
+    cfg = train_config(tp, order_seed=tp.seed, aug_seed=tp.seed, record_dynamics=record_dynamics)
 
     def on_epoch(epoch: int, m: dict) -> None:
         bar.update(epoch - bar.n)  # a resumed run starts past epoch 1
         bar.set_postfix_str(f"val_acc {m['val_acc']:.4f}")
-        log.info(f"{stage} {arch} epoch {epoch}/{tp['epochs']}: loss {m['train_loss']:.4f} "
+        log.info(f"{stage} {arch} epoch {epoch}/{tp.epochs}: loss {m['train_loss']:.4f} "
                  f"train_acc {m['train_acc']:.4f} val_acc {m['val_acc']:.4f} ({m['seconds']:.1f}s)")
         if tr is not None:
             tr.log_metrics(run_id, m, step=epoch)
         fault_point(root, stage, epoch)
 
     ckpt = FileCheckpoint(checkpoint_root(root), stage, arch if stage != "teacher" else "teacher",
-                          fingerprint(tp, arch, meta["sha256"], str(device), torch.get_num_threads(),
+                          fingerprint(params["teacher"], arch, meta["sha256"], str(device), torch.get_num_threads(),
                                       params["reproducibility"]["cpu"]), log)
-    log.info(f"training {stage} {arch} on {len(train_d)} examples for {tp['epochs']} epochs on {device}")
-    with observer().progress(f"{stage} {arch}", tp["epochs"], "epoch") as bar:
+    log.info(f"training {stage} {arch} on {len(train_d)} examples for {tp.epochs} epochs on {device}")
+    with observer().progress(f"{stage} {arch}", tp.epochs, "epoch") as bar:
         res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)
     if ckpt.resumed_from and tr is not None:  # epochs before the crash were logged to the failed attempt's run
         tr.log_history(run_id, res.history[: ckpt.resumed_from])
@@ -89,18 +89,18 @@ def teacher_stage(root: str, params: dict, parent_run_id: Optional[str], fit) ->
     tasks/teacher_ddp.py): its MLflow run, the outputs written atomically, the checkpoint cleared."""
     log = get_run_logger()
     root = Path(root)
-    tp = params["teacher"]
+    tp = params.teacher
     obs = observer()
     tr = obs.tracker(root)
     meta, _ = load_prepared(root, params["data"]["dataset"])
     # the run ends without waiting for its logging (the registered model takes the writer a second or
     # two): the next stage starts meanwhile; a process's later flush, or its end, waits for it
     with tr.run("teacher", parent_run_id, tags=obs.stage_tags(root, "teacher", meta),
-                params={"teacher": tp, "device": params["device"]}, wait=False) as run_id:
+                params={"teacher": params["teacher"], "device": params["device"]}, wait=False) as run_id:
         model, res, val, meta, splits, ckpt, compute = fit(root, params, tr, run_id, log)
         out = root / "models" / "teacher"
         with atomic_directory(out) as tmp:
-            save_model(tmp, model, model_info(tp["arch"], model, meta, compute))
+            save_model(tmp, model, model_info(tp.arch, model, meta, compute))
             write_dynamics(tmp / "dynamics", splits["train"].ids, res.dynamics)
             summary = {"best_epoch": res.best_epoch, "val_acc": val["acc"], "val_loss": val["loss"],
                        "steps": res.steps, "n_train": len(splits["train"]), "history": stable_history(res.history)}

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from kdprune.data import DATASETS, stratified_split  # noqa: E402
+from kdprune.distill import KDSetting  # noqa: E402
 from kdprune.models import build_model  # noqa: E402
 from kdprune.scores import SCORES, ScoreContext  # noqa: E402
 from kdprune.train import DeviceData, TrainConfig, seeded, train  # noqa: E402
@@ -42,6 +43,7 @@ el2n = SCORES.get("el2n")(ctx, epoch=2)
 subset = torch.from_numpy(np.random.default_rng(0).permutation(len(y))[: len(y) // 2])
 with seeded(1):
     student = build_model("small_cnn", 1, 10, 8)
-train(student, data, TrainConfig(**cfg, loss="kd", kd_weight=0.5, temperature=4.0), subset=subset, teacher=teacher)
+train(student, data, TrainConfig(**cfg), subset=subset, teacher=teacher,
+      kd=KDSetting("kd", 0.5, 4.0, "small_cnn", "constant", "kd0.5"))
 print(json.dumps({"teacher": weights(teacher), "el2n": hashlib.sha256(el2n.tobytes()).hexdigest(),
                   "student": weights(student), "compute": compute}))

@@ -7,11 +7,15 @@ import torch
 
 import kdprune  # noqa: F401
 from kdprune.data import DATASETS, stratified_split
-from kdprune.distill import LOSSES
+from kdprune.distill import LOSSES, KDSetting
 from kdprune.registry import UnknownNameError
 from kdprune.scores import SCORES, ScoreContext
 from kdprune.selection import budget, select
 from kdprune.train import augment_batch, epoch_augmentation
+
+
+def _kd(weight: float, temperature: float) -> KDSetting:
+    return KDSetting("kd", weight, temperature, "small_cnn", "constant", f"kd{weight:g}")
 
 
 def test_kd_loss_equals_hinton_formula_by_hand():
@@ -31,18 +35,20 @@ def test_kd_loss_equals_hinton_formula_by_hand():
         kl += sum(q * math.log(q / p) for p, q in zip(ps, pt))
     kl /= 2  # batchmean
     want = (1 - a) * ce + a * T * T * kl
-    per_example = LOSSES.get("kd")(s, y, t, a, T)
+    per_example = LOSSES.get("kd")(s, y, t, _kd(a, T))
     assert per_example.shape == (2,)
     assert per_example.mean().item() == pytest.approx(want, rel=1e-6)  # batch mean = batchmean KL
-    # weight 0 is plain cross-entropy; the baseline loss ignores the teacher entirely
-    assert LOSSES.get("kd")(s, y, t, 0.0, T).mean().item() == pytest.approx(ce, rel=1e-6)
-    assert LOSSES.get("ce")(s, y, None, 0.9, T).mean().item() == pytest.approx(ce, rel=1e-6)
+    # weight 0 is plain cross-entropy; no KD (a KD setting of None) trains on the registered baseline, which
+    # ignores the teacher entirely
+    assert LOSSES.get("kd")(s, y, t, _kd(0.0, T)).mean().item() == pytest.approx(ce, rel=1e-6)
+    assert LOSSES.of(None).name == "ce" and not LOSSES.of(None).teacher and LOSSES.of(_kd(a, T)).name == "kd"
+    assert LOSSES.of(None)(s, y, None, None).mean().item() == pytest.approx(ce, rel=1e-6)
 
 
 def test_kd_loss_is_zero_kl_when_teacher_equals_student():
     s = torch.randn(4, 5)
     y = torch.tensor([0, 1, 2, 3])
-    assert LOSSES.get("kd")(s, y, s.clone(), 1.0, 3.0).mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert LOSSES.get("kd")(s, y, s.clone(), _kd(1.0, 3.0)).mean().item() == pytest.approx(0.0, abs=1e-6)
 
 
 def _ctx(dyn, labels):

@@ -127,11 +127,11 @@ def _fit(root: Path, params: dict, data):
     from execution import ddp
     from kdprune.train import train_config
 
-    tp = params["teacher"]
-    cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=True)
+    tp = params.teacher
+    cfg = train_config(tp, order_seed=tp.seed, aug_seed=tp.seed, record_dynamics=True)
     seen: list[int] = []
     root.mkdir(parents=True, exist_ok=True)  # the checkpoint goes to the project (else to the temp directory)
-    out = ddp.fit(root, params, tp["arch"], cfg, *data, lambda e, m: seen.append(e), logging.getLogger("test"))
+    out = ddp.fit(root, params, tp.arch, cfg, *data, lambda e, m: seen.append(e), logging.getLogger("test"))
     return out, seen
 
 

@@ -6,6 +6,7 @@ import torch
 import kdprune  # noqa: F401
 from kdprune.data import DATASETS, stratified_split
 from kdprune.device import resolve_device
+from kdprune.distill import KDSetting
 from kdprune.models import build_model
 from kdprune.train import DeviceData, TrainConfig, evaluate, seeded, train
 
@@ -32,8 +33,8 @@ def test_auto_device_is_cuda_and_teacher_plus_kd_student_train_on_it():
     subset = torch.arange(0, len(tr), 3, device=dev)
     with seeded(1):
         student = build_model("small_cnn", 1, 10, 8)
-    r = train(student, tr, TrainConfig(epochs=20, batch_size=32, lr=0.05, pad=1, loss="kd", kd_weight=0.5,
-                                       temperature=4.0), subset=subset, val=va, teacher=teacher)
+    r = train(student, tr, TrainConfig(epochs=20, batch_size=32, lr=0.05, pad=1), subset=subset, val=va,
+              teacher=teacher, kd=KDSetting("kd", 0.5, 4.0, "small_cnn", "constant", "kd0.5"))
     student.load_state_dict(r.best_state)
     assert next(student.parameters()).is_cuda
     assert evaluate(student, te)["acc"] > 0.8

@@ -194,7 +194,7 @@ from kdprune.config import ParamsError, validate
 
 params = validate(json.loads(sys.argv[1]))
 from kdprune.data import DATASETS
-from kdprune.distill import kd_arms
+from kdprune.distill import KDSetting
 from kdprune.models import build_model
 from kdprune.scores import SCORES, ScoreContext
 from kdprune.selection import (JOINT, SAMPLERS, STATIC_METHODS, JointInputs, make_sampler, method_from_params,
@@ -222,16 +222,17 @@ out["by_norm"] = len(kept)
 opts = SAMPLERS.get("window").options_at(0.5, sel.get("window"))
 sampler = make_sampler(method_from_params("window", sel).sampler, len(ids), 3, **opts)
 out["window"] = {"options": opts, "epoch2": sampler.epoch_positions(1)[:2].tolist() + sampler.epoch_positions(2)[:2].tolist()}
-out["kd"] = [[s.label, s.weight(0.5), s.weight(0.7)] for s in kd_arms(params["student"])]
-sp = params["student"]
+out["kd"] = [[s.label, s.weight(0.5), s.weight(0.7)] for s in params.student.kd]
+sp = params.student
 data = DeviceData.from_numpy(raw.train_x, raw.train_y, [0.5], [0.25], torch.device("cpu"))
 teacher_logits = torch.randn(len(ids), 4, generator=torch.Generator().manual_seed(0))
-cfg = lambda **o: TrainConfig(epochs=1, batch_size=64, lr=0.05, loss=sp["loss"], kd_weight=0.5,
-                              temperature=sp["temperature"], **o)
-res = train(build_model(sp["arch"], 1, 4, 8), data, cfg(loss_options=sp.get(sp["loss"], {})), teacher_logits=teacher_logits)
+cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05)
+kd = sp.kd[0].at(0.5, "t")  # the student's KD setting, its loss's options resolved by validation
+res = train(build_model(sp.arch, 1, 4, 8), data, cfg, teacher_logits=teacher_logits, kd=kd)
 out["trained_steps"] = res.steps
 try:  # without its options the loss gets its default beta (1.0), which the test's loss refuses
-    train(build_model(sp["arch"], 1, 4, 8), data, cfg(), teacher_logits=teacher_logits)
+    train(build_model(sp.arch, 1, 4, 8), data, cfg, teacher_logits=teacher_logits, kd=KDSetting(
+        kd.loss, 0.5, kd.temperature, "t", kd.schedule, kd.label))
     out["default_beta"] = "accepted"
 except ValueError as e:
     out["default_beta"] = str(e)
@@ -299,7 +300,7 @@ def test_each_kind_of_method_is_one_file_that_runs_from_params(tmp_path):
     """A dataset, a model, a score, a joint selector, a per-epoch sampler, a static selection method, a KD loss
     with a hyperparameter and a KD schedule, each one new file in its package: registered by discovery, named
     in params, validated against their registrations (bad options refused, naming the key), run by the core
-    from params (the loss's beta reaching it through TrainConfig.loss_options)."""
+    from params (the loss's beta reaching it inside the student's KDSetting)."""
     proj = core_copy(tmp_path)
     reg = run_core(proj, {}, REGISTERED)
     assert reg.returncode == 0, reg.stderr[-3000:]

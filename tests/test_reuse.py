@@ -85,9 +85,9 @@ def test_plan_gives_each_student_one_kd_setting_and_a_key_of_its_own_inputs():
                  "random-0.1-0.json": _manifest("random", 0.1, [4, 5, 6], seed=0)}
 
     def keys(p, teacher="t", **facts):
-        students = student_variants(manifests, p)
+        students = student_variants(manifests, p.student, p.teacher.arch)
         f = {"n_total": 100, "dataset_sha256": "d", "code_sha256": "c", "compute": {"threads": 1}, **facts}
-        return students, {s.name: training_key(training_inputs(s, manifests[s.manifest], p,
+        return students, {s.name: training_key(training_inputs(s, manifests[s.manifest], p.student,
                                                                 teacher_sha256=None if s.kd is None else teacher, **f))
                           for s in students}
 

@@ -492,7 +492,7 @@ def test_samplers_declare_options_fractions_and_epoch_size_and_the_stages_follow
     jobs = plan(validate(base))
     assert [(j["method"].label, j["fraction"]) for j in jobs] == [("rs2", 0.1), ("rs2", 0.5), ("infobatch", 1.0)]
     # a step budget divides the full data's steps by what one epoch of the sampler draws
-    sp = {"budget": "steps", "epochs": 2, "batch_size": 10}
+    sp = validate({"student": {"budget": "steps", "epochs": 2, "batch_size": 10}}).student
     manifest = {"sampler": {"name": "rs2", "seed": 0, "options": rs.options_at(0.3, None)}}
     assert student_budget(sp, n_total=1000, manifest=manifest, n_pool=1000) == (7, 200)  # 200 steps, 30 per epoch
 

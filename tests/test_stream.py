@@ -14,6 +14,7 @@ from kdprune.config import ParamsError, validate
 from kdprune.data import DATASETS, DatasetFormatError, DatasetUnavailable
 from kdprune.data.stream import FILE_DATASETS, Key, StreamDataset, StreamSpec, encode_paths, file_sizes
 from kdprune.data.synthetic import export_folder, write_synthetic
+from kdprune.distill import KDSetting
 from kdprune.models import build_model
 from kdprune.train import TrainConfig, predict_logits, seeded, train
 from artifacts.files import IntegrityError
@@ -145,9 +146,10 @@ def test_cached_teacher_logits_refused_with_random_crops(synthetic_jpg, tmp_path
     data = device_data(meta, splits["train"], "cpu", p)
     with seeded(0):
         model = build_model("small_cnn", 3, 4, 16)
-    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, loss="kd", kd_weight=0.5)
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05)
     with pytest.raises(ValueError, match="random crops"):
-        train(model, data, cfg, teacher_logits=torch.zeros(len(data), 4))
+        train(model, data, cfg, teacher_logits=torch.zeros(len(data), 4),
+              kd=KDSetting("kd", 0.5, 1.0, "small_cnn", "constant", "kd0.5"))
     with pytest.raises(ValueError, match="pad"):
         train(model, data, TrainConfig(epochs=1, batch_size=16, lr=0.05, pad=2))
 

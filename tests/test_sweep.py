@@ -11,7 +11,7 @@ import yaml
 
 from kdprune.config import ParamsError, validate
 from kdprune.data import stratified_subsample
-from kdprune.distill import SCHEDULES, kd_arms
+from kdprune.distill import SCHEDULES, KDSetting
 from kdprune.models import build_model
 from kdprune.train import DeviceData, TrainConfig, predict_logits, seeded, train
 from execution.params import parse_params_text, sweep_params, write_params
@@ -27,10 +27,12 @@ def test_schedules_give_the_weight_of_each_fraction():
 
 
 def test_kd_arms_follow_the_student_params():
-    sp = validate({})["student"]
-    assert [s.label for s in kd_arms({**sp, "kd_weights": [0.3, 0.9]})] == ["kd0.3", "kd0.9"]
-    lin = kd_arms({**sp, "kd_schedule": "linear", "kd_linear": [1.0, 0.0]})
+    arms = validate({"student": {"kd_weights": [0.3, 0.9], "temperature": 2.0}}).student.kd
+    assert [s.label for s in arms] == ["kd0.3", "kd0.9"]
+    assert arms[1].at(0.5, "small_cnn") == KDSetting("kd", 0.9, 2.0, "small_cnn", "constant", "kd0.9")
+    lin = validate({"student": {"kd_schedule": "linear", "kd_linear": [1.0, 0.0]}}).student.kd
     assert len(lin) == 1 and lin[0].weight(0.2) == pytest.approx(0.8) and lin[0].label == "kdlin1-0"
+    assert lin[0].at(0.2, "t").weight == pytest.approx(0.8)
 
 
 @pytest.mark.parametrize("student, needle", [
@@ -67,13 +69,14 @@ def test_cached_teacher_logits_train_like_the_live_teacher():
     data = _toy()
     with seeded(1):
         teacher = build_model("small_cnn", 1, 10, 8)
-    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, loss="kd", kd_weight=0.7, temperature=4.0)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05)
+    kd = KDSetting("kd", 0.7, 4.0, "small_cnn", "constant", "kd0.7")
     runs = []
     for cached in (False, True):
         with seeded(0):
             student = build_model("small_cnn", 1, 10, 8)
         logits = predict_logits(teacher, data) if cached else None
-        res = train(student, data, cfg, teacher=None if cached else teacher, teacher_logits=logits)
+        res = train(student, data, cfg, teacher=None if cached else teacher, teacher_logits=logits, kd=kd)
         runs.append(res)
     for a, b in zip(runs[0].history, runs[1].history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
@@ -82,7 +85,7 @@ def test_cached_teacher_logits_train_like_the_live_teacher():
     # and the teacher matters: a different teacher's logits give a different run
     with seeded(0):
         student = build_model("small_cnn", 1, 10, 8)
-    other = train(student, data, cfg, teacher_logits=torch.randn(len(data), 10))
+    other = train(student, data, cfg, teacher_logits=torch.randn(len(data), 10), kd=kd)
     assert other.history[0]["train_loss"] != pytest.approx(runs[0].history[0]["train_loss"], rel=1e-3)
 
 
@@ -90,9 +93,10 @@ def test_cached_logits_are_refused_with_augmentation():
     data = _toy()
     with seeded(0):
         student = build_model("small_cnn", 1, 10, 8)
-    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, pad=1, loss="kd", kd_weight=0.5, temperature=4.0)
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, pad=1)
     with pytest.raises(ValueError, match="augmentation off"):
-        train(student, data, cfg, teacher_logits=torch.zeros(len(data), 10))
+        train(student, data, cfg, teacher_logits=torch.zeros(len(data), 10),
+              kd=KDSetting("kd", 0.5, 4.0, "small_cnn", "constant", "kd0.5"))
 
 
 def test_profile_plus_overrides_is_validated_before_params_yaml_is_written(tmp_path):

@@ -94,11 +94,12 @@ def test_max_steps_stops_exactly_and_rs2_sees_its_share(data):
 
 
 def test_student_budget_modes():
+    from kdprune.config import validate
     from kdprune.train.plan import student_budget
 
-    sp = {"epochs": 10, "batch_size": 50, "budget": "epochs"}
+    sp = validate({"student": {"epochs": 10, "batch_size": 50, "budget": "epochs"}}).student
     assert student_budget(sp, 1000, {}, 100) == (10, None)
-    sp["budget"] = "steps"
+    sp = validate({"student": {"epochs": 10, "batch_size": 50, "budget": "steps"}}).student
     # full data: 10 epochs x 20 steps = 200 steps; a 100-example subset has 2 steps/epoch -> 100 epochs
     assert student_budget(sp, 1000, {}, 100) == (100, 200)
     rs2 = {"sampler": {"name": "rs2", "options": {"ratio": 0.1}}}

@@ -3,8 +3,9 @@ temperature, **options) -> per-example loss [B]``, registered with :func:`regist
 declares its own hyperparameters (``options``: name -> :class:`~kdprune.options.Option`, every keyword
 option of the function, defaults agreeing) and whether it reads the teacher's logits (``teacher``).
 ``params.yaml`` names a loss's options under it, ``student.<loss>: {option: value}``; params validation
-checks them against the registration and the trainer passes them to the loss
-(``TrainConfig.loss_options``), so a loss with its own hyperparameters is one file."""
+checks them against the registration, and they reach the loss inside the student's :class:`KDSetting`
+(one typed value: loss, weight, temperature, options; ``None`` = no KD, which trains on the loss
+registered as the ``baseline``), so a loss with its own hyperparameters is one file."""
 from __future__ import annotations
 
 import inspect
@@ -22,29 +23,81 @@ POSITIONAL = 5  # student_logits, targets, teacher_logits, weight, temperature
 
 
 @dataclass(frozen=True)
+class KDSetting:
+    """How a student distils, as one typed value: the KD loss, its weight at the student's kept fraction, the
+    temperature, the loss's own options (its registration's, params ``student.<loss>``, as sorted (name, value)
+    pairs), the teacher's architecture, and the sweep arm it belongs to (the weight schedule and the arm's
+    label). A student without KD has none (``None``): it trains on the baseline loss alone."""
+
+    loss: str
+    weight: float
+    temperature: float
+    teacher: str
+    schedule: str
+    label: str  # the arm, e.g. "kd0.5", "kdlin0.9-0.1"
+    options: tuple = ()
+
+    @property
+    def setting(self) -> str:
+        """The arm with its temperature, as in student names and reports: ``kd0.5-T4``."""
+        return f"{self.label}-T{self.temperature:g}"
+
+
+# what a student's record says of a KD setting (None: no KD); one place, so that the records of students
+# with and without KD have the same fields
+NO_KD = {"kd": False, "kd_weight": 0.0, "kd_schedule": "none", "kd_setting": "nokd", "temperature": None}
+
+
+def kd_record(kd: Optional[KDSetting]) -> dict:
+    """A student's KD fields in its record: ``NO_KD``, or the setting's weight, schedule, arm and temperature."""
+    if kd is None:
+        return dict(NO_KD)
+    return {"kd": True, "kd_weight": kd.weight, "kd_schedule": kd.schedule, "kd_setting": kd.setting,
+            "temperature": kd.temperature}
+
+
+@dataclass(frozen=True)
 class LossSpec:
     name: str
     fn: LossFn
     options: dict[str, Option] = field(default_factory=dict)  # under student.<name> in params
-    teacher: bool = True  # reads the teacher's logits (False: the no-KD baseline, ce)
+    teacher: bool = True  # reads the teacher's logits
+    baseline: bool = False  # the loss a student without KD (KDSetting None) trains on
 
     def resolve(self, given: Optional[dict]) -> dict:
         """Its options from params' ``student.<name>`` (or None) with the defaults filled in; ValueError
         naming every unknown or bad option."""
         return resolve_options(f"student.{self.name}", self.options, given)
 
-    def __call__(self, student: torch.Tensor, y: torch.Tensor, teacher: Optional[torch.Tensor], weight: float,
-                 temperature: float, **options) -> torch.Tensor:
-        return self.fn(student, y, teacher, weight, temperature, **options)
+    def __call__(self, student: torch.Tensor, y: torch.Tensor, teacher: Optional[torch.Tensor],
+                 kd: Optional[KDSetting]) -> torch.Tensor:
+        """Per-example losses of a batch under ``kd`` (None: no KD, the baseline's weight 0)."""
+        if kd is None:
+            return self.fn(student, y, teacher, 0.0, 1.0)
+        return self.fn(student, y, teacher, kd.weight, kd.temperature, **dict(kd.options))
 
 
-LOSSES: Registry[LossSpec] = Registry("loss")
+class LossRegistry(Registry[LossSpec]):
+    def baseline(self) -> LossSpec:
+        """The loss registered as the no-KD baseline."""
+        found = [self.get(n) for n in self.names() if self.get(n).baseline]
+        if len(found) != 1:
+            raise LookupError(f"exactly one loss must be registered with baseline=True; found {len(found)}")
+        return found[0]
+
+    def of(self, kd: Optional[KDSetting]) -> LossSpec:
+        """The loss a student with KD setting ``kd`` trains on: its KD loss, or the baseline without KD."""
+        return self.baseline() if kd is None else self.get(kd.loss)
 
 
-def register_loss(name: str, *, options: Optional[dict[str, Option]] = None, teacher: bool = True):
+LOSSES: LossRegistry = LossRegistry("loss")
+
+
+def register_loss(name: str, *, options: Optional[dict[str, Option]] = None, teacher: bool = True,
+                  baseline: bool = False):
     """Register ``fn`` as loss ``name`` with its hyperparameters ``options`` (each a keyword argument of
-    ``fn`` after the five positionals, declared defaults equal to the function's) and whether it reads the
-    teacher's logits."""
+    ``fn`` after the five positionals, declared defaults equal to the function's), whether it reads the
+    teacher's logits, and whether it is the no-KD baseline (one loss is: what a student without KD trains on)."""
     options = dict(options or {})
 
     def deco(fn: LossFn) -> LossFn:
@@ -56,7 +109,9 @@ def register_loss(name: str, *, options: Optional[dict[str, Option]] = None, tea
             if p.default is not inspect.Parameter.empty and p.default != options[k].default:
                 raise ValueError(f"loss {name!r}: option {k} defaults to {options[k].default!r} in the registration "
                                  f"but {p.default!r} in the function")
-        LOSSES.register(name)(LossSpec(name, fn, options, teacher))
+        if baseline and any(LOSSES.get(n).baseline for n in LOSSES.names()):
+            raise ValueError(f"loss {name!r}: {LOSSES.baseline().name!r} is already the no-KD baseline")
+        LOSSES.register(name)(LossSpec(name, fn, options, teacher, baseline))
         return fn
 
     return deco

@@ -189,8 +189,8 @@ def train_distributed(model: nn.Module, data: DeviceData, cfg: TrainConfig, rank
     elsewhere without dynamics) and, on rank 0, the rows each worker recorded per epoch (from the
     first epoch this call trained). ``on_epoch`` runs on every worker after the epoch's checkpoint.
     """
-    if cfg.loss != "ce" or cfg.max_steps is not None or cfg.stop_after is not None:
-        raise ValueError("data-parallel training is the teacher's: loss ce, no max_steps or stop_after")
+    if cfg.max_steps is not None or cfg.stop_after is not None:
+        raise ValueError("data-parallel training is the teacher's: no max_steps or stop_after")
     check_shards(len(data), cfg.batch_size, world)
     device = data.x.device
     batches = BatchSource(data, cfg)

@@ -12,34 +12,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from kdprune.distill import LOSSES, kd_arms
+from kdprune.distill import LOSSES, KDSetting
 from kdprune.selection import SAMPLERS
-
-# student params that say WHICH students exist (the sweep's axes) or that enter a student's training only
-# through its KDSetting; every other student param is one of its training settings (a param added later
-# counts as a setting: it may retrain a student for nothing, never reuse one wrongly)
-SWEEP_KEYS = ("seeds", "kd_weights", "kd_schedule", "kd_linear", "kd_table", "teachers", "teachers_max_fraction",
-              "loss", "temperature", "cached_logits")
-
-
-@dataclass(frozen=True)
-class KDSetting:
-    """How a student distils: the KD loss, its weight at the student's kept fraction, the temperature, the
-    teacher's architecture, and the sweep arm it belongs to (the weight schedule and the arm's label).
-    A student without KD has ``kd = None``: the baseline trains on cross-entropy alone."""
-
-    loss: str
-    weight: float
-    temperature: float
-    teacher: str
-    schedule: str
-    label: str  # the arm, e.g. "kd0.5", "kdlin0.9-0.1"
-    options: tuple = ()  # the loss's own options (its registration's, params student.<loss>), as sorted (name, value) pairs
-
-    @property
-    def setting(self) -> str:
-        """The arm with its temperature, as in student names and reports: ``kd0.5-T4``."""
-        return f"{self.label}-T{self.temperature:g}"
+from kdprune.settings import StudentSettings
 
 
 @dataclass(frozen=True)
@@ -59,60 +34,49 @@ class Student:
 
     @property
     def loss(self) -> str:
-        return "ce" if self.kd is None else self.kd.loss
+        """The loss it trains on: its KD loss, or the registered no-KD baseline."""
+        return LOSSES.of(self.kd).name
 
 
-def student_variants(manifests: dict[str, dict], params: dict) -> list[Student]:
-    """Every student the params ask for: manifests (in file-name order) x seeds x (no KD + each KD arm x
-    each teacher). KD arms come from the weight schedule (:func:`kdprune.distill.kd_arms`): one per constant
-    weight, or one whose weight follows the kept fraction. Extra teachers (``student.teachers``) are used for
-    manifests kept at ``student.teachers_max_fraction`` or below. A seeded manifest (random) is paired with
-    the student of the same seed."""
-    sp = params["student"]
-    main = params["teacher"]["arch"]
-    arms = kd_arms(sp)
-    loss_options = tuple(sorted((sp.get(sp["loss"]) or {}).items()))  # resolved by validation
+def student_variants(manifests: dict[str, dict], st: StudentSettings, teacher: str) -> list[Student]:
+    """Every student the student settings ask for: manifests (in file-name order) x seeds x (no KD + each KD
+    arm x each teacher). The KD arms (``st.kd``, resolved by params validation) come from the weight schedule:
+    one per constant weight, or one whose weight follows the kept fraction. Extra teachers (``st.teachers``)
+    are used for manifests kept at ``st.teachers_max_fraction`` or below; ``teacher`` is the main teacher's
+    architecture. A seeded manifest (random) is paired with the student of the same seed."""
     out = []
     for fname in sorted(manifests):
         m = manifests[fname]
         frac = float(m["fraction"])
-        teachers = [main] + [t for t in sp["teachers"] if frac <= sp["teachers_max_fraction"] + 1e-9]
+        teachers = [teacher] + [t for t in st.teachers if frac <= st.teachers_max_fraction + 1e-9]
         stem = fname.removesuffix(".json")
-        for seed in [m["seed"]] if m["seed"] is not None else sp["seeds"]:
-            settings = [None] + [KDSetting(sp["loss"], arm.weight(frac), sp["temperature"], t, arm.schedule, arm.label,
-                                           loss_options)
-                                 for arm in arms for t in teachers]
+        for seed in [m["seed"]] if m["seed"] is not None else st.seeds:
+            settings = [None] + [arm.at(frac, t) for arm in st.kd for t in teachers]
             for kd in settings:
                 name = (f"{stem}__{'nokd' if kd is None else kd.setting}"
-                        + ("" if kd is None or kd.teacher == main else f"__t-{kd.teacher}") + f"__s{seed}")
+                        + ("" if kd is None or kd.teacher == teacher else f"__t-{kd.teacher}") + f"__s{seed}")
                 out.append(Student(name, fname, seed, frac, kd))
     return out
 
 
-def student_budget(sp: dict, n_total: int, manifest: dict, n_pool: int) -> tuple[int, int | None]:
+def student_budget(st: StudentSettings, n_total: int, manifest: dict, n_pool: int) -> tuple[int, int | None]:
     """(epochs, max_steps) of a student. ``epochs``: student.epochs over its subset (fewer steps on
     smaller subsets). ``steps``: the steps the full train split takes in student.epochs epochs,
     spread over as many epochs of the subset (or of the RS2 per-epoch draw) as that needs."""
-    if sp["budget"] == "epochs":
-        return sp["epochs"], None
-    full_steps = sp["epochs"] * math.ceil(n_total / sp["batch_size"])
+    if st.budget == "epochs":
+        return st.epochs, None
+    full_steps = st.epochs * math.ceil(n_total / st.batch_size)
     s = manifest.get("sampler")
     per_epoch = SAMPLERS.get(s["name"]).epoch_size(n_pool, **s["options"]) if s else n_pool
-    return math.ceil(full_steps / math.ceil(per_epoch / sp["batch_size"])), full_steps
+    return math.ceil(full_steps / math.ceil(per_epoch / st.batch_size)), full_steps
 
 
-def cached_logits(sp: dict) -> bool:
-    """Students use each teacher's logits computed once: asked for, and the teacher's input never
-    changes (augmentation off)."""
-    return sp["cached_logits"] and sp["pad"] == 0 and not sp["flip"]
-
-
-def student_cost(sp: dict, student: Student, n_train: int) -> float:
+def student_cost(st: StudentSettings, student: Student, n_train: int) -> float:
     """A student's expected training cost, for ordering submissions: its subset's size ``n_train`` (steps
     under the ``epochs`` budget; the ``steps`` budget gives every student the same), times 1.5 when a live
     teacher runs on every batch."""
-    n = n_train if sp["budget"] == "epochs" else 1
-    live = student.kd is not None and not cached_logits(sp)
+    n = n_train if st.budget == "epochs" else 1
+    live = student.kd is not None and not st.cached_logits
     return n * (1.5 if live else 1.0)
 
 
@@ -120,7 +84,7 @@ def _sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def training_inputs(student: Student, manifest: dict, params: dict, *, n_total: int, dataset_sha256: str,
+def training_inputs(student: Student, manifest: dict, st: StudentSettings, *, n_total: int, dataset_sha256: str,
                     teacher_sha256: Optional[str], code_sha256: str, compute: dict) -> dict:
     """Everything that determines the bytes a student's training gives (weights, model.json, its result),
     and nothing that only names it: the data (dataset hash, the manifest's ids hash, weights and sampler),
@@ -129,19 +93,19 @@ def training_inputs(student: Student, manifest: dict, params: dict, *, n_total: 
     that trains it (``code_sha256``) and the compute it runs on (``compute``: kernels, threads, torch,
     device). Two students with equal inputs train to the same bytes: one trains, or an earlier one is
     reused."""
-    sp = params["student"]
-    epochs, max_steps = student_budget(sp, n_total, manifest, len(manifest["ids"]))
+    epochs, max_steps = student_budget(st, n_total, manifest, len(manifest["ids"]))
     weights = manifest.get("weights")
     kd = None
     if student.kd is not None:
         kd = {"loss": student.kd.loss, "weight": student.kd.weight, "temperature": student.kd.temperature,
               "options": dict(student.kd.options), "teacher": student.kd.teacher, "teacher_sha256": teacher_sha256,
-              "teacher_logits": "cached" if cached_logits(sp) else "live"}
+              "teacher_logits": "cached" if st.cached_logits else "live"}
     return {
         "data": {"dataset_sha256": dataset_sha256, "ids_sha256": manifest["ids_sha256"],
                  "weights_sha256": None if weights is None else _sha256(weights), "sampler": manifest.get("sampler")},
-        # a loss's own options (student.<loss>) enter through the KD setting: a no-KD student does not depend on them
-        "settings": {k: v for k, v in sp.items() if k not in SWEEP_KEYS and k not in LOSSES},
+        # its training keys and budget; the sweep's axes and the KD setting's parts (a loss's own options
+        # included: a no-KD student does not depend on them) enter through ``kd``
+        "settings": {**st.training(), "budget": st.budget},
         "epochs": epochs, "max_steps": max_steps, "seed": student.seed, "kd": kd,
         "code_sha256": code_sha256, "compute": compute,
     }

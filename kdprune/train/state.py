@@ -28,9 +28,10 @@ class CheckpointStore(Protocol):
     def save(self, state: dict) -> None: ...
 
 
-def fingerprint(cfg: "TrainConfig", batches: "BatchSource", has_teacher: bool) -> dict:
-    """The settings a checkpoint must have been written with to be resumed."""
+def fingerprint(cfg: "TrainConfig", batches: "BatchSource", has_teacher: bool, kd=None) -> dict:
+    """The settings a checkpoint must have been written with to be resumed (``kd``: the KD setting, or None)."""
     out = {**asdict(cfg), "n": batches.n, "subset_sum": int(batches.subset.sum()), "teacher": has_teacher,
+           "kd": None if kd is None else repr(kd),
            "sampler": None if batches.sampler is None else type(batches.sampler).__name__}
     if batches.sample_weights is not None:
         out["sample_weights_sum"] = float(batches.sample_weights.double().sum())

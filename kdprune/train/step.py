@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from kdprune.distill import LOSSES
+from kdprune.distill import LOSSES, KDSetting
 
 from kdprune.train.batches import Batch
 from kdprune.train.types import DeviceData, TrainConfig
@@ -38,12 +38,13 @@ def progress(cfg: "TrainConfig", epoch: int, batch: int, batches_in_epoch: int, 
     return (epoch - 1 + (batch + 1) / batches_in_epoch) / cfg.epochs
 
 
-def kd_inputs(cfg: "TrainConfig", data: "DeviceData", teacher: Optional[nn.Module],
+def kd_inputs(cfg: "TrainConfig", kd: Optional[KDSetting], data: "DeviceData", teacher: Optional[nn.Module],
               teacher_logits: Optional[torch.Tensor]) -> tuple[Optional[nn.Module], Optional[torch.Tensor]]:
-    """Check the teacher arguments against the loss and augmentation; returns (teacher,
+    """Check the teacher arguments against the KD setting's loss and the augmentation; returns (teacher,
     teacher_logits), at most one of them set (cached logits win: float32 on the data's device)."""
-    if LOSSES.get(cfg.loss).teacher and teacher is None and teacher_logits is None:
-        raise ValueError(f"loss {cfg.loss!r} needs a teacher model or its cached logits")
+    loss = LOSSES.of(kd)
+    if loss.teacher and teacher is None and teacher_logits is None:
+        raise ValueError(f"loss {loss.name!r} needs a teacher model or its cached logits")
     if teacher_logits is None:
         return teacher, None
     if cfg.pad or cfg.flip or getattr(data, "random_crop", False):
@@ -69,11 +70,12 @@ def sgd(model: nn.Module, cfg: "TrainConfig") -> torch.optim.SGD:
 
 class TrainStep:
     """Moves the model (and teacher) to ``device`` in the memory format the batches come in, owns
-    the optimizer; each call trains on one batch and returns its detached per-example losses
-    (unweighted) and logits."""
+    the optimizer; each call trains on one batch under the student's KD setting ``kd`` (None: no KD, the
+    baseline loss) and returns its detached per-example losses (unweighted) and logits."""
 
     def __init__(self, model: nn.Module, cfg: "TrainConfig", device: torch.device, channels_last: bool,
-                 teacher: Optional[nn.Module] = None, teacher_logits: Optional[torch.Tensor] = None):
+                 teacher: Optional[nn.Module] = None, teacher_logits: Optional[torch.Tensor] = None,
+                 kd: Optional[KDSetting] = None):
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.to(device)
@@ -81,7 +83,8 @@ class TrainStep:
             teacher.to(device).eval()
         self.model, self.cfg, self.device = model, cfg, device
         self.optimizer = sgd(model, cfg)
-        self.loss_fn = LOSSES.get(cfg.loss)  # its options: cfg.loss_options (student.<loss> in params)
+        self.kd = kd
+        self.loss_fn = LOSSES.of(kd)  # the KD loss, called with the setting (its weight, temperature, options)
         self.warmup = min(1.0, cfg.warmup_epochs / cfg.epochs)
         self.teacher_logits = teacher_logits if self.loss_fn.teacher else None
         # torch.compile wraps the same module: parameters, state_dict and checkpoints are shared with
@@ -107,7 +110,7 @@ class TrainStep:
                     t_logits = self.teacher(batch.x)
             logits = self.forward(batch.x)
             per_example = self.loss_fn(logits.float(), batch.y, None if t_logits is None else t_logits.float(),
-                                       cfg.kd_weight, cfg.temperature, **cfg.loss_options)
+                                       self.kd)
             loss = (per_example * batch.weights).mean() if batch.weights is not None else per_example.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from kdprune.distill import KDSetting
 from kdprune.train.batches import BatchSource
 from kdprune.train.metrics import Dynamics, EpochMeter
 from kdprune.train.state import CheckpointStore, TrainingState, fingerprint
@@ -99,6 +100,7 @@ def train(
     sampler=None,
     teacher_logits: Optional[torch.Tensor] = None,
     sample_weights: Optional[torch.Tensor] = None,
+    kd: Optional[KDSetting] = None,
 ) -> TrainResult:
     """Train ``model`` on ``data[subset]`` (all of ``data`` when subset is None).
 
@@ -113,7 +115,8 @@ def train(
     a schedule sized for ``cfg.epochs`` (a proxy read early in a full-length run). ``on_epoch(epoch,
     metrics)`` is called after each epoch (1-based) with train loss/acc, val acc/loss, lr and samples seen.
 
-    For KD, ``teacher`` runs under no_grad on each augmented batch. With augmentation off
+    ``kd`` is the student's KD setting (its loss, weight, temperature and the loss's options; None: no KD, the
+    registered baseline loss). For KD, ``teacher`` runs under no_grad on each augmented batch. With augmentation off
     (``pad == 0`` and no flip) the teacher's input never changes, so ``teacher_logits`` (float
     [len(data), C], the teacher's logits for every row of ``data``) may be passed instead: the
     cached-logits mode, which saves the teacher forward on every step.
@@ -126,15 +129,15 @@ def train(
     The result keeps the weights of the epoch best on ``result.selected_on`` (``val_acc`` with
     ``val``, else ``train_acc``; the later epoch on a tie) and that metric's value as ``best_score``.
     """
-    teacher, teacher_logits = kd_inputs(cfg, data, teacher, teacher_logits)
+    teacher, teacher_logits = kd_inputs(cfg, kd, data, teacher, teacher_logits)
     batches = BatchSource(data, cfg, subset, sampler, sample_weights)
     device = data.device
-    step = TrainStep(model, cfg, device, batches.channels_last, teacher, teacher_logits)
+    step = TrainStep(model, cfg, device, batches.channels_last, teacher, teacher_logits, kd)
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
     dynamics = Dynamics.for_model(model, cfg.record_dynamics, last_epoch, batches.n, device) if cfg.record_dynamics else None
     result = TrainResult(best_state={}, best_epoch=0, best_score=-1.0,
                          selected_on="train_acc" if val is None else "val_acc")
-    state = TrainingState(checkpoint, fingerprint(cfg, batches, teacher is not None or teacher_logits is not None),
+    state = TrainingState(checkpoint, fingerprint(cfg, batches, teacher is not None or teacher_logits is not None, kd),
                           model, step.optimizer, result, dynamics, sampler)
     start_epoch, elapsed = state.restore(device)
     t0 = time.perf_counter() - elapsed

@@ -8,6 +8,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from kdprune.settings import TrainSettings
+
 
 @dataclass
 class DeviceData:
@@ -51,10 +53,6 @@ class TrainConfig:
     flip: bool = False
     order_seed: int = 0
     aug_seed: int = 0
-    loss: str = "ce"
-    kd_weight: float = 0.0
-    temperature: float = 1.0
-    loss_options: dict = field(default_factory=dict)  # the loss's own options (its registration's; student.<loss>)
     record_dynamics: bool | str = False  # True or "logits": the logits; "stats": per-example statistics (metrics.py)
     eval_batch_size: int = 256
     max_steps: Optional[int] = None  # equal-steps budget: stop after this many optimizer steps
@@ -63,15 +61,12 @@ class TrainConfig:
     channels_last: Optional[bool] = None  # NHWC activations (None: on CUDA only); on CPU 1.3-1.8x faster convs
 
 
-# the params a teacher or student section shares with TrainConfig, taken as they are
-SECTION_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "pad", "flip", "compile",
-                "channels_last")
-
-
-def train_config(section: dict, **extra) -> TrainConfig:
-    """TrainConfig from a teacher or student params section (its schedule, optimiser and augmentation
-    keys), with ``extra`` fields (seeds, loss, budget) set or overridden by the caller."""
-    return TrainConfig(**{**{k: section[k] for k in SECTION_KEYS}, **extra})
+def train_config(section: TrainSettings, **extra) -> TrainConfig:
+    """TrainConfig from a teacher or student section (its schedule, optimiser and augmentation keys; the
+    architecture is the model's, not the trainer's), with ``extra`` fields (seeds, budget) set or overridden by
+    the caller. How a student distils is not configuration: the trainer takes its KD setting (``train(kd=...)``)."""
+    keys = {k: v for k, v in section.training().items() if k != "arch"}
+    return TrainConfig(**{**keys, **extra})
 
 
 @dataclass

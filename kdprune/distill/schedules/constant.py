@@ -14,6 +14,6 @@ def _distinct(v: list) -> str | None:
 
 @register_schedule("constant", "kd_weights",
                    Option(list, [0.5], "KD weights, one KD arm each", item=float, low=0.0, high=1.0, validate=_distinct),
-                   arms=lambda weights: [(w, f"kd{w:g}") for w in weights])
+                   arms=lambda weights: [(w, f"kd{w:g}") for w in weights], fixed=True)
 def constant(fraction: float, weight: float) -> float:
     return float(weight)
