@@ -8,7 +8,10 @@ each running ``reproducibility.threads // teacher.workers`` torch threads and as
 many CPUs: the workers together never use more threads than one process would.
 
 Every worker trains with kdprune/train/distributed.py. The prepared data travels to the workers
-through Ray's object store (no shared filesystem assumed); rank 0 keeps the per-epoch checkpoint on
+through Ray's object store (no shared filesystem assumed): the pixels of an in-memory dataset, the
+index of a streamed one, whose files each worker reads (its shard of every batch) from data.root,
+which must then be a path every node reaches (a shared filesystem); data.workers decoding processes
+per worker (null: the machine's share, :func:`decode_workers`); rank 0 keeps the per-epoch checkpoint on
 its node (artifacts/checkpoints.py FileCheckpoint, outside every DVC out, as a single-process
 teacher's), sends each epoch's metrics to the stage's process as it goes (a ``ray.util.queue.Queue``:
 the stage's observer shows the progress and logs to MLflow there; workers never log), and at the end
@@ -40,6 +43,14 @@ STAGE = "teacher"
 def worker_threads(params: dict) -> int:
     """Torch threads (and Ray CPUs) of each worker: its share of ``reproducibility.threads``."""
     return max(1, params["reproducibility"]["threads"] // params["teacher"]["workers"])
+
+
+def decode_workers(local: int) -> int:
+    """data.workers null on a data-parallel teacher: each of the ``local`` workers on a node decodes with
+    its share of the CPUs the streamed path would use in one process (at least one)."""
+    from kdprune.data.stream import default_workers
+
+    return max(1, default_workers() // local)
 
 
 def checkpoint_key(params: dict, arch: str, meta: dict, device_type: str) -> str:
@@ -175,10 +186,10 @@ def train_worker(config: dict) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     meta, splits = ray.get(config["data"])
-    if splits["train"].streamed:  # the streamed batch source has no shard option yet
-        raise ValueError(f"teacher.workers: {tp['workers']} trains in-memory data only; {meta['dataset']} is streamed "
-                         "from files (data.loader): set teacher.workers: 1, or data.loader: memory if it fits")
-    train_d, val_d = device_data(meta, splits["train"], device), device_data(meta, splits["val"], device)
+    # a streamed split: each worker reads its shard of every batch from data.root (a path every node reaches)
+    train_d, val_d = (device_data(meta, splits[s], device, params) for s in ("train", "val"))
+    if splits["train"].streamed and params["data"].get("workers") is None:
+        train_d.workers = val_d.workers = decode_workers(ctx.get_local_world_size())  # the node's decoders, shared
     c, h, _ = meta["shape"]
     with seeded(tp["seed"]):
         model = build_model(config["arch"], c, meta["num_classes"], h)
@@ -190,8 +201,13 @@ def train_worker(config: dict) -> None:
             fault_point(root, STAGE, epoch)
 
     store = None if ckpt is None else _Announced(ckpt, messages)
-    res, shares = train_distributed(model, train_d, config["cfg"], rank, world, val=val_d, on_epoch=on_epoch,
-                                    checkpoint=store)
+    try:
+        res, shares = train_distributed(model, train_d, config["cfg"], rank, world, val=val_d, on_epoch=on_epoch,
+                                        checkpoint=store)
+    finally:
+        for d in (train_d, val_d):
+            if hasattr(d, "close"):  # a streamed split's decoding processes
+                d.close()
     if rank != 0:
         return
     model.load_state_dict(res.best_state)

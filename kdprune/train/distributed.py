@@ -4,7 +4,9 @@ worker recorded.
 The run is the single-process run of trainer.py cut across ``world`` workers: every epoch walks the
 permutation drawn from (order_seed, epoch), batch by batch as one process would, and worker ``rank``
 trains on rows rank, rank + world, ... of each batch (``Epoch.batches(shard=...)``); augmentation
-stays a pure function of (aug_seed, epoch, row). The global batch, the number of steps and the LR
+stays a pure function of (aug_seed, epoch, row). A split streamed from files (StreamData) is cut
+the same way: each worker's decoding processes read only its rows of every batch, each image
+cropped and flipped from (aug_seed, epoch, sample id) as in one process. The global batch, the number of steps and the LR
 schedule are those of one process. DistributedDataParallel all-reduces (averages) the gradients;
 each worker's loss is its rows' summed loss times world / (rows in the whole batch), so the average
 is the whole batch's mean loss, the uneven last batch included.
@@ -47,6 +49,7 @@ from kdprune.train.batches import BatchSource
 from kdprune.train.metrics import Dynamics, EpochMeter
 from kdprune.train.state import CheckpointStore, TrainingState, fingerprint
 from kdprune.train.step import TrainStep, progress
+from kdprune.train.stream import StreamData
 from kdprune.train.trainer import close_epoch, evaluate
 from kdprune.train.types import DeviceData, TrainConfig, TrainResult
 
@@ -178,11 +181,12 @@ def _epoch_record(recorder: Dynamics, positions: torch.Tensor) -> Any:
     return tree_map(lambda a: np.ascontiguousarray(a[0][pos]), recorder.result())
 
 
-def train_distributed(model: nn.Module, data: DeviceData, cfg: TrainConfig, rank: int, world: int,
+def train_distributed(model: nn.Module, data: "DeviceData | StreamData", cfg: TrainConfig, rank: int, world: int,
                       val: Optional[DeviceData] = None, on_epoch: Optional[Callable[[int, dict], None]] = None,
                       checkpoint: Optional[CheckpointStore] = None) -> tuple[TrainResult, list[list[int]]]:
     """Train ``model`` on all of ``data`` as worker ``rank`` of ``world`` (the process group is up,
-    the model identical on every worker, ``data`` whole on every worker's device). Cross-entropy
+    the model identical on every worker, ``data`` whole on every worker's device, or every worker's
+    index of a split streamed from files, of which it reads its shard). Cross-entropy
     from scratch, the teacher's training: no KD, sampler, per-example weights or step budget.
 
     Returns the TrainResult (on rank 0 with the merged dynamics when ``cfg.record_dynamics``;
@@ -192,7 +196,7 @@ def train_distributed(model: nn.Module, data: DeviceData, cfg: TrainConfig, rank
     if cfg.loss != "ce" or cfg.max_steps is not None or cfg.stop_after is not None:
         raise ValueError("data-parallel training is the teacher's: loss ce, no max_steps or stop_after")
     check_shards(len(data), cfg.batch_size, world)
-    device = data.x.device
+    device = data.device
     batches = BatchSource(data, cfg)
     if batches.channels_last:
         model = model.to(memory_format=torch.channels_last)
