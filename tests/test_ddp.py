@@ -313,6 +313,9 @@ def test_streamed_ddp_teacher_records_every_id_once_resumes_and_equals_in_memory
     n = len(splits["train"])
     dyn = ref["dynamics"]
     assert sorted(dyn) == STATS_NAMES and all(v.shape == (EPOCHS, n) for v in dyn.values())
+    # rank 0 wrote the merged epochs into files beside its checkpoint (this node: the result names them)
+    work = tmp_path / "stream" / ".kdprune" / "checkpoints" / "teacher"
+    assert all(isinstance(v, np.memmap) and Path(v.filename).parent.parent == work for v in dyn.values())
     assert len(ref["shares"]) == EPOCHS and all(sum(s) == n and len(s) == 2 and min(s) > 0 for s in ref["shares"])
     assert not np.isnan(dyn["target_logprob"]).any() and set(np.unique(dyn["correct"])) <= {0, 1}
     for epoch, m in enumerate(ref["history"]):  # each id's row is its own: the accuracy the workers measured
