@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -76,11 +78,44 @@ def _check_keyed(path: Path, train: PreparedSplit, stage: str) -> np.ndarray:
 
 # ---------------------------------------------------------------- the teacher's dynamics
 
+def dynamics_work_dir(checkpoint_path: Path) -> Path:
+    """Where a training run writes its dynamics epoch by epoch (kdprune.train.metrics.FileColumns): beside
+    its checkpoint, outside every DVC out, and removed with it once the stage's outputs are in place."""
+    p = Path(checkpoint_path)
+    return p.with_name(p.stem + ".dynamics")
+
+
+def _save_npy(path: Path, values: np.ndarray) -> None:
+    """``values`` as ``path`` (atomically): an array saved with np.save, or, for a read-only memory map of a
+    whole .npy file (the dynamics a run wrote to disk as it trained), that file's bytes copied (the same
+    bytes np.save writes; the array is never read into memory)."""
+    if isinstance(values, np.memmap) and values.filename and _whole_npy(values):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(values.filename, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        atomic_save_npy(path, values)
+
+
+def _whole_npy(values: np.memmap) -> bool:
+    """Whether ``values`` maps all of its file: header then exactly its bytes, C order."""
+    size = os.path.getsize(values.filename)
+    return (values.flags.c_contiguous and values.offset + values.nbytes == size
+            and np.lib.format.open_memmap(values.filename, mode="r").shape == values.shape)
+
+
 def write_dynamics(directory: Path, ids: np.ndarray, dynamics) -> None:
     """The teacher's training dynamics, rows in the order of ``ids`` (saved beside them as ``ids.npy``):
     the logits per epoch, (epochs, samples, classes) as float16 in ``logits.npy``; or per-example
     statistics (a dict name -> (epochs, samples) array, kdprune.train.metrics.STATS), one
-    ``stats/<name>.npy`` each in its own dtype, epochs x samples x (bytes of the statistics) in all."""
+    ``stats/<name>.npy`` each in its own dtype, epochs x samples x (bytes of the statistics) in all.
+    Arrays the run wrote to files as it trained (memory maps) are copied file to file."""
     directory = Path(directory)
     if isinstance(dynamics, dict):
         for name, values in dynamics.items():
@@ -88,12 +123,12 @@ def write_dynamics(directory: Path, ids: np.ndarray, dynamics) -> None:
                 raise ValueError(f"dynamics statistic {name}: shape {values.shape}, expected (epochs, {len(ids)})")
         (directory / "stats").mkdir(parents=True, exist_ok=True)
         for name, values in dynamics.items():
-            atomic_save_npy(directory / "stats" / f"{name}.npy", values)
+            _save_npy(directory / "stats" / f"{name}.npy", values)
     else:
         if dynamics.shape[1] != len(ids):
             raise ValueError(f"dynamics: {dynamics.shape[1]} rows for {len(ids)} sample ids")
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_save_npy(directory / "logits.npy", dynamics.astype(np.float16))
+        _save_npy(directory / "logits.npy", dynamics if dynamics.dtype == np.float16 else dynamics.astype(np.float16))
     atomic_save_npy(directory / "ids.npy", ids)
 
 

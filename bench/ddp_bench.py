@@ -63,6 +63,7 @@ def main() -> None:
 
     from artifacts.checkpoints import FileCheckpoint
     from artifacts.models import device_data
+    from artifacts.stages import dynamics_work_dir
     from execution import ddp
     from kdprune.config import validate
     from kdprune.models import build_model
@@ -86,7 +87,8 @@ def main() -> None:
         with seeded(tp.seed):
             model = build_model(tp.arch, *shape[:1], 10, shape[1])
         t0 = time.perf_counter()
-        res = train(model, train_d, cfg, val=val_d, checkpoint=FileCheckpoint(root, "teacher", "one", "bench"))
+        ckpt = FileCheckpoint(root, "teacher", "one", "bench")  # the dynamics to files beside it, as the stage
+        res = train(model, train_d, cfg, val=val_d, checkpoint=ckpt, dynamics_dir=dynamics_work_dir(ckpt.path))
         return {"wall": time.perf_counter() - t0, "history": res.history, "val": res.best_score}
 
     def two_workers(root: Path) -> dict:

@@ -78,8 +78,8 @@ def main() -> int:
     params = validate({"device": args.device, "reproducibility": {"cpu": "native", "threads": threads},
                        "runner": {"kind": "ray"}, "teacher": {**section, "workers": gpus},
                        "student": {**section}}, stage="teacher")
-    tp = params["teacher"]
-    cfg = train_config(tp, order_seed=tp["seed"], aug_seed=tp["seed"], record_dynamics=True)
+    tp = params.teacher
+    cfg = train_config(tp, order_seed=tp.seed, aug_seed=tp.seed, record_dynamics=True)
     if device.type == "cpu":
         torch.set_num_threads(threads)
 

@@ -1,6 +1,7 @@
 """Peak memory of the teacher stage on a streamed image folder: the stage's training (tasks/teacher.py's
 fit_teacher: the train and validation loaders with their workers, the per-epoch checkpoint) and its
-dynamics file, in a child process whose whole process tree (the DataLoader workers included) is
+dynamics (written epoch by epoch into files beside the checkpoint, then copied into the output), in a
+child process whose whole process tree (the DataLoader workers included) is
 sampled every 0.2 s with psutil: the peak of the summed RSS (shared pages counted once per process:
 an upper bound) and of the summed PSS (shared pages split between the processes that map them).
 
@@ -51,7 +52,9 @@ def child(args) -> None:
         meta, _ = write_prepared(work, params, log)
         print(json.dumps({"prepare_s": time.perf_counter() - t0, "sizes": meta["sizes"]}))
         return
-    from artifacts.stages import write_dynamics
+    import shutil
+
+    from artifacts.stages import dynamics_work_dir, write_dynamics
     from tasks.teacher import fit_teacher
 
     t0 = time.perf_counter()
@@ -60,6 +63,7 @@ def child(args) -> None:
     if res.dynamics is not None:
         write_dynamics(work / "dynamics", splits["train"].ids, res.dynamics)
     ckpt.clear()
+    shutil.rmtree(dynamics_work_dir(ckpt.path), ignore_errors=True)
     print(json.dumps({"teacher_s": time.perf_counter() - t0, "val_acc": val["acc"], "n_train": len(splits["train"]),
                       "images_per_s": res.samples_seen / res.seconds}))
 
@@ -134,7 +138,8 @@ def main() -> None:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         prep = measure(base + ["--phase", "prepare"], env)
         teach = measure(base + ["--phase", "teacher"], env)
-    print(json.dumps({"root": args.root, "dynamics": args.dynamics, "prepare": prep, "teacher": teach}, indent=1))
+    print(json.dumps({"root": args.root, "dynamics": args.dynamics, "epochs": args.epochs, "prepare": prep,
+                      "teacher": teach}, indent=1))
 
 
 if __name__ == "__main__":

@@ -8,12 +8,17 @@ each running ``reproducibility.threads // teacher.workers`` torch threads and as
 many CPUs: the workers together never use more threads than one process would.
 
 Every worker trains with kdprune/train/distributed.py. The prepared data travels to the workers
-through Ray's object store (no shared filesystem assumed); rank 0 keeps the per-epoch checkpoint on
+through Ray's object store (no shared filesystem assumed): the pixels of an in-memory dataset, the
+index of a streamed one, whose files each worker reads (its shard of every batch) from data.root,
+which must then be a path every node reaches (a shared filesystem); data.workers decoding processes
+per worker (null: the machine's share, :func:`decode_workers`); rank 0 keeps the per-epoch checkpoint on
 its node (artifacts/checkpoints.py FileCheckpoint, outside every DVC out, as a single-process
 teacher's), sends each epoch's metrics to the stage's process as it goes (a ``ray.util.queue.Queue``:
 the stage's observer shows the progress and logs to MLflow there; workers never log), and at the end
 the result: the best weights, history, merged dynamics and the best model's validation metrics
-(held by the queue's actor, so it outlives the workers).
+(held by the queue's actor, so it outlives the workers). Rank 0 writes the merged dynamics epoch by
+epoch into files beside its checkpoint (host memory does not grow with the epochs); the result names
+those files when the stage's process is on rank 0's node, else carries the arrays.
 
 A worker that dies (killed, its node gone) or raises fails the worker group; Ray Train starts a new
 one once (``FailureConfig(max_failures=1)``, as the stage task's one retry), whose workers resume
@@ -31,7 +36,11 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+import numpy as np
+
 from artifacts.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
+from artifacts.files import load_npy
+from artifacts.stages import dynamics_work_dir
 from execution.runner import private_ray_token, ray_env_defaults, ray_init_kwargs, worker_env
 
 STAGE = "teacher"
@@ -40,6 +49,14 @@ STAGE = "teacher"
 def worker_threads(params: dict) -> int:
     """Torch threads (and Ray CPUs) of each worker: its share of ``reproducibility.threads``."""
     return max(1, params["reproducibility"]["threads"] // params["teacher"]["workers"])
+
+
+def decode_workers(local: int) -> int:
+    """data.workers null on a data-parallel teacher: each of the ``local`` workers on a node decodes with
+    its share of the CPUs the streamed path would use in one process (at least one)."""
+    from kdprune.data.stream import default_workers
+
+    return max(1, default_workers() // local)
 
 
 def checkpoint_key(params: dict, arch: str, meta: dict, device_type: str) -> str:
@@ -109,7 +126,8 @@ def fit(root: Path, params: dict, arch: str, cfg, meta: dict, splits: dict,
         share = worker_threads(params)
         messages = Queue()
         config = {"root": str(root), "params": params, "arch": arch, "cfg": cfg, "data": ray.put((meta, splits)),
-                  "gpu": gpu, "messages": messages, "env": worker_env()}
+                  "gpu": gpu, "messages": messages, "env": worker_env(),
+                  "node": ray.get_runtime_context().get_node_id()}
         storage, name = checkpoint_root(root) / ".kdprune" / "ray_train", f"teacher-{os.getpid()}-{threading.get_ident()}"
         trainer = TorchTrainer(
             train_worker, train_loop_config=config,
@@ -149,6 +167,7 @@ def fit(root: Path, params: dict, arch: str, cfg, meta: dict, splits: dict,
             raise done["result"].error
         if out is None:
             raise RuntimeError("the data-parallel teacher finished without sending its result")
+        out["dynamics"] = received_dynamics(out["dynamics"])
         return out
 
 
@@ -175,10 +194,10 @@ def train_worker(config: dict) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     meta, splits = ray.get(config["data"])
-    if splits["train"].streamed:  # the streamed batch source has no shard option yet
-        raise ValueError(f"teacher.workers: {tp['workers']} trains in-memory data only; {meta['dataset']} is streamed "
-                         "from files (data.loader): set teacher.workers: 1, or data.loader: memory if it fits")
-    train_d, val_d = device_data(meta, splits["train"], device), device_data(meta, splits["val"], device)
+    # a streamed split: each worker reads its shard of every batch from data.root (a path every node reaches)
+    train_d, val_d = (device_data(meta, splits[s], device, params) for s in ("train", "val"))
+    if splits["train"].streamed and params["data"].get("workers") is None:
+        train_d.workers = val_d.workers = decode_workers(ctx.get_local_world_size())  # the node's decoders, shared
     c, h, _ = meta["shape"]
     with seeded(tp["seed"]):
         model = build_model(config["arch"], c, meta["num_classes"], h)
@@ -190,8 +209,14 @@ def train_worker(config: dict) -> None:
             fault_point(root, STAGE, epoch)
 
     store = None if ckpt is None else _Announced(ckpt, messages)
-    res, shares = train_distributed(model, train_d, config["cfg"], rank, world, val=val_d, on_epoch=on_epoch,
-                                    checkpoint=store)
+    try:
+        res, shares = train_distributed(model, train_d, config["cfg"], rank, world, val=val_d, on_epoch=on_epoch,
+                                        checkpoint=store,
+                                        dynamics_dir=None if ckpt is None else dynamics_work_dir(ckpt.path))
+    finally:
+        for d in (train_d, val_d):
+            if hasattr(d, "close"):  # a streamed split's decoding processes
+                d.close()
     if rank != 0:
         return
     model.load_state_dict(res.best_state)
@@ -199,11 +224,33 @@ def train_worker(config: dict) -> None:
     result = {"best_state": {k: t.detach().cpu() for k, t in res.best_state.items()}, "history": res.history,
               "best_epoch": res.best_epoch, "best_score": res.best_score, "selected_on": res.selected_on,
               "steps": res.steps, "samples_seen": res.samples_seen, "seconds": res.seconds,
-              "dynamics": res.dynamics, "val": val, "shares": shares, "resumed_from": ckpt.resumed_from,
+              "dynamics": sent_dynamics(res.dynamics, ray.get_runtime_context().get_node_id() == config["node"]),
+              "val": val, "shares": shares, "resumed_from": ckpt.resumed_from,
               "checkpoint": str(ckpt.path), "device": device.type,
               "peak_gpu_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
               "compute": {"threads": compute["threads"], "cpu_capability": compute["cpu_capability"]}}
     messages.put(("result", result))  # returns once the queue's actor holds it: it outlives this worker
+
+
+def sent_dynamics(dynamics, same_node: bool) -> Optional[dict]:
+    """Rank 0's merged dynamics as the stage's process gets them: the paths of the files rank 0 wrote as it
+    trained (next to its checkpoint) when that process runs on this node, read there memory-mapped; else
+    the arrays (through Ray's object store: the stage's process then holds them in memory)."""
+    if dynamics is None:
+        return None
+    named = dynamics if isinstance(dynamics, dict) else {"logits": dynamics}
+    kind = "stats" if isinstance(dynamics, dict) else "logits"
+    if same_node and all(isinstance(v, np.memmap) and v.filename for v in named.values()):
+        return {"kind": kind, "files": {k: str(v.filename) for k, v in named.items()}}
+    return {"kind": kind, "arrays": {k: np.array(v) for k, v in named.items()}}
+
+
+def received_dynamics(sent: Optional[dict]):
+    """What :func:`sent_dynamics` sent, as the trainer's result holds dynamics (logits array or name -> array)."""
+    if sent is None:
+        return None
+    named = sent["arrays"] if "arrays" in sent else {k: load_npy(Path(f), mmap_mode="r") for k, f in sent["files"].items()}
+    return named["logits"] if sent["kind"] == "logits" else named
 
 
 class _Announced:

@@ -1,6 +1,7 @@
 """teacher: full train split -> models/teacher/ (weights, history, per-epoch per-sample dynamics)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +14,7 @@ from kdprune.models import build_model
 from kdprune.reproducibility import provenance
 from kdprune.train import evaluate, seeded, train, train_config
 from kdprune.train.metrics import dynamics_format
-from artifacts.stages import load_prepared, write_dynamics
+from artifacts.stages import dynamics_work_dir, load_prepared, write_dynamics
 from artifacts.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
 from artifacts.files import atomic_directory, atomic_write_json
 from artifacts.models import device_data, save_model
@@ -52,7 +53,8 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr, run_id: Opt
                                       params["reproducibility"]["cpu"]), log)
     log.info(f"training {stage} {arch} on {len(train_d)} examples for {tp.epochs} epochs on {device}")
     with observer().progress(f"{stage} {arch}", tp.epochs, "epoch") as bar:
-        res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt)
+        res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt,
+                    dynamics_dir=dynamics_work_dir(ckpt.path) if record_dynamics else None)
     if ckpt.resumed_from and tr is not None:  # epochs before the crash were logged to the failed attempt's run
         tr.log_history(run_id, res.history[: ckpt.resumed_from])
     model.load_state_dict(res.best_state)
@@ -112,6 +114,7 @@ def teacher_stage(root: str, params: dict, parent_run_id: Optional[str], fit) ->
         obs.register_teacher(root, tr, run_id, out, meta)
     obs.write_record(root, "teacher", {"mlflow_run_id": run_id, "wall_s": res.seconds})
     ckpt.clear()
+    shutil.rmtree(dynamics_work_dir(ckpt.path), ignore_errors=True)  # the dynamics written as it trained
     if tr.summary(wait=False):
         log.warning(f"teacher: {tr.summary(wait=False)}; the model and metrics are on disk in {out}")
     log.info(f"teacher done: best epoch {res.best_epoch}, val_acc {val['acc']:.4f}, {res.seconds:.1f}s -> {out}")

@@ -1,7 +1,8 @@
 """The data-parallel teacher (teacher.workers > 1): the shards and the merge of the workers' dynamics
 (kdprune/train/distributed.py), and a tiny 2-worker DDP teacher on CPU (gloo) under Ray Train
 (execution/ddp.py) that records every id exactly once per epoch and, killed after an epoch, resumes
-to the uninterrupted run's result."""
+to the uninterrupted run's result; the same over a small image folder streamed from files, each
+worker decoding only its shard of every batch."""
 from __future__ import annotations
 
 import logging
@@ -123,12 +124,12 @@ def ray_instance():
         yield ray
 
 
-def _fit(root: Path, params: dict, data):
+def _fit(root: Path, params: dict, data, record=True):
     from execution import ddp
     from kdprune.train import train_config
 
     tp = params.teacher
-    cfg = train_config(tp, order_seed=tp.seed, aug_seed=tp.seed, record_dynamics=True)
+    cfg = train_config(tp, order_seed=tp.seed, aug_seed=tp.seed, record_dynamics=record)
     seen: list[int] = []
     root.mkdir(parents=True, exist_ok=True)  # the checkpoint goes to the project (else to the temp directory)
     out = ddp.fit(root, params, tp.arch, cfg, *data, lambda e, m: seen.append(e), logging.getLogger("test"))
@@ -136,8 +137,10 @@ def _fit(root: Path, params: dict, data):
 
 
 def _snapshot(out: dict) -> dict:
+    dyn = out["dynamics"]
+    dyn = {k: np.asarray(v).tobytes() for k, v in dyn.items()} if isinstance(dyn, dict) else np.asarray(dyn).tobytes()
     return {"weights": {k: v.numpy().tobytes() for k, v in out["best_state"].items()},
-            "dynamics": out["dynamics"].tobytes(), "val": out["val"], "best_epoch": out["best_epoch"],
+            "dynamics": dyn, "val": out["val"], "best_epoch": out["best_epoch"],
             "history": [{k: v for k, v in m.items() if k != "seconds"} for m in out["history"]]}
 
 
@@ -231,3 +234,101 @@ def test_one_worker_group_records_what_one_process_records(tmp_path, record):
         assert set(ddp) == set(one) and all(ddp[k].shape == (2, len(data)) for k in ddp)
         for k in ddp:
             np.testing.assert_allclose(ddp[k].astype(np.float64), one[k].astype(np.float64), atol=0.05, equal_nan=True)
+
+
+# --- a data-parallel teacher over a streamed image folder ----------------------------------------------
+
+LOG = logging.getLogger("test_ddp")
+
+
+@pytest.fixture(scope="module")
+def png_folder(tmp_path_factory) -> Path:
+    from kdprune.data.synthetic import write_synthetic
+
+    out = tmp_path_factory.mktemp("synthetic_png")
+    write_synthetic(out, classes=4, images=160, test_images=16, size=8, fmt="png", seed=3, workers=1)
+    return out
+
+
+def _folder_params(folder: Path, loader: str, **data) -> dict:
+    return validate({"device": "cpu", "runner": {"kind": "ray"},
+                     "data": {"dataset": "imagefolder", "root": str(folder), "loader": loader, "image_size": 8,
+                              "resize": 8, "workers": 1, **data},
+                     "teacher": {"epochs": EPOCHS, "batch_size": 32, "workers": 2, "pad": 0, "flip": False},
+                     "student": {"pad": 0}},
+                    stage="teacher")
+
+
+def _prepared(root: Path, params: dict):
+    from artifacts.stages import load_prepared
+    from tasks.prepare import write_prepared
+
+    write_prepared(root, params, LOG)
+    return load_prepared(root, params["data"]["dataset"])
+
+
+def test_a_streamed_shard_decodes_only_its_rows_with_the_crops_of_one_process(png_folder, tmp_path):
+    """Epoch.batches(shard=...) over a streamed split: each rank's pass reads only its rows of every
+    batch, and each image is the one the unsharded pass gives it (random-resized crop and flip from
+    (seed, epoch, sample id))."""
+    from artifacts.models import device_data
+    from kdprune.train import TrainConfig
+    from kdprune.train.batches import BatchSource
+
+    params = _folder_params(png_folder, "stream", random_crop=True, workers=0, resize=10)
+    meta, splits = _prepared(tmp_path, params)
+    data = device_data(meta, splits["train"], torch.device("cpu"), params)
+    reads: list[int] = []
+    read = data.dataset.read
+    data.dataset.read = lambda row: (reads.append(row), read(row))[1]  # workers 0: decoded in this process
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.1, flip=True, order_seed=4, aug_seed=5)
+    ep = BatchSource(data, cfg).epoch(2)
+    whole = list(ep.batches())
+    assert sorted(reads) == list(range(len(data)))  # one process reads every row once
+    world = 3
+    for r in range(world):
+        reads.clear()
+        mine = list(ep.batches(shard=(r, world)))
+        assert sorted(reads) == sorted(torch.cat([b.rows for b in mine]).tolist())  # its rows only
+        for b, batch in zip(mine, whole):
+            assert torch.equal(b.rows, batch.rows[r::world]) and torch.equal(b.x, batch.x[r::world])
+    with pytest.raises(ValueError, match="shard must be"):
+        data.train_batches(torch.arange(4), 1, 0, False, 2, shard=(2, 2))
+
+
+@pytest.mark.integration
+def test_streamed_ddp_teacher_records_every_id_once_resumes_and_equals_in_memory(png_folder, tmp_path, monkeypatch,
+                                                                              ray_instance):
+    """Two workers over a streamed PNG folder (each decoding its shard with one DataLoader worker):
+    every id's statistics once per epoch; killed after epoch 1 and resumed: the uninterrupted result;
+    and, without random augmentation, the bytes the same 2-worker teacher gives on the same images
+    decoded into memory (same pixels, mean/std, permutation and shards)."""
+    out = {}
+    for loader in ("stream", "memory"):
+        params = _folder_params(png_folder, loader, random_crop=False)
+        data = _prepared(tmp_path / f"{loader}-data", params)
+        assert data[0].get("loader", "memory") == loader
+        out[loader] = (params, data, _fit(tmp_path / loader, params, data, record="stats")[0])
+    params, (meta, splits), ref = out["stream"]
+    n = len(splits["train"])
+    dyn = ref["dynamics"]
+    assert sorted(dyn) == STATS_NAMES and all(v.shape == (EPOCHS, n) for v in dyn.values())
+    # rank 0 wrote the merged epochs into files beside its checkpoint (this node: the result names them)
+    work = tmp_path / "stream" / ".kdprune" / "checkpoints" / "teacher"
+    assert all(isinstance(v, np.memmap) and Path(v.filename).parent.parent == work for v in dyn.values())
+    assert len(ref["shares"]) == EPOCHS and all(sum(s) == n and len(s) == 2 and min(s) > 0 for s in ref["shares"])
+    assert not np.isnan(dyn["target_logprob"]).any() and set(np.unique(dyn["correct"])) <= {0, 1}
+    for epoch, m in enumerate(ref["history"]):  # each id's row is its own: the accuracy the workers measured
+        assert abs(float(dyn["correct"][epoch].mean()) - m["train_acc"]) <= 1e-9
+    assert _snapshot(ref) == _snapshot(out["memory"][2])
+
+    monkeypatch.setenv("KDPRUNE_FAULT", "teacher:1:kill")
+    root = tmp_path / "resumed"
+    resumed, seen = _fit(root, params, (meta, splits), record="stats")
+    assert (root / ".kdprune" / "faults" / "teacher-1-kill").exists()
+    assert resumed["resumed_from"] == 1 and seen == [1, 2, 3]
+    assert [sum(s) for s in resumed["shares"]] == [n] * (EPOCHS - 1)
+    assert _snapshot(resumed) == _snapshot(ref)
+
+
+STATS_NAMES = sorted(__import__("kdprune.train.metrics", fromlist=["STATS"]).STATS.names())

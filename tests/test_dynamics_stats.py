@@ -16,7 +16,7 @@ from kdprune.scores import SCORES, ScoreContext, register_score
 from kdprune.selection import parse_method, select, selector_options
 from kdprune.train import DeviceData, TrainConfig, seeded, train
 from kdprune.train.metrics import (AUTO_LOGITS_MAX_BYTES, STATS, Dynamics, dynamics_format, example_stats,
-                                   merge_dynamics, stats_bytes)
+                                   stats_bytes)
 
 EPOCHS = 6
 FRACTIONS = (0.1, 0.3, 0.5)
@@ -191,34 +191,43 @@ def test_every_dynamics_score_declares_statistics_that_exist():
 
 
 def test_workers_record_their_share_and_merge_by_position():
-    """A data-parallel run: each worker records its ids; the merge equals one recorder of all, and an id
+    """A data-parallel run: each worker records its ids' rows of an epoch (Dynamics.epoch_rows); the merge
+    by position (distributed.merge_epoch) stored in one recorder equals one recorder of all, and an id
     recorded twice (or never) is refused."""
+    from kdprune.train.distributed import DynamicsMergeError, merge_epoch
+
     rng = np.random.default_rng(0)
     n, c, epochs = 50, 7, 3
     logits = torch.from_numpy(rng.normal(size=(epochs, n, c)).astype(np.float32))
     labels = torch.from_numpy(rng.integers(0, c, n))
     for kind in ("stats", "logits"):
         whole = Dynamics(kind, epochs, n, c, torch.device("cpu"))
-        workers = [Dynamics(kind, epochs, n, c, torch.device("cpu")) for _ in range(2)]
+        merged = Dynamics(kind, epochs, n, c, torch.device("cpu"))
         for e in range(1, epochs + 1):
+            workers = [Dynamics(kind, 1, n, c, torch.device("cpu")) for _ in range(2)]  # one epoch each
+            mine = [[], []]
             perm = torch.from_numpy(rng.permutation(n))
             for pos in perm.split(8):
                 whole.record(e, pos, logits[e - 1, pos], labels[pos])
-                w = workers[int(pos[0]) % 2]  # batches dealt to workers
-                w.record(e, pos, logits[e - 1, pos], labels[pos])
+                w = int(pos[0]) % 2  # batches dealt to workers
+                workers[w].record(1, pos, logits[e - 1, pos], labels[pos])
+                mine[w].append(pos)
             whole.end_epoch(e)
-            for w in workers:
-                w.end_epoch(e)
-        merged = merge_dynamics([w.part() for w in workers])
+            parts = [(torch.cat(m).numpy(), w.epoch_rows(torch.cat(m).numpy())) for w, m in zip(workers, mine)]
+            merged.write_epoch(e, merge_epoch(parts, n, e))
+            with pytest.raises(DynamicsMergeError, match="1 more than once"):
+                merge_epoch(parts + [(parts[0][0][:1], _take(parts[0][1], 1))], n, e)  # one id again
+            with pytest.raises(DynamicsMergeError, match="recorded by no worker"):
+                merge_epoch(parts[:1], n, e)
         if kind == "logits":
-            np.testing.assert_array_equal(merged, whole.result())
+            np.testing.assert_array_equal(merged.result(), whole.result())
         else:
             for k in STATS.names():
-                np.testing.assert_array_equal(merged[k], whole.result()[k])
-        with pytest.raises(ValueError, match="recorded 2 times, not once"):
-            merge_dynamics([workers[0].part(), workers[0].part(), workers[1].part()])
-        with pytest.raises(ValueError, match="recorded 0 times, not once"):
-            merge_dynamics([workers[0].part()])
+                np.testing.assert_array_equal(merged.result()[k], whole.result()[k])
+
+
+def _take(rows, k):
+    return {n: v[:k] for n, v in rows.items()} if isinstance(rows, dict) else rows[:k]
 
 
 def test_resumed_run_records_the_same_statistics():
@@ -262,3 +271,70 @@ def test_resumed_run_records_the_same_statistics():
     for k in STATS.names():
         np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
     assert not np.isnan(whole["l2_error"]).any() and set(np.unique(whole["correct"])) <= {0, 1}
+
+
+@pytest.mark.parametrize("record", ["stats", "logits"])
+def test_dynamics_go_to_files_as_training_goes_and_resume_continues_them(tmp_path, record):
+    """With ``dynamics_dir`` the recorder writes each epoch into preallocated .npy files (the checkpoint
+    keeps only their digests, not the arrays); a run killed after epoch 2 resumes into the same files;
+    the result equals the in-memory run's and write_dynamics gives the same bytes; a file changed behind
+    the checkpoint's back is refused."""
+    import io
+
+    from artifacts.stages import write_dynamics
+
+    class Memory:
+        blob = None
+
+        def load(self):
+            return None if self.blob is None else torch.load(io.BytesIO(self.blob), weights_only=True)
+
+        def save(self, state):
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            self.blob = buf.getvalue()
+
+    class Crash(Exception):
+        pass
+
+    x, y, classes = _synthetic(200, 20, seed=4)
+    x01 = x / 255.0
+    data = DeviceData.from_numpy(x, y, x01.mean(axis=(0, 2, 3)), x01.std(axis=(0, 2, 3)), torch.device("cpu"))
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=0.05, pad=1, record_dynamics=record)
+
+    def run(ckpt=None, crash_after=None, directory=None):
+        def on_epoch(e, _m):
+            if e == crash_after:
+                raise Crash
+        with seeded(0):
+            model = build_model("small_cnn", 1, classes, 8)
+        return train(model, data, cfg, checkpoint=ckpt, on_epoch=on_epoch, dynamics_dir=directory).dynamics
+
+    memory = run()
+    store, work = Memory(), tmp_path / "work"
+    with pytest.raises(Crash):
+        run(store, crash_after=2, directory=work)
+    saved = store.load()["dynamics"]
+    assert set(saved) == {"files"} and [e for e, _ in saved["files"]] == [1, 2]  # digests, not arrays
+    before = {f.name: f.read_bytes() for f in work.iterdir()}
+    resumed = run(store, directory=work)
+    assert {f.name for f in work.iterdir()} == set(before)  # the same files, continued
+    named = resumed if isinstance(resumed, dict) else {"logits": resumed}
+    assert all(isinstance(v, np.memmap) for v in named.values())
+    for d, dyn in (("mem", memory), ("file", resumed)):
+        write_dynamics(tmp_path / d, np.arange(len(y)), dyn)
+    files = sorted(p.relative_to(tmp_path / "mem") for p in (tmp_path / "mem").rglob("*.npy"))
+    assert files == sorted(p.relative_to(tmp_path / "file") for p in (tmp_path / "file").rglob("*.npy"))
+    for f in files:
+        assert (tmp_path / "mem" / f).read_bytes() == (tmp_path / "file" / f).read_bytes(), f
+
+    # a file that no longer holds the epochs the checkpoint recorded: refused, not trained on
+    store2 = Memory()
+    with pytest.raises(Crash):
+        run(store2, crash_after=2, directory=tmp_path / "w2")
+    victim = sorted((tmp_path / "w2").iterdir())[0]
+    raw = bytearray(victim.read_bytes())
+    raw[np.load(victim, mmap_mode="r").offset] ^= 0xFF  # the first byte of epoch 1's rows
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="do not hold the epoch"):
+        run(store2, directory=tmp_path / "w2")

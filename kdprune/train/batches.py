@@ -59,7 +59,7 @@ class Epoch:
         if self.source.streamed:  # the workers read the epoch's rows in order, a batch at a time
             cfg = self.source.cfg
             streamed = data.train_batches(self.source.subset[self.positions[self.order]], self.epoch, cfg.aug_seed,
-                                          cfg.flip, bs, limit)
+                                          cfg.flip, bs, limit, shard)
         for b, i in enumerate(range(0, self.size, bs)):
             if limit is not None and b >= limit:
                 return

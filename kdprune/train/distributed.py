@@ -4,7 +4,9 @@ worker recorded.
 The run is the single-process run of trainer.py cut across ``world`` workers: every epoch walks the
 permutation drawn from (order_seed, epoch), batch by batch as one process would, and worker ``rank``
 trains on rows rank, rank + world, ... of each batch (``Epoch.batches(shard=...)``); augmentation
-stays a pure function of (aug_seed, epoch, row). The global batch, the number of steps and the LR
+stays a pure function of (aug_seed, epoch, row). A split streamed from files (StreamData) is cut
+the same way: each worker's decoding processes read only its rows of every batch, each image
+cropped and flipped from (aug_seed, epoch, sample id) as in one process. The global batch, the number of steps and the LR
 schedule are those of one process. DistributedDataParallel all-reduces (averages) the gradients;
 each worker's loss is its rows' summed loss times world / (rows in the whole batch), so the average
 is the whole batch's mean loss, the uneven last batch included.
@@ -22,7 +24,8 @@ a run with one, not only by float reduction order.
 Dynamics: each worker records, per epoch, what the recorder of metrics.py records for the positions
 it trained (a fresh one-epoch recorder per epoch); at the end of the epoch rank 0 gathers every
 worker's (positions, rows) and :func:`merge_epoch` puts them in position order, checking that every
-position was recorded exactly once. Positions are rows of the training data, so position order is
+position was recorded exactly once, and stores the epoch in its recorder (in host memory, or
+written into preallocated files: ``dynamics_dir``). Positions are rows of the training data, so position order is
 id order (the train split's rows are its sample ids, sorted). The payload per position is whatever
 the recorder holds (an array with a leading position axis, or a dict of them).
 
@@ -47,6 +50,7 @@ from kdprune.train.batches import BatchSource
 from kdprune.train.metrics import Dynamics, EpochMeter
 from kdprune.train.state import CheckpointStore, TrainingState, fingerprint
 from kdprune.train.step import TrainStep, progress
+from kdprune.train.stream import StreamData
 from kdprune.train.trainer import close_epoch, evaluate
 from kdprune.train.types import DeviceData, TrainConfig, TrainResult
 
@@ -120,39 +124,6 @@ def _assign(out: Any, pos: np.ndarray, payload: Any) -> None:
         out[pos] = payload
 
 
-def stack_epochs(epochs: list[Any]) -> Any:
-    """Per-epoch payloads ([n, ...] each) as one [epochs, n, ...] payload."""
-    first = epochs[0]
-    if isinstance(first, dict):
-        return {k: stack_epochs([e[k] for e in epochs]) for k in first}
-    return np.stack(epochs)
-
-
-class MergedDynamics:
-    """The merged dynamics on rank 0 (other ranks keep none), with the interface TrainingState uses
-    for a checkpoint (``upto``, ``restore``) and the trainer's ``numpy``."""
-
-    def __init__(self, keep: bool):
-        self.keep, self.epochs = keep, []
-
-    def add(self, merged: Any) -> None:
-        if self.keep:
-            self.epochs.append(merged)
-
-    def upto(self, epoch: int) -> Any:
-        if not self.keep:
-            return None
-        return tree_map(torch.from_numpy, stack_epochs(self.epochs[:epoch]))
-
-    def restore(self, saved: Any) -> None:
-        if self.keep:
-            count = _leaves(saved)[0].shape[0]
-            self.epochs = [tree_map(lambda t, i=i: t[i].numpy(), saved) for i in range(count)]
-
-    def numpy(self) -> Optional[Any]:
-        return stack_epochs(self.epochs) if self.keep and self.epochs else None
-
-
 class RankStore:
     """A checkpoint store for one worker: rank 0 reads ``store`` and broadcasts what it read to every
     worker; only rank 0 writes. ``store`` None: nothing saved, nothing resumed."""
@@ -170,29 +141,25 @@ class RankStore:
             self.store.save(state)
 
 
-def _epoch_record(recorder: Dynamics, positions: torch.Tensor) -> Any:
-    """The rows a one-epoch recorder holds for ``positions`` (numpy, on the host): the logits
-    [k, classes], or a dict of per-example statistics [k] each."""
-    recorder.end_epoch(1)
-    pos = positions.cpu().numpy()
-    return tree_map(lambda a: np.ascontiguousarray(a[0][pos]), recorder.result())
-
-
-def train_distributed(model: nn.Module, data: DeviceData, cfg: TrainConfig, rank: int, world: int,
+def train_distributed(model: nn.Module, data: "DeviceData | StreamData", cfg: TrainConfig, rank: int, world: int,
                       val: Optional[DeviceData] = None, on_epoch: Optional[Callable[[int, dict], None]] = None,
-                      checkpoint: Optional[CheckpointStore] = None) -> tuple[TrainResult, list[list[int]]]:
+                      checkpoint: Optional[CheckpointStore] = None,
+                      dynamics_dir=None) -> tuple[TrainResult, list[list[int]]]:
     """Train ``model`` on all of ``data`` as worker ``rank`` of ``world`` (the process group is up,
-    the model identical on every worker, ``data`` whole on every worker's device). Cross-entropy
+    the model identical on every worker, ``data`` whole on every worker's device, or every worker's
+    index of a split streamed from files, of which it reads its shard). Cross-entropy
     from scratch, the teacher's training: no KD, sampler, per-example weights or step budget.
 
     Returns the TrainResult (on rank 0 with the merged dynamics when ``cfg.record_dynamics``;
     elsewhere without dynamics) and, on rank 0, the rows each worker recorded per epoch (from the
     first epoch this call trained). ``on_epoch`` runs on every worker after the epoch's checkpoint.
+    ``dynamics_dir``: rank 0 writes each merged epoch into preallocated files there (metrics.FileColumns),
+    not host memory.
     """
     if cfg.max_steps is not None or cfg.stop_after is not None:
         raise ValueError("data-parallel training is the teacher's: no max_steps or stop_after")
     check_shards(len(data), cfg.batch_size, world)
-    device = data.x.device
+    device = data.device
     batches = BatchSource(data, cfg)
     if batches.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -200,7 +167,9 @@ def train_distributed(model: nn.Module, data: DeviceData, cfg: TrainConfig, rank
     # DDP broadcasts rank 0's parameters and buffers now, and its buffers before every forward
     ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     step = TrainStep(ddp, cfg, device, batches.channels_last)
-    dynamics = MergedDynamics(keep=rank == 0) if cfg.record_dynamics else None
+    # rank 0 stores the merged epochs (the other ranks only their epoch's share)
+    dynamics = Dynamics.for_model(model, cfg.record_dynamics, cfg.epochs, batches.n, device, dynamics_dir) \
+        if cfg.record_dynamics and rank == 0 else None
     result = TrainResult(best_state={}, best_epoch=0, best_score=-1.0,
                          selected_on="train_acc" if val is None else "val_acc")
     state = TrainingState(RankStore(checkpoint, rank), {**fingerprint(cfg, batches, False), "world": world},
@@ -212,7 +181,7 @@ def train_distributed(model: nn.Module, data: DeviceData, cfg: TrainConfig, rank
         ddp.train()
         ep = batches.epoch(epoch)
         meter = EpochMeter(ep.size, device, keep_losses=False)
-        recorder = Dynamics.for_model(model, cfg.record_dynamics, 1, batches.n, device) if dynamics is not None else None
+        recorder = Dynamics.for_model(model, cfg.record_dynamics, 1, batches.n, device) if cfg.record_dynamics else None
         mine = []
         for batch in ep.batches(shard=(rank, world)):
             whole = min(cfg.batch_size, ep.size - batch.start)
@@ -232,11 +201,12 @@ def train_distributed(model: nn.Module, data: DeviceData, cfg: TrainConfig, rank
             dist.broadcast(b, src=0)
         if recorder is not None:
             positions = torch.cat(mine)
-            part = (positions.cpu().numpy(), _epoch_record(recorder, positions))
+            pos = positions.cpu().numpy()
+            part = (pos, recorder.epoch_rows(pos))
             parts = [None] * world if rank == 0 else None
             dist.gather_object(part, parts, dst=0)
             if rank == 0:
-                dynamics.add(merge_epoch(parts, batches.n, epoch))
+                dynamics.write_epoch(epoch, merge_epoch(parts, batches.n, epoch))
                 shares.append([len(p) for p, _ in parts])
         result.samples_seen += meter.seen
         metrics = {**meter.metrics(), "lr": step.lr, "samples_seen": float(result.samples_seen)}
@@ -247,5 +217,5 @@ def train_distributed(model: nn.Module, data: DeviceData, cfg: TrainConfig, rank
         close_epoch(result, model, state, epoch, metrics, t0, on_epoch)
     result.seconds = time.perf_counter() - t0
     if dynamics is not None:
-        result.dynamics = dynamics.numpy()
+        result.dynamics = dynamics.result()
     return result, shares

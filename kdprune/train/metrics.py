@@ -6,7 +6,10 @@ does not depend on the classes (:data:`STATS`, one registered function each)."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -159,6 +162,129 @@ def stats_bytes(names=None) -> int:
     return sum(STATS.get(n).itemsize for n in (STATS.names() if names is None else names))
 
 
+class HostColumns:
+    """The recorded epochs of a :class:`Dynamics` on the host, one ``[epochs, n, ...]`` array per column,
+    in memory (the default: proxies, students, tests)."""
+
+    def __init__(self, columns: dict, epochs: int, n: int):
+        self.columns = columns
+        self.arrays = {k: np.full((epochs, n, *shape), fill, dtype=dt) for k, (dt, shape, fill) in columns.items()}
+
+    def write_epoch(self, epoch: int, values: dict[str, np.ndarray]) -> None:
+        for k, v in values.items():
+            self.arrays[k][epoch - 1] = v
+
+    def upto(self, epoch: int) -> dict[str, torch.Tensor]:
+        """Epochs 1..``epoch`` on the CPU (what a checkpoint keeps)."""
+        return {k: torch.from_numpy(v[:epoch].copy()) for k, v in self.arrays.items()}
+
+    def restore(self, saved: dict) -> None:
+        for k, v in saved.items():
+            self.arrays[k][: v.shape[0]] = v.numpy()
+
+    def result(self) -> dict[str, np.ndarray]:
+        return dict(self.arrays)
+
+
+class FileColumns:
+    """The recorded epochs in ``directory`` on the host's disk, one preallocated ``<column>.npy`` each
+    (NumPy's format, the header ``np.save`` writes: the finished file is the DVC out's bytes), so the
+    host memory does not grow with the epochs. Each epoch's rows are written in place (``os.pwrite`` at
+    the epoch's offset, then fsync) when it ends; no file stays mapped, so the process holds no page
+    of them. A checkpoint keeps the sha256 of every epoch written; a resume checks the file's epochs
+    against them and continues the same file. ``result`` maps the files read-only."""
+
+    def __init__(self, directory, columns: dict, epochs: int, n: int):
+        self.columns, self.epochs, self.n = columns, epochs, n
+        self.dir = Path(directory)
+        self.paths = {k: self.dir / f"{k}.npy" for k in columns}
+        self.digests: dict[int, dict[str, str]] = {}  # epoch written -> column -> sha256 of its rows
+        self.offsets: dict[str, int] = {}
+        self._ready = False
+
+    def _row(self, name: str) -> tuple[np.dtype, tuple, int]:
+        dt, shape, _ = self.columns[name]
+        dt = np.dtype(dt)
+        return dt, (self.n, *shape), int(np.prod((self.n, *shape), dtype=np.int64)) * dt.itemsize
+
+    def _create(self) -> None:
+        """Every column's file, afresh: the header, then each epoch's rows at the column's fill value."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for k, path in self.paths.items():
+            dt, shape, size = self._row(k)
+            mm = np.lib.format.open_memmap(path, mode="w+", dtype=dt, shape=(self.epochs, *shape))
+            self.offsets[k] = mm.offset
+            del mm
+            fill = np.full(shape, self.columns[k][2], dtype=dt).tobytes()
+            with open(path, "r+b") as f:
+                for e in range(self.epochs):
+                    os.pwrite(f.fileno(), fill, self.offsets[k] + e * size)
+        self.digests, self._ready = {}, True
+
+    def _open(self) -> None:
+        """The existing files, checked to be this run's shape (a resume)."""
+        for k, path in self.paths.items():
+            dt, shape, _ = self._row(k)
+            try:
+                mm = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"the checkpoint's dynamics file {path} is missing or unreadable ({e}); delete the "
+                                 f"checkpoint ({self.dir.parent}) to start afresh") from None
+            if mm.dtype != dt or mm.shape != (self.epochs, *shape):
+                raise ValueError(f"{path} holds {mm.dtype} {mm.shape}, this run records {dt} {(self.epochs, *shape)}; "
+                                 f"delete the checkpoint ({self.dir.parent}) to start afresh")
+            self.offsets[k] = mm.offset
+            del mm
+        self._ready = True
+
+    def write_epoch(self, epoch: int, values: dict[str, np.ndarray]) -> None:
+        if not self._ready:
+            self._create()
+        digests = {}
+        for k, v in values.items():
+            dt, shape, size = self._row(k)
+            data = np.ascontiguousarray(v, dtype=dt).reshape(shape).tobytes()
+            with open(self.paths[k], "r+b") as f:
+                os.pwrite(f.fileno(), data, self.offsets[k] + (epoch - 1) * size)
+                os.fsync(f.fileno())  # on disk before the checkpoint that names it
+            digests[k] = hashlib.sha256(data).hexdigest()
+        self.digests = {e: d for e, d in self.digests.items() if e < epoch}
+        self.digests[epoch] = digests
+
+    def upto(self, epoch: int) -> dict:
+        """What a checkpoint keeps: the sha256 of each column's rows in epochs 1..``epoch`` (the rows
+        are in the files)."""
+        return {"files": [[e, dict(d)] for e, d in sorted(self.digests.items()) if e <= epoch]}
+
+    def restore(self, saved: dict) -> None:
+        if "files" not in saved:  # a checkpoint that holds the arrays (written before the file format)
+            self._create()
+            for e in range(_leaves_count(saved)):
+                self.write_epoch(e + 1, {k: v[e].numpy() for k, v in saved.items()})
+            return
+        self._open()
+        for e, want in saved["files"]:
+            got = {}
+            for k in want:
+                _, _, size = self._row(k)
+                with open(self.paths[k], "rb") as f:
+                    got[k] = hashlib.sha256(os.pread(f.fileno(), size, self.offsets[k] + (e - 1) * size)).hexdigest()
+            if got != want:
+                raise ValueError(f"the dynamics files in {self.dir} do not hold the epoch {e} the checkpoint "
+                                 f"recorded (changed or from another run); delete the checkpoint ({self.dir.parent}) "
+                                 "to start afresh")
+        self.digests = {int(e): dict(d) for e, d in saved["files"]}
+
+    def result(self) -> dict[str, np.ndarray]:
+        if not self._ready:
+            self._create()
+        return {k: np.load(p, mmap_mode="r", allow_pickle=False) for k, p in self.paths.items()}
+
+
+def _leaves_count(saved: dict) -> int:
+    return next(iter(saved.values())).shape[0]
+
+
 class Dynamics:
     """The training dynamics, recorded per epoch and example position (rows in subset order):
     ``kind="logits"``: float16 [epochs, n, classes] (NaN where an example was not presented: a sampler
@@ -166,12 +292,13 @@ class Dynamics:
     (:data:`STATS`), one [epochs, n] array each, whose size does not depend on the classes.
 
     ``record`` writes a batch into the current epoch's buffer on the device (no host sync);
-    ``end_epoch`` copies that epoch to the host arrays (one transfer per epoch), so the device holds
-    one epoch, the host every epoch. Positions may be any subset: a worker of a data-parallel run
-    records its share, and :func:`merge_dynamics` joins the workers' parts by position, checking
-    that each was recorded exactly once per epoch."""
+    ``end_epoch`` copies that epoch to the host (one transfer per epoch), so the device holds one
+    epoch. The host keeps every epoch in memory, or, with ``directory``, in preallocated files there
+    (:class:`FileColumns`: the host memory does not grow with the epochs; the teacher stage's, beside
+    its checkpoint). Positions may be any subset: a worker of a data-parallel run records its share
+    of an epoch, and kdprune/train/distributed.py merges the workers' records by position."""
 
-    def __init__(self, kind: str, epochs: int, n: int, num_classes: int, device: torch.device):
+    def __init__(self, kind: str, epochs: int, n: int, num_classes: int, device: torch.device, directory=None):
         if kind not in ("logits", "stats"):
             raise ValueError(f"dynamics kind must be 'logits' or 'stats', got {kind!r}")
         if kind == "stats" and num_classes < 2:
@@ -181,24 +308,22 @@ class Dynamics:
             self.columns = {"logits": ("float16", (num_classes,), float("nan"))}
         else:
             self.columns = {s: (STATS.get(s).dtype, (), STATS.get(s).fill) for s in STATS.names()}
-        self.host = {k: np.full((epochs, n, *shape), fill, dtype=dt) for k, (dt, shape, fill) in self.columns.items()}
-        self.recorded = np.zeros((epochs, n), dtype=bool)
+        self.host = HostColumns(self.columns, epochs, n) if directory is None else \
+            FileColumns(directory, self.columns, epochs, n)
         self._buf: dict[str, torch.Tensor] = {}
-        self._mask: Optional[torch.Tensor] = None
         self._epoch = 0
 
     @classmethod
-    def for_model(cls, model, record, epochs: int, n: int, device: torch.device) -> "Dynamics":
+    def for_model(cls, model, record, epochs: int, n: int, device: torch.device, directory=None) -> "Dynamics":
         """The recorder ``TrainConfig.record_dynamics`` asks for (True: the logits, or "logits" / "stats")
-        for a model with a linear ``head``."""
+        for a model with a linear ``head``; ``directory``: the host's epochs in files there."""
         if not hasattr(model, "head"):
             raise ValueError("record_dynamics needs a model with a linear `head`")
-        return cls("logits" if record is True else record, epochs, n, model.head.out_features, device)
+        return cls("logits" if record is True else record, epochs, n, model.head.out_features, device, directory)
 
     def _start(self, epoch: int) -> None:
         self._buf = {k: torch.full((self.n, *shape), fill, dtype=getattr(torch, dt), device=self.device)
                      for k, (dt, shape, fill) in self.columns.items()}
-        self._mask = torch.zeros(self.n, dtype=torch.bool, device=self.device)
         self._epoch = epoch
 
     def record(self, epoch: int, positions: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -214,62 +339,46 @@ class Dynamics:
             values = example_stats(logits, labels)
         for k, v in values.items():
             self._buf[k][positions] = v
-        self._mask[positions] = True
 
     def end_epoch(self, epoch: int) -> None:
         """Copy epoch ``epoch``'s records to the host (a no-op when nothing of it was recorded)."""
         if self._epoch != epoch:
             return
-        for k, t in self._buf.items():
-            self.host[k][epoch - 1] = t.cpu().numpy()
-        self.recorded[epoch - 1] = self._mask.cpu().numpy()
-        self._buf, self._mask, self._epoch = {}, None, 0
+        self.host.write_epoch(epoch, {k: t.cpu().numpy() for k, t in self._buf.items()})
+        self._buf, self._epoch = {}, 0
 
-    def upto(self, epoch: int) -> dict[str, torch.Tensor]:
-        """Epochs 1..``epoch`` on the CPU (what a checkpoint keeps)."""
-        out = {k: torch.from_numpy(v[:epoch].copy()) for k, v in self.host.items()}
-        out["recorded"] = torch.from_numpy(self.recorded[:epoch].copy())
-        return out
+    def epoch_rows(self, positions: np.ndarray) -> "np.ndarray | dict[str, np.ndarray]":
+        """The current epoch's rows at ``positions`` (a data-parallel worker's share, on the host), without
+        storing the epoch: the logits [k, classes], or name -> [k] statistics."""
+        rows = {k: np.ascontiguousarray(t.cpu().numpy()[positions]) for k, t in self._buf.items()}
+        return rows["logits"] if self.kind == "logits" else rows
+
+    def write_epoch(self, epoch: int, values: "np.ndarray | dict[str, np.ndarray]") -> None:
+        """Store a whole epoch recorded elsewhere (the workers' records merged by position)."""
+        values = {"logits": values} if self.kind == "logits" else values
+        if set(values) != set(self.columns):
+            raise ValueError(f"epoch {epoch}: got {sorted(values)}, this recorder stores {sorted(self.columns)}")
+        self.host.write_epoch(epoch, values)
+
+    def upto(self, epoch: int) -> dict:
+        """What a checkpoint keeps of epochs 1..``epoch``: the arrays (CPU tensors), or, for files, their digests."""
+        return self.host.upto(epoch)
 
     def restore(self, saved) -> None:
         if isinstance(saved, torch.Tensor):  # a checkpoint written before the statistics: the logits
             saved = {"logits": saved}
-        if set(saved) - {"recorded"} != set(self.host):
-            raise ValueError(f"the checkpoint's dynamics hold {sorted(saved)}, this run records {sorted(self.host)}; "
+        saved = {k: v for k, v in saved.items() if k != "recorded"}  # checkpoints before the file format
+        names = set(saved["files"][0][1]) if "files" in saved and saved["files"] else set(saved) - {"files"}
+        if "files" in saved and not isinstance(self.host, FileColumns):
+            raise ValueError("the checkpoint's dynamics are in files, but this run keeps them in memory; delete the "
+                             "checkpoint to start afresh")
+        if names and names != set(self.columns):
+            raise ValueError(f"the checkpoint's dynamics hold {sorted(names)}, this run records {sorted(self.columns)}; "
                              "delete the checkpoint to start afresh")
-        for k, v in saved.items():
-            e = v.shape[0]
-            if k == "recorded":
-                self.recorded[:e] = v.numpy()
-            else:
-                self.host[k][:e] = v.numpy()
-
-    def part(self) -> dict:
-        """What a data-parallel worker hands back: its host arrays and which positions it recorded."""
-        return {"kind": self.kind, "arrays": self.host, "recorded": self.recorded}
+        self.host.restore(saved)
 
     def result(self):
-        """logits: the float16 [epochs, n, classes] array; stats: name -> [epochs, n] array."""
-        return self.host["logits"] if self.kind == "logits" else dict(self.host)
-
-
-def merge_dynamics(parts: list[dict]):
-    """Join the :meth:`Dynamics.part` of several workers, each of which recorded some positions of
-    the same epochs; every (epoch, position) must be recorded by exactly one worker. Returns what
-    :meth:`Dynamics.result` returns."""
-    if not parts:
-        raise ValueError("merge_dynamics: no parts")
-    kinds = {p["kind"] for p in parts}
-    if len(kinds) != 1:
-        raise ValueError(f"merge_dynamics: parts of different kinds {sorted(kinds)}")
-    count = sum(p["recorded"].astype(np.int64) for p in parts)
-    if (count != 1).any():
-        e, pos = np.nonzero(count != 1)
-        raise ValueError(f"merge_dynamics: {len(e)} (epoch, position) pairs were recorded {int(count[e[0], pos[0]])} "
-                         f"times, not once, e.g. epoch {int(e[0]) + 1} position {int(pos[0])}")
-    merged = {k: v.copy() for k, v in parts[0]["arrays"].items()}
-    for p in parts[1:]:
-        for k, v in p["arrays"].items():
-            merged[k][p["recorded"]] = v[p["recorded"]]
-    kind = kinds.pop()
-    return merged["logits"] if kind == "logits" else merged
+        """logits: the float16 [epochs, n, classes] array; stats: name -> [epochs, n] array (read-only
+        memory maps of the files with ``directory``)."""
+        out = self.host.result()
+        return out["logits"] if self.kind == "logits" else out

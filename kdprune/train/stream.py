@@ -6,7 +6,8 @@ transformed by DataLoader workers (kdprune/data/stream.py). The trainer asks for
 epoch's order (the permutation drawn from (order_seed, epoch), as for in-memory data); a batch
 sampler hands each worker whole batches of keys (row, seed, epoch, flip), so every image's
 transform is a pure function of its key and the batches come back in order, whatever the number
-of workers. One DataLoader with persistent workers serves training and evaluation of the split.
+of workers A data-parallel worker (kdprune/train/distributed.py) asks for its shard of every batch:
+its decoding workers read only its share of the files. One DataLoader with persistent workers serves training and evaluation of the split.
 """
 from __future__ import annotations
 
@@ -85,12 +86,22 @@ class StreamData:
             yield x.to(self._device, non_blocking=True)
 
     def train_batches(self, rows: torch.Tensor, epoch: int, seed: int, flip: bool, batch_size: int,
-                      limit: Optional[int] = None) -> Iterator[torch.Tensor]:
+                      limit: Optional[int] = None, shard: Optional[tuple[int, int]] = None) -> Iterator[torch.Tensor]:
         """uint8 [B, C, S, S] training batches of ``rows`` (the epoch's order), ``batch_size`` each, at most
-        ``limit`` of them; each image cropped and flipped from (seed, epoch, its sample id)."""
+        ``limit`` of them; each image cropped and flipped from (seed, epoch, its sample id).
+
+        ``shard`` (rank, world): a data-parallel worker's share, rows rank, rank + world, ... of every
+        batch (as ``Epoch.batches(shard=...)`` takes them): its decoding workers read only those files,
+        and each image gets the crop it gets in one process (its key does not depend on the shard)."""
+        if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
         r = rows.cpu().tolist()
-        batches = [[Key(i, True, seed, epoch, flip) for i in r[s : s + batch_size]] for s in range(0, len(r), batch_size)]
-        return self._run(batches if limit is None else batches[:limit])
+        whole = [r[s : s + batch_size] for s in range(0, len(r), batch_size)]
+        if limit is not None:
+            whole = whole[:limit]
+        if shard is not None:
+            whole = [b[shard[0] :: shard[1]] for b in whole]
+        return self._run([[Key(i, True, seed, epoch, flip) for i in b] for b in whole])
 
     def eval_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """uint8 evaluation batches of every row in order (resize + centre crop)."""

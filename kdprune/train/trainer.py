@@ -101,6 +101,7 @@ def train(
     teacher_logits: Optional[torch.Tensor] = None,
     sample_weights: Optional[torch.Tensor] = None,
     kd: Optional[KDSetting] = None,
+    dynamics_dir=None,
 ) -> TrainResult:
     """Train ``model`` on ``data[subset]`` (all of ``data`` when subset is None).
 
@@ -121,6 +122,10 @@ def train(
     [len(data), C], the teacher's logits for every row of ``data``) may be passed instead: the
     cached-logits mode, which saves the teacher forward on every step.
 
+    ``dynamics_dir``: the recorded dynamics go, epoch by epoch, to preallocated files there (kept with
+    the checkpoint, outside every output: metrics.FileColumns), not to host memory; the result's
+    dynamics are then read-only memory maps of them.
+
     With ``checkpoint``, the full training state (model, optimizer, best model so far, history,
     recorded dynamics, sampler state, epoch) is saved after every epoch, and a run that finds a
     saved state continues after its epoch. Batch order and augmentation are pure functions of
@@ -134,7 +139,8 @@ def train(
     device = data.device
     step = TrainStep(model, cfg, device, batches.channels_last, teacher, teacher_logits, kd)
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
-    dynamics = Dynamics.for_model(model, cfg.record_dynamics, last_epoch, batches.n, device) if cfg.record_dynamics else None
+    dynamics = Dynamics.for_model(model, cfg.record_dynamics, last_epoch, batches.n, device,
+                                  dynamics_dir) if cfg.record_dynamics else None
     result = TrainResult(best_state={}, best_epoch=0, best_score=-1.0,
                          selected_on="train_acc" if val is None else "val_acc")
     state = TrainingState(checkpoint, fingerprint(cfg, batches, teacher is not None or teacher_logits is not None, kd),
