@@ -98,7 +98,7 @@ def main() -> int:
 
     # 1. the teacher on one GPU
     reset()
-    with seeded(tp["seed"]):
+    with seeded(tp.seed):
         teacher = build_model(arch, 3, args.classes, args.size)
     t0 = time.perf_counter()
     res = train(teacher, train_d, cfg, val=val_d)
