@@ -144,6 +144,36 @@ def _numpy_avx512_on() -> bool:
     return any(__cpu_features__.get(f) for f in __cpu_dispatch__ if f in PORTABLE_ENV["NPY_DISABLE_CPU_FEATURES"].split())
 
 
+def arithmetic() -> str:
+    """A fingerprint of this process's floating-point arithmetic: 16 hex digits of the sha256 of a fixed
+    computation through the kernel families the pipeline's results rest on (oneDNN's convolution forward
+    and backward, MKL's GEMM, ATen's batch norm, pooling, softmax and reductions, NumPy's float64 exp and
+    log, OpenBLAS's GEMM), at this process's settings and threads. Two machines with the same fingerprint
+    computed these bits alike; different fingerprints explain different outputs (the evaluate stage
+    writes it to reports/compute.json beside the outs; tests/test_lineage.py reads it). Uses its own
+    generators: no global RNG is touched."""
+    import hashlib
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, 16, 16, generator=g)
+    w1 = torch.randn(16, 3, 3, 3, generator=g).requires_grad_()
+    w2 = (torch.randn(10, 16 * 8 * 8, generator=g) * 0.05).requires_grad_()
+    y = torch.randint(0, 10, (32,), generator=g)
+    with torch.enable_grad():
+        h = F.max_pool2d(F.relu(F.batch_norm(F.conv2d(x, w1, padding=1), None, None, training=True)), 2)
+        loss = F.cross_entropy(F.linear(h.flatten(1), w2), y)
+        loss.backward()
+    a = np.random.default_rng(0).standard_normal((64, 64))
+    digest = hashlib.sha256()
+    for t in (loss.detach().numpy(), w1.grad.numpy(), w2.grad.numpy(), np.exp(a) + np.log1p(np.abs(a)), a @ a.T):
+        digest.update(np.ascontiguousarray(t).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def provenance(mode: str, threads: int) -> dict:
     """The setting and the software it ran under, as stored in a model's JSON: no host name, and only
     what is the same wherever the bytes are (the torch release, not its build suffix)."""

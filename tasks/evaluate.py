@@ -17,6 +17,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from kdprune import analysis as A
+from kdprune import reproducibility as R
 from kdprune.report import FIGURES, build_report, dvc_metrics, plot_accuracy, plot_data, plot_teacher_size, plot_weight_heatmap
 from kdprune.device import resolve_device
 from kdprune.train import evaluate
@@ -150,6 +151,9 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
                                             A.claims(A.with_arms(df), main_t, teachers, student_params,
                                                      ctx["teachers_max_fraction"])})
     atomic_write_text(out / "plots" / "accuracy.csv", plot_data(df, main_t).to_csv(index=False, float_format="%.6g"))
+    # beside them (git-tracked, not a DVC out): what computed these bytes -- the setting and this CPU's
+    # arithmetic fingerprint; a colleague whose fingerprint is the same must get the same dvc.lock
+    atomic_write_json(out / "compute.json", {**R.checked(), "arithmetic": R.arithmetic()})
     for name, png in figures.items():
         atomic_write_bytes(out / name, png)
     # beside them: the per-student table and the report, with run ids and costs

@@ -5,7 +5,7 @@ import hashlib
 import json
 import sys
 
-from kdprune.reproducibility import apply, check
+from kdprune.reproducibility import apply, arithmetic, check
 
 mode = sys.argv[1]
 apply(mode, 2)
@@ -45,5 +45,5 @@ with seeded(1):
     student = build_model("small_cnn", 1, 10, 8)
 train(student, data, TrainConfig(**cfg), subset=subset, teacher=teacher,
       kd=KDSetting("kd", 0.5, 4.0, "small_cnn", "constant", "kd0.5"))
-print(json.dumps({"teacher": weights(teacher), "el2n": hashlib.sha256(el2n.tobytes()).hexdigest(),
+print(json.dumps({"arithmetic": arithmetic(), "teacher": weights(teacher), "el2n": hashlib.sha256(el2n.tobytes()).hexdigest(),
                   "student": weights(student), "compute": compute}))

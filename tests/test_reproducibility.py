@@ -64,6 +64,7 @@ def test_native_results_do_depend_on_it():
     """The control: without the setting the same starts give other bytes, so the test above can fail."""
     plain, old = probe("native", {}), probe("native", OLD_CPU)
     assert plain["teacher"] != old["teacher"] and plain["student"] != old["student"]
+    assert plain["arithmetic"] != old["arithmetic"]  # the fingerprint sees the arithmetic that moved them
     assert old["compute"]["cpu_capability"] == "DEFAULT"
 
 
