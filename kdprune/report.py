@@ -6,6 +6,7 @@ from ``kdprune.analysis``.
 from __future__ import annotations
 
 import io
+from typing import Optional
 
 import pandas as pd
 
@@ -86,10 +87,11 @@ def _cell(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
 
 
-def build_report(df: pd.DataFrame, teachers: pd.DataFrame, ctx: dict) -> str:
+def build_report(df: pd.DataFrame, teachers: pd.DataFrame, ctx: dict, claims: Optional[list] = None) -> str:
     """Markdown report from the per-student table ``df`` and the teachers table; pure (no I/O).
 
     ``ctx``: dataset, main_teacher, student_arch, student_params, teachers_max_fraction, n_pool.
+    ``claims``: the verdicts (``analysis.claims``) when the caller has them already, else computed here.
     """
     df = A.with_arms(df)
     main_t = ctx["main_teacher"]
@@ -184,7 +186,9 @@ def build_report(df: pd.DataFrame, teachers: pd.DataFrame, ctx: dict) -> str:
               f"(means over seeds; \"comparable\" = within {A.TOL_POINTS} points or one seed-std). One dataset, "
               "architecture and schedule: a verdict here is evidence about this setting, not a replication.", ""]
     trust = A.trust(main, baseline_gap(main, ctx))
-    for c in A.claims(df, main_t, teachers, ctx["student_params"], ctx["teachers_max_fraction"]):
+    if claims is None:
+        claims = A.claims(df, main_t, teachers, ctx["student_params"], ctx["teachers_max_fraction"])
+    for c in claims:
         if c.verdict == A.UNTESTED:
             lines.append(f"{c.number}. **{c.verdict.upper()}** — {c.claim} {c.evidence}.")
         else:

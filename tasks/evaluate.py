@@ -137,7 +137,9 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
            "student_params": student_params, "teachers_max_fraction": params["student"]["teachers_max_fraction"],
            "n_pool": meta["sizes"]["train"], "recipes": score_recipes(root, params)}
     teacher_acc = float(teachers.set_index("arch").loc[main_t, "test_acc"])
-    report = build_report(df, teachers, ctx)
+    # the verdicts on the paper's claims: in the report, and in claims.json (what `kdprune verify` compares)
+    claims = A.claims(A.with_arms(df), main_t, teachers, student_params, ctx["teachers_max_fraction"])
+    report = build_report(df, teachers, ctx, claims)
     out = root / "reports"
     figures = dict(zip(FIGURES, (
         plot_accuracy(df, main_t, teacher_acc),
@@ -146,10 +148,7 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     )))
     # DVC outs (byte-reproducible): metrics, plot data, figures
     atomic_write_json(out / "metrics.json", dvc_metrics(df, teachers, main_t))
-    # the verdicts on the paper's claims, what `kdprune verify` compares with a re-run's
-    atomic_write_json(out / "claims.json", {str(c.number): {"claim": c.claim, "verdict": c.verdict} for c in
-                                            A.claims(A.with_arms(df), main_t, teachers, student_params,
-                                                     ctx["teachers_max_fraction"])})
+    atomic_write_json(out / "claims.json", {str(c.number): {"claim": c.claim, "verdict": c.verdict} for c in claims})
     atomic_write_text(out / "plots" / "accuracy.csv", plot_data(df, main_t).to_csv(index=False, float_format="%.6g"))
     # beside them (git-tracked, not a DVC out): what computed these bytes -- the setting and this CPU's
     # arithmetic fingerprint; a colleague whose fingerprint is the same must get the same dvc.lock
