@@ -17,6 +17,7 @@ from kdprune.selection import parse_method, select, selector_options
 from kdprune.train import DeviceData, TrainConfig, seeded, train
 from kdprune.train.metrics import (AUTO_LOGITS_MAX_BYTES, STATS, Dynamics, dynamics_format, example_stats,
                                    stats_bytes)
+from tests.test_training import Crash, MemoryCheckpoint  # the trainer tests' in-memory checkpoint store
 
 EPOCHS = 6
 FRACTIONS = (0.1, 0.3, 0.5)
@@ -233,22 +234,6 @@ def _take(rows, k):
 def test_resumed_run_records_the_same_statistics():
     """A run killed after epoch 3 and resumed from its checkpoint records the statistics an uninterrupted
     run does (the checkpoint keeps the host arrays of the finished epochs)."""
-    import io
-
-    class Memory:
-        blob = None
-
-        def load(self):
-            return None if self.blob is None else torch.load(io.BytesIO(self.blob), weights_only=True)
-
-        def save(self, state):
-            buf = io.BytesIO()
-            torch.save(state, buf)
-            self.blob = buf.getvalue()
-
-    class Crash(Exception):
-        pass
-
     x, y, classes = _synthetic(300, 20, seed=2)
     x01 = x / 255.0
     data = DeviceData.from_numpy(x, y, x01.mean(axis=(0, 2, 3)), x01.std(axis=(0, 2, 3)), torch.device("cpu"))
@@ -263,7 +248,7 @@ def test_resumed_run_records_the_same_statistics():
         return train(model, data, cfg, checkpoint=ckpt, on_epoch=on_epoch).dynamics
 
     whole = run()
-    store = Memory()
+    store = MemoryCheckpoint()
     with pytest.raises(Crash):
         run(store, crash_after=3)
     resumed = run(store)
@@ -279,23 +264,6 @@ def test_dynamics_go_to_files_as_training_goes_and_resume_continues_them(tmp_pat
     keeps only their digests, not the arrays); a run killed after epoch 2 resumes into the same files;
     the result equals the in-memory run's and write_dynamics gives the same bytes; a file changed behind
     the checkpoint's back is refused."""
-    import io
-
-    from artifacts.stages import write_dynamics
-
-    class Memory:
-        blob = None
-
-        def load(self):
-            return None if self.blob is None else torch.load(io.BytesIO(self.blob), weights_only=True)
-
-        def save(self, state):
-            buf = io.BytesIO()
-            torch.save(state, buf)
-            self.blob = buf.getvalue()
-
-    class Crash(Exception):
-        pass
 
     x, y, classes = _synthetic(200, 20, seed=4)
     x01 = x / 255.0
@@ -311,7 +279,7 @@ def test_dynamics_go_to_files_as_training_goes_and_resume_continues_them(tmp_pat
         return train(model, data, cfg, checkpoint=ckpt, on_epoch=on_epoch, dynamics_dir=directory).dynamics
 
     memory = run()
-    store, work = Memory(), tmp_path / "work"
+    store, work = MemoryCheckpoint(), tmp_path / "work"
     with pytest.raises(Crash):
         run(store, crash_after=2, directory=work)
     saved = store.load()["dynamics"]
@@ -329,7 +297,7 @@ def test_dynamics_go_to_files_as_training_goes_and_resume_continues_them(tmp_pat
         assert (tmp_path / "mem" / f).read_bytes() == (tmp_path / "file" / f).read_bytes(), f
 
     # a file that no longer holds the epochs the checkpoint recorded: refused, not trained on
-    store2 = Memory()
+    store2 = MemoryCheckpoint()
     with pytest.raises(Crash):
         run(store2, crash_after=2, directory=tmp_path / "w2")
     victim = sorted((tmp_path / "w2").iterdir())[0]
