@@ -81,10 +81,10 @@ def stream_data(meta: dict, split: PreparedSplit, device, params: Optional[dict]
     if params is None:
         raise ValueError(f"{meta['dataset']} is streamed from files: device_data needs the params (data.root, "
                          "data.workers)")
-    dp = params["data"]
-    if dp["root"] is None:
+    dp = params.data
+    if dp.root is None:
         raise ValueError(f"{meta['dataset']} is streamed from files: data.root must name their directory")
-    workers = default_workers() if dp.get("workers") is None else dp["workers"]
+    workers = default_workers() if dp.workers is None else dp.workers
     files, sizes, ids, y = (a if a.flags.writeable else a.copy() for a in (split.files, split.sizes, split.ids, split.y))
-    dataset = StreamDataset(Path(dp["root"]).expanduser(), files, sizes, ids, StreamSpec.from_meta(meta["stream"]))
+    dataset = StreamDataset(Path(dp.root).expanduser(), files, sizes, ids, StreamSpec.from_meta(meta["stream"]))
     return StreamData(dataset, y, meta["mean"], meta["std"], device, workers)

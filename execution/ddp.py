@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
+from kdprune.settings import Params
 from artifacts.checkpoints import checkpoint_root, fault_point, FileCheckpoint, fingerprint
 from artifacts.files import load_npy
 from artifacts.stages import dynamics_work_dir
@@ -46,9 +47,9 @@ from execution.runner import private_ray_token, ray_env_defaults, ray_init_kwarg
 STAGE = "teacher"
 
 
-def worker_threads(params: dict) -> int:
+def worker_threads(params: Params) -> int:
     """Torch threads (and Ray CPUs) of each worker: its share of ``reproducibility.threads``."""
-    return max(1, params["reproducibility"]["threads"] // params["teacher"]["workers"])
+    return max(1, params.reproducibility.threads // params.teacher.workers)
 
 
 def decode_workers(local: int) -> int:
@@ -59,18 +60,19 @@ def decode_workers(local: int) -> int:
     return max(1, default_workers() // local)
 
 
-def checkpoint_key(params: dict, arch: str, meta: dict, device_type: str) -> str:
-    tp, rp = params["teacher"], params["reproducibility"]
-    return fingerprint(tp, arch, meta["sha256"], device_type, worker_threads(params), rp["cpu"], "ddp")
+def checkpoint_key(params: Params, arch: str, meta: dict, device_type: str) -> str:
+    tp, rp = params.teacher, params.reproducibility
+    return fingerprint(params.section("teacher"), arch, meta["sha256"], device_type, worker_threads(params), rp.cpu,
+                       "ddp")
 
 
-def checkpoint(root: Path, params: dict, arch: str, meta: dict, device_type: str, log=None) -> FileCheckpoint:
+def checkpoint(root: Path, params: Params, arch: str, meta: dict, device_type: str, log=None) -> FileCheckpoint:
     """The teacher's per-epoch state on the node rank 0 runs on."""
     return FileCheckpoint(checkpoint_root(root), STAGE, "teacher", checkpoint_key(params, arch, meta, device_type), log)
 
 
 @contextlib.contextmanager
-def ray_connection(params: dict) -> Iterator[Any]:
+def ray_connection(params: Params) -> Iterator[Any]:
     """Ray, as the fan-out stages get it: this process's connection if it has one (the pipeline's),
     else one made from ``runner.address`` (null: a loopback instance of the run's own) and closed after."""
     ray_env_defaults()
@@ -87,10 +89,10 @@ def ray_connection(params: dict) -> Iterator[Any]:
             ray.shutdown()
 
 
-def use_gpu(params: dict, cluster: dict) -> bool:
+def use_gpu(params: Params, cluster: dict) -> bool:
     """Whether the workers train on CUDA: ``device: cuda`` (or ``auto`` where the Ray cluster has a
     GPU per worker); ValueError where the cluster cannot hold the workers (rather than wait forever)."""
-    workers, device = params["teacher"]["workers"], params["device"]
+    workers, device = params.teacher.workers, params.device
     gpus, cpus, share = cluster.get("GPU", 0), cluster.get("CPU", 0), worker_threads(params)
     gpu = device == "cuda" or (device == "auto" and gpus > 0)
     if gpu and gpus < workers:
@@ -99,12 +101,12 @@ def use_gpu(params: dict, cluster: dict) -> bool:
                          f"device: {device!r} asks for CUDA, but the Ray cluster has no GPU")
     if cpus < workers * share:
         raise ValueError(f"teacher.workers: {workers} workers of {share} CPUs each (reproducibility.threads "
-                         f"{params['reproducibility']['threads']} shared between them) need {workers * share} CPUs; "
+                         f"{params.reproducibility.threads} shared between them) need {workers * share} CPUs; "
                          f"the Ray cluster has {cpus:g}")
     return gpu
 
 
-def fit(root: Path, params: dict, arch: str, cfg, meta: dict, splits: dict,
+def fit(root: Path, params: Params, arch: str, cfg, meta: dict, splits: dict,
         on_epoch: Callable[[int, dict], None], log) -> dict:
     """Train the teacher ``arch`` with the TrainConfig ``cfg`` on ``teacher.workers`` DDP workers
     (kdprune/train/distributed.py); ``on_epoch(epoch, metrics)`` runs here as
@@ -120,7 +122,7 @@ def fit(root: Path, params: dict, arch: str, cfg, meta: dict, splits: dict,
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
-    tp = params["teacher"]
+    tp = params.teacher
     with ray_connection(params) as ray:
         gpu = use_gpu(params, ray.cluster_resources())
         share = worker_threads(params)
@@ -131,9 +133,9 @@ def fit(root: Path, params: dict, arch: str, cfg, meta: dict, splits: dict,
         storage, name = checkpoint_root(root) / ".kdprune" / "ray_train", f"teacher-{os.getpid()}-{threading.get_ident()}"
         trainer = TorchTrainer(
             train_worker, train_loop_config=config,
-            scaling_config=ScalingConfig(num_workers=tp["workers"], use_gpu=gpu, resources_per_worker={"CPU": share}),
+            scaling_config=ScalingConfig(num_workers=tp.workers, use_gpu=gpu, resources_per_worker={"CPU": share}),
             run_config=RunConfig(name=name, storage_path=str(storage), failure_config=FailureConfig(max_failures=1)))
-        log.info(f"training the teacher on {tp['workers']} data-parallel workers ({'CUDA, nccl' if gpu else 'CPU, gloo'}; "
+        log.info(f"training the teacher on {tp.workers} data-parallel workers ({'CUDA, nccl' if gpu else 'CPU, gloo'}; "
                  f"{share} threads each) with Ray Train")
         done: dict[str, Any] = {}
 
@@ -186,8 +188,8 @@ def train_worker(config: dict) -> None:
 
     os.environ.update(config["env"])  # the stage's servers and test hooks, whenever the Ray instance started
     params, root, messages = config["params"], Path(config["root"]), config["messages"]
-    tp, rp = params["teacher"], params["reproducibility"]
-    compute = check(rp["cpu"], worker_threads(params))  # torch threads: the worker's share; the CPU pin verified
+    tp, rp = params.teacher, params.reproducibility
+    compute = check(rp.cpu, worker_threads(params))  # torch threads: the worker's share; the CPU pin verified
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if config["gpu"] else torch.device("cpu")
@@ -196,10 +198,10 @@ def train_worker(config: dict) -> None:
     meta, splits = ray.get(config["data"])
     # a streamed split: each worker reads its shard of every batch from data.root (a path every node reaches)
     train_d, val_d = (device_data(meta, splits[s], device, params) for s in ("train", "val"))
-    if splits["train"].streamed and params["data"].get("workers") is None:
+    if splits["train"].streamed and params.data.workers is None:
         train_d.workers = val_d.workers = decode_workers(ctx.get_local_world_size())  # the node's decoders, shared
     c, h, _ = meta["shape"]
-    with seeded(tp["seed"]):
+    with seeded(tp.seed):
         model = build_model(config["arch"], c, meta["num_classes"], h)
     ckpt = checkpoint(root, params, config["arch"], meta, device.type) if rank == 0 else None
 

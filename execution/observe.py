@@ -35,12 +35,12 @@ class NullTracker:
     """A tracker that logs nothing: the interface of tracking.tracker.Tracker that stage code uses."""
 
     def start(self, name: str, parent: Optional[str] = None, tags: Optional[dict] = None,
-              params: Optional[dict] = None, start_ms: Optional[int] = None) -> Optional[str]:
+              params: Optional[Params] = None, start_ms: Optional[int] = None) -> Optional[str]:
         return None
 
     @contextlib.contextmanager
     def run(self, name: str, parent: Optional[str] = None, tags: Optional[dict] = None,
-            params: Optional[dict] = None, wait: bool = True, start_ms: Optional[int] = None,
+            params: Optional[Params] = None, wait: bool = True, start_ms: Optional[int] = None,
             end_ms: Optional[int] = None) -> Iterator[Optional[str]]:
         yield None
 

@@ -46,7 +46,7 @@ def load_params(root: Path | str, stage: Optional[str] = None) -> dict:
     if stage is not None:  # a stage about to compute: its thread count set, the portable pin verified
         from kdprune.reproducibility import check
 
-        check(params["reproducibility"]["cpu"], params["reproducibility"]["threads"])
+        check(params.reproducibility.cpu, params.reproducibility.threads)
     return params
 
 

@@ -20,12 +20,14 @@ while which runner ran the task is not.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import socket
 import sys
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
+from kdprune.settings import Params
 from artifacts.checkpoints import ray_node_id
 
 T = TypeVar("T")
@@ -36,22 +38,22 @@ _WORKER_ENV = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_ANA
                "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
-def is_ray(params: dict) -> bool:
-    return params["runner"]["kind"] == "ray"
+def is_ray(params: Params) -> bool:
+    return params.runner.kind == "ray"
 
 
 def worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in _WORKER_ENV or k.startswith("KDPRUNE_")}
 
 
-def ray_init_kwargs(params: dict) -> dict[str, Any]:
+def ray_init_kwargs(params: Params) -> dict[str, Any]:
     """ray.init's arguments. Joining a cluster: the project's code shipped to every node
     (``runtime_env`` ``py_modules``: no install of kdprune needed there, and never a stale one) and
     the servers' settings in every worker's environment. A Ray instance of the run's own (address
     null) binds to loopback with the dashboard off; its workers are started by it on this machine,
     with this process's environment and import path, so they need no runtime environment, and
     Ray's pre-started workers take the first tasks (a runtime environment would start new ones)."""
-    address = params["runner"]["address"]
+    address = params.runner.address
     if address is None:  # "local": a new instance even where a cluster runs on this machine
         _check_loopback_possible()
         return {"address": "local", "logging_level": "WARNING", "include_dashboard": False,
@@ -67,7 +69,7 @@ def ray_init_kwargs(params: dict) -> dict[str, Any]:
 
     # a cluster's workers start on other machines: the kernels and threads `reproducibility` asks for are
     # in their environment before they import torch (the run's own instance: inherited from this process)
-    pinned = environment(params["reproducibility"]["cpu"], params["runner"]["cpus_per_task"])
+    pinned = environment(params.reproducibility.cpu, params.runner.cpus_per_task)
     return {"address": address, "logging_level": "WARNING",
             "runtime_env": {"py_modules": shipped, "env_vars": {**worker_env(), **pinned},
                             "excludes": ["__pycache__", "*.pyc"]}}
@@ -119,14 +121,14 @@ def _check_loopback_possible() -> None:
             "in the environment), or join a cluster with runner.address")
 
 
-def task_runner(params: dict):
-    """The Prefect task runner ``params['runner']`` asks for."""
+def task_runner(params: Params):
+    """The Prefect task runner ``params.runner`` asks for."""
     if not is_ray(params):
         from prefect.task_runners import ThreadPoolTaskRunner
 
         from kdprune.device import device_count
 
-        return ThreadPoolTaskRunner(max_workers=device_count(params["device"]))  # one per CUDA device, or one
+        return ThreadPoolTaskRunner(max_workers=device_count(params.device))  # one per CUDA device, or one
     ray_env_defaults()
     from prefect_ray import RayTaskRunner
 
@@ -144,14 +146,14 @@ def fan_out(stage_flow, stage: str, has_tasks: Callable[[dict], bool] = lambda p
     def run(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
         params = load_params(root, stage)
         if not has_tasks(params):
-            params = {**params, "runner": {**params["runner"], "kind": "local", "address": None}}
+            params = dataclasses.replace(params, runner=dataclasses.replace(params.runner, kind="local", address=None))
         return stage_flow.with_options(task_runner=task_runner(params))(root=root, parent_run_id=parent_run_id)
 
     return run
 
 
 @contextlib.contextmanager
-def ray_session(params: dict) -> Iterator[None]:
+def ray_session(params: Params) -> Iterator[None]:
     """One Ray connection for several stages in this process (the pipeline): each stage's
     RayTaskRunner finds Ray initialised and uses it, instead of starting and stopping its own."""
     if not is_ray(params):
@@ -166,8 +168,8 @@ def ray_session(params: dict) -> Iterator[None]:
         private_ray_token()  # made by this ray.init if there was none
         # each worker imports torch, Prefect's task engine and the tasks now, while the stages before
         # the fan-out run here (about 5 s per worker on this machine), not when the first student arrives
-        warm = ray.remote(num_cpus=params["runner"]["cpus_per_task"])(_import_task_modules)
-        for _ in range(int(ray.cluster_resources().get("CPU", 1) // params["runner"]["cpus_per_task"])):
+        warm = ray.remote(num_cpus=params.runner.cpus_per_task)(_import_task_modules)
+        for _ in range(int(ray.cluster_resources().get("CPU", 1) // params.runner.cpus_per_task)):
             warm.remote()
     try:
         yield
@@ -176,7 +178,7 @@ def ray_session(params: dict) -> Iterator[None]:
             ray.shutdown()
 
 
-def share(value: Any, params: dict) -> Any:
+def share(value: Any, params: Params) -> Any:
     """``value`` as a task argument: under Ray, put in the object store once (every task on a node
     reads that node's copy; prefect-ray resolves the reference before the task runs); else itself."""
     if not is_ray(params):
@@ -187,22 +189,22 @@ def share(value: Any, params: dict) -> Any:
 
 
 @contextlib.contextmanager
-def resources(params: dict, device: str) -> Iterator[None]:
+def resources(params: Params, device: str) -> Iterator[None]:
     """Submissions inside ask Ray for ``cpus_per_task`` CPUs (and ``gpus_per_task`` GPUs on CUDA)."""
     if not is_ray(params):
         yield
         return
     from prefect_ray.context import remote_options
 
-    r = params["runner"]
-    opts: dict[str, Any] = {"num_cpus": r["cpus_per_task"]}
+    r = params.runner
+    opts: dict[str, Any] = {"num_cpus": r.cpus_per_task}
     if device.startswith("cuda"):
-        opts["num_gpus"] = 1 if r["gpus_per_task"] is None else r["gpus_per_task"]
+        opts["num_gpus"] = 1 if r.gpus_per_task is None else r.gpus_per_task
     with remote_options(**opts):
         yield
 
 
-def run_tasks(params: dict, device: str, task, calls: list[tuple], handle: Callable[[int, Any], T],
+def run_tasks(params: Params, device: str, task, calls: list[tuple], handle: Callable[[int, Any], T],
               order: Optional[list[int]] = None) -> list[T]:
     """A fan-out: ``task.submit(*calls[i])`` for each call (in ``order``, default as given) on the
     flow's runner with the runner's resources, each result handed to ``handle(i, result)`` in this
@@ -210,7 +212,7 @@ def run_tasks(params: dict, device: str, task, calls: list[tuple], handle: Calla
     ``cpus_per_task`` threads in this process meanwhile (the local runner's tasks run here)."""
     from prefect.futures import as_completed
 
-    with task_threads(params["runner"]["cpus_per_task"]):
+    with task_threads(params.runner.cpus_per_task):
         with resources(params, device):
             futures = {task.submit(*calls[i]): i for i in (range(len(calls)) if order is None else order)}
         done = {}
@@ -226,7 +228,7 @@ def _import_task_modules() -> None:
         importlib.import_module(m)
 
 
-def task_device(params: dict, device: str):
+def task_device(params: Params, device: str):
     """Inside a task: torch set to ``cpus_per_task`` threads (the stage's process restores its own
     after a local fan-out) with the kernels ``reproducibility.cpu`` pins verified (a Ray worker started
     without them fails here, naming the cause), and the device to train on: under Ray the GPU Ray
@@ -235,7 +237,7 @@ def task_device(params: dict, device: str):
 
     from kdprune.reproducibility import check
 
-    check(params["reproducibility"]["cpu"], params["runner"]["cpus_per_task"])
+    check(params.reproducibility.cpu, params.runner.cpus_per_task)
     return torch.device("cuda" if is_ray(params) and device.startswith("cuda") else device)
 
 
@@ -263,12 +265,12 @@ def where() -> dict[str, Optional[str]]:
             "cpu_capability": cpu_capability()}
 
 
-def task_compute(params: dict, node: dict) -> dict:
+def task_compute(params: Params, node: dict) -> dict:
     """What explains the bytes of a model a task trained (its model.json's ``compute``): the setting, the
     task's thread count, and the CPU capability its process ran at (``node``: :func:`where`)."""
     from kdprune.reproducibility import provenance
 
-    return {**provenance(params["reproducibility"]["cpu"], params["runner"]["cpus_per_task"]),
+    return {**provenance(params.reproducibility.cpu, params.runner.cpus_per_task),
             "cpu_capability": node["cpu_capability"]}
 
 

@@ -29,13 +29,13 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     log = get_run_logger()
     params = load_params(root, "distill")
     root_p = Path(root)
-    meta, splits = load_prepared(root_p, params["data"]["dataset"])
+    meta, splits = load_prepared(root_p, params.data.dataset)
     manifests = read_manifests(root_p, meta, splits["train"].ids)
     if not manifests:
         raise FileNotFoundError(f"no manifests under {root_p / 'data' / 'manifests'}; run `dvc repro select` first")
     students = student_variants({k: m.manifest for k, m in manifests.items()}, params.student, params.teacher.arch)
-    dev = resolve_device(params["device"])
-    n_dev = device_count(params["device"])
+    dev = resolve_device(params.device)
+    n_dev = device_count(params.device)
     devices = ([f"cuda:{i}" for i in range(n_dev)] if dev.type == "cuda" and dev.index is None and not is_ray(params)
                else [str(dev)])
     teachers = teacher_facts(root_p, params)
@@ -51,18 +51,18 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     earlier = {} if retrain else find_earlier(root_p, out, {keys[g[0].name] for g in groups})
     obs = observer()
     tr = obs.tracker(root_p)
-    sel, st = params["select"], params.student
-    grid = {"methods": ",".join(sel["methods"]), "fractions": ",".join(f"{f:g}" for f in sel["fractions"]),
-            "kd_schedule": st.kd_schedule, "kd_weights": ",".join(f"{w:g}" for w in params["student"]["kd_weights"]),
+    sel, st = params.select, params.student
+    grid = {"methods": ",".join(sel.labels), "fractions": ",".join(f"{f:g}" for f in sel.fractions),
+            "kd_schedule": st.kd_schedule, "kd_weights": ",".join(f"{w:g}" for w in params.section("student")["kd_weights"]),
             "seeds": ",".join(map(str, st.seeds)),
             "teachers": ",".join([params.teacher.arch, *st.teachers]), "students": len(students)}
     # the sweep's MLflow run; each student is a top-level run tagged kdprune.sweep_run_id = this run's id,
     # comparable by method, fraction, kd_weight, teacher, seed in the shared view STUDENTS_VIEW
     with tr.run("distill", parent_run_id, tags={**obs.stage_tags(root_p, "distill", meta),
                                                  "kdprune.sweep": "true"},
-                params={"student": params["student"], "sweep": grid, "runner": params["runner"]}) as run_id, \
+                params={"student": params.section("student"), "sweep": grid, "runner": params.section("runner")}) as run_id, \
             atomic_directory(out) as tmp, \
-            task_threads(params["runner"]["cpus_per_task"]):  # teacher logits too: the same bits on any machine
+            task_threads(params.runner.cpus_per_task):  # teacher logits too: the same bits on any machine
         try:
             reused = {i: earlier[keys[g[0].name]] for i, g in enumerate(groups) if keys[g[0].name] in earlier}
             reused = {i: e for i, e in reused.items() if e.copy_to(tmp / groups[i][0].name)}  # checked copies
@@ -73,7 +73,7 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
                      f"subsets with identical settings are trained once): {len(todo)} to train, {len(reused)} "
                      f"reused (inputs unchanged; from {', '.join(sources) or 'nowhere'}"
                      f"{'; KDPRUNE_RETRAIN set: none looked for' if retrain else ''}) on "
-                     f"{params['runner']['kind']} runner, {', '.join(devices)}")
+                     f"{params.runner.kind} runner, {', '.join(devices)}")
             finished = iter(range(1, len(groups) + 1))
             results: list = [None] * len(groups)
             for i, e in reused.items():

@@ -138,7 +138,7 @@ def run_stages(root_p: Path, label: str, force: bool = False) -> dict:
     ran, timings, compute = [], {}, {}
     with tr.run(f"{label} {time.strftime('%Y-%m-%d %H:%M:%S')}",
                 tags={"kdprune.stage": "pipeline", "kdprune.label": label, **obs.commit_tags(root_p)},
-                params=params) as run_id:
+                params=params.as_dict()) as run_id:
         dvc = Lineage(root_p)
         unrecorded = None  # the stage that ran last, recorded once the next stage's staleness is known
         ray_once, ray_started = contextlib.ExitStack(), False  # runner.kind ray: one Ray connection for all stages

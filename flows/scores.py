@@ -22,8 +22,8 @@ def scores(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     jobs = proxy_jobs(params)
     proxies = []
     if jobs:
-        meta, splits = load_prepared(root_p, params["data"]["dataset"])
-        dev = str(resolve_device(params["device"]))
+        meta, splits = load_prepared(root_p, params.data.dataset)
+        dev = str(resolve_device(params.device))
         inputs = {"meta": meta, "train": share(splits["train"], params), "checkpoints": str(root_p)}
         with observer().progress("scores: proxy runs", len(jobs), "run") as bar:
             proxies = run_tasks(params, dev, train_proxy, [(params, kind, seed, inputs, dev) for kind, seed in jobs],

@@ -20,9 +20,9 @@ def teachers(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     of params.yaml's ``runner``; this process writes the outputs and MLflow runs."""
     params = load_params(root, "teachers")
     root_p = Path(root)
-    archs = params["student"]["teachers"]
-    meta, splits = load_prepared(root_p, params["data"]["dataset"])
-    dev = str(resolve_device(params["device"]))
+    archs = params.student.teachers
+    meta, splits = load_prepared(root_p, params.data.dataset)
+    dev = str(resolve_device(params.device))
     obs = observer()
     tr = obs.tracker(root_p)
     with tr.run("teachers", parent_run_id, tags=obs.stage_tags(root_p, "teachers", meta),
@@ -40,4 +40,4 @@ def teachers(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     return {"teachers": archs, "work_s": work_seconds(results)}
 
 
-teachers_flow = fan_out(teachers, "teachers", has_tasks=lambda p: bool(p["student"]["teachers"]))
+teachers_flow = fan_out(teachers, "teachers", has_tasks=lambda p: bool(p.student.teachers))

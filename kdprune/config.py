@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextvars
 import difflib
 import importlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Optional
 
 from kdprune.registry import did_you_mean
-from kdprune.settings import Params, StudentSettings, TeacherSettings, TrainSettings  # noqa: F401
+from kdprune.settings import (  # noqa: F401
+    DataSettings, Frozen, Params, ReproducibilitySettings, RunnerSettings, ScoresSettings, StudentSettings,
+    TeacherSettings, TrainSettings,
+)
 
 # Name checks import the registry they check against, and only when they run: a stage's command
 # checks the names its stage uses (STAGE_NAMES), so it imports -- and its dvc.yaml deps list --
@@ -438,8 +441,9 @@ def _walk(schema: dict, given: Any, prefix: str, errors: list[str]) -> dict:
     return out
 
 
-def validate(params: Any, stage: Optional[str] = None) -> dict:
-    """Check params.yaml; return it with defaults filled in. Every key's type, range and cross-key rule
+def validate(params: Any, stage: Optional[str] = None) -> Params:
+    """Check params.yaml; return it typed (:class:`kdprune.settings.Params`: one frozen value per section, every
+    method's options resolved; ``as_dict()``: the plain values with defaults filled in). Every key's type, range and cross-key rule
     is checked; names (datasets, architectures, scores, methods, losses, schedules) are checked against
     every registry, or with ``stage`` only against the registries that stage uses (STAGE_NAMES)."""
     names = frozenset(REGISTRIES) if stage is None else frozenset(STAGE_NAMES[stage])
@@ -471,14 +475,16 @@ def validate(params: Any, stage: Optional[str] = None) -> dict:
             loss = _registry("losses").get(st["loss"])
             if loss.options:  # the chosen loss's own options, resolved: what the trainer passes to it
                 st[loss.name] = loss.resolve(st.get(loss.name))
-        if not errors:
-            _cross_checks(out, errors)
-        typed = {} if errors else _typed(out)
+        typed = None if errors else _typed(out, errors)
+        if typed is not None:  # cross-key rules; a method's own (its registration's check) reads the typed params
+            _cross_checks(out, typed, errors)
+        if not errors:  # the KD arms, from the schedule's argument its own check has accepted
+            typed = replace(typed, student=replace(typed.student, kd_arms=_kd_arms(out["student"])))
     finally:
         _CHECKED.reset(token)
     if errors:
         raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(errors), errors)
-    return Params(out, typed)
+    return typed
 
 
 def _data_checks(p: dict, errors: list[str]) -> None:
@@ -508,7 +514,8 @@ def _data_checks(p: dict, errors: list[str]) -> None:
                               "random-resized crops (data.random_crop): set pad: 0")
 
 
-def _cross_checks(p: dict, errors: list[str]) -> None:
+def _cross_checks(p: dict, params: Params, errors: list[str]) -> None:
+    """Rules across keys, on the plain values ``p``; a registered method's own rule gets the typed ``params``."""
     _data_checks(p, errors)
     sp, sel = p["scores"], p["select"]
     compiled = [s for s in ("teacher", "student") if p[s]["compile"]]
@@ -525,7 +532,7 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
         proxied = []
         for name in sp["methods"]:
             spec = scores.get(name)
-            msg = spec.check(spec.resolve(sp.get(name)), p) if spec.check else None
+            msg = spec.check(params.scores.options_of(name), params) if spec.check else None
             if msg and msg not in errors:  # grand and grand_last_layer share one rule
                 errors.append(msg)
             proxied += [name] if "proxy" in spec.proxies else []
@@ -551,7 +558,7 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
         declared = _registry(kind)
         for name in dict.fromkeys(label.partition(":")[0] for label in sel["methods"]):
             spec = declared.get(name) if name in declared else None
-            msg = spec.check(spec.resolve(sel.get(name)), p) if spec and spec.check else None
+            msg = spec.check(params.select.options_of(name), params) if spec and spec.check else None
             if msg:
                 errors.append(msg)
     if p["runner"]["kind"] == "local" and p["runner"]["address"] is not None:
@@ -561,7 +568,7 @@ def _cross_checks(p: dict, errors: list[str]) -> None:
     st = p["student"]
     if "schedules" in _CHECKED.get():  # the chosen schedule's own rule on its argument (its registration's check)
         spec = _registry("schedules").get(st["kd_schedule"])
-        msg = spec.check(st[spec.param], p) if spec.check else None
+        msg = spec.check(st[spec.param], params) if spec.check else None
         if msg:
             errors.append(msg)
     if p["teacher"]["arch"] in st["teachers"]:
@@ -606,18 +613,43 @@ def _section(cls, section: dict, **resolved):
                   if f.name in resolved or f.name in section})
 
 
-def _typed(p: dict) -> dict:
-    """The typed sections of validated params ``p`` (the registries in scope resolve the methods' parts)."""
-    st = p["student"]
-    arms = None
-    if {"losses", "schedules"} <= _CHECKED.get():
-        distill = importlib.import_module("kdprune.distill")  # in scope: "losses", "schedules"
-        schedule = _registry("schedules").get(st["kd_schedule"])
-        arms = distill.kd_arms(schedule.name, st[schedule.param], st["loss"], st["temperature"],
-                               tuple(sorted((st.get(st["loss"]) or {}).items())))
-    return {
-        "teacher": _section(TeacherSettings, p["teacher"]),
-        "student": _section(StudentSettings, st, seeds=tuple(st["seeds"]), teachers=tuple(st["teachers"]),
-                            cached_logits=bool(st["cached_logits"] and st["pad"] == 0 and not st["flip"]),
-                            kd_arms=arms),
-    }
+def _kd_arms(st: dict) -> Optional[tuple]:
+    """The student section's KD arms (None when the KD registries are out of the validating stage's scope)."""
+    if not {"losses", "schedules"} <= _CHECKED.get():
+        return None
+    distill = importlib.import_module("kdprune.distill")  # in scope: "losses", "schedules"
+    schedule = _registry("schedules").get(st["kd_schedule"])
+    return distill.kd_arms(schedule.name, st[schedule.param], st["loss"], st["temperature"],
+                           tuple(sorted((st.get(st["loss"]) or {}).items())))
+
+
+def _typed(p: dict, errors: list[str]) -> Optional[Params]:
+    """Validated params ``p`` as typed, frozen sections (the registries in scope resolve the methods' parts:
+    each computed score's options, the select section's methods and options; the KD arms follow the
+    cross-key checks: :func:`_kd_arms`)."""
+    st, sp = p["student"], p["scores"]
+    score_options = {}
+    if "scores" in _CHECKED.get():
+        scores = _registry("scores")
+        score_options = {n: Frozen(scores.get(n).resolve(sp.get(n))) for n in sp["methods"]}
+    select = None
+    if {"methods", "joint", "samplers", "static_methods"} <= _CHECKED.get():  # in scope: kdprune.selection
+        try:
+            select = importlib.import_module("kdprune.selection").select_settings(p["select"])
+        except ValueError as e:  # an entry the per-key check let through, which this section's setup refuses
+            errors.append(f"select: {e}")
+            return None
+    d = p["data"]
+    return Params(
+        device=p["device"],
+        reproducibility=_section(ReproducibilitySettings, p["reproducibility"]),
+        runner=_section(RunnerSettings, p["runner"]),
+        data=_section(DataSettings, d, crop_scale=tuple(d["crop_scale"])),
+        teacher=_section(TeacherSettings, p["teacher"]),
+        scores=_section(ScoresSettings, sp, methods=tuple(sp["methods"]), seeds=tuple(sp["seeds"]),
+                        proxy_seeds=tuple(sp["proxy_seeds"]), options=Frozen(score_options)),
+        select=select,
+        student=_section(StudentSettings, st, seeds=tuple(st["seeds"]), teachers=tuple(st["teachers"]),
+                         cached_logits=bool(st["cached_logits"] and st["pad"] == 0 and not st["flip"])),
+        plain=Frozen(p),
+    )

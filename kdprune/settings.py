@@ -1,12 +1,101 @@
 """The typed, frozen sections of validated params: what :func:`kdprune.config.validate` gives the stages and
-the core, each section resolved once (a method's options from its registration, the KD arms of the weight
-schedule). Shared types in a module of their own: the trainer's configuration is built from a section
-(``kdprune.train.types.train_config``) without importing the params schema."""
+the core, one value per section, each resolved once (a method's options from its registration, the KD arms of
+the weight schedule, the select section's methods). Shared types in a module of their own: the trainer's
+configuration is built from a section (``kdprune.train.types.train_config``) without importing the params
+schema. Each class's fields are its section's keys in the schema (``kdprune.config.SCHEMA``; a test holds them
+equal)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from types import MappingProxyType
-from typing import Any, Mapping, Optional
+import copy
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterator, Mapping, Optional
+
+
+class Frozen(Mapping):
+    """A read-only mapping that pickles (Ray's object store, a process pool), unlike ``MappingProxyType``."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, items: Mapping | None = None):
+        object.__setattr__(self, "_d", dict(items or {}))
+
+    def __getitem__(self, key):
+        return self._d[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __repr__(self) -> str:
+        return f"Frozen({self._d!r})"
+
+    def __reduce__(self):
+        return (Frozen, (self._d,))
+
+
+@dataclass(frozen=True)
+class ReproducibilitySettings:
+    """Params' ``reproducibility`` section: the CPU setting (``portable`` | ``native``) and each stage
+    process's thread count (kdprune/reproducibility.py)."""
+
+    cpu: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """Params' ``runner`` section: where the fan-out stages' tasks run (execution/runner.py)."""
+
+    kind: str  # local | ray
+    address: Optional[str]
+    cpus_per_task: int
+    gpus_per_task: Optional[float]
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Params' ``data`` section: the dataset, its split, and how it is read (in memory or streamed from files)."""
+
+    dataset: str
+    root: Optional[str]
+    val_fraction: float
+    split_seed: int
+    max_train: Optional[int]
+    loader: str  # memory | stream | auto
+    memory_budget_gb: float
+    image_size: int
+    resize: int
+    random_crop: bool
+    crop_scale: tuple[float, float]
+    workers: Optional[int]
+
+
+@dataclass(frozen=True)
+class ScoresSettings:
+    """Params' ``scores`` section, typed: the scores computed, their seeds, the proxy and memorisation runs,
+    and each computed score's options resolved once from its registration (``options``: score -> options;
+    empty when the scores registry was out of the validating stage's scope)."""
+
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    proxy_seeds: tuple[int, ...]
+    proxy_epochs: int
+    proxy_arch: Optional[str]
+    grand_epoch: int
+    encoder: Optional[str]
+    memorization_models: int
+    memorization_fraction: float
+    memorization_epochs: int
+    options: Mapping[str, Mapping] = field(default_factory=Frozen)
+
+    def options_of(self, name: str) -> dict:
+        """Score ``name``'s resolved options (a copy); KeyError for a score that scores.methods does not compute."""
+        if name not in self.options:
+            raise KeyError(f"score {name!r} is not among scores.methods {list(self.methods)}, or its options were "
+                           "not resolved (the scores registry was out of the validating stage's scope)")
+        return dict(self.options[name])
 
 
 @dataclass(frozen=True)
@@ -66,32 +155,29 @@ class StudentSettings(TrainSettings):
         return self.kd_arms
 
 
-class Params(dict):
-    """Validated params: the typed, frozen sections resolved once by :func:`validate` (``.teacher``,
-    ``.student``), and, as the mapping itself, the plain values with defaults filled in (what MLflow logs,
-    DVC tracks and a params file holds: ``as_dict()``)."""
+@dataclass(frozen=True)
+class Params:
+    """Validated params: one typed, frozen value per section (``device`` is a scalar), each resolved once by
+    :func:`kdprune.config.validate`, which is the only maker of this class. ``as_dict()`` gives the plain
+    values with defaults filled in (what MLflow logs, DVC tracks and a params file holds)."""
 
-    def __init__(self, plain: dict, typed: Mapping[str, Any]):
-        super().__init__(plain)
-        self._typed = MappingProxyType(dict(typed))
-
-    def _get(self, name: str):
-        try:
-            return self._typed[name]
-        except KeyError:
-            raise AttributeError(f"params section {name!r} has no typed form") from None
-
-    @property
-    def teacher(self) -> TeacherSettings:
-        return self._get("teacher")
-
-    @property
-    def student(self) -> StudentSettings:
-        return self._get("student")
+    device: str
+    reproducibility: ReproducibilitySettings
+    runner: RunnerSettings
+    data: DataSettings
+    teacher: TeacherSettings
+    scores: ScoresSettings
+    # kdprune.selection.SelectSettings, which lives with the selection registries (it parses their methods; not
+    # imported here, so that a stage that does not select does not depend on them); None: out of the
+    # validating stage's scope
+    select: Optional[Any]
+    student: StudentSettings
+    plain: Mapping = field(default_factory=Frozen)
 
     def as_dict(self) -> dict:
-        """The plain values, as a new dict (nested sections shared)."""
-        return dict(self)
+        """The plain values, with defaults filled in, as a new nested dict."""
+        return copy.deepcopy(dict(self.plain))
 
-    def __reduce__(self):  # pickled (Ray's object store, a process pool) with its typed sections
-        return (Params, (dict(self), dict(self._typed)))
+    def section(self, name: str) -> dict:
+        """One section's plain values (a new dict): for records (MLflow params, cache keys), not for logic."""
+        return copy.deepcopy(self.plain[name])

@@ -93,7 +93,7 @@ def teacher_facts(root: Path, params: dict) -> dict[str, dict]:
 def compute_facts(params: dict, device: torch.device) -> dict:
     """The compute a student's bytes depend on: the CPU setting, the tasks' thread count and the torch
     release (as model.json records them), and the device kind (with the GPU's name on CUDA)."""
-    facts = {**provenance(params["reproducibility"]["cpu"], params["runner"]["cpus_per_task"]), "device": device.type}
+    facts = {**provenance(params.reproducibility.cpu, params.runner.cpus_per_task), "device": device.type}
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
     return facts
@@ -250,8 +250,8 @@ def record_student(stage: Stage, student: Student, aliases: tuple, res: dict, ou
             "manifest_sha256": mf.sha256, "dvc.manifest_md5": mf.md5,
             **({"kdprune.sweep_run_id": parent_run_id} if parent_run_id else {}),
             **({"kdprune.reused_from": reused} if reused else {}),
-            **obs.run_color(record["method"], params["select"]["methods"]), **node_tags(res["node"])}
-    run_params = {**{k: v for k, v in record.items() if k not in RESULT_KEYS}, "student": params["student"]}
+            **obs.run_color(record["method"], params.select.labels), **node_tags(res["node"])}
+    run_params = {**{k: v for k, v in record.items() if k not in RESULT_KEYS}, "student": params.section("student")}
     # a top-level run, not a child of the sweep's run: MLflow's runs table and charts show children only
     # under an expanded parent, so nested students cannot be compared side by side (see STUDENTS_VIEW)
     with tr.run(student.name, None, tags=tags, params=run_params, wait=False,
@@ -300,7 +300,7 @@ def record_alias(stage: Stage, tr, alias: Student, record: dict, run_params: dic
         shutil.copyfile(sdir / f, adir / f)
     atags = {**tags, "method": m["method"], "manifest_sha256": mf.sha256, "dvc.manifest_md5": mf.md5,
              "kdprune.same_training_as": record["name"],
-             **observer().run_color(m["method"], stage.params["select"]["methods"])}
+             **observer().run_color(m["method"], stage.params.select.labels)}
     same = {k: rec[k] for k in ("manifest", "method", "selection_seed", "same_training_as")}
     with tr.run(alias.name, None, tags=atags, params={**run_params, **same}, wait=False) as run_id:
         observer().log_student_data(tr, run_id, mf.path, m, atags, stage.meta)

@@ -16,6 +16,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from kdprune.settings import Params
 from kdprune import analysis as A
 from kdprune import reproducibility as R
 from kdprune.report import FIGURES, build_report, dvc_metrics, plot_accuracy, plot_data, plot_teacher_size, plot_weight_heatmap
@@ -36,16 +37,15 @@ COLUMNS = [
 ]
 
 
-def selection_costs(root: Path, params: dict) -> dict[str, dict]:
+def selection_costs(root: Path, params: Params) -> dict[str, dict]:
     """Per selection method: seconds to score and select (proxy training included) and peak extra
     memory, from the scores stage's run record; NaN where this machine has no record of them."""
-    from kdprune.selection import method_from_params
 
     recorded = observer().read_record(root, "scores").get("costs", {})
     selected = observer().read_record(root, "select").get("costs", {})  # joint selectors: their cost is the selection
     costs = {}
-    for label in params["select"]["methods"]:
-        m = method_from_params(label, params["select"])
+    for m in params.select.methods:
+        label = m.label
         if m.joint is not None:
             runs = [c for c in selected.values() if c.get("method") == label]
             costs[label] = {"selection_s": max(c["total_s"] for c in runs) if runs else float("nan"),
@@ -60,22 +60,20 @@ def selection_costs(root: Path, params: dict) -> dict[str, dict]:
     return costs
 
 
-def score_recipes(root: Path, params: dict) -> dict[str, str]:
+def score_recipes(root: Path, params: Params) -> dict[str, str]:
     """Per selection method: the score it read and the recipe that made it (from the score files)."""
     from kdprune.scores import SCORES
-    from kdprune.selection import method_from_params
 
     out = {}
-    sel = params["select"]
-    for label in sel["methods"]:
-        m = method_from_params(label, sel)
+    for m in params.select.methods:
+        label = m.label
         if m.joint is not None:
             out[label] = f"joint selector {m.joint} on the teacher's outputs (options under select.{m.joint})"
             continue
         if m.score is None:
             out[label] = f"per-epoch sampler {m.sampler}"
             continue
-        f = Path(root) / "data" / "scores" / (f"{m.score}-{params['scores']['seeds'][0]}.json"
+        f = Path(root) / "data" / "scores" / (f"{m.score}-{params.scores.seeds[0]}.json"
                                               if SCORES.get(m.score).seeded else f"{m.score}.json")
         info = json.loads(f.read_text()) if f.exists() else {}
         text = f"score {m.score}: {info.get('variant', 'unknown variant')}"
@@ -90,11 +88,11 @@ def score_recipes(root: Path, params: dict) -> dict[str, str]:
 
 @task(name="evaluate-students", cache_policy=NO_CACHE, persist_result=False)
 @timed_work
-def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
+def evaluate_students(root: str, params: Params, parent_run_id: Optional[str] = None) -> dict:
     log = get_run_logger()
     root = Path(root)
-    device = resolve_device(params["device"])
-    meta, splits = load_prepared(root, params["data"]["dataset"])
+    device = resolve_device(params.device)
+    meta, splits = load_prepared(root, params.data.dataset)
     test_d = device_data(meta, splits["test"], device, params)
     sroot = root / "models" / "students"
     student_dirs = sorted(p for p in sroot.iterdir() if (p / "metrics.json").exists()) if sroot.exists() else []
@@ -108,7 +106,7 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
     accs: dict[str, float] = {}
     student_params = None
     records = [(d, load_json(d / "metrics.json")) for d in student_dirs]
-    log.info(f"testing {len(records)} students and {1 + len(params['student']['teachers'])} teacher(s) on "
+    log.info(f"testing {len(records)} students and {1 + len(params.student.teachers)} teacher(s) on "
              f"{meta['sizes']['test']:,} test images ({device})")
     # trained students first, then those recorded from the same training under another method's name
     with obs.progress("evaluate", len(records), "student") as bar:
@@ -132,9 +130,9 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
                     log.warning(f"could not log test_acc to MLflow run {rec['mlflow_run_id']}: {e}")
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values(["method", "fraction", "kd", "kd_weight", "seed"])
     teachers = evaluate_teachers(root, params, device, test_d)
-    main_t = params["teacher"]["arch"]
-    ctx = {"dataset": meta["dataset"], "main_teacher": main_t, "student_arch": params["student"]["arch"],
-           "student_params": student_params, "teachers_max_fraction": params["student"]["teachers_max_fraction"],
+    main_t = params.teacher.arch
+    ctx = {"dataset": meta["dataset"], "main_teacher": main_t, "student_arch": params.student.arch,
+           "student_params": student_params, "teachers_max_fraction": params.student.teachers_max_fraction,
            "n_pool": meta["sizes"]["train"], "recipes": score_recipes(root, params)}
     teacher_acc = float(teachers.set_index("arch").loc[main_t, "test_acc"])
     # the verdicts on the paper's claims: in the report, and in claims.json (what `kdprune verify` compares)
@@ -167,14 +165,14 @@ def evaluate_students(root: str, params: dict, parent_run_id: Optional[str] = No
             "teacher_test_acc": teacher_acc}
 
 
-def evaluate_teachers(root: Path, params: dict, device, test_d) -> pd.DataFrame:
+def evaluate_teachers(root: Path, params: Params, device, test_d) -> pd.DataFrame:
     """Test accuracy and size of the main teacher and every extra teacher."""
     rows = []
-    for arch in [params["teacher"]["arch"], *params["student"]["teachers"]]:
+    for arch in [params.teacher.arch, *params.student.teachers]:
         tdir = teacher_dir(root, params, arch)
         model, _ = load_model(tdir, device)
         m = load_json(tdir / "metrics.json")
         rows.append({"arch": arch, "n_params": int(sum(p.numel() for p in model.parameters())),
                      "test_acc": evaluate(model, test_d)["acc"], "val_acc": m["val_acc"], "n_train": m["n_train"],
-                     "role": "main" if arch == params["teacher"]["arch"] else "extra"})
+                     "role": "main" if arch == params.teacher.arch else "extra"})
     return pd.DataFrame(rows)

@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.scores import SCORES, ScoreContext, ScoreSpec
+from kdprune.settings import Params, ScoresSettings
 from kdprune.train import predict_logits, seeded, train
 from artifacts.stages import dynamics_kind, load_prepared, read_dynamics, read_dynamics_stats, ScoreWriter
 from artifacts.checkpoints import checkpoint_root, FileCheckpoint, fingerprint
@@ -38,61 +39,58 @@ from execution.runner import task_device, where
 from kdprune.train import train_config
 
 
-def requested(sp: dict) -> dict[str, tuple[ScoreSpec, dict]]:
-    """Each score of scores.methods: its registration and its options resolved from ``scores.<score>``."""
-    out = {}
-    for method in sp["methods"]:
-        spec = SCORES.get(method)
-        out[method] = (spec, spec.resolve(sp.get(method)))
-    return out
+def requested(sp: ScoresSettings) -> dict[str, tuple[ScoreSpec, dict]]:
+    """Each score of scores.methods: its registration and its options (resolved by params validation)."""
+    return {method: (SCORES.get(method), sp.options_of(method)) for method in sp.methods}
 
 
 # the file of a proxy's weights snapshot, read by the scores that declare ``proxy_models`` in their needs
 PROXY_WEIGHTS = "weights"
 
 
-def proxy_reads(sp: dict) -> dict:
+def proxy_reads(sp: ScoresSettings) -> dict:
     """What the proxy runs must record for the requested scores: the epochs their logits are read at
     (each ``proxy_logits`` score's input option ``epoch``) and the epoch their weights are taken at
     (``weights_at``: scores.grand_epoch when a score declares ``proxy_models``, else None)."""
     scores = requested(sp).values()
     return {"logit_epochs": sorted({o["epoch"] for s, o in scores if "proxy_logits" in s.needs}),
-            "weights_at": sp["grand_epoch"] if any("proxy_models" in s.needs for s, _ in scores) else None}
+            "weights_at": sp.grand_epoch if any("proxy_models" in s.needs for s, _ in scores) else None}
 
 
-def proxy_workdir(root: Path, params: dict) -> Path:
-    key = fingerprint(params["scores"], params["teacher"], params["data"], params["device"], PROXY_WEIGHTS)
+def proxy_workdir(root: Path, params: Params) -> Path:
+    key = fingerprint(params.section("scores"), params.section("teacher"), params.section("data"), params.device,
+                      PROXY_WEIGHTS)
     return Path(root) / ".kdprune" / "proxies" / key
 
 
-def proxy_jobs(params: dict) -> list[tuple[str, int]]:
+def proxy_jobs(params: Params) -> list[tuple[str, int]]:
     """The proxy trainings the requested scores need: ("proxy", seed) and ("memo", model index)."""
-    sp = params["scores"]
+    sp = params.scores
     kinds = set().union(*(spec.proxies for spec, _ in requested(sp).values()))
     jobs = []
     if "proxy" in kinds:
-        jobs += [("proxy", s) for s in sp["proxy_seeds"]]
+        jobs += [("proxy", s) for s in sp.proxy_seeds]
     if "memo" in kinds:
-        jobs += [("memo", m) for m in range(sp["memorization_models"])]
+        jobs += [("memo", m) for m in range(sp.memorization_models)]
     return jobs
 
 
 @task(name="train-proxy", cache_policy=NO_CACHE, persist_result=False, retries=1,
       task_run_name="{kind}-{seed}")
 @timed_work
-def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -> dict:
+def train_proxy(params: Params, kind: str, seed: int, inputs: dict, device: str) -> dict:
     """One proxy training, wherever the runner placed it; returns what the scores read (the stage's
     process writes it: :func:`keep_proxy`). ``proxy``: full train split for scores.proxy_epochs,
     recording what the scores read (:func:`proxy_reads`): the weights at scores.grand_epoch and the
     logits at each read epoch. ``memo``: a random
     scores.memorization_fraction subset, then which training examples the final model classifies correctly."""
     log = get_run_logger()
-    sp, tp = params["scores"], params.teacher
+    sp, tp = params.scores, params.teacher
     dev = task_device(params, device)
     meta = inputs["meta"]
     train_d = device_data(meta, inputs["train"], dev, params)
     c, h, _ = meta["shape"]
-    arch = sp["proxy_arch"] or tp.arch
+    arch = sp.proxy_arch or tp.arch
     with seeded(1000 + seed):
         model = build_model(arch, c, meta["num_classes"], h)
     files: dict[str, np.ndarray | dict] = {}
@@ -117,10 +115,10 @@ def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -
                 files[f"logits-{e}"] = predict_logits(model, train_d).cpu().numpy()
 
         # the teacher's full schedule (its LR curve), stopped after proxy_epochs: read early in a full run
-        cfg = train_config(tp, order_seed=1000 + seed, aug_seed=1000 + seed, stop_after=sp["proxy_epochs"])
+        cfg = train_config(tp, order_seed=1000 + seed, aug_seed=1000 + seed, stop_after=sp.proxy_epochs)
         ckpt = FileCheckpoint(ckpt_root, "scores", f"proxy-{seed}",
-                              fingerprint(cfg.__dict__, arch, meta["sha256"], params["runner"]["cpus_per_task"],
-                                          params["reproducibility"]["cpu"]), log)
+                              fingerprint(cfg.__dict__, arch, meta["sha256"], params.runner.cpus_per_task,
+                                          params.reproducibility.cpu), log)
         train(model, train_d, cfg, checkpoint=ckpt, on_epoch=at_epoch)
         if ckpt.resumed_from and not (wanted <= set(files)):
             # resumed past a read point: its arrays were in the killed attempt's memory; train afresh
@@ -130,11 +128,11 @@ def train_proxy(params: dict, kind: str, seed: int, inputs: dict, device: str) -
         rng = np.random.default_rng([seed, 7])
         n = len(train_d)
         mask = np.zeros(n, dtype=bool)
-        mask[rng.permutation(n)[: int(round(sp["memorization_fraction"] * n))]] = True
-        cfg = train_config(tp, epochs=sp["memorization_epochs"], order_seed=2000 + seed, aug_seed=2000 + seed)
+        mask[rng.permutation(n)[: int(round(sp.memorization_fraction * n))]] = True
+        cfg = train_config(tp, epochs=sp.memorization_epochs, order_seed=2000 + seed, aug_seed=2000 + seed)
         ckpt = FileCheckpoint(ckpt_root, "scores", f"memo-{seed}",
-                              fingerprint(cfg.__dict__, arch, meta["sha256"], params["runner"]["cpus_per_task"],
-                                          params["reproducibility"]["cpu"]), log)
+                              fingerprint(cfg.__dict__, arch, meta["sha256"], params.runner.cpus_per_task,
+                                          params.reproducibility.cpu), log)
         train(model, train_d, cfg, subset=torch.from_numpy(np.flatnonzero(mask)), checkpoint=ckpt)
         files["mask"] = mask
         files["correct"] = (predict_logits(model, train_d).argmax(1) == train_d.y).cpu().numpy()
@@ -169,7 +167,7 @@ def _proxy_model(d: Path, device):
     return model.to(device).eval()
 
 
-def dynamics_reads(sp: dict) -> tuple[list[str], set[str]]:
+def dynamics_reads(sp: ScoresSettings) -> tuple[list[str], set[str]]:
     """Of the requested scores: those that read the teacher's full logits (they declare no statistics),
     and the dynamics statistics the others read."""
     logits, stats = [], set()
@@ -181,22 +179,22 @@ def dynamics_reads(sp: dict) -> tuple[list[str], set[str]]:
     return logits, stats
 
 
-def check_dynamics(root: Path, params: dict) -> None:
+def check_dynamics(root: Path, params: Params) -> None:
     """Before any compute: refuse a score needing the full logits when the teacher recorded statistics
     (teacher.dynamics: stats, or auto on a dataset whose logits are too big), naming it."""
-    logits, _ = dynamics_reads(params["scores"])
+    logits, _ = dynamics_reads(params.scores)
     if logits and dynamics_kind(Path(root) / "models" / "teacher") == "stats":
         raise ValueError(f"scores.methods: {', '.join(logits)} need the teacher's full logits (no per-example "
                          f"statistics declared), but the teacher recorded statistics (teacher.dynamics: "
-                         f"{params['teacher']['dynamics']}); set teacher.dynamics: logits and re-run the teacher, or "
+                         f"{params.teacher.dynamics}); set teacher.dynamics: logits and re-run the teacher, or "
                          "drop them from scores.methods")
 
 
-def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: list[dict], device
+def build_context(root: Path, params: Params, meta: dict, splits: dict, proxies: list[dict], device
                   ) -> tuple[ScoreContext, dict[int, list[np.ndarray]]]:
     """Everything the requested scores read, computed once: only the fields some score needs (or
     prefers); and the proxies' logits by read epoch (``ctx.proxy_logits`` is set per score)."""
-    sp = params["scores"]
+    sp = params.scores
     train = splits["train"]
     specs = [spec for spec, _ in requested(sp).values()]
     needs = set().union(*(set(s.needs) | set(s.prefers) for s in specs))
@@ -214,7 +212,7 @@ def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: l
         teacher, _ = load_model(Path(root) / "models" / "teacher", device)
         ctx.final_logits = predict_logits(teacher, train_d).cpu().numpy()
     if "embeddings" in needs:
-        enc_dir = inside(root, sp["encoder"]) if sp["encoder"] else Path(root) / "models" / "teacher"
+        enc_dir = inside(root, sp.encoder) if sp.encoder else Path(root) / "models" / "teacher"
         encoder, _ = load_model(enc_dir, device)
         ctx.embeddings = predict_logits(encoder, train_d, features=True).cpu().numpy()
     if "inputs" in needs:
@@ -230,31 +228,31 @@ def build_context(root: Path, params: dict, meta: dict, splits: dict, proxies: l
     return ctx, logits_at
 
 
-def recipe(spec: ScoreSpec, opts: dict, params: dict) -> Optional[dict]:
+def recipe(spec: ScoreSpec, opts: dict, params: Params) -> Optional[dict]:
     """The proxy training a score's values came from (its JSON's ``proxy_training``), or None."""
-    sp = params["scores"]
+    sp = params.scores
     if "proxy" in spec.proxies:
-        out = {"runs": len(sp["proxy_seeds"]), "epochs": sp["proxy_epochs"], "schedule_epochs": params["teacher"]["epochs"]}
+        out = {"runs": len(sp.proxy_seeds), "epochs": sp.proxy_epochs, "schedule_epochs": params.teacher.epochs}
         if "proxy_logits" in spec.needs:
             out.update(read_at_epoch=opts["epoch"], **{"pass": "eval mode, clean inputs"})
         if "proxy_models" in spec.needs:
             out["at_epoch"] = proxy_reads(sp)["weights_at"]
         return out
     if "memo" in spec.proxies:
-        return {"runs": sp["memorization_models"], "epochs": sp["memorization_epochs"]}
+        return {"runs": sp.memorization_models, "epochs": sp.memorization_epochs}
     return None
 
 
 @task(name="compute-scores", cache_policy=NO_CACHE, persist_result=False)
 @timed_work
-def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
+def compute_scores(root: str, params: Params, parent_run_id: Optional[str] = None,
                    proxies: Optional[list[dict]] = None) -> dict:
     log = get_run_logger()
     root = Path(root)
-    sp = params["scores"]
+    sp = params.scores
     proxies = proxies or []
-    device = resolve_device(params["device"])
-    meta, splits = load_prepared(root, params["data"]["dataset"])
+    device = resolve_device(params.device)
+    meta, splits = load_prepared(root, params.data.dataset)
     train = splits["train"]
     proxy_s = {k: sum(p["seconds"] for p in proxies if p["kind"] == k) for k in ("proxy", "memo")}
     out = root / "data" / "scores"
@@ -267,7 +265,7 @@ def compute_scores(root: str, params: dict, parent_run_id: Optional[str] = None,
         files = ScoreWriter(tmp, train.ids, meta)
         for method, (spec, opts) in requested(sp).items():
             ctx.proxy_logits = logits_at[opts["epoch"]] if "proxy_logits" in spec.needs else None
-            for seed in (sp["seeds"] if spec.seeded else [None]):
+            for seed in (sp.seeds if spec.seeded else [None]):
                 ctx.seed = 0 if seed is None else seed
                 with obs.measure_cost() as cost:
                     values = spec(ctx, **spec.fn_options(opts))

@@ -19,7 +19,8 @@ from prefect.cache_policies import NO_CACHE
 
 from kdprune.device import resolve_device
 from kdprune.scores import SCORES
-from kdprune.selection import JOINT, run_joint, select, select_settings, selector_options
+from kdprune.selection import JOINT, run_joint, select, selector_options
+from kdprune.settings import Params
 from artifacts.stages import load_prepared, ScoreReader, write_manifest
 from artifacts.files import atomic_directory, sha256_file
 from execution.observe import observer, timed_work
@@ -29,14 +30,13 @@ def manifest_name(stem: str, fraction: float, seed: Optional[int]) -> str:
     return f"{stem}-{fraction:g}" + ("" if seed is None else f"-{seed}") + ".json"
 
 
-def plan(params: dict, settings=None) -> list[dict]:
+def plan(params: Params) -> list[dict]:
     """Every manifest the params ask for: (method, fraction, seed) with its score file and selector/sampler
-    (``settings``: the select section parsed, :func:`kdprune.selection.select_settings`; parsed here when None)."""
-    settings = settings or select_settings(params["select"])
-    sp = params["scores"]
+    (the select section as validation parsed it)."""
+    settings, sp = params.select, params.scores
     out = []
     for m in settings.methods:
-        seeds = sp["seeds"] if m.stochastic else [None]
+        seeds = sp.seeds if m.stochastic else [None]
         for seed in seeds:
             for frac in settings.fractions_of(m):
                 stem = f"{m.score}-{seed}" if m.score is not None and SCORES.get(m.score).seeded else m.score
@@ -44,12 +44,12 @@ def plan(params: dict, settings=None) -> list[dict]:
     return out
 
 
-def joint_inputs(root: Path, params: dict, meta: dict, splits: dict, needs: set[str]):
+def joint_inputs(root: Path, params: Params, meta: dict, splits: dict, needs: set[str]):
     """The teacher's features / gradients / validation data / model for the joint selectors, once."""
     from kdprune.selection.joint.inputs import model_inputs
     from artifacts.models import device_data, load_model
 
-    device = resolve_device(params["device"])
+    device = resolve_device(params.device)
     tdir = Path(root) / "models" / "teacher"
     model, _ = load_model(tdir, device)
     train_d = device_data(meta, splits["train"], device, params)
@@ -60,24 +60,23 @@ def joint_inputs(root: Path, params: dict, meta: dict, splits: dict, needs: set[
 
 @task(name="select-subsets", cache_policy=NO_CACHE, persist_result=False)
 @timed_work
-def select_subsets(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
+def select_subsets(root: str, params: Params, parent_run_id: Optional[str] = None) -> dict:
     log = get_run_logger()
     root = Path(root)
-    meta, splits = load_prepared(root, params["data"]["dataset"])
+    meta, splits = load_prepared(root, params.data.dataset)
     train = splits["train"]
     scores_in = ScoreReader(root / "data" / "scores", meta, train)
     out = root / "data" / "manifests"
     obs = observer()
     tr = obs.tracker(root)
     names = []
-    sel = params["select"]
-    settings = select_settings(sel)  # every method parsed, every option resolved: once
-    jobs = plan(params, settings)
+    settings = params.select  # every method parsed, every option resolved: once, by params validation
+    jobs = plan(params)
     joint_opts = {m.joint: settings.options_of(m.joint) for m in settings.methods if m.joint}
     needs = set().union(*(JOINT.get(name).inputs_for(opts) for name, opts in joint_opts.items()))
     inputs, teacher_sha, inputs_cost = None, None, {"seconds": 0.0, "peak_mem_mb": 0.0}
     costs = {}
-    with tr.run("select", parent_run_id, tags=obs.stage_tags(root, "select", meta), params={"select": sel}) as run_id, \
+    with tr.run("select", parent_run_id, tags=obs.stage_tags(root, "select", meta), params={"select": params.section("select")}) as run_id, \
             atomic_directory(out) as tmp:
         if needs:
             with obs.measure_cost() as inputs_cost:

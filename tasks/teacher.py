@@ -9,6 +9,7 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from kdprune.settings import Params
 from kdprune.device import resolve_device
 from kdprune.models import build_model
 from kdprune.reproducibility import provenance
@@ -22,15 +23,15 @@ from artifacts.outputs import stable_history
 from execution.observe import observer, timed_work
 
 
-def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr, run_id: Optional[str], log,
+def fit_teacher(root: Path, params: Params, arch: str, stage: str, tr, run_id: Optional[str], log,
                 record_dynamics: bool, data: Optional[tuple] = None, device=None):
     """Train a teacher of ``arch`` on the full train split with the teacher params (seed, schedule,
     augmentation); per-epoch metrics go to ``run_id`` (none without ``tr``: a task on the runner
     returns its history instead). ``data``: (meta, splits) when the caller has them, else read from
     the project. Returns (model, TrainResult, val metrics, meta, splits, checkpoint)."""
     tp = params.teacher
-    device = torch.device(device) if device else resolve_device(params["device"])
-    meta, splits = data or load_prepared(root, params["data"]["dataset"])
+    device = torch.device(device) if device else resolve_device(params.device)
+    meta, splits = data or load_prepared(root, params.data.dataset)
     train_d, val_d = device_data(meta, splits["train"], device, params), device_data(meta, splits["val"], device, params)
     c, h, _ = meta["shape"]
     with seeded(tp.seed):
@@ -49,8 +50,8 @@ def fit_teacher(root: Path, params: dict, arch: str, stage: str, tr, run_id: Opt
         fault_point(root, stage, epoch)
 
     ckpt = FileCheckpoint(checkpoint_root(root), stage, arch if stage != "teacher" else "teacher",
-                          fingerprint(params["teacher"], arch, meta["sha256"], str(device), torch.get_num_threads(),
-                                      params["reproducibility"]["cpu"]), log)
+                          fingerprint(params.section("teacher"), arch, meta["sha256"], str(device), torch.get_num_threads(),
+                                      params.reproducibility.cpu), log)
     log.info(f"training {stage} {arch} on {len(train_d)} examples for {tp.epochs} epochs on {device}")
     with observer().progress(f"{stage} {arch}", tp.epochs, "epoch") as bar:
         res = train(model, train_d, cfg, val=val_d, on_epoch=on_epoch, checkpoint=ckpt,
@@ -71,22 +72,22 @@ def model_info(arch: str, model, meta: dict, compute: dict) -> dict:
             "n_params": int(sum(p.numel() for p in model.parameters())), "compute": compute}
 
 
-def fit_single(root: Path, params: dict, tr, run_id: Optional[str], log):
+def fit_single(root: Path, params: Params, tr, run_id: Optional[str], log):
     """The teacher in this process (``teacher.workers`` 1). Returns (model, TrainResult, val metrics,
     meta, splits, checkpoint, compute)."""
-    rp = params["reproducibility"]
-    model, res, val, meta, splits, ckpt = fit_teacher(root, params, params["teacher"]["arch"], "teacher", tr, run_id,
+    rp = params.reproducibility
+    model, res, val, meta, splits, ckpt = fit_teacher(root, params, params.teacher.arch, "teacher", tr, run_id,
                                                        log, record_dynamics=True)
-    return model, res, val, meta, splits, ckpt, provenance(rp["cpu"], rp["threads"])
+    return model, res, val, meta, splits, ckpt, provenance(rp.cpu, rp.threads)
 
 
 @task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1)
 @timed_work
-def train_teacher(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
+def train_teacher(root: str, params: Params, parent_run_id: Optional[str] = None) -> dict:
     return teacher_stage(root, params, parent_run_id, fit_single)
 
 
-def teacher_stage(root: str, params: dict, parent_run_id: Optional[str], fit) -> dict:
+def teacher_stage(root: str, params: Params, parent_run_id: Optional[str], fit) -> dict:
     """The stage's work around ``fit`` (:func:`fit_single`, or the data-parallel one of
     tasks/teacher_ddp.py): its MLflow run, the outputs written atomically, the checkpoint cleared."""
     log = get_run_logger()
@@ -94,11 +95,11 @@ def teacher_stage(root: str, params: dict, parent_run_id: Optional[str], fit) ->
     tp = params.teacher
     obs = observer()
     tr = obs.tracker(root)
-    meta, _ = load_prepared(root, params["data"]["dataset"])
+    meta, _ = load_prepared(root, params.data.dataset)
     # the run ends without waiting for its logging (the registered model takes the writer a second or
     # two): the next stage starts meanwhile; a process's later flush, or its end, waits for it
     with tr.run("teacher", parent_run_id, tags=obs.stage_tags(root, "teacher", meta),
-                params={"teacher": params["teacher"], "device": params["device"]}, wait=False) as run_id:
+                params={"teacher": params.section("teacher"), "device": params.device}, wait=False) as run_id:
         model, res, val, meta, splits, ckpt, compute = fit(root, params, tr, run_id, log)
         out = root / "models" / "teacher"
         with atomic_directory(out) as tmp:

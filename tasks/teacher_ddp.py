@@ -10,6 +10,7 @@ from typing import Optional
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from kdprune.settings import Params
 from execution import ddp
 from execution.observe import observer, timed_work
 from artifacts.stages import load_prepared
@@ -22,17 +23,17 @@ from tasks.teacher import teacher_stage
 
 @task(name="train-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1)
 @timed_work
-def train_teacher_ddp(root: str, params: dict, parent_run_id: Optional[str] = None) -> dict:
+def train_teacher_ddp(root: str, params: Params, parent_run_id: Optional[str] = None) -> dict:
     return teacher_stage(root, params, parent_run_id, fit_teacher_ddp)
 
 
-def fit_teacher_ddp(root: Path, params: dict, tr, run_id: Optional[str], log):
+def fit_teacher_ddp(root: Path, params: Params, tr, run_id: Optional[str], log):
     """The teacher on ``teacher.workers`` data-parallel workers (execution/ddp.py): the same training
     as :func:`fit_teacher`'s cut across the workers, the same outputs. Returns (model, TrainResult,
     val metrics, meta, splits, checkpoint, compute)."""
     tp = params.teacher
     arch = tp.arch
-    meta, splits = load_prepared(root, params["data"]["dataset"])
+    meta, splits = load_prepared(root, params.data.dataset)
     # the logits, or per-example statistics where those are too big (teacher.dynamics), as fit_teacher
     record = dynamics_format(tp.dynamics, tp.epochs, len(splits["train"]), meta["num_classes"])
     cfg = train_config(tp, order_seed=tp.seed, aug_seed=tp.seed, record_dynamics=record)
@@ -64,7 +65,7 @@ def fit_teacher_ddp(root: Path, params: dict, tr, run_id: Optional[str], log):
                       steps=out["steps"], samples_seen=out["samples_seen"], seconds=out["seconds"])
     ckpt = ddp.checkpoint(root, params, arch, meta, out["device"], log)  # rank 0's, on this node when it ran here
     ckpt.resumed_from = out["resumed_from"]
-    rp = params["reproducibility"]
-    compute = {**provenance(rp["cpu"], out["compute"]["threads"]), "cpu_capability": out["compute"]["cpu_capability"],
+    rp = params.reproducibility
+    compute = {**provenance(rp.cpu, out["compute"]["threads"]), "cpu_capability": out["compute"]["cpu_capability"],
                "workers": tp.workers}
     return model, res, out["val"], meta, splits, ckpt, compute

@@ -14,6 +14,7 @@ from typing import Optional
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from kdprune.settings import Params
 from artifacts.stages import load_prepared
 from artifacts.files import atomic_write_json
 from artifacts.models import model_from_state, save_model, state_arrays
@@ -23,11 +24,11 @@ from execution.runner import node_tags, task_compute, task_device, where
 from tasks.teacher import fit_teacher, model_info
 
 
-def teacher_dir(root: Path, params: dict, arch: str) -> Path:
+def teacher_dir(root: Path, params: Params, arch: str) -> Path:
     """Where the teacher of ``arch`` lives: the main teacher, or one of student.teachers."""
-    if arch == params["teacher"]["arch"]:
+    if arch == params.teacher.arch:
         return Path(root) / "models" / "teacher"
-    if arch not in params["student"]["teachers"]:
+    if arch not in params.student.teachers:
         raise ValueError(f"no teacher of architecture {arch!r}: it is neither teacher.arch nor in student.teachers")
     return Path(root) / "models" / "teachers" / arch
 
@@ -35,7 +36,7 @@ def teacher_dir(root: Path, params: dict, arch: str) -> Path:
 @task(name="train-extra-teacher", cache_policy=NO_CACHE, persist_result=False, retries=1,
       task_run_name="teacher-{arch}")
 @timed_work
-def train_extra_teacher(params: dict, arch: str, inputs: dict, device: str) -> dict:
+def train_extra_teacher(params: Params, arch: str, inputs: dict, device: str) -> dict:
     """Train the extra teacher ``arch`` wherever the runner placed this task; returns its weights,
     history and the node it ran on (the stage's process records them: :func:`record_extra_teacher`)."""
     log = get_run_logger()
@@ -50,12 +51,12 @@ def train_extra_teacher(params: dict, arch: str, inputs: dict, device: str) -> d
             "ended": time.time(), "node": where(), "checkpoint": str(ckpt.path)}
 
 
-def record_extra_teacher(root: Path, params: dict, res: dict, out_dir: Path, parent_run_id: Optional[str]) -> dict:
+def record_extra_teacher(root: Path, params: Params, res: dict, out_dir: Path, parent_run_id: Optional[str]) -> dict:
     """In the stage's process: the extra teacher's model, metrics and MLflow run (created here, so a
     retried task never leaves a second one)."""
     log = get_run_logger()
     arch = res["arch"]
-    meta, _ = load_prepared(root, params["data"]["dataset"])
+    meta, _ = load_prepared(root, params.data.dataset)
     c, h, _ = meta["shape"]
     model = model_from_state(arch, c, meta["num_classes"], h, res["state"])
     out = Path(out_dir) / arch
@@ -69,7 +70,7 @@ def record_extra_teacher(root: Path, params: dict, res: dict, out_dir: Path, par
     tr = obs.shared_tracker(root, parent_run_id)
     with tr.run(f"teacher {arch}", parent_run_id, tags={**obs.stage_tags(root, "teachers", meta), "kdprune.role": "teacher",
                                                          "teacher_arch": arch, **node_tags(res["node"])},
-                params={"teacher": {**params["teacher"], "arch": arch}, "runner": params["runner"]},
+                params={"teacher": {**params.section("teacher"), "arch": arch}, "runner": params.section("runner")},
                 start_ms=int(res["started"] * 1000), end_ms=int(res["ended"] * 1000)) as run_id:
         tr.log_history(run_id, res["history"])
         tr.log_metrics(run_id, {"best_val_acc": res["val_acc"], "best_epoch": res["best_epoch"],

@@ -81,8 +81,8 @@ def test_merge_refuses_a_missing_a_repeated_or_an_unknown_position():
 
 
 def test_params_refuse_more_cpu_workers_than_threads_and_a_single_gpu():
-    assert validate({"teacher": {"workers": 2}, "device": "cpu"}, stage="teacher")["teacher"]["workers"] == 2
-    assert validate({}, stage="teacher")["teacher"]["workers"] == 1
+    assert validate({"teacher": {"workers": 2}, "device": "cpu"}, stage="teacher").teacher.workers == 2
+    assert validate({}, stage="teacher").teacher.workers == 1
     with pytest.raises(ParamsError, match=r"teacher.workers: 3 CPU workers share reproducibility.threads \(2\)"):
         validate({"teacher": {"workers": 3}, "device": "cpu"}, stage="teacher")
     with pytest.raises(ParamsError, match="device: 'cuda:1' names one GPU"):
@@ -192,7 +192,7 @@ def test_the_same_params_train_the_same_teacher_on_a_ray_cluster(tmp_path, refer
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        params = validate({**_params(), "runner": {"kind": "ray", "address": cluster.address}}, stage="teacher")
+        params = validate({**_params().as_dict(), "runner": {"kind": "ray", "address": cluster.address}}, stage="teacher")
         out, seen = _fit(tmp_path / "c", params, _digits())
     finally:
         ray_instance.shutdown()
@@ -264,7 +264,7 @@ def _prepared(root: Path, params: dict):
     from tasks.prepare import write_prepared
 
     write_prepared(root, params, LOG)
-    return load_prepared(root, params["data"]["dataset"])
+    return load_prepared(root, params.data.dataset)
 
 
 def test_a_streamed_shard_decodes_only_its_rows_with_the_crops_of_one_process(png_folder, tmp_path):

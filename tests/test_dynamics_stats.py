@@ -153,7 +153,7 @@ def test_auto_records_logits_below_the_threshold_and_statistics_above():
 def test_params_validate_the_option_and_refuse_a_logits_score_with_stats():
     with pytest.raises(ParamsError, match="teacher.dynamics"):
         validate({"teacher": {"dynamics": "full"}})
-    assert validate({})["teacher"]["dynamics"] == "auto"
+    assert validate({}).teacher.dynamics == "auto"
     ok = validate({"teacher": {"dynamics": "stats"}, "scores": {"methods": ["aum", "el2n", "forgetting"]},
                    "select": {"methods": ["aum", "el2n"]}})
     assert ok["teacher"]["dynamics"] == "stats"

@@ -403,7 +403,9 @@ def test_options_are_validated_from_the_registration():
         validate(raw)
     raw["select"]["glister"] = {"eta": 0.2}
     raw["select"]["methods"] = ["random", "glister"]
-    assert validate(raw)["select"]["glister"] == {"eta": 0.2}
+    p = validate(raw)
+    assert p.section("select")["glister"] == {"eta": 0.2}  # as given (what MLflow logs and DVC tracks)
+    assert p.select.options_of("glister") == {**JOINT.get("glister").resolve(None), "eta": 0.2}  # resolved once
 
 
 # -- the trainer: per-element weights multiply the loss -------------------------------------------

@@ -122,7 +122,7 @@ PLUGINS = {
 
 
         def _fits(o, params):
-            bad = [f for f in params["select"]["fractions"] if not f / 2 <= o["center"] <= 1 - f / 2]
+            bad = [f for f in params.select.fractions if not f / 2 <= o["center"] <= 1 - f / 2]
             return f"select.band.center: {o['center']} puts the band outside the ranks at {bad}" if bad else None
 
 
@@ -197,30 +197,31 @@ from kdprune.data import DATASETS
 from kdprune.distill import KDSetting
 from kdprune.models import build_model
 from kdprune.scores import SCORES, ScoreContext
-from kdprune.selection import (JOINT, SAMPLERS, STATIC_METHODS, JointInputs, make_sampler, method_from_params,
+from kdprune.selection import (JOINT, SAMPLERS, STATIC_METHODS, JointInputs, make_sampler,
                                run_joint, select)
 from kdprune.train.trainer import train
 from kdprune.train.types import DeviceData, TrainConfig
 
 out = {}
-raw = DATASETS.get(params["data"]["dataset"])()
+raw = DATASETS.get(params.data.dataset)()
 ids = np.arange(len(raw.train_y), dtype=np.int64)
 out["dataset"] = [len(ids), len(raw.classes)]
-model = build_model(params["teacher"]["arch"], 1, 4, 8)
+model = build_model(params.teacher.arch, 1, 4, 8)
 ctx = ScoreContext(ids, raw.train_y, 4, dynamics=np.zeros((1, len(ids), 4)))
-score = SCORES.get("label_score")(ctx, **SCORES.get("label_score").resolve(params["scores"].get("label_score")))
-sel = params["select"]
-m = method_from_params("band", sel)
+score = SCORES.get("label_score")(ctx, **params.scores.options_of("label_score"))
+sel = params.select
+m = next(x for x in sel.methods if x.label == "band")
 spec = STATIC_METHODS.get(m.selector)
-kw = spec.keywords(spec.resolve(sel.get("band")), 0.5)
+kw = spec.keywords(sel.options_of("band"), 0.5)
 out["band"] = {"score": m.score, "keywords": kw, "n": len(select(m.selector, ids, raw.train_y, score, 0.5, **kw)),
                "stochastic": m.stochastic}
 feats = np.random.default_rng(0).normal(size=(len(ids), 5))
 kept, _ = run_joint("by_norm", ids, JointInputs(raw.train_y, 4, features=feats), 0.5,
-                    options=JOINT.get("by_norm").resolve(sel.get("by_norm")))
+                    options=sel.options_of("by_norm"))
 out["by_norm"] = len(kept)
-opts = SAMPLERS.get("window").options_at(0.5, sel.get("window"))
-sampler = make_sampler(method_from_params("window", sel).sampler, len(ids), 3, **opts)
+w = next(x for x in sel.methods if x.label == "window")
+opts = sel.sampler_options(w, 0.5)
+sampler = make_sampler(w.sampler, len(ids), 3, **opts)
 out["window"] = {"options": opts, "epoch2": sampler.epoch_positions(1)[:2].tolist() + sampler.epoch_positions(2)[:2].tolist()}
 out["kd"] = [[s.label, s.weight(0.5), s.weight(0.7)] for s in params.student.kd]
 sp = params.student
@@ -236,12 +237,13 @@ try:  # without its options the loss gets its default beta (1.0), which the test
     out["default_beta"] = "accepted"
 except ValueError as e:
     out["default_beta"] = str(e)
-for bad in ({"student": {**params["student"], "soft_beta": {"beta": 2.0}}},
-            {"student": {**params["student"], "kd_step": [0.5, 0.5]}},
-            {"select": {**params["select"], "band": {"score": "label_score", "center": 0.1}}},
-            {"select": {**params["select"], "window": {"offset": -1}}}):
+plain = params.as_dict()
+for bad in ({"student": {**plain["student"], "soft_beta": {"beta": 2.0}}},
+            {"student": {**plain["student"], "kd_step": [0.5, 0.5]}},
+            {"select": {**plain["select"], "band": {"score": "label_score", "center": 0.1}}},
+            {"select": {**plain["select"], "window": {"offset": -1}}}):
     try:
-        validate({**params, **bad})
+        validate({**plain, **bad})
         out.setdefault("refused", []).append(None)
     except ParamsError as e:
         out.setdefault("refused", []).append(e.errors)

@@ -85,7 +85,7 @@ def _merge(base, over):
 
 
 def test_default_params_are_valid():
-    assert validate(BASE)["select"]["fractions"] == [0.1, 0.3, 0.5]
+    assert validate(BASE).select.fractions == (0.1, 0.3, 0.5)
 
 
 @pytest.mark.parametrize("override,key,allowed", BAD, ids=[b[1] + "-" + str(i) for i, b in enumerate(BAD)])

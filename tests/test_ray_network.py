@@ -99,8 +99,9 @@ def kill_tree(proc: subprocess.Popen, pids: list[int]) -> None:
 _RUN = """
 import sys, yaml
 from execution.runner import task_runner
-params = yaml.safe_load(open("params.yaml"))
-assert params["runner"] == {**params["runner"], "kind": "ray", "address": None}, params["runner"]
+from kdprune.config import validate
+params = validate(yaml.safe_load(open("params.yaml")))
+assert (params.runner.kind, params.runner.address) == ("ray", None), params.runner
 with task_runner(params):   # prefect-ray's RayTaskRunner starts the run's Ray instance, as a stage does
     import ray
     ray.get([ray.remote(lambda: 1).remote() for _ in range(2)])  # workers up, as when students train

@@ -525,12 +525,12 @@ def test_ccs_options_under_select_ccs_reach_the_selector_and_its_plan():
     p = validate(base)
     m = plan(p)[0]["method"]
     assert (m.score, m.cut_score, m.cut_end) == ("el2n", "aum_prob", "low")  # stratify el2n; cut by aum_prob's hard end
-    opts = select_settings(p["select"]).selector_keywords(m, 0.3)
+    opts = p.select.selector_keywords(m, 0.3)
     assert opts["k"] == 7 and opts["beta"] == pytest.approx(0.15)  # halfway between the table's points
     del base["select"]["ccs"]
     p = validate(base)
     m = plan(p)[0]["method"]
-    assert m.score == "aum_prob" and select_settings(p["select"]).selector_keywords(m, 0.1)["k"] == 50
+    assert m.score == "aum_prob" and p.select.selector_keywords(m, 0.1)["k"] == 50
 
 
 # -- balance as each method's code, and budgets as each reference code rounds them -----------------
@@ -538,7 +538,7 @@ def test_ccs_options_under_select_ccs_reach_the_selector_and_its_plan():
 def default_select() -> dict:
     """params' ``select`` section as validation fills it with nothing given: the shipped default balance."""
     from kdprune.config import validate
-    return validate({})["select"]
+    return validate({}).section("select")
 
 
 def run_method(label, ids, labels, scores, fraction, seed=0, sel=None, **extra):
@@ -630,8 +630,8 @@ def test_balance_true_false_and_suffixes_override_auto():
 
 def test_params_balance_takes_auto_true_or_false_and_says_so_otherwise():
     from kdprune.config import ParamsError, validate
-    assert validate({})["select"]["balance"] == "auto"
-    assert validate({"select": {"balance": False}})["select"]["balance"] is False
+    assert validate({}).select.balance == "auto"
+    assert validate({"select": {"balance": False}}).select.balance is False
     with pytest.raises(ParamsError, match=r"select.balance: 'yes' must be auto .*true .*false"):
         validate({"select": {"balance": "yes"}})
 

@@ -3,6 +3,7 @@ kdprune/train/stream.py, the prepare stage's index), the imagenet layouts, and t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def _params(folder: Path, loader: str, **data) -> dict:
 
 def _prepare(root: Path, params: dict):
     write_prepared(root, params, LOG)
-    return load_prepared(root, params["data"]["dataset"])
+    return load_prepared(root, params.data.dataset)
 
 
 def _fit(meta, splits, params, cfg: TrainConfig, **kw):
@@ -132,7 +133,7 @@ def test_streamed_resume_and_workers_give_the_uninterrupted_result(synthetic_jpg
     with pytest.raises(KeyboardInterrupt):
         _fit(meta, splits, p, cfg, checkpoint=store, on_epoch=die)
     assert store.state["epoch"] == 1
-    p2 = {**p, "data": {**p["data"], "workers": 2}}
+    p2 = dataclasses.replace(p, data=dataclasses.replace(p.data, workers=2))
     _, resumed = _fit(meta, splits, p2, cfg, checkpoint=store)
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
     assert np.array_equal(resumed.dynamics, whole.dynamics, equal_nan=True)

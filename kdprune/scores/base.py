@@ -23,7 +23,8 @@ needs to know about it, so adding a score is one module:
   logits (``ctx.dynamics``), and a teacher that recorded statistics (``teacher.dynamics: stats``) is
   refused for it before any compute. With the full logits every score computes from them.
 - ``seeded``: the values depend on ``ctx.seed`` (one score file per seed in ``scores.seeds``).
-- ``check``: an optional cross-key rule ``(resolved options, params) -> error text or None``,
+- ``check``: an optional cross-key rule ``(resolved options, params) -> error text or None`` (``params``: the
+  typed :class:`kdprune.settings.Params`),
   run by params validation before any compute (e.g. EL2N's epoch within the teacher's epochs).
 - ``balance``: the balance its published code selects with, ``"class"`` (per class, budgets in
   proportion to class sizes: DeepCore, the KD paper's framework, for every method it runs) or

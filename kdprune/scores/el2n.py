@@ -12,7 +12,7 @@ from kdprune.scores.base import ScoreContext, read_stats, register_score, softma
     needs=("dynamics",), stats=("l2_error",),
     options={"epoch": Option(int, 5, "teacher epoch (1-based) the training-pass logits are read at", low=1)},
     check=lambda o, p: (f"scores.el2n.epoch: {o['epoch']} is after the teacher's last epoch; allowed: "
-                        f"1..teacher.epochs ({p['teacher']['epochs']})" if o["epoch"] > p["teacher"]["epochs"] else None),
+                        f"1..teacher.epochs ({p.teacher.epochs})" if o["epoch"] > p.teacher.epochs else None),
 )
 def el2n(ctx: ScoreContext, epoch: int) -> np.ndarray:
     """EL2N: the L2 norm of softmax(output) minus the one-hot label (Paul et al., 2021).

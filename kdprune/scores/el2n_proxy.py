@@ -15,8 +15,8 @@ from kdprune.scores.base import ScoreContext, register_score, softmax
     input_options={"epoch": Option(int, 3, "proxy epoch (1-based) the logits are read at: a clean eval-mode pass "
                                    "over the train split", low=1)},
     check=lambda o, p: (f"scores.el2n_proxy.epoch: {o['epoch']} is after the proxies' last epoch; allowed: "
-                        f"1..scores.proxy_epochs ({p['scores']['proxy_epochs']})"
-                        if o["epoch"] > p["scores"]["proxy_epochs"] else None),
+                        f"1..scores.proxy_epochs ({p.scores.proxy_epochs})"
+                        if o["epoch"] > p.scores.proxy_epochs else None),
 )
 def el2n_proxy(ctx: ScoreContext) -> np.ndarray:
     """EL2N averaged over proxies: mean over runs of ||softmax(logits) - onehot(label)||_2.

@@ -181,9 +181,9 @@ def _score(ctx: ScoreContext, batch_size: int, last_layer: bool) -> np.ndarray:
     variant="paper: gradient w.r.t. all parameters, models in eval mode, mean over proxy models",
     needs=("proxy_models", "inputs"),
     options={"batch_size": Option(int, 128, "examples per backward pass (memory vs speed; same values)", low=1)},
-    check=lambda o, p: (f"scores.grand_epoch: {p['scores']['grand_epoch']} is after the proxies' last epoch; allowed: "
-                        f"0..scores.proxy_epochs ({p['scores']['proxy_epochs']})"
-                        if p["scores"]["grand_epoch"] > p["scores"]["proxy_epochs"] else None),
+    check=lambda o, p: (f"scores.grand_epoch: {p.scores.grand_epoch} is after the proxies' last epoch; allowed: "
+                        f"0..scores.proxy_epochs ({p.scores.proxy_epochs})"
+                        if p.scores.grand_epoch > p.scores.proxy_epochs else None),
 )
 def grand(ctx: ScoreContext, batch_size: int = 128) -> np.ndarray:
     """GraNd: E_models ||grad_theta CE(f(x), y)||_2, the expected per-example gradient norm.
@@ -205,9 +205,9 @@ def grand(ctx: ScoreContext, batch_size: int = 128) -> np.ndarray:
     hard="high",
     needs=("proxy_models", "inputs"),
     options={"batch_size": Option(int, 1024, "examples per forward pass (memory vs speed; same values)", low=1)},
-    check=lambda o, p: (f"scores.grand_epoch: {p['scores']['grand_epoch']} is after the proxies' last epoch; allowed: "
-                        f"0..scores.proxy_epochs ({p['scores']['proxy_epochs']})"
-                        if p["scores"]["grand_epoch"] > p["scores"]["proxy_epochs"] else None),
+    check=lambda o, p: (f"scores.grand_epoch: {p.scores.grand_epoch} is after the proxies' last epoch; allowed: "
+                        f"0..scores.proxy_epochs ({p.scores.proxy_epochs})"
+                        if p.scores.grand_epoch > p.scores.proxy_epochs else None),
 )
 def grand_last_layer(ctx: ScoreContext, batch_size: int = 1024) -> np.ndarray:
     """GraNd on the last layer: E_models ||grad_{W,b} CE||_2 = E ||p - onehot|| * sqrt(||h||^2 + 1).

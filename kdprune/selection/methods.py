@@ -34,7 +34,7 @@ id of the pool plus the sampler and its seed, and the trainer draws the epochs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
+from kdprune.settings import Frozen
 from typing import Mapping, Optional
 
 from kdprune.budgets import BUDGET_RULES
@@ -151,6 +151,11 @@ class SelectSettings:
     balance: object  # "auto", True or False
     options: Mapping[str, Mapping]  # method name -> its resolved options (read-only)
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """``select.methods`` as written (each method's label)."""
+        return tuple(m.label for m in self.methods)
+
     def options_of(self, name: str) -> dict:
         """The resolved options of method ``name`` (a copy; {} for one that takes none)."""
         return dict(self.options.get(name, {}))
@@ -183,5 +188,5 @@ def select_settings(select: dict) -> SelectSettings:
         name = m.joint or m.sampler or (m.selector if m.selector in STATIC_METHODS else None)
         if name is not None and name not in options:
             registry = JOINT if m.joint else SAMPLERS if m.sampler else STATIC_METHODS
-            options[name] = MappingProxyType(registry.get(name).resolve(select.get(name)))
-    return SelectSettings(methods, tuple(select["fractions"]), select["balance"], MappingProxyType(options))
+            options[name] = Frozen(registry.get(name).resolve(select.get(name)))
+    return SelectSettings(methods, tuple(select["fractions"]), select["balance"], Frozen(options))

@@ -55,7 +55,7 @@ class Sampler:
         return resolve_options(f"select.{cls.name}", cls.options, given)
 
     @classmethod
-    def check(cls, options: dict, params: dict) -> Optional[str]:
+    def check(cls, options: dict, params) -> Optional[str]:
         """Its cross-key rule, run by params validation when a select.methods entry names it: ``options``
         resolved (:meth:`resolve`), ``params`` validated; an error text naming the key, or None."""
         return None

@@ -47,9 +47,9 @@ class InfoBatchSampler(Sampler):
                                low=0.0, high=1.0, low_open=True)}
 
     @classmethod
-    def check(cls, options: dict, params: dict) -> str | None:
+    def check(cls, options: dict, params) -> str | None:
         """A step budget divides by the epoch size, which InfoBatch varies from epoch to epoch."""
-        if params["student"]["budget"] == "steps":
+        if params.student.budget == "steps":
             return ("student.budget: 'steps' cannot be used with select.methods 'infobatch' (its epochs have "
                     "varying sizes); allowed with infobatch: 'epochs'")
         return None

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class SelectorSpec:
     fn: Selector
     method: bool = False  # a name in select.methods (ccs); False: a building block of the score methods
     options: dict[str, Option] = field(default_factory=dict)
-    check: Optional[Callable[[dict, dict], Optional[str]]] = None  # cross-key rule (options, params) -> error
+    check: Optional[Callable[[dict, Any], Optional[str]]] = None  # cross-key rule (options, typed Params) -> error
     balance: str = "class"  # the balance its published code uses (BALANCES): what select.balance 'auto' runs
     budget: str = "round_half_up"  # its budget rule (BUDGET_RULES)
     seeded: bool = False  # its subset depends on the seed (one manifest per seed)

@@ -103,9 +103,9 @@ def _score_error(v: str) -> str | None:
     return None if v in SCORES else f"not a registered score; valid: {', '.join(SCORES.names())}"
 
 
-def _cut_fits(opts: dict, params: dict) -> str | None:
+def _cut_fits(opts: dict, params) -> str | None:
     """At every kept fraction the cut leaves room for the subset: fraction + beta <= 1."""
-    bad = [(f, ccs_beta_at(opts["beta"], f)) for f in params["select"]["fractions"]]
+    bad = [(f, ccs_beta_at(opts["beta"], f)) for f in params.select.fractions]
     bad = [f"{b:g} at kept fraction {f:g}" for f, b in bad if f + b > 1.0 + 1e-9]
     return (f"select.ccs.beta: {', '.join(bad)} cuts more than the subset leaves (fraction + beta must be <= 1); "
             "lower beta there") if bad else None
