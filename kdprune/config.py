@@ -606,18 +606,31 @@ def _section(cls, section: dict, **resolved):
                   if f.name in resolved or f.name in section})
 
 
+def _kd_settings(p: dict) -> tuple:
+    """Per kept fraction the select stage makes (each method's fractions: ``select.fractions``, or a full-data
+    sampler's 1.0), the KD settings of its students: one per arm of ``student.kd_schedule`` and teacher allowed
+    at that fraction (``teacher.arch``, and ``student.teachers`` up to ``student.teachers_max_fraction``), each
+    with the schedule's weight there (its registration's ``fn(fraction, arg)``, called here once)."""
+    st = p["student"]
+    kd_setting = importlib.import_module("kdprune.distill").KDSetting  # in scope: "losses", "schedules"
+    sel = importlib.import_module("kdprune.selection").select_settings(p["select"])  # in scope: "methods"
+    spec = _registry("schedules").get(st["kd_schedule"])
+    options = tuple(sorted((st.get(st["loss"]) or {}).items()))
+    out = []
+    for f in sorted({f for m in sel.methods for f in sel.fractions_of(m)}):
+        teachers = [p["teacher"]["arch"]] + [t for t in st["teachers"] if f <= st["teachers_max_fraction"] + 1e-9]
+        out.append((f, tuple(kd_setting(st["loss"], spec.fn(f, arg), st["temperature"], t, spec.name, label, options)
+                             for arg, label in spec.arms(st[spec.param]) for t in teachers)))
+    return tuple(out)
+
+
 def _typed(p: dict) -> dict:
     """The typed sections of validated params ``p`` (the registries in scope resolve the methods' parts)."""
     st = p["student"]
-    arms = None
-    if {"losses", "schedules"} <= _CHECKED.get():
-        distill = importlib.import_module("kdprune.distill")  # in scope: "losses", "schedules"
-        schedule = _registry("schedules").get(st["kd_schedule"])
-        arms = distill.kd_arms(schedule.name, st[schedule.param], st["loss"], st["temperature"],
-                               tuple(sorted((st.get(st["loss"]) or {}).items())))
     return {
         "teacher": _section(TeacherSettings, p["teacher"]),
         "student": _section(StudentSettings, st, seeds=tuple(st["seeds"]), teachers=tuple(st["teachers"]),
                             cached_logits=bool(st["cached_logits"] and st["pad"] == 0 and not st["flip"]),
-                            kd_arms=arms),
+                            kd_settings=_kd_settings(p) if {"losses", "schedules", "methods"} <= _CHECKED.get()
+                            else None),
     }
