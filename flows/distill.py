@@ -13,7 +13,7 @@ from execution.params import load_params
 from artifacts.outputs import write_task_index
 from execution.observe import observer, work_seconds
 from execution.runner import fan_out, is_ray, run_tasks, task_threads
-from kdprune.train.plan import group_students, student_cost, student_variants
+from kdprune.train.plan import group_students, kd_weights, student_variants, submission_order
 from tasks.distill import (
     Stage, compute_facts, plan_keys, read_manifests, record_student, reused_result, student_inputs, teacher_facts,
     train_student,
@@ -53,7 +53,7 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
     tr = obs.tracker(root_p)
     sel, st = params.select, params.student
     grid = {"methods": ",".join(sel.labels), "fractions": ",".join(f"{f:g}" for f in sel.fractions),
-            "kd_schedule": st.kd_schedule, "kd_weights": ",".join(f"{w:g}" for w in params.section("student")["kd_weights"]),
+            "kd_schedule": st.kd_schedule, "kd_weights": ",".join(f"{w:g}" for w in kd_weights(st)),
             "seeds": ",".join(map(str, st.seeds)),
             "teachers": ",".join([params.teacher.arch, *st.teachers]), "students": len(students)}
     # the sweep's MLflow run; each student is a top-level run tagged kdprune.sweep_run_id = this run's id,
@@ -89,11 +89,9 @@ def distill(root: str = ".", parent_run_id: Optional[str] = None) -> dict:
                         return record_student(stage, groups[i][0], tuple(groups[i][1:]), res, tmp, run_id,
                                               f"{next(finished)}/{len(groups)}")
 
-                    # longest first (steps, live-teacher students a little longer): the last to finish are
-                    # short ones, so parallel workers end together instead of one waiting on a long student
-                    cost = [student_cost(st, groups[i][0], len(manifests[groups[i][0].manifest].manifest["ids"]))
-                            for i in todo]
-                    order = sorted(range(len(todo)), key=lambda k: -cost[k])
+                    # longest first: parallel workers end together
+                    order = submission_order(st, [groups[i][0] for i in todo],
+                                             [len(manifests[groups[i][0].manifest].manifest["ids"]) for i in todo])
                     rank = {k: r for r, k in enumerate(order)}  # devices taken in turn, in submission order
                     trained = run_tasks(params, str(dev), train_student,
                                         [(params, groups[i][0], keys[groups[i][0].name], task_inputs,

@@ -478,8 +478,8 @@ def validate(params: Any, stage: Optional[str] = None) -> Params:
         typed = None if errors else _typed(out, errors)
         if typed is not None:  # cross-key rules; a method's own (its registration's check) reads the typed params
             _cross_checks(out, typed, errors)
-        if not errors:  # the KD arms, from the schedule's argument its own check has accepted
-            typed = replace(typed, student=replace(typed.student, kd_arms=_kd_arms(out["student"])))
+        if not errors:  # the KD settings, from the schedule's argument its own check has accepted
+            typed = replace(typed, student=replace(typed.student, kd_settings=_kd_settings(out, typed.select)))
     finally:
         _CHECKED.reset(token)
     if errors:
@@ -613,20 +613,30 @@ def _section(cls, section: dict, **resolved):
                   if f.name in resolved or f.name in section})
 
 
-def _kd_arms(st: dict) -> Optional[tuple]:
-    """The student section's KD arms (None when the KD registries are out of the validating stage's scope)."""
-    if not {"losses", "schedules"} <= _CHECKED.get():
+def _kd_settings(p: dict, select) -> Optional[tuple]:
+    """Per kept fraction the select stage makes (each method's fractions: ``select.fractions``, or a full-data
+    sampler's 1.0), the KD settings of its students: one per arm of ``student.kd_schedule`` and teacher allowed
+    at that fraction (``teacher.arch``, and ``student.teachers`` up to ``student.teachers_max_fraction``), each
+    with the schedule's weight there (its registration's ``fn(fraction, arg)``, called here once). None when the
+    KD or selection registries are out of the validating stage's scope (``select``: the typed select section)."""
+    if select is None or not {"losses", "schedules"} <= _CHECKED.get():
         return None
-    distill = importlib.import_module("kdprune.distill")  # in scope: "losses", "schedules"
-    schedule = _registry("schedules").get(st["kd_schedule"])
-    return distill.kd_arms(schedule.name, st[schedule.param], st["loss"], st["temperature"],
-                           tuple(sorted((st.get(st["loss"]) or {}).items())))
+    st = p["student"]
+    kd_setting = importlib.import_module("kdprune.distill").KDSetting  # in scope: "losses", "schedules"
+    spec = _registry("schedules").get(st["kd_schedule"])
+    options = tuple(sorted((st.get(st["loss"]) or {}).items()))
+    out = []
+    for f in sorted({f for m in select.methods for f in select.fractions_of(m)}):
+        teachers = [p["teacher"]["arch"]] + [t for t in st["teachers"] if f <= st["teachers_max_fraction"] + 1e-9]
+        out.append((f, tuple(kd_setting(st["loss"], spec.fn(f, arg), st["temperature"], t, spec.name, label, options)
+                             for arg, label in spec.arms(st[spec.param]) for t in teachers)))
+    return tuple(out)
 
 
 def _typed(p: dict, errors: list[str]) -> Optional[Params]:
     """Validated params ``p`` as typed, frozen sections (the registries in scope resolve the methods' parts:
-    each computed score's options, the select section's methods and options; the KD arms follow the
-    cross-key checks: :func:`_kd_arms`)."""
+    each computed score's options, the select section's methods and options; the KD settings follow the
+    cross-key checks: :func:`_kd_settings`)."""
     st, sp = p["student"], p["scores"]
     score_options = {}
     if "scores" in _CHECKED.get():

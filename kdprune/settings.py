@@ -1,6 +1,6 @@
 """The typed, frozen sections of validated params: what :func:`kdprune.config.validate` gives the stages and
-the core, one value per section, each resolved once (a method's options from its registration, the KD arms of
-the weight schedule, the select section's methods). Shared types in a module of their own: the trainer's
+the core, one value per section, each resolved once (a method's options from its registration, the select section's methods, each kept
+fraction's KD settings with the schedule's weight there). Shared types in a module of their own: the trainer's
 configuration is built from a section (``kdprune.train.types.train_config``) without importing the params
 schema. Each class's fields are its section's keys in the schema (``kdprune.config.SCHEMA``; a test holds them
 equal)."""
@@ -132,9 +132,9 @@ class TeacherSettings(TrainSettings):
 class StudentSettings(TrainSettings):
     """Params' ``student`` section, typed and resolved once: its training keys, the sweep's axes (seeds, extra
     teachers), the budget, whether students use each teacher's logits computed once (``cached_logits``: asked
-    for, and augmentation off), and the KD arms (``kd``: one :class:`kdprune.distill.KDArm` per arm of the
-    weight schedule, each carrying the loss, its options and the temperature; the no-KD baseline is not an arm:
-    it always runs)."""
+    for, and augmentation off), and the KD settings of its students (``kd``: per kept fraction the select stage
+    makes, a tuple of :class:`kdprune.distill.KDSetting`, one per arm of the weight schedule and teacher allowed
+    at that fraction, each with its weight there; the no-KD baseline is not among them: it always runs)."""
 
     seeds: tuple[int, ...]
     loss: str
@@ -144,15 +144,17 @@ class StudentSettings(TrainSettings):
     teachers: tuple[str, ...]
     teachers_max_fraction: float
     budget: str
-    kd_arms: Optional[tuple] = None  # None: the KD registries were out of the validating stage's scope
+    # ((fraction, (KDSetting, ...)), ...) in fraction order; None: the KD registries were out of the validating
+    # stage's scope
+    kd_settings: Optional[tuple] = None
 
     @property
     def kd(self) -> tuple:
-        """The KD arms (:class:`kdprune.distill.KDArm`), resolved by validation."""
-        if self.kd_arms is None:
-            raise RuntimeError("the KD arms were not resolved: these params were validated for a stage that does not "
-                               "use the KD losses and schedules (kdprune.config.STAGE_NAMES)")
-        return self.kd_arms
+        """((kept fraction, its students' KD settings), ...), resolved by validation."""
+        if self.kd_settings is None:
+            raise RuntimeError("the KD settings were not resolved: these params were validated for a stage that does "
+                               "not use the KD losses and schedules (kdprune.config.STAGE_NAMES)")
+        return self.kd_settings
 
 
 @dataclass(frozen=True)

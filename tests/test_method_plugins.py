@@ -223,17 +223,17 @@ w = next(x for x in sel.methods if x.label == "window")
 opts = sel.sampler_options(w, 0.5)
 sampler = make_sampler(w.sampler, len(ids), 3, **opts)
 out["window"] = {"options": opts, "epoch2": sampler.epoch_positions(1)[:2].tolist() + sampler.epoch_positions(2)[:2].tolist()}
-out["kd"] = [[s.label, s.weight(0.5), s.weight(0.7)] for s in params.student.kd]
+out["kd"] = [[f, [[s.label, s.weight, s.teacher] for s in kds]] for f, kds in params.student.kd]
 sp = params.student
 data = DeviceData.from_numpy(raw.train_x, raw.train_y, [0.5], [0.25], torch.device("cpu"))
 teacher_logits = torch.randn(len(ids), 4, generator=torch.Generator().manual_seed(0))
 cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05)
-kd = sp.kd[0].at(0.5, "t")  # the student's KD setting, its loss's options resolved by validation
+kd = dict(sp.kd)[0.5][0]  # the KD setting of a student kept at 0.5, its loss's options resolved by validation
 res = train(build_model(sp.arch, 1, 4, 8), data, cfg, teacher_logits=teacher_logits, kd=kd)
 out["trained_steps"] = res.steps
 try:  # without its options the loss gets its default beta (1.0), which the test's loss refuses
     train(build_model(sp.arch, 1, 4, 8), data, cfg, teacher_logits=teacher_logits, kd=KDSetting(
-        kd.loss, 0.5, kd.temperature, "t", kd.schedule, kd.label))
+        kd.loss, kd.weight, kd.temperature, kd.teacher, kd.schedule, kd.label))
     out["default_beta"] = "accepted"
 except ValueError as e:
     out["default_beta"] = str(e)
@@ -307,7 +307,9 @@ def test_each_kind_of_method_is_one_file_that_runs_from_params(tmp_path):
     reg = run_core(proj, {}, REGISTERED)
     assert reg.returncode == 0, reg.stderr[-3000:]
     assert all(found for found, _, _ in json.loads(reg.stdout.splitlines()[-1]).values()), reg.stdout
-    p = run_core(proj, plugin_params())
+    params = plugin_params()
+    params["select"]["fractions"] = [0.5, 0.7]  # the schedule's weight on both sides of its step
+    p = run_core(proj, params)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.splitlines()[-1])
     assert out["dataset"] == [320, 4]
@@ -315,7 +317,8 @@ def test_each_kind_of_method_is_one_file_that_runs_from_params(tmp_path):
     assert out["by_norm"] == 160
     assert out["window"]["options"] == {"offset": 3, "share": 0.5}
     assert out["window"]["epoch2"] == [3, 4, 0, 1]  # epoch 1: 3..162; epoch 2: 163..322 mod 320, sorted: 0, 1, ...
-    assert out["kd"] == [["kdstep0.6", 0.7, 0.2]]  # weight 0.7 up to fraction 0.6, 0.2 above it
+    # per kept fraction, validation's KD settings: weight 0.7 up to fraction 0.6, 0.2 above it
+    assert out["kd"] == [[0.5, [["kdstep0.6", 0.7, "tiny_mlp"]]], [0.7, [["kdstep0.6", 0.2, "tiny_mlp"]]]]
     assert out["trained_steps"] == 5  # 320 examples, batches of 64: one epoch
     assert out["default_beta"] == "soft_beta: beta 1.0 is not the test's 0.25 (student.soft_beta.beta)"
     keys = [errs[0].split(":")[0] if errs else None for errs in out["refused"]]

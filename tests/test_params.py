@@ -158,3 +158,38 @@ def test_pipeline_refuses_an_empty_or_partial_params_yaml_before_dvc_records_any
         assert p.returncode == 2, p.stdout + p.stderr
         assert says in p.stderr and "Traceback" not in p.stderr, p.stderr
         assert not (proj.path / "dvc.lock").exists()
+
+
+# what validation resolves beyond a section's keys: each computed score's options, each kept fraction's KD settings
+RESOLVED = {"scores": {"options"}, "student": {"kd_settings"}}
+
+
+def test_validation_returns_one_typed_frozen_value_per_section_with_its_schema_keys():
+    """Every section of the schema is one typed, frozen value of ``Params``, whose fields are the section's keys
+    (plus what validation resolves there); the plain values stay available for records only (``as_dict``)."""
+    import dataclasses
+
+    from kdprune.config import SCHEMA
+    from kdprune.selection import SelectSettings
+    from kdprune.settings import Params
+
+    p = validate(BASE)
+    assert {f.name for f in dataclasses.fields(Params)} == set(SCHEMA) | {"plain"}
+    for name, spec in SCHEMA.items():
+        value = getattr(p, name)
+        if not isinstance(spec, dict):
+            assert value == p.as_dict()[name]
+            continue
+        if isinstance(value, SelectSettings):  # its methods parsed (Method), its options resolved per method
+            assert value.labels == tuple(BASE["select"]["methods"]) and value.fractions == (0.1, 0.3, 0.5)
+            continue
+        fields = {f.name for f in dataclasses.fields(value)}
+        assert fields == set(spec) | RESOLVED.get(name, set()), name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, next(iter(spec)), None)
+    with pytest.raises(TypeError):
+        p["teacher"]  # noqa: B018  (no dict look-ups: stage code reads the typed values)
+    assert p.scores.options_of("el2n") == {"epoch": 5}  # resolved once, from the registration
+    import pickle
+
+    assert pickle.loads(pickle.dumps(p)) == p  # travels to Ray tasks and process pools

@@ -18,21 +18,68 @@ from execution.params import parse_params_text, sweep_params, write_params
 
 
 def test_schedules_give_the_weight_of_each_fraction():
-    assert SCHEDULES.get("constant")(0.1, 0.7) == 0.7
-    assert SCHEDULES.get("linear")(0.25, [0.9, 0.1]) == pytest.approx(0.9 - 0.8 * 0.25)
+    assert SCHEDULES.get("constant").fn(0.1, 0.7) == 0.7
+    assert SCHEDULES.get("linear").fn(0.25, [0.9, 0.1]) == pytest.approx(0.9 - 0.8 * 0.25)
     pts = [[0.1, 0.9], [0.5, 0.5], [1.0, 0.2]]
-    table = SCHEDULES.get("table")
+    table = SCHEDULES.get("table").fn
     assert table(0.05, pts) == 0.9 and table(1.0, pts) == 0.2 and table(0.3, pts) == pytest.approx(0.7)
     assert table(0.75, pts) == pytest.approx(0.35)
 
 
-def test_kd_arms_follow_the_student_params():
-    arms = validate({"student": {"kd_weights": [0.3, 0.9], "temperature": 2.0}}).student.kd
-    assert [s.label for s in arms] == ["kd0.3", "kd0.9"]
-    assert arms[1].at(0.5, "small_cnn") == KDSetting("kd", 0.9, 2.0, "small_cnn", "constant", "kd0.9")
-    lin = validate({"student": {"kd_schedule": "linear", "kd_linear": [1.0, 0.0]}}).student.kd
-    assert len(lin) == 1 and lin[0].weight(0.2) == pytest.approx(0.8) and lin[0].label == "kdlin1-0"
-    assert lin[0].at(0.2, "t").weight == pytest.approx(0.8)
+def test_validation_resolves_each_kept_fractions_kd_settings():
+    """Params validation gives, per kept fraction the select stage makes, the KD settings of its students: one
+    per schedule arm and teacher allowed there, each with the schedule's weight at that fraction."""
+    kd = dict(validate({"student": {"kd_weights": [0.3, 0.9], "temperature": 2.0}}).student.kd)
+    assert sorted(kd) == [0.1, 0.3, 0.5]  # select.fractions' default
+    assert [s.label for s in kd[0.5]] == ["kd0.3", "kd0.9"]
+    assert kd[0.5][1] == KDSetting("kd", 0.9, 2.0, "small_cnn", "constant", "kd0.9") == kd[0.1][1]
+    lin = dict(validate({"student": {"kd_schedule": "linear", "kd_linear": [1.0, 0.0]},
+                         "select": {"fractions": [0.2, 0.5]}}).student.kd)
+    assert [len(v) for v in lin.values()] == [1, 1] and lin[0.2][0].label == lin[0.5][0].label == "kdlin1-0"
+    assert lin[0.2][0].weight == pytest.approx(0.8) and lin[0.5][0].weight == pytest.approx(0.5)
+    # extra teachers up to student.teachers_max_fraction; a full-data sampler (infobatch) keeps 1.0
+    extra = dict(validate({"student": {"teachers": ["resnet20"], "teachers_max_fraction": 0.3},
+                           "select": {"methods": ["random", "infobatch"], "fractions": [0.1, 0.5]}}).student.kd)
+    assert {f: [s.teacher for s in v] for f, v in extra.items()} == {
+        0.1: ["small_cnn", "resnet20"], 0.5: ["small_cnn"], 1.0: ["small_cnn"]}
+    # a stage that does not check the KD registries has none resolved, and says so
+    with pytest.raises(RuntimeError, match="KD settings were not resolved"):
+        validate({}, stage="select").student.kd
+
+
+def _manifest(fname: str) -> tuple[str, dict]:
+    stem = fname.removesuffix(".json").split("-")
+    return fname, {"method": stem[0], "fraction": float(stem[1]), "seed": int(stem[2]) if len(stem) > 2 else None,
+                   "ids": [1, 2], "ids_sha256": "x"}
+
+
+def test_plan_gives_each_student_the_kd_setting_of_its_manifests_fraction():
+    from kdprune.train.plan import kd_weights, student_variants
+
+    p = validate({"student": {"kd_schedule": "linear", "kd_linear": [1.0, 0.0], "teachers": ["resnet20"],
+                              "teachers_max_fraction": 0.1}})
+    students = student_variants(dict(map(_manifest, ["el2n-0.5.json", "random-0.1-0.json"])), p.student,
+                                p.teacher.arch)
+    got = {s.name: None if s.kd is None else (round(s.kd.weight, 9), s.kd.teacher) for s in students}
+    assert got == ({"el2n-0.5__nokd__s0": None, "el2n-0.5__kdlin1-0-T4__s0": (0.5, "small_cnn"),
+                                 "random-0.1-0__nokd__s0": None, "random-0.1-0__kdlin1-0-T4__s0": (0.9, "small_cnn"),
+                                 "random-0.1-0__kdlin1-0-T4__t-resnet20__s0": (0.9, "resnet20")})
+    assert kd_weights(p.student) == pytest.approx([0.9, 0.7, 0.5])  # the sweep's weights, by kept fraction
+    # a manifest of other params (a fraction select.fractions no longer has): named, with the fix
+    with pytest.raises(ValueError, match=r"manifest el2n-0\.7\.json: kept fraction 0\.7 .*0\.1, 0\.3, 0\.5.*"
+                                         r"dvc repro select"):
+        student_variants(dict([_manifest("el2n-0.7.json")]), p.student, p.teacher.arch)
+
+
+def test_submission_order_is_longest_first():
+    from kdprune.train.plan import Student, submission_order
+
+    kd = KDSetting("kd", 0.5, 4.0, "small_cnn", "constant", "kd0.5")
+    students = [Student("a", "m", 0, 0.1, None), Student("b", "m", 0, 0.5, kd), Student("c", "m", 0, 0.5, None)]
+    live = validate({"student": {"cached_logits": False}}).student
+    assert submission_order(live, students, [10, 50, 50]) == [1, 2, 0]  # a live teacher costs 1.5x
+    steps = validate({"student": {"budget": "steps", "cached_logits": False}}).student
+    assert submission_order(steps, students, [10, 50, 50]) == [1, 0, 2]  # equal steps: only the teacher counts
 
 
 @pytest.mark.parametrize("student, needle", [

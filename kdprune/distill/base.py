@@ -5,7 +5,9 @@ option of the function, defaults agreeing) and whether it reads the teacher's lo
 ``params.yaml`` names a loss's options under it, ``student.<loss>: {option: value}``; params validation
 checks them against the registration, and they reach the loss inside the student's :class:`KDSetting`
 (one typed value: loss, weight, temperature, options; ``None`` = no KD, which trains on the loss
-registered as the ``baseline``), so a loss with its own hyperparameters is one file."""
+registered as the ``baseline``), so a loss with its own hyperparameters is one file. The training step
+(``kdprune.train.trainer.TrainStep``) calls the registered ``fn`` itself with the setting's parts (weight 0,
+temperature 1 for the baseline)."""
 from __future__ import annotations
 
 import inspect
@@ -68,13 +70,6 @@ class LossSpec:
         """Its options from params' ``student.<name>`` (or None) with the defaults filled in; ValueError
         naming every unknown or bad option."""
         return resolve_options(f"student.{self.name}", self.options, given)
-
-    def __call__(self, student: torch.Tensor, y: torch.Tensor, teacher: Optional[torch.Tensor],
-                 kd: Optional[KDSetting]) -> torch.Tensor:
-        """Per-example losses of a batch under ``kd`` (None: no KD, the baseline's weight 0)."""
-        if kd is None:
-            return self.fn(student, y, teacher, 0.0, 1.0)
-        return self.fn(student, y, teacher, kd.weight, kd.temperature, **dict(kd.options))
 
 
 class LossRegistry(Registry[LossSpec]):

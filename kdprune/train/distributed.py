@@ -49,9 +49,8 @@ import torch.nn as nn
 from kdprune.train.batches import BatchSource
 from kdprune.train.metrics import Dynamics, EpochMeter
 from kdprune.train.state import CheckpointStore, TrainingState, fingerprint
-from kdprune.train.step import TrainStep, progress
 from kdprune.train.stream import StreamData
-from kdprune.train.trainer import close_epoch, evaluate
+from kdprune.train.trainer import TrainStep, close_epoch, evaluate, progress
 from kdprune.train.types import DeviceData, TrainConfig, TrainResult
 
 

@@ -40,23 +40,34 @@ class Student:
 
 def student_variants(manifests: dict[str, dict], st: StudentSettings, teacher: str) -> list[Student]:
     """Every student the student settings ask for: manifests (in file-name order) x seeds x (no KD + each KD
-    arm x each teacher). The KD arms (``st.kd``, resolved by params validation) come from the weight schedule:
-    one per constant weight, or one whose weight follows the kept fraction. Extra teachers (``st.teachers``)
-    are used for manifests kept at ``st.teachers_max_fraction`` or below; ``teacher`` is the main teacher's
-    architecture. A seeded manifest (random) is paired with the student of the same seed."""
+    setting of the manifest's kept fraction). The KD settings (``st.kd``) were resolved by params validation
+    for each kept fraction: one per arm of the weight schedule (one per constant weight, or one whose weight
+    follows the kept fraction) and teacher allowed at that fraction (extra teachers, ``st.teachers``, up to
+    ``st.teachers_max_fraction``); ``teacher`` is the main teacher's architecture (students of the others are
+    named after theirs). A seeded manifest (random) is paired with the student of the same seed. A manifest
+    kept at a fraction the params do not make is a ValueError: it comes from other params."""
+    kd_at = dict(st.kd)
     out = []
     for fname in sorted(manifests):
         m = manifests[fname]
         frac = float(m["fraction"])
-        teachers = [teacher] + [t for t in st.teachers if frac <= st.teachers_max_fraction + 1e-9]
+        if frac not in kd_at:
+            raise ValueError(f"manifest {fname}: kept fraction {frac:g} is not one the params make (select.fractions, "
+                             f"and 1.0 for a full-data sampler: {', '.join(f'{f:g}' for f in kd_at)}); the manifests "
+                             "are from other params: run `dvc repro select`")
         stem = fname.removesuffix(".json")
         for seed in [m["seed"]] if m["seed"] is not None else st.seeds:
-            settings = [None] + [arm.at(frac, t) for arm in st.kd for t in teachers]
-            for kd in settings:
+            for kd in (None, *kd_at[frac]):
                 name = (f"{stem}__{'nokd' if kd is None else kd.setting}"
                         + ("" if kd is None or kd.teacher == teacher else f"__t-{kd.teacher}") + f"__s{seed}")
                 out.append(Student(name, fname, seed, frac, kd))
     return out
+
+
+def kd_weights(st: StudentSettings) -> list[float]:
+    """The KD weights the sweep's students distil with, each once, in the order of the first fraction they
+    appear at (a constant schedule: its weights, in order)."""
+    return list(dict.fromkeys(kd.weight for _, settings in st.kd for kd in settings))
 
 
 def student_budget(st: StudentSettings, n_total: int, manifest: dict, n_pool: int) -> tuple[int, int | None]:
@@ -71,13 +82,17 @@ def student_budget(st: StudentSettings, n_total: int, manifest: dict, n_pool: in
     return math.ceil(full_steps / math.ceil(per_epoch / st.batch_size)), full_steps
 
 
-def student_cost(st: StudentSettings, student: Student, n_train: int) -> float:
-    """A student's expected training cost, for ordering submissions: its subset's size ``n_train`` (steps
-    under the ``epochs`` budget; the ``steps`` budget gives every student the same), times 1.5 when a live
-    teacher runs on every batch."""
-    n = n_train if st.budget == "epochs" else 1
-    live = student.kd is not None and not st.cached_logits
-    return n * (1.5 if live else 1.0)
+def submission_order(st: StudentSettings, students: list[Student], sizes: list[int]) -> list[int]:
+    """The order to submit trainings in, longest first, as positions into ``students`` (``sizes``: each one's
+    subset size): the last to finish are short ones, so parallel workers end together instead of one waiting on
+    a long student. A student's expected cost is its subset's size (its steps under the ``epochs`` budget; the
+    ``steps`` budget gives every student the same), times 1.5 when a live teacher runs on every batch."""
+    def cost(s: Student, n: int) -> float:
+        live = s.kd is not None and not st.cached_logits
+        return (n if st.budget == "epochs" else 1) * (1.5 if live else 1.0)
+
+    costs = [cost(s, n) for s, n in zip(students, sizes, strict=True)]
+    return sorted(range(len(students)), key=lambda k: -costs[k])
 
 
 def _sha256(obj: Any) -> str:
