@@ -451,6 +451,7 @@ def validate(params: Any, stage: Optional[str] = None) -> Params:
     try:
         errors: list[str] = []
         method_opts: dict[str, dict] = {}
+        checked: dict[str, dict] = {}  # section -> method -> its options as resolved while checking them: used once
         for section in OPTION_SECTIONS:  # scores.<score>, select.<joint selector or sampler>: its options
             if isinstance(params, dict) and isinstance(params.get(section), dict):
                 method_opts[section] = {k: v for k, v in params[section].items() if k not in SCHEMA[section]}
@@ -461,6 +462,7 @@ def validate(params: Any, stage: Optional[str] = None) -> Params:
             if section not in out:
                 continue
             arguments = _arguments(section)
+            checked[section] = {k: v for k, v in resolved.items() if v is not None and k not in arguments}
             for k, v in opts.items():  # a method's options as given (its consumer resolves them); an argument
                 if k in arguments:     # checked and converted; out of scope as given
                     out[section][k] = resolved[k]
@@ -474,8 +476,8 @@ def validate(params: Any, stage: Optional[str] = None) -> Params:
         if not errors and "losses" in _CHECKED.get() and isinstance(st, dict):
             loss = _registry("losses").get(st["loss"])
             if loss.options:  # the chosen loss's own options, resolved: what the trainer passes to it
-                st[loss.name] = loss.resolve(st.get(loss.name))
-        typed = None if errors else _typed(out, errors)
+                st[loss.name] = checked.get("student", {}).get(loss.name) or loss.resolve(None)
+        typed = None if errors else _typed(out, checked, errors)
         if typed is not None:  # cross-key rules; a method's own (its registration's check) reads the typed params
             _cross_checks(out, typed, errors)
         if not errors:  # the KD settings, from the schedule's argument its own check has accepted
@@ -633,19 +635,21 @@ def _kd_settings(p: dict, select) -> Optional[tuple]:
     return tuple(out)
 
 
-def _typed(p: dict, errors: list[str]) -> Optional[Params]:
+def _typed(p: dict, checked: dict[str, dict], errors: list[str]) -> Optional[Params]:
     """Validated params ``p`` as typed, frozen sections (the registries in scope resolve the methods' parts:
     each computed score's options, the select section's methods and options; the KD settings follow the
-    cross-key checks: :func:`_kd_settings`)."""
+    cross-key checks: :func:`_kd_settings`). ``checked``: the options params name, as resolved while checking
+    them (section -> method -> options); a method named without options gets its registration's defaults."""
     st, sp = p["student"], p["scores"]
     score_options = {}
     if "scores" in _CHECKED.get():
         scores = _registry("scores")
-        score_options = {n: Frozen(scores.get(n).resolve(sp.get(n))) for n in sp["methods"]}
+        given = checked.get("scores", {})
+        score_options = {n: Frozen(given[n] if n in given else scores.get(n).resolve(None)) for n in sp["methods"]}
     select = None
     if {"methods", "joint", "samplers", "static_methods"} <= _CHECKED.get():  # in scope: kdprune.selection
         try:
-            select = importlib.import_module("kdprune.selection").select_settings(p["select"])
+            select = importlib.import_module("kdprune.selection").select_settings(p["select"], checked.get("select", {}))
         except ValueError as e:  # an entry the per-key check let through, which this section's setup refuses
             errors.append(f"select: {e}")
             return None

@@ -179,14 +179,15 @@ class SelectSettings:
         return out
 
 
-def select_settings(select: dict) -> SelectSettings:
+def select_settings(select: dict, resolved: Optional[Mapping[str, dict]] = None) -> SelectSettings:
     """Parse and resolve a validated ``select`` section once (ValueError for a bad entry, as params validation
-    reports it)."""
+    reports it); ``resolved``: methods' options already resolved (params validation's, as it checked them)."""
+    resolved = resolved or {}
     methods = tuple(method_from_params(label, select) for label in select["methods"])
     options = {}
     for m in methods:
         name = m.joint or m.sampler or (m.selector if m.selector in STATIC_METHODS else None)
         if name is not None and name not in options:
             registry = JOINT if m.joint else SAMPLERS if m.sampler else STATIC_METHODS
-            options[name] = Frozen(registry.get(name).resolve(select.get(name)))
+            options[name] = Frozen(resolved[name] if name in resolved else registry.get(name).resolve(select.get(name)))
     return SelectSettings(methods, tuple(select["fractions"]), select["balance"], Frozen(options))
