@@ -51,11 +51,11 @@ def build(teacher_epochs: int, max_train: int | None) -> None:
     if (WORK / "inputs.npz").exists():
         return
     prof = validate(yaml.safe_load((REPO / "profiles" / "fashion_mnist.yaml").read_text()), stage="teacher")
-    dp, tp = prof["data"], dataclasses.replace(prof.teacher, compile=False)
-    raw = DATASETS.get("fashion_mnist")(root=dp["root"])
-    keep, held = stratified_split(raw.train_y, dp["val_fraction"], dp["split_seed"])
+    dp, tp = prof.data, dataclasses.replace(prof.teacher, compile=False)
+    raw = DATASETS.get("fashion_mnist")(root=dp.root)
+    keep, held = stratified_split(raw.train_y, dp.val_fraction, dp.split_seed)
     if max_train is not None and max_train < len(keep):
-        keep = keep[stratified_subsample(raw.train_y[keep], max_train, dp["split_seed"])]
+        keep = keep[stratified_subsample(raw.train_y[keep], max_train, dp.split_seed)]
     x01 = raw.train_x[keep].astype(np.float64) / 255.0
     mean, std = x01.mean(axis=(0, 2, 3)), np.maximum(x01.std(axis=(0, 2, 3)), 1e-6)
     dev = torch.device("cpu")

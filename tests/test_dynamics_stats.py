@@ -156,7 +156,7 @@ def test_params_validate_the_option_and_refuse_a_logits_score_with_stats():
     assert validate({}).teacher.dynamics == "auto"
     ok = validate({"teacher": {"dynamics": "stats"}, "scores": {"methods": ["aum", "el2n", "forgetting"]},
                    "select": {"methods": ["aum", "el2n"]}})
-    assert ok["teacher"]["dynamics"] == "stats"
+    assert ok.teacher.dynamics == "stats"
 
     @register_score("logits_only_test", keep="high", hard="high", variant="max logit (test)", needs=("dynamics",))
     def logits_only(ctx):
