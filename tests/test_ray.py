@@ -186,10 +186,11 @@ def test_the_runs_own_ray_starts_its_workers_at_the_stage_processes_priority():
     machine. The runner's Ray instance starts them at nice 0 (ray_env_defaults)."""
     code = ("import os\n"
             "from execution.runner import ray_env_defaults, ray_init_kwargs\n"
+            "from kdprune.config import validate\n"
             "os.nice(-os.nice(0))\n"  # this process at 0 whatever the caller's niceness
             "ray_env_defaults()\n"
             "import ray\n"
-            "ray.init(**ray_init_kwargs({'runner': {'address': None}}))\n"
+            "ray.init(**ray_init_kwargs(validate({'runner': {'kind': 'ray', 'address': None}}, stage='prepare')))\n"
             "print('NICE', ray.get(ray.remote(lambda: os.nice(0)).remote()))\n"
             "ray.shutdown()\n")
     env = {k: v for k, v in os.environ.items() if k != "RAY_worker_niceness"}

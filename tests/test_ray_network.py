@@ -160,8 +160,9 @@ def test_make_ray_up_listens_on_loopback_only(tmp_path):
         check_loopback_only(proc.pid)
         # a run joins it as params.yaml's runner.address says (its workers start in the head's tree)
         join = ("from execution.runner import ray_env_defaults, ray_init_kwargs\n"
-                f"p = {{'runner': {{'kind': 'ray', 'address': '127.0.0.1:{port}', 'cpus_per_task': 1}},\n"
-                "     'reproducibility': {'cpu': 'portable', 'threads': 2}}\n"
+                "from kdprune.config import validate\n"
+                f"p = validate({{'runner': {{'kind': 'ray', 'address': '127.0.0.1:{port}', 'cpus_per_task': 1}},\n"
+                "     'reproducibility': {'cpu': 'portable', 'threads': 2}}, stage='prepare')\n"
                 "ray_env_defaults()\nimport ray\nray.init(**ray_init_kwargs(p))\n"
                 "print('JOINED', ray.get(ray.remote(lambda: 1).remote()))\n")
         # an explicit address needs Ray's token mode said (Ray enables it by itself for "auto" only)

@@ -90,6 +90,9 @@ def test_a_process_that_loaded_torch_unpinned_is_refused():
 def test_cluster_workers_get_the_pin_in_their_runtime_environment():
     from execution.runner import ray_init_kwargs
 
-    params = {"runner": {"address": "auto", "cpus_per_task": 3}, "reproducibility": {"cpu": "portable", "threads": 2}}
+    from kdprune.config import validate
+
+    params = validate({"runner": {"kind": "ray", "address": "auto", "cpus_per_task": 3},
+                       "reproducibility": {"cpu": "portable", "threads": 2}}, stage="prepare")
     env = ray_init_kwargs(params)["runtime_env"]["env_vars"]
     assert {k: env[k] for k in R.PORTABLE_ENV} == R.PORTABLE_ENV and env["OMP_NUM_THREADS"] == "3"
