@@ -56,11 +56,9 @@ def _registry(kind: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def parse_method(label: str, select: Optional[dict] = None):
-    """``label`` as a selection method; with params' ``select`` section, as that section sets it up."""
-    if select is None:
-        return _registry("methods")(label)
-    return importlib.import_module("kdprune.selection").method_from_params(label, select)  # in scope with "methods"
+def parse_method(label: str):
+    """``label`` as a selection method (the select section's own setup of it: :func:`_typed`)."""
+    return _registry("methods")(label)
 
 
 class ParamsError(ValueError):
@@ -547,9 +545,9 @@ def _cross_checks(p: dict, params: Params, errors: list[str]) -> None:
             errors.append(f"scores.proxy_epochs: {sp['proxy_epochs']} is more than the teacher's schedule; proxies "
                           f"({', '.join(proxied)}) run the first epochs of it: allowed 1..teacher.epochs "
                           f"({p['teacher']['epochs']})")
-    methods = "methods" in _CHECKED.get()
-    for label in (sel["methods"] if methods else []):
-        m = parse_method(label, sel)
+    parsed = params.select.methods if params.select is not None else ()  # parsed once, by _typed
+    for m in parsed:
+        label = m.label
         for score in dict.fromkeys(x for x in (m.score, m.cut_score) if x is not None):
             if score not in sp["methods"]:
                 errors.append(f"select.methods: {label!r} reads score {score!r}, which scores.methods "
@@ -576,8 +574,7 @@ def _cross_checks(p: dict, params: Params, errors: list[str]) -> None:
     if p["teacher"]["arch"] in st["teachers"]:
         errors.append(f"student.teachers: {p['teacher']['arch']!r} is already the teacher (teacher.arch); list only "
                       "the extra architectures")
-    stochastic = [label for label in sel["methods"]
-                  if parse_method(label, sel).stochastic] if methods else []
+    stochastic = [m.label for m in parsed if m.stochastic]
     if stochastic and sorted(p["scores"]["seeds"]) != sorted(p["student"]["seeds"]):
         errors.append(
             f"scores.seeds: {p['scores']['seeds']} differs from student.seeds {p['student']['seeds']}; seeded selection "
